@@ -6,3 +6,23 @@
 #![warn(missing_docs)]
 
 pub mod credentials;
+
+/// Loading the TOML configuration files, with errors that name the file and key.
+#[cfg(feature = "runtime")]
+pub mod config;
+
+/// Setting up `tracing` output (text or JSON) on stderr.
+#[cfg(feature = "runtime")]
+pub mod logging;
+
+/// The HTTP listener for Prometheus metrics and health probes.
+#[cfg(feature = "runtime")]
+pub mod metrics_http;
+
+/// SIGHUP, SIGTERM and SIGINT as reload and terminate requests.
+#[cfg(feature = "runtime")]
+pub mod signals;
+
+/// TLS server setup: PEM loading, reloadable certificates, self-signed certificates.
+#[cfg(feature = "runtime")]
+pub mod tls;

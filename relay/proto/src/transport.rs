@@ -1,0 +1,83 @@
+//! Who a packet came from: transports, address families and the 5-tuple that names a client.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// The transport between a client and the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// STUN/TURN over UDP.
+    Udp,
+    /// STUN/TURN over TCP.
+    Tcp,
+    /// STUN/TURN over TLS over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// All transports, in metric-label order.
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// Stable lower-case name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Whether the transport is a byte stream, where ChannelData must be padded to 4 bytes.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Both families, in metric-label order.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// Stable name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The 5-tuple that identifies a client's allocation (RFC 8656 §2): transport, client address
+/// and the relay's own listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// The transport the client speaks.
+    pub transport: Transport,
+    /// The client's address, as the relay sees it.
+    pub client: SocketAddr,
+    /// The relay's listening address the client sent to.
+    pub server: SocketAddr,
+}

@@ -1,0 +1,233 @@
+//! The Prometheus view of the relay: sums the workers' counter shards at scrape time.
+
+use std::sync::{Arc, Mutex};
+
+use icegate_relay_proto::metrics::{
+    result_label, AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials,
+    QuotaKind, RESULTS,
+};
+use icegate_relay_proto::peer_filter::DenyReason;
+use icegate_relay_proto::{Family, Ledger, Transport};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+/// Collects every worker's shard into Prometheus metrics.
+pub struct RelayCollector {
+    shards: Vec<Arc<Counters>>,
+    denials: Vec<Arc<PeerDenials>>,
+    ledger: Arc<Ledger>,
+    vecs: Mutex<Vecs>,
+    descs: Vec<Desc>,
+}
+
+struct Vecs {
+    allocations_active: IntGaugeVec,
+    allocations_total: IntCounterVec,
+    requests: IntCounterVec,
+    auth_failures: IntCounterVec,
+    quota_rejections: IntCounterVec,
+    peer_denied: IntCounterVec,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    dropped: IntCounterVec,
+    malformed: IntGauge,
+    rate_limited: IntGauge,
+    ports_in_use: IntGauge,
+    ports_capacity: IntGauge,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are static")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("metric definitions are static")
+}
+
+impl RelayCollector {
+    /// A collector over the given shards.
+    pub fn new(shards: Vec<Arc<Counters>>, denials: Vec<Arc<PeerDenials>>, ledger: Arc<Ledger>) -> Self {
+        let vecs = Vecs {
+            allocations_active: IntGaugeVec::new(
+                Opts::new("icegate_relay_allocations_active", "Allocations now open."),
+                &["transport", "family"],
+            )
+            .expect("static"),
+            allocations_total: counter(
+                "icegate_relay_allocations_total",
+                "Allocations ever made.",
+                &["transport", "family"],
+            ),
+            requests: counter(
+                "icegate_relay_requests_total",
+                "STUN/TURN requests answered, by method and result.",
+                &["method", "result"],
+            ),
+            auth_failures: counter(
+                "icegate_relay_auth_failures_total",
+                "Requests that failed authentication, by reason.",
+                &["reason"],
+            ),
+            quota_rejections: counter(
+                "icegate_relay_quota_rejections_total",
+                "Allocations refused by a quota or an exhausted port range.",
+                &["quota"],
+            ),
+            peer_denied: counter(
+                "icegate_relay_peer_denied_total",
+                "Permissions refused (403) by the peer filter, by reason.",
+                &["reason"],
+            ),
+            packets: counter(
+                "icegate_relay_packets_total",
+                "Relayed packets.",
+                &["direction"],
+            ),
+            bytes: counter(
+                "icegate_relay_bytes_total",
+                "Relayed payload bytes.",
+                &["direction"],
+            ),
+            dropped: counter(
+                "icegate_relay_dropped_packets_total",
+                "Relayed packets dropped, by reason.",
+                &["reason"],
+            ),
+            malformed: gauge(
+                "icegate_relay_malformed_packets_total",
+                "Packets from clients that could not be parsed.",
+            ),
+            rate_limited: gauge(
+                "icegate_relay_rate_limited_total",
+                "Unauthenticated requests dropped by the per-source rate limit.",
+            ),
+            ports_in_use: gauge("icegate_relay_ports_in_use", "Relay ports in use."),
+            ports_capacity: gauge(
+                "icegate_relay_ports_capacity",
+                "Relay ports in the configured range(s).",
+            ),
+        };
+        let mut descs = Vec::new();
+        let collectors: [&dyn Collector; 13] = [
+            &vecs.allocations_active,
+            &vecs.allocations_total,
+            &vecs.requests,
+            &vecs.auth_failures,
+            &vecs.quota_rejections,
+            &vecs.peer_denied,
+            &vecs.packets,
+            &vecs.bytes,
+            &vecs.dropped,
+            &vecs.malformed,
+            &vecs.rate_limited,
+            &vecs.ports_in_use,
+            &vecs.ports_capacity,
+        ];
+        for c in collectors {
+            descs.extend(c.desc().into_iter().cloned());
+        }
+        Self {
+            shards,
+            denials,
+            ledger,
+            vecs: Mutex::new(vecs),
+            descs,
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&Counters) -> u64) -> u64 {
+        self.shards.iter().map(|s| f(s)).sum()
+    }
+}
+
+impl Collector for RelayCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let v = self.vecs.lock().unwrap_or_else(|e| e.into_inner());
+        let load = Counters::get;
+        for t in Transport::ALL {
+            for f in Family::ALL {
+                let (ti, fi) = (t as usize, f as usize);
+                let active: i64 = self
+                    .shards
+                    .iter()
+                    .map(|s| s.allocations_active[ti][fi].load(std::sync::atomic::Ordering::Relaxed))
+                    .sum();
+                v.allocations_active
+                    .with_label_values(&[t.as_str(), f.as_str()])
+                    .set(active);
+                set_counter(
+                    &v.allocations_total,
+                    &[t.as_str(), f.as_str()],
+                    self.sum(|s| load(&s.allocations_total[ti][fi])),
+                );
+            }
+        }
+        for m in MethodLabel::ALL {
+            for (ri, &code) in RESULTS.iter().enumerate() {
+                let n = self.sum(|s| load(&s.requests[m as usize][ri]));
+                if n > 0 {
+                    set_counter(&v.requests, &[m.as_str(), &result_label(code)], n);
+                }
+            }
+        }
+        for r in AuthFailure::ALL {
+            set_counter(&v.auth_failures, &[r.as_str()], self.sum(|s| load(&s.auth_failures[r as usize])));
+        }
+        for q in QuotaKind::ALL {
+            set_counter(&v.quota_rejections, &[q.as_str()], self.sum(|s| load(&s.quota_rejections[q as usize])));
+        }
+        for r in DenyReason::ALL {
+            let n: u64 = self
+                .denials
+                .iter()
+                .flat_map(|d| d.snapshot())
+                .filter(|(reason, _)| *reason == r.as_str())
+                .map(|(_, n)| n)
+                .sum();
+            set_counter(&v.peer_denied, &[r.as_str()], n);
+        }
+        for d in Direction::ALL {
+            set_counter(&v.packets, &[d.as_str()], self.sum(|s| load(&s.packets[d as usize])));
+            set_counter(&v.bytes, &[d.as_str()], self.sum(|s| load(&s.bytes[d as usize])));
+        }
+        for r in DropReason::ALL {
+            set_counter(&v.dropped, &[r.as_str()], self.sum(|s| load(&s.dropped[r as usize])));
+        }
+        v.malformed.set(self.sum(|s| load(&s.malformed)) as i64);
+        v.rate_limited.set(self.sum(|s| load(&s.rate_limited)) as i64);
+        let (used, cap) = self.ledger.port_usage();
+        v.ports_in_use.set(used as i64);
+        v.ports_capacity.set(cap as i64);
+
+        let collectors: [&dyn Collector; 13] = [
+            &v.allocations_active,
+            &v.allocations_total,
+            &v.requests,
+            &v.auth_failures,
+            &v.quota_rejections,
+            &v.peer_denied,
+            &v.packets,
+            &v.bytes,
+            &v.dropped,
+            &v.malformed,
+            &v.rate_limited,
+            &v.ports_in_use,
+            &v.ports_capacity,
+        ];
+        collectors.iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
+/// Counters only go up; the shards hold the truth, so set the exported value to their sum.
+fn set_counter(vec: &IntCounterVec, labels: &[&str], total: u64) {
+    let c = vec.with_label_values(labels);
+    let current = c.get();
+    if total > current {
+        c.inc_by(total - current);
+    }
+}

@@ -1,0 +1,461 @@
+//! Starting and stopping a STUN/TURN server process for one test.
+
+use crate::metrics::Metrics;
+use crate::ports::PortBlock;
+use crate::{http, wait_for, workspace_root};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which server implementation to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// The system under test: `target/debug/icegate-relay` (or `$ICEGATE_RELAY_BIN`).
+    Icegate,
+    /// coturn's `turnserver`, the reference the tests are validated against.
+    Coturn,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Icegate => "icegate-relay",
+            ServerKind::Coturn => "turnserver (coturn)",
+        }
+    }
+}
+
+/// Server settings shared by both implementations (coturn option names).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub realm: String,
+    /// Static long-term users (`--user NAME:PASSWORD`).
+    pub users: Vec<(String, String)>,
+    /// TURN REST API secrets (`--use-auth-secret --static-auth-secret S`).
+    pub auth_secrets: Vec<String>,
+    pub allow_loopback_peers: bool,
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<u32>,
+    pub stale_nonce: Option<u32>,
+    /// Relay port range; must lie inside the test's [`PortBlock`]. `None`: the block's range.
+    pub port_range: Option<(u16, u16)>,
+    /// Start a TLS listener with a freshly generated self-signed certificate.
+    pub tls: bool,
+    /// `--denied-peer-ip` values.
+    pub denied_peers: Vec<String>,
+    /// Extra arguments, for icegate-relay only.
+    pub icegate_args: Vec<String>,
+    /// Extra arguments, for coturn only.
+    pub coturn_args: Vec<String>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            realm: "icegate.test".into(),
+            users: vec![("alice".into(), "secret".into())],
+            auth_secrets: vec![],
+            allow_loopback_peers: true,
+            user_quota: None,
+            total_quota: None,
+            stale_nonce: None,
+            port_range: None,
+            tls: false,
+            denied_peers: vec![],
+            icegate_args: vec![],
+            coturn_args: vec![],
+        }
+    }
+}
+
+/// The path of the icegate-relay binary, building it once if it is missing.
+pub fn icegate_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ICEGATE_RELAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("debug").join("icegate-relay");
+    static BUILD: Once = Once::new();
+    if !bin.exists() {
+        BUILD.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            eprintln!("[harness] {} missing; building it", bin.display());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "-p", "icegate-relay", "--bin", "icegate-relay"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p icegate-relay failed");
+        });
+    }
+    assert!(bin.exists(), "icegate-relay binary not found at {}", bin.display());
+    bin
+}
+
+/// A running server. Killed when dropped; its log is printed if the test is panicking.
+pub struct Relay {
+    pub kind: ServerKind,
+    pub config: RelayConfig,
+    pub ports: PortBlock,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    log_path: PathBuf,
+    exit_status: Option<ExitStatus>,
+}
+
+impl Relay {
+    /// Starts a server and waits until it is ready. Panics (printing the log) on failure.
+    pub fn start(kind: ServerKind, config: RelayConfig) -> Relay {
+        let ports = PortBlock::claim();
+        let dir = tempfile::Builder::new()
+            .prefix("icegate-test-")
+            .tempdir()
+            .expect("tempdir");
+        let log_path = dir.path().join("server.log");
+        let mut relay = Relay {
+            kind,
+            config,
+            ports,
+            child: None,
+            dir,
+            log_path,
+            exit_status: None,
+        };
+        let (program, args) = relay.command_line();
+        let log = File::create(&relay.log_path).expect("create log file");
+        let child = Command::new(&program)
+            .args(&args)
+            .current_dir(relay.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone log fd")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        eprintln!(
+            "[harness] started {} pid {} ({} {})",
+            kind.name(),
+            child.id(),
+            program.display(),
+            args.join(" ")
+        );
+        relay.child = Some(child);
+        relay.wait_ready();
+        relay
+    }
+
+    /// Program and arguments for this server.
+    fn command_line(&self) -> (PathBuf, Vec<String>) {
+        let c = &self.config;
+        let (min, max) = c.port_range.unwrap_or_else(|| self.ports.relay_range());
+        assert!(
+            min >= self.ports.base() && max < self.ports.base() + crate::ports::BLOCK_SIZE,
+            "port range {min}-{max} outside the test's port block"
+        );
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        let listen = self.ports.listen().to_string();
+        let (min, max) = (min.to_string(), max.to_string());
+        push(&["--listening-ip", "127.0.0.1", "--listening-port", &listen]);
+        push(&["--relay-ip", "127.0.0.1", "--min-port", &min, "--max-port", &max]);
+        push(&["--realm", &c.realm]);
+        for (u, p) in &c.users {
+            push(&["--user", &format!("{u}:{p}")]);
+        }
+        if !c.auth_secrets.is_empty() {
+            push(&["--use-auth-secret"]);
+            for s in &c.auth_secrets {
+                push(&["--static-auth-secret", s]);
+            }
+        }
+        if c.allow_loopback_peers {
+            push(&["--allow-loopback-peers"]);
+        }
+        if let Some(q) = c.user_quota {
+            push(&["--user-quota", &q.to_string()]);
+        }
+        if let Some(q) = c.total_quota {
+            push(&["--total-quota", &q.to_string()]);
+        }
+        for d in &c.denied_peers {
+            push(&["--denied-peer-ip", d]);
+        }
+        if c.tls {
+            let (cert, key) = write_self_signed_cert(self.dir.path());
+            push(&["--tls-listening-port", &self.ports.tls().to_string()]);
+            push(&["--cert", cert.to_str().unwrap(), "--pkey", key.to_str().unwrap()]);
+        }
+        match self.kind {
+            ServerKind::Icegate => {
+                push(&[
+                    "--metrics-listen",
+                    &format!("127.0.0.1:{}", self.ports.metrics()),
+                ]);
+                if let Some(s) = c.stale_nonce {
+                    push(&["--stale-nonce", &s.to_string()]);
+                }
+                a.extend(c.icegate_args.iter().cloned());
+                (icegate_binary(), a)
+            }
+            ServerKind::Coturn => {
+                let pid = self.dir.path().join("turnserver.pid");
+                push(&["-n", "--no-cli", "--fingerprint", "--no-rfc5780"]);
+                push(&["--log-file", "stdout", "--simple-log"]);
+                push(&["--pidfile", pid.to_str().unwrap()]);
+                push(&["--alt-listening-port", "0", "--alt-tls-listening-port", "0"]);
+                if !c.users.is_empty() && c.auth_secrets.is_empty() {
+                    push(&["--lt-cred-mech"]);
+                }
+                if !c.tls {
+                    push(&["--no-tls", "--no-dtls"]);
+                } else {
+                    push(&["--no-dtls"]);
+                }
+                if let Some(s) = c.stale_nonce {
+                    push(&[&format!("--stale-nonce={s}")]);
+                }
+                a.extend(c.coturn_args.iter().cloned());
+                (PathBuf::from("turnserver"), a)
+            }
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.exit_status = Some(status);
+                self.dump_log(200);
+                panic!("{} exited during startup with {status}", self.kind.name());
+            }
+            if self.probe_ready() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.dump_log(200);
+                panic!(
+                    "{} not ready within {READY_TIMEOUT:?} (ports {}..)",
+                    self.kind.name(),
+                    self.ports.base()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn probe_ready(&self) -> bool {
+        match self.kind {
+            ServerKind::Icegate => {
+                matches!(self.http_get("/readyz"), Ok(r) if r.status == 200)
+            }
+            ServerKind::Coturn => {
+                let tcp_ok = TcpStream::connect_timeout(&self.tcp_addr(), Duration::from_millis(200))
+                    .is_ok();
+                let tls_ok = !self.config.tls
+                    || TcpStream::connect_timeout(&self.tls_addr(), Duration::from_millis(200))
+                        .is_ok();
+                tcp_ok && tls_ok && stun_binding_probe(self.udp_addr())
+            }
+        }
+    }
+
+    pub fn udp_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.listen()))
+    }
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.udp_addr()
+    }
+    pub fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.tls()))
+    }
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.metrics()))
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    /// The temp dir the server runs in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// True if this server exports icegate's metrics endpoint.
+    pub fn has_metrics(&self) -> bool {
+        self.kind == ServerKind::Icegate
+    }
+
+    pub fn http_get(&self, path: &str) -> Result<http::Response, String> {
+        http::get(self.metrics_addr(), path, Duration::from_secs(2))
+    }
+
+    /// Scrapes `/metrics`. Panics for servers without the endpoint.
+    pub fn metrics(&self) -> Metrics {
+        assert!(self.has_metrics(), "{} has no metrics endpoint", self.kind.name());
+        let resp = self.http_get("/metrics").expect("GET /metrics");
+        assert_eq!(resp.status, 200, "GET /metrics status; body: {}", resp.body);
+        Metrics::parse(&resp.body).expect("valid Prometheus text")
+    }
+
+    /// Scrapes `/metrics` if the server has it.
+    pub fn try_metrics(&self) -> Option<Metrics> {
+        self.has_metrics().then(|| self.metrics())
+    }
+
+    /// Waits until `metric{labels}` (summed) is at least `min`, polling `/metrics` for up to
+    /// 3 s (counters may be updated asynchronously). Returns the last value seen.
+    pub fn wait_metric_at_least(&self, name: &str, labels: &[(&str, &str)], min: f64) -> f64 {
+        let mut last = 0.0;
+        let ok = wait_for(Duration::from_secs(3), Duration::from_millis(50), || {
+            last = self.metrics().sum(name, labels);
+            (last >= min).then_some(())
+        });
+        if ok.is_none() {
+            eprintln!(
+                "[harness] metric {name}{labels:?} = {last}, expected >= {min}; scrape:\n{}",
+                self.metrics().raw
+            );
+        }
+        last
+    }
+
+    /// The server's combined stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Prints the last `n` lines of the server log to stderr.
+    pub fn dump_log(&self, n: usize) {
+        let lines: Vec<String> = File::open(&self.log_path)
+            .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+            .unwrap_or_default();
+        let start = lines.len().saturating_sub(n);
+        eprintln!(
+            "----- last {} of {} lines of {} log ({}) -----",
+            lines.len() - start,
+            lines.len(),
+            self.kind.name(),
+            self.log_path.display()
+        );
+        for l in &lines[start..] {
+            eprintln!("{l}");
+        }
+        eprintln!("----- end of server log -----");
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => match c.try_wait() {
+                Ok(None) => true,
+                Ok(Some(st)) => {
+                    self.exit_status = Some(st);
+                    false
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit. `None` if it did not exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.exit_status = Some(st);
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let show = std::thread::panicking() || std::env::var_os("ICEGATE_TEST_SHOW_LOGS").is_some();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if show {
+            self.dump_log(150);
+        }
+    }
+}
+
+/// Sends a bare STUN Binding request (built by hand, no attributes) and waits for a
+/// Binding success response with the same transaction id.
+pub fn stun_binding_probe(server: SocketAddr) -> bool {
+    let Ok(sock) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut req = [0u8; 20];
+    req[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    let txid: [u8; 12] = rand::random();
+    req[8..20].copy_from_slice(&txid);
+    if sock.send_to(&req, server).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1500];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => n >= 20 && buf[0..2] == [0x01, 0x01] && buf[8..20] == txid,
+        Err(_) => false,
+    }
+}
+
+/// Writes a self-signed certificate for `localhost`/127.0.0.1 and its key as PEM files.
+pub fn write_self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("generate certificate");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+/// Runs `icegate-relay ARGS` to completion (for `--check-config` and friends), with a
+/// timeout. Returns (status, combined output).
+pub fn run_icegate_once(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("out.log");
+    let out = File::create(&out_path).expect("create out");
+    let mut child = Command::new(icegate_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("spawn icegate-relay");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(&out_path).unwrap_or_default())
+}

@@ -1,0 +1,413 @@
+//! A small STUN/TURN client over UDP built on the independent `stun-rs` codec.
+
+use base64::Engine as _;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+pub use stun_rs::attributes::stun::{
+    ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, PasswordAlgorithm,
+    PasswordAlgorithms, Realm, Software, UserName, XorMappedAddress,
+};
+pub use stun_rs::attributes::turn::{
+    ChannelNumber, Data, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress,
+};
+pub use stun_rs::methods::{ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMMISSION, REFRESH, SEND};
+pub use stun_rs::{
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute, StunMessage,
+    StunMessageBuilder,
+};
+
+/// The nonce prefix of RFC 8489 section 9.2 ("nonce cookie") announcing security features.
+pub const NONCE_COOKIE: &str = "obMatJos2";
+
+/// Encodes a message with stun-rs.
+pub fn encode(msg: &StunMessage) -> Vec<u8> {
+    let encoder = stun_rs::MessageEncoderBuilder::default().build();
+    let mut buf = vec![0u8; 4096];
+    let n = encoder.encode(&mut buf, msg).expect("stun-rs encode");
+    buf.truncate(n);
+    buf
+}
+
+/// Decodes with stun-rs, validating FINGERPRINT and (if `key` is given) the message
+/// integrity attributes. Without a key, a message carrying MESSAGE-INTEGRITY fails to
+/// decode, which is what we want for responses that must not carry one.
+pub fn decode(bytes: &[u8], key: Option<&HMACKey>) -> Result<StunMessage, String> {
+    let mut ctx = stun_rs::DecoderContextBuilder::default().with_validation();
+    if let Some(k) = key {
+        ctx = ctx.with_key(k.clone());
+    }
+    let decoder = stun_rs::MessageDecoderBuilder::default()
+        .with_context(ctx.build())
+        .build();
+    let (msg, size) = decoder
+        .decode(bytes)
+        .map_err(|e| format!("stun-rs decode failed: {e:?}"))?;
+    if size != bytes.len() {
+        return Err(format!("decoded {size} of {} bytes", bytes.len()));
+    }
+    Ok(msg)
+}
+
+/// A fresh request with the given attributes (no integrity, no fingerprint).
+pub fn request(method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
+    let mut b = StunMessageBuilder::new(method, MessageClass::Request);
+    for a in attrs {
+        b = b.with_attribute(a.clone());
+    }
+    b.build()
+}
+
+/// The ERROR-CODE number of a message, if any.
+pub fn error_code(msg: &StunMessage) -> Option<u16> {
+    let a = msg.get::<ErrorCode>()?.as_error_code().ok()?;
+    Some(a.error_code().error_code())
+}
+
+/// Short human description of a response for assertion messages.
+pub fn describe(msg: &StunMessage) -> String {
+    let mut s = format!("{:?} {:?}", msg.method(), msg.class());
+    if let Some(a) = msg.get::<ErrorCode>().and_then(|a| a.as_error_code().ok()) {
+        s += &format!(
+            " ERROR-CODE {} {:?}",
+            a.error_code().error_code(),
+            a.error_code().reason()
+        );
+    }
+    let names: Vec<String> = msg
+        .attributes()
+        .iter()
+        .map(|a| format!("0x{:04x}", a.attribute_type().as_u16()))
+        .collect();
+    s += &format!(" attrs [{}]", names.join(", "));
+    s
+}
+
+pub fn xor_mapped(msg: &StunMessage) -> Option<SocketAddr> {
+    Some(*msg.get::<XorMappedAddress>()?.as_xor_mapped_address().ok()?.socket_address())
+}
+pub fn xor_relayed(msg: &StunMessage) -> Option<SocketAddr> {
+    Some(*msg.get::<XorRelayedAddress>()?.as_xor_relayed_address().ok()?.socket_address())
+}
+pub fn lifetime(msg: &StunMessage) -> Option<u32> {
+    Some(*msg.get::<LifeTime>()?.as_life_time().ok()?.as_ref())
+}
+pub fn nonce(msg: &StunMessage) -> Option<String> {
+    Some(msg.get::<Nonce>()?.as_nonce().ok()?.as_str().to_string())
+}
+pub fn realm(msg: &StunMessage) -> Option<String> {
+    Some(msg.get::<Realm>()?.as_realm().ok()?.as_str().to_string())
+}
+pub fn software(msg: &StunMessage) -> Option<String> {
+    Some(msg.get::<Software>()?.as_software().ok()?.as_str().to_string())
+}
+pub fn has_attr<A: stun_rs::StunAttributeType>(msg: &StunMessage) -> bool {
+    msg.get::<A>().is_some()
+}
+
+/// Security feature bits carried by an RFC 8489 nonce cookie, if the nonce has one:
+/// returns (password_algorithms, username_anonymity).
+pub fn nonce_security_features(nonce: &str) -> Option<(bool, bool)> {
+    let rest = nonce.strip_prefix(NONCE_COOKIE)?;
+    let feat = rest.get(..4)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(feat)
+        .ok()?;
+    let b0 = *bytes.first()?;
+    Some((b0 & 0x80 != 0, b0 & 0x40 != 0))
+}
+
+/// A UDP socket on 127.0.0.1 talking STUN to one server.
+pub struct StunUdp {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl StunUdp {
+    pub fn new(server: SocketAddr) -> StunUdp {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
+        StunUdp { sock, server }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.sock.local_addr().expect("local addr")
+    }
+
+    pub fn send_raw(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.server).expect("send_to");
+    }
+
+    /// Next datagram from anyone within `timeout`.
+    pub fn recv_raw(&self, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).ok()?;
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(e) => panic!("recv_from: {e}"),
+            }
+        }
+    }
+
+    /// Sends `msg` and waits for the response with the same transaction id, retransmitting
+    /// every 500 ms (4 tries). Returns the raw bytes of the response.
+    pub fn transact_raw(&self, msg: &StunMessage) -> Result<Vec<u8>, String> {
+        let bytes = encode(msg);
+        let txid = *msg.transaction_id().as_bytes();
+        for _ in 0..4 {
+            self.send_raw(&bytes);
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                let Some((resp, from)) = self.recv_raw(left) else {
+                    break;
+                };
+                if from == self.server && resp.len() >= 20 && resp[8..20] == txid {
+                    return Ok(resp);
+                }
+            }
+        }
+        Err(format!("no response to {:?} from {}", msg.method(), self.server))
+    }
+
+    /// [`Self::transact_raw`] plus validated decoding.
+    pub fn transact(&self, msg: &StunMessage, key: Option<&HMACKey>) -> StunMessage {
+        let raw = self.transact_raw(msg).unwrap_or_else(|e| panic!("{e}"));
+        decode(&raw, key).unwrap_or_else(|e| panic!("{e}; response bytes {raw:02x?}"))
+    }
+}
+
+/// Which message integrity attribute a client puts in its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    Sha1,
+    Sha256,
+}
+
+/// A long-term-credential TURN client over UDP (RFC 8489 section 9.2, RFC 8656).
+pub struct TurnClient {
+    pub udp: StunUdp,
+    pub username: String,
+    pub password: String,
+    pub integrity: Integrity,
+    /// Preferred password algorithm when the server offers PASSWORD-ALGORITHMS;
+    /// `None` picks the first one the server lists.
+    pub preferred_algorithm: Option<AlgorithmId>,
+    pub realm: Option<String>,
+    pub nonce: Option<String>,
+    pub server_algorithms: Option<PasswordAlgorithms>,
+}
+
+impl TurnClient {
+    pub fn new(server: SocketAddr, username: &str, password: &str) -> TurnClient {
+        TurnClient {
+            udp: StunUdp::new(server),
+            username: username.into(),
+            password: password.into(),
+            integrity: Integrity::Sha1,
+            preferred_algorithm: None,
+            realm: None,
+            nonce: None,
+            server_algorithms: None,
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.udp.local_addr()
+    }
+
+    /// The password algorithm in use: None when the server did not offer
+    /// PASSWORD-ALGORITHMS (then the key is MD5, and no algorithm attributes are sent).
+    pub fn chosen_algorithm(&self) -> Option<PasswordAlgorithm> {
+        let algs = self.server_algorithms.as_ref()?;
+        if let Some(pref) = self.preferred_algorithm {
+            if let Some(a) = algs.iter().find(|a| a.algorithm() == pref) {
+                return Some(a.clone());
+            }
+        }
+        algs.iter()
+            .find(|a| matches!(a.algorithm(), AlgorithmId::MD5 | AlgorithmId::SHA256))
+            .cloned()
+    }
+
+    /// The long-term key for the current realm and algorithm.
+    pub fn key(&self) -> Option<HMACKey> {
+        let realm = self.realm.as_ref()?;
+        let alg = self
+            .chosen_algorithm()
+            .map(|a| Algorithm::new(a.algorithm(), a.parameters()))
+            .unwrap_or_else(|| Algorithm::from(AlgorithmId::MD5));
+        Some(
+            HMACKey::new_long_term(&self.username, realm, &self.password, alg)
+                .expect("long-term key"),
+        )
+    }
+
+    /// Learns REALM, NONCE and PASSWORD-ALGORITHMS from a 401/438 error response.
+    pub fn learn(&mut self, resp: &StunMessage) {
+        if let Some(r) = realm(resp) {
+            self.realm = Some(r);
+        }
+        if let Some(n) = nonce(resp) {
+            self.nonce = Some(n);
+        }
+        if let Some(a) = resp
+            .get::<PasswordAlgorithms>()
+            .and_then(|a| a.as_password_algorithms().ok())
+        {
+            self.server_algorithms = Some(a.clone());
+        }
+    }
+
+    /// Builds an authenticated request: ATTRS, USERNAME, REALM, NONCE,
+    /// [PASSWORD-ALGORITHMS, PASSWORD-ALGORITHM], MESSAGE-INTEGRITY(-SHA256), FINGERPRINT.
+    pub fn build_authed(&self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
+        let realm = self.realm.clone().expect("realm learned");
+        let nonce = self.nonce.clone().expect("nonce learned");
+        let key = self.key().expect("key");
+        let mut b = StunMessageBuilder::new(method, MessageClass::Request);
+        for a in attrs {
+            b = b.with_attribute(a.clone());
+        }
+        b = b
+            .with_attribute(UserName::new(&self.username).expect("username"))
+            .with_attribute(Realm::new(realm).expect("realm"))
+            .with_attribute(Nonce::new(nonce).expect("nonce"));
+        if let (Some(algs), Some(chosen)) = (self.server_algorithms.clone(), self.chosen_algorithm())
+        {
+            b = b.with_attribute(algs).with_attribute(chosen);
+        }
+        b = match self.integrity {
+            Integrity::Sha1 => b.with_attribute(MessageIntegrity::new(key)),
+            Integrity::Sha256 => b.with_attribute(MessageIntegritySha256::new(key)),
+        };
+        b.with_attribute(Fingerprint::default()).build()
+    }
+
+    /// Sends an unauthenticated request (with FINGERPRINT) and learns the challenge.
+    pub fn challenge(&mut self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
+        let mut all = attrs.to_vec();
+        all.push(Fingerprint::default().into());
+        let resp = self.udp.transact(&request(method, &all), None);
+        self.learn(&resp);
+        resp
+    }
+
+    /// One authenticated request with the current nonce (no retry). The response is
+    /// decoded with integrity validation; 401/438 responses update realm/nonce.
+    pub fn request_once(&mut self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
+        let msg = self.build_authed(method, attrs);
+        let raw = self
+            .udp
+            .transact_raw(&msg)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // 401 and 438 responses carry no valid MESSAGE-INTEGRITY for our key (RFC 8489
+        // 9.2.4); decode those without a key.
+        let resp = match decode(&raw, None) {
+            Ok(m) if matches!(error_code(&m), Some(401) | Some(438)) => m,
+            _ => decode(&raw, self.key().as_ref())
+                .unwrap_or_else(|e| panic!("{e}; response {raw:02x?}")),
+        };
+        if matches!(error_code(&resp), Some(401) | Some(438)) {
+            self.learn(&resp);
+        }
+        resp
+    }
+
+    /// An authenticated request, doing the 401 challenge first if no nonce is known and
+    /// retrying once on 438 (stale nonce).
+    pub fn request(&mut self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
+        if self.nonce.is_none() {
+            let resp = self.challenge(method, attrs);
+            assert_eq!(
+                error_code(&resp),
+                Some(401),
+                "unauthenticated request must be challenged: {}",
+                describe(&resp)
+            );
+        }
+        let resp = self.request_once(method, attrs);
+        if error_code(&resp) == Some(438) {
+            return self.request_once(method, attrs);
+        }
+        resp
+    }
+
+    pub fn allocate(&mut self) -> StunMessage {
+        self.request(ALLOCATE, &[requested_transport_udp()])
+    }
+
+    pub fn create_permission(&mut self, peer: SocketAddr) -> StunMessage {
+        self.request(CREATE_PERMMISSION, &[XorPeerAddress::from(peer).into()])
+    }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> StunMessage {
+        self.request(
+            CHANNEL_BIND,
+            &[
+                ChannelNumber::new(channel).into(),
+                XorPeerAddress::from(peer).into(),
+            ],
+        )
+    }
+
+    /// Refresh with LIFETIME 0: deletes the allocation.
+    pub fn deallocate(&mut self) -> StunMessage {
+        self.request(REFRESH, &[LifeTime::from(0).into()])
+    }
+}
+
+pub fn requested_transport_udp() -> StunAttribute {
+    RequestedTrasport::new(stun_rs::protocols::UDP).into()
+}
+
+/// Asserts `resp` is a success response, with a useful message otherwise.
+pub fn assert_success(resp: &StunMessage, what: &str) {
+    assert_eq!(
+        resp.class(),
+        MessageClass::SuccessResponse,
+        "{what}: expected success, got {}",
+        describe(resp)
+    );
+}
+
+/// Asserts `resp` is an error response with `code`.
+pub fn assert_error(resp: &StunMessage, code: u16, what: &str) {
+    assert_eq!(
+        (resp.class(), error_code(resp)),
+        (MessageClass::ErrorResponse, Some(code)),
+        "{what}: expected error {code}, got {}",
+        describe(resp)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonce_cookie_bits() {
+        // "obMatJos2" + base64 of 0x80 0x00 0x00 = "gAAA"
+        assert_eq!(nonce_security_features("obMatJos2gAAAxyz"), Some((true, false)));
+        assert_eq!(nonce_security_features("obMatJos2AAAAxyz"), Some((false, false)));
+        assert_eq!(nonce_security_features("plainnonce"), None);
+    }
+
+    #[test]
+    fn encode_decode_roundtrip() {
+        let msg = request(BINDING, &[Fingerprint::default().into()]);
+        let bytes = encode(&msg);
+        let back = decode(&bytes, None).unwrap();
+        assert_eq!(back.method(), BINDING);
+        assert!(has_attr::<Fingerprint>(&back));
+    }
+}

@@ -1,0 +1,322 @@
+//! The relay driven by coturn's command-line clients (`turnutils_stunclient`,
+//! `turnutils_uclient` with `turnutils_peer` as the peer), all on 127.0.0.1.
+
+use icegate_tests::tools::{parse_stunclient_reflexive, run_uclient, run_with_timeout, Peer};
+use icegate_tests::{require_tool, server_tests, Relay, RelayConfig, ServerKind};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::time::Duration;
+
+const UCLIENT_TIMEOUT: Duration = Duration::from_secs(40);
+const SECRET: &str = "rest-api-secret-42";
+
+fn stunclient_mapped_address(kind: ServerKind) {
+    require_tool("turnutils_stunclient");
+    let relay = Relay::start(kind, RelayConfig::default());
+    let before = relay.try_metrics();
+    let (status, out) = run_with_timeout(
+        Command::new("turnutils_stunclient").args([
+            "-p",
+            &relay.ports.listen().to_string(),
+            "127.0.0.1",
+        ]),
+        Duration::from_secs(15),
+    );
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "turnutils_stunclient failed ({status:?}):\n{out}"
+    );
+    let mapped = parse_stunclient_reflexive(&out)
+        .unwrap_or_else(|| panic!("no reflexive address in output:\n{out}"));
+    assert_eq!(mapped.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST), "output:\n{out}");
+    assert_ne!(mapped.port(), 0);
+    if let Some(before) = before {
+        let labels = [("method", "binding"), ("result", "success")];
+        let was = before.sum("icegate_relay_requests_total", &labels);
+        let now = relay.wait_metric_at_least("icegate_relay_requests_total", &labels, was + 1.0);
+        assert!(now > was, "binding success counter did not move ({was} -> {now})");
+    }
+}
+
+/// One `turnutils_uclient` run through the relay; asserts no loss and that the relay's
+/// counters saw the allocations and the packets.
+struct UclientCase<'a> {
+    config: RelayConfig,
+    /// Flags besides the common `-n -m -l -z -e -r`.
+    flags: &'a [&'a str],
+    clients: u32,
+    messages: u32,
+    /// Expected `transport` label of the allocations.
+    transport: &'a str,
+    tls: bool,
+}
+
+fn run_case(kind: ServerKind, case: UclientCase) {
+    let mut config = case.config;
+    config.tls = case.tls;
+    let relay = Relay::start(kind, config);
+    let _peer = Peer::start(relay.ports.peer());
+    let before = relay.try_metrics();
+    let mut args: Vec<String> = [
+        "-n",
+        &case.messages.to_string(),
+        "-m",
+        &case.clients.to_string(),
+        "-l",
+        "172",
+        "-z",
+        "20",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &relay.ports.peer().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(case.flags.iter().map(|s| s.to_string()));
+    let port = if case.tls {
+        relay.ports.tls()
+    } else {
+        relay.ports.listen()
+    };
+    let report = run_uclient(&args, port, UCLIENT_TIMEOUT);
+    let tail: String = report
+        .output
+        .lines()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        report.status.map(|s| s.success()).unwrap_or(false),
+        "turnutils_uclient exit status {:?}; output tail:\n{tail}",
+        report.status
+    );
+    let expected_min = u64::from(case.messages) * u64::from(case.clients);
+    assert!(
+        report.sent >= expected_min,
+        "sent {} < {expected_min}; output tail:\n{tail}",
+        report.sent
+    );
+    assert_eq!(
+        (report.lost, report.received, report.send_dropped),
+        (0, report.sent, 0),
+        "lost packets through the relay; output tail:\n{tail}"
+    );
+    assert_eq!(report.lost_percent, 0.0);
+
+    if let Some(before) = before {
+        let after = relay.metrics();
+        let allocs = |m: &icegate_tests::Metrics| {
+            m.sum(
+                "icegate_relay_allocations_total",
+                &[("transport", case.transport), ("family", "ipv4")],
+            )
+        };
+        assert!(
+            allocs(&after) - allocs(&before) >= f64::from(case.clients),
+            "icegate_relay_allocations_total{{transport={}}} moved {} -> {}",
+            case.transport,
+            allocs(&before),
+            allocs(&after)
+        );
+        for dir in ["client_to_peer", "peer_to_client"] {
+            let d = after.sum("icegate_relay_packets_total", &[("direction", dir)])
+                - before.sum("icegate_relay_packets_total", &[("direction", dir)]);
+            assert!(
+                d >= report.sent as f64,
+                "icegate_relay_packets_total{{direction={dir}}} grew by {d}, uclient sent {}",
+                report.sent
+            );
+            let b = after.sum("icegate_relay_bytes_total", &[("direction", dir)])
+                - before.sum("icegate_relay_bytes_total", &[("direction", dir)]);
+            assert!(
+                b >= (report.sent * 172) as f64,
+                "icegate_relay_bytes_total{{direction={dir}}} grew by {b}"
+            );
+        }
+    }
+}
+
+fn static_user() -> &'static [&'static str] {
+    &["-u", "alice", "-w", "secret"]
+}
+
+/// Defaults of turnutils_uclient: UDP, channels, RTP+RTCP pairs (EVEN-PORT with
+/// RESERVATION-TOKEN for the RTCP allocation).
+fn uclient_udp_channels_default(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: static_user(),
+            clients: 5,
+            messages: 100,
+            transport: "udp",
+            tls: false,
+        },
+    );
+}
+
+/// Plain static long-term user, one allocation per client (`-c`: no RTCP).
+fn uclient_udp_static_user(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-c", "-u", "alice", "-w", "secret"],
+            clients: 5,
+            messages: 100,
+            transport: "udp",
+            tls: false,
+        },
+    );
+}
+
+/// Send/Data indications instead of channels.
+fn uclient_udp_send_indications(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-s", "-c", "-u", "alice", "-w", "secret"],
+            clients: 5,
+            messages: 100,
+            transport: "udp",
+            tls: false,
+        },
+    );
+}
+
+fn uclient_tcp(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-t", "-c", "-u", "alice", "-w", "secret"],
+            clients: 5,
+            messages: 100,
+            transport: "tcp",
+            tls: false,
+        },
+    );
+}
+
+fn uclient_tls(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-t", "-S", "-c", "-u", "alice", "-w", "secret"],
+            clients: 5,
+            messages: 100,
+            transport: "tls",
+            tls: true,
+        },
+    );
+}
+
+/// Client-to-client: pairs of clients relay to each other's relayed addresses.
+fn uclient_client_to_client(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-y", "-c", "-u", "alice", "-w", "secret"],
+            clients: 4,
+            messages: 100,
+            transport: "udp",
+            tls: false,
+        },
+    );
+}
+
+/// TURN REST API credentials (username "<expiry>:<user>", password
+/// base64(HMAC-SHA1(secret, username))).
+fn uclient_rest_secret(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig {
+                users: vec![],
+                auth_secrets: vec![SECRET.into()],
+                ..RelayConfig::default()
+            },
+            flags: &["-c", "-u", "bob", "-W", SECRET],
+            clients: 5,
+            messages: 100,
+            transport: "udp",
+            tls: false,
+        },
+    );
+}
+
+/// A wrong REST secret must not get an allocation.
+fn uclient_rest_wrong_secret_rejected(kind: ServerKind) {
+    let relay = Relay::start(
+        kind,
+        RelayConfig {
+            users: vec![],
+            auth_secrets: vec![SECRET.into()],
+            ..RelayConfig::default()
+        },
+    );
+    let _peer = Peer::start(relay.ports.peer());
+    let args: Vec<String> = [
+        "-n", "5", "-m", "1", "-c", "-u", "bob", "-W", "not-the-secret", "-e", "127.0.0.1", "-r",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([relay.ports.peer().to_string()])
+    .collect();
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args(&args)
+        .args(["-p", &relay.ports.listen().to_string(), "127.0.0.1"]);
+    let (status, out) = run_with_timeout(&mut cmd, UCLIENT_TIMEOUT);
+    assert!(
+        !status.map(|s| s.success()).unwrap_or(true),
+        "uclient with a wrong REST secret succeeded ({status:?}):\n{out}"
+    );
+    assert!(
+        out.contains("Cannot complete Allocation"),
+        "expected an allocation failure:\n{out}"
+    );
+}
+
+server_tests!(
+    stunclient_mapped_address,
+    uclient_udp_channels_default,
+    uclient_udp_static_user,
+    uclient_udp_send_indications,
+    uclient_tcp,
+    uclient_tls,
+    uclient_client_to_client,
+    uclient_rest_secret,
+    uclient_rest_wrong_secret_rejected,
+);
+
+/// Keeps the harness and the output parsing honest: these run against coturn in the
+/// normal suite (fast, ~3 s each).
+#[test]
+fn harness_self_check_against_coturn_stunclient() {
+    stunclient_mapped_address(ServerKind::Coturn);
+}
+
+#[test]
+fn harness_self_check_against_coturn_uclient_udp() {
+    run_case(
+        ServerKind::Coturn,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-c", "-u", "alice", "-w", "secret"],
+            clients: 2,
+            messages: 20,
+            transport: "udp",
+            tls: false,
+        },
+    );
+}
