@@ -1,5 +1,6 @@
 //! The Prometheus view of the relay: sums the workers' counter shards at scrape time.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use icegate_relay_proto::metrics::{
@@ -9,6 +10,8 @@ use icegate_relay_proto::metrics::{
 use icegate_relay_proto::peer_filter::DenyReason;
 use icegate_relay_proto::{Family, Ledger, Transport};
 use prometheus::core::{Collector, Desc};
+
+use crate::stats::RuntimeCounters;
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
@@ -17,6 +20,7 @@ pub struct RelayCollector {
     shards: Vec<Arc<Counters>>,
     denials: Vec<Arc<PeerDenials>>,
     ledger: Arc<Ledger>,
+    stats: Vec<Arc<RuntimeCounters>>,
     vecs: Mutex<Vecs>,
     descs: Vec<Desc>,
 }
@@ -35,6 +39,9 @@ struct Vecs {
     rate_limited: IntGauge,
     ports_in_use: IntGauge,
     ports_capacity: IntGauge,
+    send_failures: IntGauge,
+    streams_open: IntGauge,
+    tls_handshake_failures: IntGauge,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -47,7 +54,12 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 
 impl RelayCollector {
     /// A collector over the given shards.
-    pub fn new(shards: Vec<Arc<Counters>>, denials: Vec<Arc<PeerDenials>>, ledger: Arc<Ledger>) -> Self {
+    pub fn new(
+        shards: Vec<Arc<Counters>>,
+        denials: Vec<Arc<PeerDenials>>,
+        stats: Vec<Arc<RuntimeCounters>>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
         let vecs = Vecs {
             allocations_active: IntGaugeVec::new(
                 Opts::new("icegate_relay_allocations_active", "Allocations now open."),
@@ -107,9 +119,21 @@ impl RelayCollector {
                 "icegate_relay_ports_capacity",
                 "Relay ports in the configured range(s).",
             ),
+            send_failures: gauge(
+                "icegate_relay_send_failures_total",
+                "Packets the kernel refused or a slow TCP/TLS client had no room for.",
+            ),
+            streams_open: gauge(
+                "icegate_relay_stream_connections",
+                "TCP and TLS client connections now open.",
+            ),
+            tls_handshake_failures: gauge(
+                "icegate_relay_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+            ),
         };
         let mut descs = Vec::new();
-        let collectors: [&dyn Collector; 13] = [
+        let collectors: [&dyn Collector; 16] = [
             &vecs.allocations_active,
             &vecs.allocations_total,
             &vecs.requests,
@@ -123,6 +147,9 @@ impl RelayCollector {
             &vecs.rate_limited,
             &vecs.ports_in_use,
             &vecs.ports_capacity,
+            &vecs.send_failures,
+            &vecs.streams_open,
+            &vecs.tls_handshake_failures,
         ];
         for c in collectors {
             descs.extend(c.desc().into_iter().cloned());
@@ -131,6 +158,7 @@ impl RelayCollector {
             shards,
             denials,
             ledger,
+            stats,
             vecs: Mutex::new(vecs),
             descs,
         }
@@ -203,8 +231,15 @@ impl Collector for RelayCollector {
         let (used, cap) = self.ledger.port_usage();
         v.ports_in_use.set(used as i64);
         v.ports_capacity.set(cap as i64);
+        let stat = |f: fn(&RuntimeCounters) -> i64| self.stats.iter().map(|s| f(s)).sum::<i64>();
+        v.send_failures
+            .set(stat(|s| s.send_failures.load(Ordering::Relaxed) as i64));
+        v.streams_open
+            .set(stat(|s| s.streams_open.load(Ordering::Relaxed)));
+        v.tls_handshake_failures
+            .set(stat(|s| s.tls_handshake_failures.load(Ordering::Relaxed) as i64));
 
-        let collectors: [&dyn Collector; 13] = [
+        let collectors: [&dyn Collector; 16] = [
             &v.allocations_active,
             &v.allocations_total,
             &v.requests,
@@ -218,6 +253,9 @@ impl Collector for RelayCollector {
             &v.rate_limited,
             &v.ports_in_use,
             &v.ports_capacity,
+            &v.send_failures,
+            &v.streams_open,
+            &v.tls_handshake_failures,
         ];
         collectors.iter().flat_map(|c| c.collect()).collect()
     }

@@ -1,0 +1,359 @@
+//! icegate-relay: the runtime shell around the sans-IO TURN core in `icegate-relay-proto`.
+//!
+//! ```text
+//!   main thread                          worker threads (one per core)
+//!   ───────────                          ─────────────────────────────
+//!   config, logging, RLIMIT_NOFILE       current-thread tokio runtime each, owning:
+//!   bind listeners (SO_REUSEPORT) ──────▶  its UDP/TCP/TLS listeners
+//!   drop privileges                        one proto::Server (no locks)
+//!   /metrics /healthz /readyz              the relay sockets of its allocations
+//!   SIGHUP → new config ── watch ───────▶  set_config
+//!   SIGTERM → drain     ── watch ───────▶  set_draining
+//! ```
+//!
+//! Workers share only the [`Ledger`] (ports, quotas, nonce key), touched when allocations are
+//! made or freed, and their own counter shards, summed when `/metrics` is scraped.
+
+mod config;
+mod framing;
+mod limits;
+mod metrics;
+mod privileges;
+mod sockets;
+mod stats;
+mod worker;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use icegate_common::logging;
+use icegate_common::metrics_http::{self, Health};
+use icegate_common::signals::{control_signals, ControlSignal};
+use icegate_common::tls::{self, ReloadableCert};
+use icegate_relay_proto::metrics::{Counters, PeerDenials};
+use icegate_relay_proto::nonce::NonceKey;
+use icegate_relay_proto::{Ledger, Server};
+use tokio::sync::watch;
+
+use crate::config::{Cli, Settings};
+use crate::stats::RuntimeCounters;
+use crate::worker::{Control, WorkerSetup};
+
+/// A failure that stops the relay at start-up, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot listen on {addr} ({transport}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        transport: &'static str,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot drop privileges: {0}")]
+    Privileges(#[from] privileges::PrivilegeError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli) {
+        Ok(s) => s,
+        Err(error) => {
+            eprintln!("icegate-relay: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        if let Some((cert, key)) = &settings.tls {
+            if let Err(error) = tls::load_certified_key(cert, key) {
+                eprintln!("icegate-relay: configuration error: TLS: {error}");
+                return ExitCode::from(2);
+            }
+        }
+        println!("{}", settings.summary());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(error) = logging::init(settings.log_format, "info") {
+        eprintln!("icegate-relay: {error}");
+        return ExitCode::from(2);
+    }
+    match run(cli, settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("icegate-relay: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The listeners of one worker.
+#[derive(Default)]
+struct Listeners {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+}
+
+fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
+    let listen_err = |addr, transport| move |source| StartError::Listen {
+        addr,
+        transport,
+        source,
+    };
+    let mut all = Vec::new();
+    for _ in 0..settings.workers {
+        let mut l = Listeners::default();
+        for &ip in &settings.listening_ips {
+            let addr = SocketAddr::new(ip, settings.port);
+            if settings.udp {
+                l.udp.push(sockets::udp_listener(addr).map_err(listen_err(addr, "udp"))?);
+            }
+            if settings.tcp {
+                l.tcp.push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tcp"))?);
+            }
+            if settings.tls.is_some() {
+                let addr = SocketAddr::new(ip, settings.tls_port);
+                l.tls.push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tls"))?);
+            }
+        }
+        all.push(l);
+    }
+    Ok(all)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
+    let relay_ips: Vec<IpAddr> = settings
+        .server
+        .relay_addresses
+        .iter()
+        .map(|r| r.local)
+        .collect();
+    let ports = relay_ips.len() as u64 * (u64::from(settings.max_port - settings.min_port) + 1);
+    match limits::raise_nofile(ports) {
+        Ok(limit) if limit.soft < limit.wanted => tracing::warn!(
+            soft = limit.soft,
+            wanted = limit.wanted,
+            "RLIMIT_NOFILE is below what the relay port range needs; allocations beyond it get 508"
+        ),
+        Ok(limit) => tracing::debug!(soft = limit.soft, "RLIMIT_NOFILE"),
+        Err(error) => tracing::warn!(%error, "cannot raise RLIMIT_NOFILE"),
+    }
+
+    let now = Instant::now();
+    let ledger = Arc::new(Ledger::new(
+        &relay_ips,
+        settings.min_port,
+        settings.max_port,
+        NonceKey::new(rand::random()),
+        now,
+        unix_now(),
+    ));
+
+    let listeners = bind_listeners(&settings)?;
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen {
+                addr,
+                transport: "metrics http",
+                source,
+            })?;
+            l.set_nonblocking(true).map_err(|source| StartError::Io {
+                what: "metrics listener",
+                source,
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let cert = match &settings.tls {
+        Some((cert, key)) => Some(Arc::new(ReloadableCert::new(cert, key)?)),
+        None => None,
+    };
+    let tls_config = cert.as_ref().map(|c| tls::server_config(Arc::clone(c), &[]));
+
+    if settings.proc_user.is_some() || settings.proc_group.is_some() {
+        if privileges::is_root() {
+            privileges::drop_to(settings.proc_user.as_deref(), settings.proc_group.as_deref())?;
+            tracing::info!(user = ?settings.proc_user, group = ?settings.proc_group, "dropped privileges");
+        } else {
+            tracing::warn!("proc-user/proc-group ignored: not running as root");
+        }
+    }
+
+    let config = Arc::new(settings.server.clone());
+    let (control_tx, control_rx) = watch::channel(Control {
+        config: Arc::clone(&config),
+        draining: false,
+    });
+    let mut shards = Vec::new();
+    let mut denials = Vec::new();
+    let mut stats = Vec::new();
+    for (index, l) in listeners.into_iter().enumerate() {
+        let counters = Arc::new(Counters::default());
+        let denied = Arc::new(PeerDenials::default());
+        let runtime_stats = Arc::new(RuntimeCounters::default());
+        let server = Server::new(
+            Arc::clone(&config),
+            Arc::clone(&ledger),
+            Arc::clone(&counters),
+            Arc::clone(&denied),
+            rand::random(),
+            Instant::now(),
+        );
+        worker::spawn(WorkerSetup {
+            index,
+            server,
+            udp: l.udp,
+            tcp: l.tcp,
+            tls: l.tls,
+            tls_config: tls_config.clone(),
+            control: control_rx.clone(),
+            counters: Arc::clone(&counters),
+            stats: Arc::clone(&runtime_stats),
+        })
+        .map_err(|source| StartError::Io {
+            what: "cannot start worker thread",
+            source,
+        })?;
+        shards.push(counters);
+        denials.push(denied);
+        stats.push(runtime_stats);
+    }
+
+    let registry = prometheus::Registry::new();
+    let collector = metrics::RelayCollector::new(shards.clone(), denials, stats, Arc::clone(&ledger));
+    registry
+        .register(Box::new(collector))
+        .expect("the relay collector registers once");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Io {
+            what: "cannot start the control runtime",
+            source,
+        })?;
+    runtime.block_on(async move {
+        let health = Health::new();
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(l) = metrics_listener {
+            let listener = tokio::net::TcpListener::from_std(l).map_err(|source| StartError::Io {
+                what: "metrics listener",
+                source,
+            })?;
+            let health = health.clone();
+            tokio::spawn(metrics_http::serve(listener, registry, health, async {
+                let _ = metrics_stopped.await;
+            }));
+        }
+        let mut signals = control_signals().map_err(|source| StartError::Io {
+            what: "cannot install signal handlers",
+            source,
+        })?;
+        health.set_ready(true);
+        tracing::info!(
+            workers = settings.workers,
+            listening = ?settings.listening_ips,
+            port = settings.port,
+            tls_port = settings.tls.as_ref().map(|_| settings.tls_port),
+            relay = ?relay_ips,
+            min_port = settings.min_port,
+            max_port = settings.max_port,
+            realm = %settings.server.realm,
+            "icegate-relay ready"
+        );
+        loop {
+            match signals.recv().await {
+                Some(ControlSignal::Reload) => reload(&cli, &settings, &control_tx, cert.as_deref()),
+                Some(ControlSignal::Terminate) | None => break,
+            }
+        }
+        health.set_ready(false);
+        control_tx.send_modify(|c| c.draining = true);
+        drain(&shards, settings.drain_timeout, &mut signals).await;
+        let _ = stop_metrics.send(());
+        Ok::<(), StartError>(())
+    })?;
+    // Workers hold sockets and run forever; the process ending closes them all.
+    std::process::exit(0);
+}
+
+/// Re-reads the configuration and certificates; a broken file keeps the running setup.
+fn reload(cli: &Cli, running: &Settings, control: &watch::Sender<Control>, cert: Option<&ReloadableCert>) {
+    match Settings::load(cli) {
+        Ok(mut fresh) => {
+            if fresh.server.relay_addresses != running.server.relay_addresses
+                || fresh.listening_ips != running.listening_ips
+                || fresh.port != running.port
+                || (fresh.min_port, fresh.max_port) != (running.min_port, running.max_port)
+            {
+                tracing::warn!(
+                    "listening and relay addresses and the port range change only on restart; \
+                     keeping the running ones"
+                );
+            }
+            fresh.server.relay_addresses = running.server.relay_addresses.clone();
+            let config = Arc::new(fresh.server);
+            control.send_modify(|c| c.config = config);
+            tracing::info!("configuration reloaded (users, secrets, peer filter, quotas, timers)");
+        }
+        Err(error) => tracing::error!("reload failed, keeping the running configuration: {error}"),
+    }
+    if let Some(cert) = cert {
+        match cert.reload() {
+            Ok(()) => tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded"),
+            Err(error) => tracing::error!("TLS certificate reload failed, keeping the old one: {error}"),
+        }
+    }
+}
+
+/// Waits until no allocation is left or `timeout` passes; a second SIGTERM cuts it short.
+async fn drain(
+    shards: &[Arc<Counters>],
+    timeout: Duration,
+    signals: &mut tokio::sync::mpsc::Receiver<ControlSignal>,
+) {
+    let active = || -> i64 {
+        shards
+            .iter()
+            .flat_map(|s| s.allocations_active.iter().flatten())
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    tracing::info!(allocations = active(), ?timeout, "draining: no new allocations");
+    loop {
+        let left = active();
+        if left <= 0 {
+            tracing::info!("drained");
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::info!(allocations = left, "drain timeout; stopping");
+                return;
+            }
+            Some(ControlSignal::Terminate) = signals.recv() => {
+                tracing::info!(allocations = left, "second termination signal; stopping");
+                return;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}

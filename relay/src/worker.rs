@@ -1,0 +1,528 @@
+//! One worker: a thread with its own single-threaded tokio runtime that owns a sans-IO
+//! [`Server`], its share of the SO_REUSEPORT listeners and the relay sockets of its allocations.
+//!
+//! The kernel hashes each client's 4-tuple to one worker's listener, and the relay sockets of
+//! that client's allocation are opened by the same worker, so both directions of an allocation
+//! are handled on one thread with no lock. Tasks of a worker never run concurrently; state is in
+//! `RefCell`s that are never borrowed across an `.await`.
+//!
+//! Priorities inside a worker are those of tokio's scheduler; every read loop handles at most
+//! [`BUDGET`] datagrams before yielding, so one busy socket cannot starve the others.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use icegate_relay_proto::metrics::Counters;
+use icegate_relay_proto::wire::{self, PAYLOAD_OFFSET};
+use icegate_relay_proto::{ClientOutcome, Command, FiveTuple, RelayId, Server, ServerConfig, Transport};
+use stun_types::message::TransactionId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::framing::{self, Frame};
+use crate::sockets;
+use crate::stats::RuntimeCounters;
+
+/// Datagrams one read loop handles before yielding to the worker's other tasks.
+const BUDGET: usize = 64;
+/// The largest datagram a relay socket can receive.
+const MAX_DATAGRAM: usize = u16::MAX as usize;
+/// Bytes queued for a slow TCP/TLS client before further packets to it are dropped, as UDP
+/// would drop them; keeps one stalled client from holding unbounded memory.
+const MAX_STREAM_BACKLOG: usize = 256 * 1024;
+/// A TLS client that has not finished its handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What the main thread tells every worker.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// The current configuration.
+    pub config: Arc<ServerConfig>,
+    /// Refuse new allocations (SIGTERM).
+    pub draining: bool,
+}
+
+/// Everything a worker starts with. Sockets are bound by the main thread, before privileges
+/// are dropped.
+pub struct WorkerSetup {
+    /// Index, for the thread name.
+    pub index: usize,
+    /// The worker's protocol core.
+    pub server: Server,
+    /// UDP listeners.
+    pub udp: Vec<std::net::UdpSocket>,
+    /// TCP listeners.
+    pub tcp: Vec<std::net::TcpListener>,
+    /// TLS listeners, with the acceptor configuration.
+    pub tls: Vec<std::net::TcpListener>,
+    /// TLS server configuration, when TLS listeners exist.
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// Configuration updates and draining.
+    pub control: watch::Receiver<Control>,
+    /// The core's counters (the same shard the [`Server`] was made with).
+    pub counters: Arc<Counters>,
+    /// The runtime's own counters (send failures, connections).
+    pub stats: Arc<RuntimeCounters>,
+}
+
+/// Starts a worker thread.
+pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("relay-worker-{}", setup.index))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(%error, "worker runtime failed to start");
+                    std::process::exit(1);
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, run(setup));
+        })
+}
+
+/// A relay socket and the task reading it.
+struct RelaySocket {
+    generation: u32,
+    socket: Rc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+/// Bytes waiting to be written to a TCP/TLS client.
+#[derive(Default)]
+struct StreamOut {
+    pending: RefCell<Vec<u8>>,
+    wake: Notify,
+    closed: Cell<bool>,
+}
+
+impl StreamOut {
+    fn push(&self, bytes: &[u8]) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        if self.closed.get() || pending.len() + bytes.len() > MAX_STREAM_BACKLOG {
+            return false;
+        }
+        pending.extend_from_slice(bytes);
+        self.wake.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake.notify_one();
+    }
+}
+
+/// The state of one worker, shared by its tasks.
+struct Worker {
+    server: RefCell<Server>,
+    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    /// Relay sockets by allocation slot, then address family.
+    relays: RefCell<Vec<[Option<RelaySocket>; 2]>>,
+    streams: RefCell<FastMap<FiveTuple, Rc<StreamOut>>>,
+    /// One receive buffer for the whole worker: its tasks never run at once.
+    buf: RefCell<Box<[u8]>>,
+    timer: Notify,
+    counters: Arc<Counters>,
+    stats: Arc<RuntimeCounters>,
+}
+
+async fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        index,
+        server,
+        udp,
+        tcp,
+        tls,
+        tls_config,
+        control,
+        counters,
+        stats,
+    } = setup;
+    let mut udp_sockets = Vec::new();
+    for socket in udp {
+        let addr = match socket.local_addr() {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::error!(%error, "worker {index}: UDP listener has no address");
+                continue;
+            }
+        };
+        match UdpSocket::from_std(socket) {
+            Ok(s) => udp_sockets.push((addr, Rc::new(s))),
+            Err(error) => tracing::error!(%error, %addr, "worker {index}: cannot register UDP listener"),
+        }
+    }
+    let worker = Rc::new(Worker {
+        counters,
+        server: RefCell::new(server),
+        udp: udp_sockets,
+        relays: RefCell::new(Vec::new()),
+        streams: RefCell::new(FastMap::default()),
+        buf: RefCell::new(vec![0u8; PAYLOAD_OFFSET + MAX_DATAGRAM + 4].into_boxed_slice()),
+        timer: Notify::new(),
+        stats,
+    });
+
+    for i in 0..worker.udp.len() {
+        tokio::task::spawn_local(udp_listener(Rc::clone(&worker), i));
+    }
+    for listener in tcp {
+        spawn_acceptor(&worker, listener, None);
+    }
+    if let Some(config) = tls_config {
+        let acceptor = TlsAcceptor::from(config);
+        for listener in tls {
+            spawn_acceptor(&worker, listener, Some(acceptor.clone()));
+        }
+    }
+    tokio::task::spawn_local(control_loop(Rc::clone(&worker), control));
+    timer_loop(worker).await;
+}
+
+fn spawn_acceptor(worker: &Rc<Worker>, listener: std::net::TcpListener, tls: Option<TlsAcceptor>) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => {
+            tokio::task::spawn_local(accept_loop(Rc::clone(worker), l, tls));
+        }
+        Err(error) => tracing::error!(%error, "cannot register TCP listener"),
+    }
+}
+
+async fn control_loop(worker: Rc<Worker>, mut control: watch::Receiver<Control>) {
+    while control.changed().await.is_ok() {
+        let c = control.borrow_and_update().clone();
+        let mut server = worker.server.borrow_mut();
+        server.set_config(c.config, Instant::now());
+        server.set_draining(c.draining);
+    }
+}
+
+async fn timer_loop(worker: Rc<Worker>) {
+    loop {
+        let deadline = worker.server.borrow().poll_timeout();
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = worker.timer.notified() => continue,
+        }
+        let now = Instant::now();
+        worker.server.borrow_mut().handle_timeout(now);
+        worker.drain(now);
+    }
+}
+
+async fn udp_listener(worker: Rc<Worker>, index: usize) {
+    let (local, socket) = worker.udp[index].clone();
+    loop {
+        if let Err(error) = socket.readable().await {
+            tracing::error!(%error, %local, "UDP listener failed");
+            return;
+        }
+        for _ in 0..BUDGET {
+            let mut buf = worker.buf.borrow_mut();
+            match socket.try_recv_from(&mut buf[..]) {
+                Ok((len, client)) => {
+                    let from = FiveTuple {
+                        transport: Transport::Udp,
+                        client,
+                        server: local,
+                    };
+                    worker.on_client_packet(from, &buf[..len]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Errors queued by ICMP for an earlier send say nothing about this socket.
+                Err(_) => continue,
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn relay_reader(worker: Rc<Worker>, relay: RelayId, socket: Rc<UdpSocket>) {
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        for _ in 0..BUDGET {
+            let mut buf = worker.buf.borrow_mut();
+            // Read after the room a ChannelData or Data indication header needs, so the frame
+            // is built in place around the payload.
+            match socket.try_recv_from(&mut buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + MAX_DATAGRAM]) {
+                Ok((len, peer)) => worker.on_peer_packet(relay, peer, &mut buf, len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(error) => {
+            tracing::error!(%error, "TCP listener has no address");
+            return;
+        }
+    };
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually out of file descriptors; retrying at once would spin.
+                tracing::warn!(%error, %local, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let worker = Rc::clone(&worker);
+        match &tls {
+            None => {
+                let from = FiveTuple {
+                    transport: Transport::Tcp,
+                    client,
+                    server: local,
+                };
+                tokio::task::spawn_local(serve_stream(worker, stream, from));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::task::spawn_local(async move {
+                    let from = FiveTuple {
+                        transport: Transport::Tls,
+                        client,
+                        server: local,
+                    };
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_stream(worker, tls, from).await,
+                        Ok(Err(error)) => {
+                            worker.stats.tls_handshake_failed();
+                            tracing::debug!(%error, %client, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            worker.stats.tls_handshake_failed();
+                            tracing::debug!(%client, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves one TCP or TLS client until it disconnects; its allocation ends with it.
+async fn serve_stream<S>(worker: Rc<Worker>, stream: S, from: FiveTuple)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let out = Rc::new(StreamOut::default());
+    worker.streams.borrow_mut().insert(from, Rc::clone(&out));
+    worker.stats.stream_opened();
+    let writer = tokio::task::spawn_local(write_loop(writer, Rc::clone(&out)));
+
+    let mut buf = vec![0u8; framing::MAX_FRAME + 4];
+    let mut filled = 0;
+    'read: loop {
+        let n = match reader.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut start = 0;
+        loop {
+            match framing::next_frame(&buf[start..filled]) {
+                Frame::Incomplete => break,
+                Frame::Invalid => {
+                    worker.counters.malformed();
+                    break 'read;
+                }
+                frame @ Frame::Complete { len, .. } => {
+                    worker.on_client_packet(from, &buf[start..start + len]);
+                    start += frame.stream_len().unwrap_or(len);
+                }
+            }
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+    }
+
+    worker.streams.borrow_mut().remove(&from);
+    worker.server.borrow_mut().handle_disconnect(from);
+    worker.drain(Instant::now());
+    out.close();
+    let _ = writer.await;
+    worker.stats.stream_closed();
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
+    // Two buffers swapped back and forth: steady-state writing allocates nothing.
+    let mut sending = Vec::with_capacity(16 * 1024);
+    loop {
+        if out.pending.borrow().is_empty() {
+            if out.closed.get() {
+                break;
+            }
+            out.wake.notified().await;
+            continue;
+        }
+        std::mem::swap(&mut *out.pending.borrow_mut(), &mut sending);
+        if writer.write_all(&sending).await.is_err() || writer.flush().await.is_err() {
+            out.closed.set(true);
+            break;
+        }
+        sending.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+impl Worker {
+    fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8]) {
+        let now = Instant::now();
+        let outcome = self.server.borrow_mut().handle_client_packet(from, packet, now);
+        match outcome {
+            ClientOutcome::Relay {
+                relay,
+                peer,
+                payload,
+            } => self.send_to_peer(relay, peer, &packet[payload]),
+            ClientOutcome::Handled => self.drain(now),
+            ClientOutcome::Dropped => {}
+        }
+    }
+
+    fn on_peer_packet(&self, relay: RelayId, peer: SocketAddr, buf: &mut [u8], len: usize) {
+        let now = Instant::now();
+        let Some(route) = self.server.borrow_mut().handle_peer_packet(relay, peer, len, now) else {
+            return;
+        };
+        let (start, end) = match route.channel {
+            Some(channel) => {
+                let start = wire::write_channel_header(buf, channel, len);
+                let mut end = PAYLOAD_OFFSET + len;
+                if route.client.transport.is_stream() {
+                    let padding = wire::stream_padding(len);
+                    buf[end..end + padding].fill(0);
+                    end += padding;
+                }
+                (start, end)
+            }
+            None => wire::write_data_indication(buf, peer, len, TransactionId::generate()),
+        };
+        self.send_to_client(route.client, &buf[start..end]);
+    }
+
+    fn send_to_peer(&self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
+        let relays = self.relays.borrow();
+        let socket = relays
+            .get(relay.slot as usize)
+            .and_then(|r| r[relay.family as usize].as_ref())
+            .filter(|r| r.generation == relay.generation);
+        match socket {
+            Some(r) => {
+                if r.socket.try_send_to(payload, peer).is_err() {
+                    self.stats.send_failed();
+                }
+            }
+            None => self.stats.send_failed(),
+        }
+    }
+
+    fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
+        if to.transport == Transport::Udp {
+            let sent = self
+                .udp
+                .iter()
+                .find(|(addr, _)| *addr == to.server)
+                .map(|(_, socket)| socket.try_send_to(bytes, to.client).is_ok());
+            if sent != Some(true) {
+                self.stats.send_failed();
+            }
+            return;
+        }
+        let streams = self.streams.borrow();
+        let pushed = streams.get(&to).is_some_and(|out| out.push(bytes));
+        if !pushed {
+            self.stats.send_failed();
+        }
+    }
+
+    /// Carries out what the core asked for, then re-arms the timer.
+    fn drain(self: &Rc<Self>, now: Instant) {
+        loop {
+            let command = self.server.borrow_mut().poll_command();
+            let Some(command) = command else { break };
+            match command {
+                Command::SendToClient { to, data } => self.send_to_client(to, &data),
+                Command::BindRelay {
+                    relay,
+                    addr,
+                    dont_fragment,
+                } => {
+                    let ok = self.open_relay(relay, addr, dont_fragment);
+                    self.server.borrow_mut().relay_bound(relay, ok, now);
+                }
+                Command::CloseRelay { relay } => self.close_relay(relay),
+            }
+        }
+        self.timer.notify_one();
+    }
+
+    fn open_relay(self: &Rc<Self>, relay: RelayId, addr: SocketAddr, dont_fragment: bool) -> bool {
+        let socket = match sockets::relay_socket(addr, dont_fragment).and_then(UdpSocket::from_std) {
+            Ok(s) => Rc::new(s),
+            Err(error) => {
+                // Another process may hold the port; the core tries another one.
+                tracing::debug!(%error, %addr, "cannot bind relay socket");
+                return false;
+            }
+        };
+        let reader = tokio::task::spawn_local(relay_reader(Rc::clone(self), relay, Rc::clone(&socket)));
+        let mut relays = self.relays.borrow_mut();
+        let slot = relay.slot as usize;
+        if relays.len() <= slot {
+            relays.resize_with(slot + 1, Default::default);
+        }
+        if let Some(old) = relays[slot][relay.family as usize].replace(RelaySocket {
+            generation: relay.generation,
+            socket,
+            reader,
+        }) {
+            old.reader.abort();
+        }
+        true
+    }
+
+    fn close_relay(&self, relay: RelayId) {
+        let mut relays = self.relays.borrow_mut();
+        let Some(entry) = relays.get_mut(relay.slot as usize) else {
+            return;
+        };
+        let family = relay.family as usize;
+        if entry[family]
+            .as_ref()
+            .is_some_and(|r| r.generation == relay.generation)
+        {
+            if let Some(r) = entry[family].take() {
+                // The reader holds the other reference to the socket; once aborted, the
+                // socket closes and its port is free for the next allocation.
+                r.reader.abort();
+            }
+        }
+    }
+}
