@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 /// The first valid channel number.
 pub const MIN_CHANNEL: u16 = 0x4000;
-/// The last valid channel number (RFC 8656 narrowed RFC 5766's 0x7FFF).
-pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// The last channel number accepted. RFC 8656 §12 narrowed RFC 5766's range to 0x4FFF, but
+/// RFC 5766 clients (coturn's own `turnutils_uclient` among them) still pick numbers up to
+/// 0x7FFF, and coturn accepts them; every such number still starts with the ChannelData bits
+/// `01`, so accepting them is unambiguous.
+pub const MAX_CHANNEL: u16 = 0x7FFF;
 
 /// After a binding expires, neither its number nor its peer may be bound to anything else for
 /// this long (RFC 8656 §12), so that late packets are not misdelivered.
@@ -29,7 +32,7 @@ pub struct Channels {
 /// Why a ChannelBind cannot be done (answered 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindError {
-    /// The number is outside 0x4000..=0x4FFF.
+    /// The number is outside 0x4000..=0x7FFF.
     InvalidNumber,
     /// The number is bound (or cooling down) to another peer.
     NumberInUse,
