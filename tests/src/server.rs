@@ -117,7 +117,12 @@ pub struct Relay {
 impl Relay {
     /// Starts a server and waits until it is ready. Panics (printing the log) on failure.
     pub fn start(kind: ServerKind, config: RelayConfig) -> Relay {
-        let ports = PortBlock::claim();
+        Relay::start_with_ports(kind, config, PortBlock::claim())
+    }
+
+    /// [`Relay::start`] on a block the caller claimed first, so that settings which must
+    /// lie inside the block (`port_range`) can be derived from it.
+    pub fn start_with_ports(kind: ServerKind, config: RelayConfig, ports: PortBlock) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("icegate-test-")
             .tempdir()

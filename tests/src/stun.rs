@@ -116,6 +116,35 @@ pub fn nonce_security_features(nonce: &str) -> Option<(bool, bool)> {
     Some((b0 & 0x80 != 0, b0 & 0x40 != 0))
 }
 
+/// The attributes of an encoded STUN message as (type, value) pairs, walked by hand so
+/// that messages stun-rs would refuse (unknown or malformed attributes) can be inspected.
+/// `None` if the header or an attribute length is inconsistent.
+pub fn raw_attributes(bytes: &[u8]) -> Option<Vec<(u16, &[u8])>> {
+    if bytes.len() < 20 {
+        return None;
+    }
+    let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
+    let body = bytes.get(20..20 + len)?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let head = body.get(at..at + 4)?;
+        let typ = u16::from_be_bytes([head[0], head[1]]);
+        let alen = u16::from_be_bytes([head[2], head[3]]) as usize;
+        out.push((typ, body.get(at + 4..at + 4 + alen)?));
+        at += 4 + alen.div_ceil(4) * 4;
+    }
+    Some(out)
+}
+
+/// The value of the first attribute of type `typ`, see [`raw_attributes`].
+pub fn raw_attribute(bytes: &[u8], typ: u16) -> Option<&[u8]> {
+    raw_attributes(bytes)?
+        .into_iter()
+        .find(|(t, _)| *t == typ)
+        .map(|(_, v)| v)
+}
+
 /// A UDP socket on 127.0.0.1 talking STUN to one server.
 pub struct StunUdp {
     pub sock: UdpSocket,
@@ -154,6 +183,7 @@ impl StunUdp {
                 {
                     return None
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => panic!("recv_from: {e}"),
             }
         }
