@@ -268,6 +268,7 @@ impl Server {
         let max_bps = self.config.max_bps;
         let generation = self.slots[slot as usize].generation;
         let Some(a) = self.slots[slot as usize].allocation.as_mut() else {
+            self.counters.dropped(DropReason::UnboundChannel);
             return ClientOutcome::Dropped;
         };
         let Some(peer) = a.channels.peer(number, now) else {
@@ -287,6 +288,7 @@ impl Server {
         now: Instant,
     ) -> ClientOutcome {
         let Some(a) = self.slots[slot as usize].allocation.as_mut() else {
+            self.counters.dropped(DropReason::NoPermission);
             return ClientOutcome::Dropped;
         };
         let family = Family::of(peer.ip());
@@ -322,8 +324,11 @@ impl Server {
                 ClientOutcome::Handled
             }
             MessageClass::Indication if msg.has_method(SEND) => self.send_indication(from, msg, now),
-            // Responses and other indications have no meaning to a server.
-            _ => ClientOutcome::Dropped,
+            // A Binding indication is a keepalive (RFC 8489 §6.3.2): receiving it is all it asks.
+            MessageClass::Indication if msg.has_method(BINDING) => ClientOutcome::Handled,
+            // Responses and other indications mean nothing to a server; counted so that every
+            // dropped packet shows up somewhere.
+            _ => self.malformed(),
         }
     }
 
@@ -542,10 +547,10 @@ impl Server {
         let even_port = msg.attribute::<EvenPort>().ok();
         let token = msg.attribute::<ReservationToken>().ok().map(|t| t.token());
         let requested = msg.attribute::<RequestedAddressFamily>().ok().map(|f| f.family());
-        let additional = msg.attribute::<AdditionalAddressFamily>().ok().map(|f| f.family());
+        let (additional, malformed_additional) = additional_family(msg);
         let malformed_family = msg.has_attribute(RequestedAddressFamily::TYPE)
             && requested.is_none()
-            || msg.has_attribute(AdditionalAddressFamily::TYPE) && additional.is_none();
+            || malformed_additional;
         // RFC 8656 §7.2: these combinations are contradictory.
         if malformed_family
             || token.is_some() && (even_port.is_some() || requested.is_some() || additional.is_some())
@@ -935,7 +940,10 @@ impl Server {
             self.destroy(slot);
             Duration::ZERO
         } else {
-            let lifetime = requested.min(timers.max_lifetime);
+            // RFC 8656 §7.3: as for Allocate, never less than the default lifetime.
+            let lifetime = requested
+                .min(timers.max_lifetime)
+                .max(timers.default_lifetime);
             if let Some(a) = self.slots[slot as usize].allocation.as_mut() {
                 a.expires = now + lifetime;
             }
@@ -1179,6 +1187,27 @@ fn password_algorithm(msg: &Message<'_>, nonce: &str) -> Result<KeyAlgorithm, ()
     match algorithm.algorithm() {
         PasswordAlgorithmValue::MD5 => Ok(KeyAlgorithm::Md5),
         PasswordAlgorithmValue::SHA256 => Ok(KeyAlgorithm::Sha256),
+    }
+}
+
+/// coturn (and its `turnutils_uclient -Z`) sends ADDITIONAL-ADDRESS-FAMILY under the type the
+/// TURN drafts used before IANA assigned 0x8000.
+const LEGACY_ADDITIONAL_ADDRESS_FAMILY: AttributeType = AttributeType::new(0x8032);
+
+/// ADDITIONAL-ADDRESS-FAMILY under its RFC 8656 type or coturn's draft type, and whether what
+/// was there could not be parsed.
+fn additional_family(msg: &Message<'_>) -> (Option<AddressFamily>, bool) {
+    if msg.has_attribute(AdditionalAddressFamily::TYPE) {
+        let family = msg.attribute::<AdditionalAddressFamily>().ok().map(|f| f.family());
+        return (family, family.is_none());
+    }
+    match msg.raw_attribute(LEGACY_ADDITIONAL_ADDRESS_FAMILY) {
+        None => (None, false),
+        Some(raw) => match raw.value.first() {
+            Some(0x01) => (Some(AddressFamily::IPV4), false),
+            Some(0x02) => (Some(AddressFamily::IPV6), false),
+            _ => (None, true),
+        },
     }
 }
 
