@@ -19,7 +19,11 @@ use serde::Deserialize;
 
 /// Command-line flags. Names follow coturn's `turnserver` where one exists.
 #[derive(Debug, Default, Parser)]
-#[command(name = "icegate-relay", version, about = "A high-throughput STUN/TURN server")]
+#[command(
+    name = "icegate-relay",
+    version,
+    about = "A high-throughput STUN/TURN server"
+)]
 pub struct Cli {
     /// TOML configuration file; flags given here override it.
     #[arg(long, short = 'c')]
@@ -214,9 +218,8 @@ impl Settings {
     fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Self, ConfigError> {
         // Where a value came from decides what the error names.
         let src = |from_cli: bool| if from_cli { None } else { path };
-        let invalid = |from_cli: bool, key: &str, msg: String| {
-            ConfigError::invalid(src(from_cli), key, msg)
-        };
+        let invalid =
+            |from_cli: bool, key: &str, msg: String| ConfigError::invalid(src(from_cli), key, msg);
         fn pick<T>(cli: Option<T>, file: Option<T>) -> (Option<T>, bool) {
             match cli {
                 Some(v) => (Some(v), true),
@@ -285,11 +288,19 @@ impl Settings {
                 None => (entry.as_str(), None),
             };
             let public: IpAddr = public.trim().parse().map_err(|_| {
-                invalid(ext_cli, "external-ip", format!("{entry:?} is not an IP address"))
+                invalid(
+                    ext_cli,
+                    "external-ip",
+                    format!("{entry:?} is not an IP address"),
+                )
             })?;
             let private: Option<IpAddr> = match private {
                 Some(p) => Some(p.trim().parse().map_err(|_| {
-                    invalid(ext_cli, "external-ip", format!("{entry:?}: bad private address"))
+                    invalid(
+                        ext_cli,
+                        "external-ip",
+                        format!("{entry:?}: bad private address"),
+                    )
                 })?),
                 None => None,
             };
@@ -306,7 +317,9 @@ impl Settings {
             }
         }
 
-        let realm = pick(cli.realm.clone(), f.realm).0.unwrap_or_else(|| "icegate".into());
+        let realm = pick(cli.realm.clone(), f.realm)
+            .0
+            .unwrap_or_else(|| "icegate".into());
         let mut credentials = Credentials::new();
         let (users, users_cli) = pick_vec(&cli.user, f.user);
         for user in &users {
@@ -314,7 +327,10 @@ impl Settings {
                 return Err(invalid(
                     users_cli,
                     "user",
-                    format!("expected NAME:PASSWORD, got an entry for {:?}", user.split(':').next().unwrap_or("")),
+                    format!(
+                        "expected NAME:PASSWORD, got an entry for {:?}",
+                        user.split(':').next().unwrap_or("")
+                    ),
                 ));
             };
             if name.is_empty() {
@@ -334,7 +350,11 @@ impl Settings {
         if use_secret {
             for s in secrets {
                 if s.is_empty() {
-                    return Err(invalid(secrets_cli, "static-auth-secret", "empty secret".into()));
+                    return Err(invalid(
+                        secrets_cli,
+                        "static-auth-secret",
+                        "empty secret".into(),
+                    ));
                 }
                 credentials.add_rest_secret(Secret::new(s));
             }
@@ -349,16 +369,17 @@ impl Settings {
             ));
         }
 
-        let parse_nets = |list: &[String], key: &str, from_cli: bool| -> Result<Vec<IpNet>, ConfigError> {
-            let mut nets = Vec::new();
-            for entry in list {
-                nets.extend(
-                    parse_ip_range(entry)
-                        .map_err(|e| invalid(from_cli, key, format!("{entry:?}: {e}")))?,
-                );
-            }
-            Ok(nets)
-        };
+        let parse_nets =
+            |list: &[String], key: &str, from_cli: bool| -> Result<Vec<IpNet>, ConfigError> {
+                let mut nets = Vec::new();
+                for entry in list {
+                    nets.extend(
+                        parse_ip_range(entry)
+                            .map_err(|e| invalid(from_cli, key, format!("{entry:?}: {e}")))?,
+                    );
+                }
+                Ok(nets)
+            };
         let (denied, denied_cli) = pick_vec(&cli.denied_peer_ip, f.denied_peer_ip);
         let (allowed, allowed_cli) = pick_vec(&cli.allowed_peer_ip, f.allowed_peer_ip);
         let peer_filter = PeerFilter::new(
@@ -371,7 +392,11 @@ impl Settings {
         let (stale, stale_cli) = pick(cli.stale_nonce, f.stale_nonce);
         if let Some(secs) = stale {
             if secs == 0 {
-                return Err(invalid(stale_cli, "stale-nonce", "must be at least 1 second".into()));
+                return Err(invalid(
+                    stale_cli,
+                    "stale-nonce",
+                    "must be at least 1 second".into(),
+                ));
             }
             timers.nonce_lifetime = Duration::from_secs(secs);
         }
@@ -399,7 +424,11 @@ impl Settings {
         let tls = match (cert, pkey) {
             (Some(c), Some(k)) if !no_tls => Some((c, k)),
             (Some(_), None) | (None, Some(_)) if !no_tls => {
-                return Err(invalid(cert_cli, "cert", "cert and pkey must be given together".into()))
+                return Err(invalid(
+                    cert_cli,
+                    "cert",
+                    "cert and pkey must be given together".into(),
+                ))
             }
             _ => None,
         };
@@ -432,7 +461,9 @@ impl Settings {
             metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
             log_format: pick(cli.log_format, f.log_format).0.unwrap_or_default(),
             workers,
-            drain_timeout: Duration::from_secs(pick(cli.drain_timeout, f.drain_timeout).0.unwrap_or(30)),
+            drain_timeout: Duration::from_secs(
+                pick(cli.drain_timeout, f.drain_timeout).0.unwrap_or(30),
+            ),
             proc_user: pick(cli.proc_user.clone(), process.user).0,
             proc_group: pick(cli.proc_group.clone(), process.group).0,
         })
@@ -502,7 +533,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.port, 3478);
-        assert_eq!(s.server.relay_addresses[0].local, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            s.server.relay_addresses[0].local,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(
             s.server.relay_addresses[0].advertised,
             "203.0.113.5".parse::<IpAddr>().unwrap()
@@ -529,17 +563,29 @@ mod tests {
         assert!(e.to_string().contains("min-port"), "{e}");
 
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "listening-ip = [\"127.0.0.1\"]\nuser = [\"a:b\"]\ndenied-peer-ip = [\"10.0.0.0/33\"]").unwrap();
+        writeln!(
+            file,
+            "listening-ip = [\"127.0.0.1\"]\nuser = [\"a:b\"]\ndenied-peer-ip = [\"10.0.0.0/33\"]"
+        )
+        .unwrap();
         let path = file.path().to_str().unwrap().to_owned();
         let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains(&path) && text.contains("denied-peer-ip"), "{text}");
+        assert!(
+            text.contains(&path) && text.contains("denied-peer-ip"),
+            "{text}"
+        );
 
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "listening-port = \"x\"").unwrap();
         let path = file.path().to_str().unwrap().to_owned();
-        let text = Settings::load(&cli(&["--config", &path])).unwrap_err().to_string();
-        assert!(text.contains(&path) && text.contains("listening-port"), "{text}");
+        let text = Settings::load(&cli(&["--config", &path]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(&path) && text.contains("listening-port"),
+            "{text}"
+        );
     }
 
     #[test]

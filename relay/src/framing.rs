@@ -72,9 +72,21 @@ mod tests {
         msg.extend_from_slice(&[0u8; 16]);
         assert_eq!(next_frame(&msg), Frame::Incomplete);
         msg.extend_from_slice(&[0u8; 8]);
-        assert_eq!(next_frame(&msg), Frame::Complete { len: 28, padding: 0 });
+        assert_eq!(
+            next_frame(&msg),
+            Frame::Complete {
+                len: 28,
+                padding: 0
+            }
+        );
         msg.extend_from_slice(&[0x00, 0x01]);
-        assert_eq!(next_frame(&msg), Frame::Complete { len: 28, padding: 0 });
+        assert_eq!(
+            next_frame(&msg),
+            Frame::Complete {
+                len: 28,
+                padding: 0
+            }
+        );
     }
 
     #[test]

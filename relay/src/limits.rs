@@ -23,9 +23,15 @@ pub fn raise_nofile(relay_sockets: u64) -> nix::Result<NofileLimit> {
         return Ok(NofileLimit { soft, wanted });
     }
     if hard < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
-        return Ok(NofileLimit { soft: wanted, wanted });
+        return Ok(NofileLimit {
+            soft: wanted,
+            wanted,
+        });
     }
     let target = wanted.min(hard);
     setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
-    Ok(NofileLimit { soft: target, wanted })
+    Ok(NofileLimit {
+        soft: target,
+        wanted,
+    })
 }

@@ -105,10 +105,12 @@ struct Listeners {
 }
 
 fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
-    let listen_err = |addr, transport| move |source| StartError::Listen {
-        addr,
-        transport,
-        source,
+    let listen_err = |addr, transport| {
+        move |source| StartError::Listen {
+            addr,
+            transport,
+            source,
+        }
     };
     let mut all = Vec::new();
     for _ in 0..settings.workers {
@@ -116,14 +118,17 @@ fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
         for &ip in &settings.listening_ips {
             let addr = SocketAddr::new(ip, settings.port);
             if settings.udp {
-                l.udp.push(sockets::udp_listener(addr).map_err(listen_err(addr, "udp"))?);
+                l.udp
+                    .push(sockets::udp_listener(addr).map_err(listen_err(addr, "udp"))?);
             }
             if settings.tcp {
-                l.tcp.push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tcp"))?);
+                l.tcp
+                    .push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tcp"))?);
             }
             if settings.tls.is_some() {
                 let addr = SocketAddr::new(ip, settings.tls_port);
-                l.tls.push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tls"))?);
+                l.tls
+                    .push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tls"))?);
             }
         }
         all.push(l);
@@ -185,11 +190,16 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         Some((cert, key)) => Some(Arc::new(ReloadableCert::new(cert, key)?)),
         None => None,
     };
-    let tls_config = cert.as_ref().map(|c| tls::server_config(Arc::clone(c), &[]));
+    let tls_config = cert
+        .as_ref()
+        .map(|c| tls::server_config(Arc::clone(c), &[]));
 
     if settings.proc_user.is_some() || settings.proc_group.is_some() {
         if privileges::is_root() {
-            privileges::drop_to(settings.proc_user.as_deref(), settings.proc_group.as_deref())?;
+            privileges::drop_to(
+                settings.proc_user.as_deref(),
+                settings.proc_group.as_deref(),
+            )?;
             tracing::info!(user = ?settings.proc_user, group = ?settings.proc_group, "dropped privileges");
         } else {
             tracing::warn!("proc-user/proc-group ignored: not running as root");
@@ -237,7 +247,8 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     }
 
     let registry = prometheus::Registry::new();
-    let collector = metrics::RelayCollector::new(shards.clone(), denials, stats, Arc::clone(&ledger));
+    let collector =
+        metrics::RelayCollector::new(shards.clone(), denials, stats, Arc::clone(&ledger));
     registry
         .register(Box::new(collector))
         .expect("the relay collector registers once");
@@ -253,10 +264,11 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         let health = Health::new();
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(l) = metrics_listener {
-            let listener = tokio::net::TcpListener::from_std(l).map_err(|source| StartError::Io {
-                what: "metrics listener",
-                source,
-            })?;
+            let listener =
+                tokio::net::TcpListener::from_std(l).map_err(|source| StartError::Io {
+                    what: "metrics listener",
+                    source,
+                })?;
             let health = health.clone();
             tokio::spawn(metrics_http::serve(listener, registry, health, async {
                 let _ = metrics_stopped.await;
@@ -278,11 +290,8 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
             realm = %settings.server.realm,
             "icegate-relay ready"
         );
-        loop {
-            match signals.recv().await {
-                Some(ControlSignal::Reload) => reload(&cli, &settings, &control_tx, cert.as_deref()),
-                Some(ControlSignal::Terminate) | None => break,
-            }
+        while let Some(ControlSignal::Reload) = signals.recv().await {
+            reload(&cli, &settings, &control_tx, cert.as_deref());
         }
         health.set_ready(false);
         control_tx.send_modify(|c| c.draining = true);
@@ -295,7 +304,12 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
 }
 
 /// Re-reads the configuration and certificates; a broken file keeps the running setup.
-fn reload(cli: &Cli, running: &Settings, control: &watch::Sender<Control>, cert: Option<&ReloadableCert>) {
+fn reload(
+    cli: &Cli,
+    running: &Settings,
+    control: &watch::Sender<Control>,
+    cert: Option<&ReloadableCert>,
+) {
     match Settings::load(cli) {
         Ok(mut fresh) => {
             if fresh.server.relay_addresses != running.server.relay_addresses
@@ -317,8 +331,12 @@ fn reload(cli: &Cli, running: &Settings, control: &watch::Sender<Control>, cert:
     }
     if let Some(cert) = cert {
         match cert.reload() {
-            Ok(()) => tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded"),
-            Err(error) => tracing::error!("TLS certificate reload failed, keeping the old one: {error}"),
+            Ok(()) => {
+                tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded")
+            }
+            Err(error) => {
+                tracing::error!("TLS certificate reload failed, keeping the old one: {error}")
+            }
         }
     }
 }
@@ -337,7 +355,11 @@ async fn drain(
             .sum()
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    tracing::info!(allocations = active(), ?timeout, "draining: no new allocations");
+    tracing::info!(
+        allocations = active(),
+        ?timeout,
+        "draining: no new allocations"
+    );
     loop {
         let left = active();
         if left <= 0 {

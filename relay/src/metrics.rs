@@ -183,7 +183,9 @@ impl Collector for RelayCollector {
                 let active: i64 = self
                     .shards
                     .iter()
-                    .map(|s| s.allocations_active[ti][fi].load(std::sync::atomic::Ordering::Relaxed))
+                    .map(|s| {
+                        s.allocations_active[ti][fi].load(std::sync::atomic::Ordering::Relaxed)
+                    })
                     .sum();
                 v.allocations_active
                     .with_label_values(&[t.as_str(), f.as_str()])
@@ -204,10 +206,18 @@ impl Collector for RelayCollector {
             }
         }
         for r in AuthFailure::ALL {
-            set_counter(&v.auth_failures, &[r.as_str()], self.sum(|s| load(&s.auth_failures[r as usize])));
+            set_counter(
+                &v.auth_failures,
+                &[r.as_str()],
+                self.sum(|s| load(&s.auth_failures[r as usize])),
+            );
         }
         for q in QuotaKind::ALL {
-            set_counter(&v.quota_rejections, &[q.as_str()], self.sum(|s| load(&s.quota_rejections[q as usize])));
+            set_counter(
+                &v.quota_rejections,
+                &[q.as_str()],
+                self.sum(|s| load(&s.quota_rejections[q as usize])),
+            );
         }
         for r in DenyReason::ALL {
             let n: u64 = self
@@ -220,14 +230,27 @@ impl Collector for RelayCollector {
             set_counter(&v.peer_denied, &[r.as_str()], n);
         }
         for d in Direction::ALL {
-            set_counter(&v.packets, &[d.as_str()], self.sum(|s| load(&s.packets[d as usize])));
-            set_counter(&v.bytes, &[d.as_str()], self.sum(|s| load(&s.bytes[d as usize])));
+            set_counter(
+                &v.packets,
+                &[d.as_str()],
+                self.sum(|s| load(&s.packets[d as usize])),
+            );
+            set_counter(
+                &v.bytes,
+                &[d.as_str()],
+                self.sum(|s| load(&s.bytes[d as usize])),
+            );
         }
         for r in DropReason::ALL {
-            set_counter(&v.dropped, &[r.as_str()], self.sum(|s| load(&s.dropped[r as usize])));
+            set_counter(
+                &v.dropped,
+                &[r.as_str()],
+                self.sum(|s| load(&s.dropped[r as usize])),
+            );
         }
         v.malformed.set(self.sum(|s| load(&s.malformed)) as i64);
-        v.rate_limited.set(self.sum(|s| load(&s.rate_limited)) as i64);
+        v.rate_limited
+            .set(self.sum(|s| load(&s.rate_limited)) as i64);
         let (used, cap) = self.ledger.port_usage();
         v.ports_in_use.set(used as i64);
         v.ports_capacity.set(cap as i64);
@@ -236,8 +259,9 @@ impl Collector for RelayCollector {
             .set(stat(|s| s.send_failures.load(Ordering::Relaxed) as i64));
         v.streams_open
             .set(stat(|s| s.streams_open.load(Ordering::Relaxed)));
-        v.tls_handshake_failures
-            .set(stat(|s| s.tls_handshake_failures.load(Ordering::Relaxed) as i64));
+        v.tls_handshake_failures.set(stat(|s| {
+            s.tls_handshake_failures.load(Ordering::Relaxed) as i64
+        }));
 
         let collectors: [&dyn Collector; 16] = [
             &v.allocations_active,

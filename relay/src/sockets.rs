@@ -62,8 +62,12 @@ pub fn relay_socket(addr: SocketAddr, dont_fragment: bool) -> io::Result<std::ne
 /// Sets the DF bit on everything the socket sends (RFC 8656 DONT-FRAGMENT).
 fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
     if ipv6 {
-        return nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv6DontFrag, &true)
-            .map_err(io::Error::from);
+        return nix::sys::socket::setsockopt(
+            socket,
+            nix::sys::socket::sockopt::Ipv6DontFrag,
+            &true,
+        )
+        .map_err(io::Error::from);
     }
     let value: libc::c_int = libc::IP_PMTUDISC_DO;
     // SAFETY: `socket` is an open socket for the duration of the call, and `value` is a

@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use icegate_relay_proto::metrics::Counters;
 use icegate_relay_proto::wire::{self, PAYLOAD_OFFSET};
-use icegate_relay_proto::{ClientOutcome, Command, FiveTuple, RelayId, Server, ServerConfig, Transport};
+use icegate_relay_proto::{
+    ClientOutcome, Command, FiveTuple, RelayId, Server, ServerConfig, Transport,
+};
 use stun_types::message::TransactionId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -164,7 +166,9 @@ async fn run(setup: WorkerSetup) {
         };
         match UdpSocket::from_std(socket) {
             Ok(s) => udp_sockets.push((addr, Rc::new(s))),
-            Err(error) => tracing::error!(%error, %addr, "worker {index}: cannot register UDP listener"),
+            Err(error) => {
+                tracing::error!(%error, %addr, "worker {index}: cannot register UDP listener")
+            }
         }
     }
     let worker = Rc::new(Worker {
@@ -308,7 +312,8 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                         client,
                         server: local,
                     };
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(tls)) => serve_stream(worker, tls, from).await,
                         Ok(Err(error)) => {
                             worker.stats.tls_handshake_failed();
@@ -394,7 +399,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
 impl Worker {
     fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8]) {
         let now = Instant::now();
-        let outcome = self.server.borrow_mut().handle_client_packet(from, packet, now);
+        let outcome = self
+            .server
+            .borrow_mut()
+            .handle_client_packet(from, packet, now);
         match outcome {
             ClientOutcome::Relay {
                 relay,
@@ -408,7 +416,11 @@ impl Worker {
 
     fn on_peer_packet(&self, relay: RelayId, peer: SocketAddr, buf: &mut [u8], len: usize) {
         let now = Instant::now();
-        let Some(route) = self.server.borrow_mut().handle_peer_packet(relay, peer, len, now) else {
+        let Some(route) = self
+            .server
+            .borrow_mut()
+            .handle_peer_packet(relay, peer, len, now)
+        else {
             return;
         };
         let (start, end) = match route.channel {
@@ -484,7 +496,8 @@ impl Worker {
     }
 
     fn open_relay(self: &Rc<Self>, relay: RelayId, addr: SocketAddr, dont_fragment: bool) -> bool {
-        let socket = match sockets::relay_socket(addr, dont_fragment).and_then(UdpSocket::from_std) {
+        let socket = match sockets::relay_socket(addr, dont_fragment).and_then(UdpSocket::from_std)
+        {
             Ok(s) => Rc::new(s),
             Err(error) => {
                 // Another process may hold the port; the core tries another one.
@@ -492,7 +505,8 @@ impl Worker {
                 return false;
             }
         };
-        let reader = tokio::task::spawn_local(relay_reader(Rc::clone(self), relay, Rc::clone(&socket)));
+        let reader =
+            tokio::task::spawn_local(relay_reader(Rc::clone(self), relay, Rc::clone(&socket)));
         let mut relays = self.relays.borrow_mut();
         let slot = relay.slot as usize;
         if relays.len() <= slot {

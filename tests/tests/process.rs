@@ -12,7 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A TURN REST API credential (coturn's `use-auth-secret` scheme), computed here
 /// independently of the relay's own implementation.
 fn rest_credential(secret: &str, user: &str) -> (String, String) {
-    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
     let username = format!("{expiry}:{user}");
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(username.as_bytes());
@@ -29,7 +33,10 @@ fn write_secrets(path: &std::path::Path, secrets: &[&str]) {
     let list: Vec<String> = secrets.iter().map(|s| format!("{s:?}")).collect();
     std::fs::write(
         path,
-        format!("use-auth-secret = true\nstatic-auth-secret = [{}]\n", list.join(", ")),
+        format!(
+            "use-auth-secret = true\nstatic-auth-secret = [{}]\n",
+            list.join(", ")
+        ),
     )
     .unwrap();
 }
@@ -49,7 +56,10 @@ fn sighup_reloads_secrets_and_keeps_allocations() {
 
     let mut alice = TurnClient::new(relay.udp_addr(), "alice", "secret");
     assert_success(&alice.allocate(), "static user allocates");
-    assert_success(&rest_client(&relay, "first-secret").allocate(), "first secret works");
+    assert_success(
+        &rest_client(&relay, "first-secret").allocate(),
+        "first secret works",
+    );
     let mut refused = rest_client(&relay, "second-secret");
     assert_error(&refused.allocate(), 401, "second secret before reload");
 
@@ -59,7 +69,11 @@ fn sighup_reloads_secrets_and_keeps_allocations() {
         let resp = rest_client(&relay, "second-secret").allocate();
         (resp.class() == stun_rs::MessageClass::SuccessResponse).then_some(())
     });
-    assert!(reloaded.is_some(), "second secret not accepted after SIGHUP:\n{}", relay.log());
+    assert!(
+        reloaded.is_some(),
+        "second secret not accepted after SIGHUP:\n{}",
+        relay.log()
+    );
     assert_error(
         &rest_client(&relay, "first-secret").allocate(),
         401,
@@ -68,7 +82,11 @@ fn sighup_reloads_secrets_and_keeps_allocations() {
     // Allocations made before the reload carry on.
     let refresh = alice.request(stun_rs::methods::REFRESH, &[]);
     assert_success(&refresh, "refresh of an allocation made before the reload");
-    assert!(relay.log().contains("configuration reloaded"), "{}", relay.log());
+    assert!(
+        relay.log().contains("configuration reloaded"),
+        "{}",
+        relay.log()
+    );
 }
 
 #[test]
@@ -90,8 +108,14 @@ fn broken_config_on_sighup_keeps_the_running_one() {
     });
     assert!(logged.is_some(), "no reload error logged:\n{}", relay.log());
     let log = relay.log();
-    assert!(log.contains("static-auth-secret"), "error must name the key:\n{log}");
-    assert_success(&rest_client(&relay, "kept-secret").allocate(), "old secret still works");
+    assert!(
+        log.contains("static-auth-secret"),
+        "error must name the key:\n{log}"
+    );
+    assert_success(
+        &rest_client(&relay, "kept-secret").allocate(),
+        "old secret still works",
+    );
 }
 
 fn proc_status_ids(pid: u32, field: &str) -> Vec<u32> {
@@ -121,7 +145,9 @@ fn drops_privileges_after_binding_and_raises_nofile() {
         eprintln!("SKIPPED: dropping privileges needs root; this test runs as a normal user");
         return;
     }
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
     let relay = Relay::start(
         ServerKind::Icegate,
         RelayConfig {
@@ -136,9 +162,15 @@ fn drops_privileges_after_binding_and_raises_nofile() {
         "real, effective, saved and fs uid must all be nobody's: {uids:?}"
     );
     let gids = proc_status_ids(pid, "Gid:");
-    assert!(gids.iter().all(|&g| g == nobody.gid.as_raw()), "gids {gids:?}");
+    assert!(
+        gids.iter().all(|&g| g == nobody.gid.as_raw()),
+        "gids {gids:?}"
+    );
     let groups = proc_status_ids(pid, "Groups:");
-    assert!(groups.iter().all(|&g| g == nobody.gid.as_raw()), "supplementary groups {groups:?}");
+    assert!(
+        groups.iter().all(|&g| g == nobody.gid.as_raw()),
+        "supplementary groups {groups:?}"
+    );
     // The relay asks for its port range plus headroom for listeners and TCP clients.
     let (min, max) = relay.ports.relay_range();
     let wanted = u64::from(max - min) + 1 + 4096;
