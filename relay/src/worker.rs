@@ -40,6 +40,13 @@ const MAX_DATAGRAM: usize = u16::MAX as usize;
 /// Bytes queued for a slow TCP/TLS client before further packets to it are dropped, as UDP
 /// would drop them; keeps one stalled client from holding unbounded memory.
 const MAX_STREAM_BACKLOG: usize = 256 * 1024;
+/// A TCP/TLS client that sends nothing this long after connecting is dropped, so idle
+/// connections cannot pile up.
+const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Added to the longest allocation lifetime to get the idle limit of a TCP/TLS connection:
+/// a client silent for longer than any allocation can live without a Refresh has nothing left
+/// on the relay.
+const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -139,6 +146,8 @@ struct Worker {
     /// One receive buffer for the whole worker: its tasks never run at once.
     buf: RefCell<Box<[u8]>>,
     timer: Notify,
+    /// How long a TCP/TLS client may stay silent; follows `lifetime-max` across reloads.
+    stream_idle: Cell<std::time::Duration>,
     counters: Arc<Counters>,
     stats: Arc<RuntimeCounters>,
 }
@@ -179,6 +188,7 @@ async fn run(setup: WorkerSetup) {
         streams: RefCell::new(FastMap::default()),
         buf: RefCell::new(vec![0u8; PAYLOAD_OFFSET + MAX_DATAGRAM + 4].into_boxed_slice()),
         timer: Notify::new(),
+        stream_idle: Cell::new(stream_idle(&control.borrow().config)),
         stats,
     });
 
@@ -210,10 +220,15 @@ fn spawn_acceptor(worker: &Rc<Worker>, listener: std::net::TcpListener, tls: Opt
 async fn control_loop(worker: Rc<Worker>, mut control: watch::Receiver<Control>) {
     while control.changed().await.is_ok() {
         let c = control.borrow_and_update().clone();
+        worker.stream_idle.set(stream_idle(&c.config));
         let mut server = worker.server.borrow_mut();
         server.set_config(c.config, Instant::now());
         server.set_draining(c.draining);
     }
+}
+
+fn stream_idle(config: &ServerConfig) -> std::time::Duration {
+    config.timers.max_lifetime + STREAM_IDLE_MARGIN
 }
 
 async fn timer_loop(worker: Rc<Worker>) {
@@ -343,11 +358,17 @@ where
 
     let mut buf = vec![0u8; framing::MAX_FRAME + 4];
     let mut filled = 0;
+    let mut idle_limit = FIRST_MESSAGE_TIMEOUT;
     'read: loop {
-        let n = match reader.read(&mut buf[filled..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = match tokio::time::timeout(idle_limit, reader.read(&mut buf[filled..])).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                tracing::debug!(client = %from.client, ?idle_limit, "closing idle stream connection");
+                break;
+            }
         };
+        idle_limit = worker.stream_idle.get();
         filled += n;
         let mut start = 0;
         loop {
