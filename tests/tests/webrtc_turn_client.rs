@@ -256,7 +256,13 @@ fn payload(i: usize) -> Vec<u8> {
 
 /// Client -> peer and the peer's reply (the bytes reversed) back, checking both arrive
 /// intact and with the right addresses.
-async fn round_trip(conn: &(impl Conn + ?Sized), peer: &UdpSocket, relayed: SocketAddr, i: usize) {
+async fn round_trip(
+    relay: &Relay,
+    conn: &(impl Conn + ?Sized),
+    peer: &UdpSocket,
+    relayed: SocketAddr,
+    i: usize,
+) {
     let peer_addr = peer.local_addr().unwrap();
     let out = payload(i);
     // webrtc-rs returns the size of the wrapped message, not of the payload.
@@ -268,7 +274,13 @@ async fn round_trip(conn: &(impl Conn + ?Sized), peer: &UdpSocket, relayed: Sock
     let mut buf = vec![0u8; 2048];
     let (n, from) = timeout(STEP, peer.recv_from(&mut buf))
         .await
-        .unwrap_or_else(|_| panic!("peer got nothing for datagram #{i} ({} bytes)", out.len()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "peer got nothing for datagram #{i} ({} bytes){}",
+                out.len(),
+                relay_counters(relay)
+            )
+        })
         .unwrap();
     assert_eq!(
         from, relayed,
@@ -280,10 +292,34 @@ async fn round_trip(conn: &(impl Conn + ?Sized), peer: &UdpSocket, relayed: Sock
     peer.send_to(&back, relayed).await.unwrap();
     let (n, from) = timeout(STEP, conn.recv_from(&mut buf))
         .await
-        .unwrap_or_else(|_| panic!("client got no reply #{i} ({} bytes)", back.len()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "client got no reply #{i} ({} bytes){}",
+                back.len(),
+                relay_counters(relay)
+            )
+        })
         .unwrap();
     assert_eq!(from, peer_addr, "reply #{i} must be attributed to the peer");
     assert_eq!(&buf[..n], &back[..], "reply #{i} to the client altered");
+}
+
+/// For failure messages: icegate's request, packet and drop counters.
+fn relay_counters(relay: &Relay) -> String {
+    let Some(m) = relay.try_metrics() else {
+        return String::new();
+    };
+    let lines: Vec<&str> = m
+        .raw
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && ["requests_total", "packets_total", "dropped", "malformed"]
+                    .iter()
+                    .any(|k| l.contains(k))
+        })
+        .collect();
+    format!("; relay counters:\n{}", lines.join("\n"))
 }
 
 async fn exercise(relay: &Relay, user: &str, pw: &str) {
@@ -346,7 +382,7 @@ async fn exercise(relay: &Relay, user: &str, pw: &str) {
             tap.tally.channel_data_received.load(Ordering::Relaxed),
             tap.tally.data_indications.load(Ordering::Relaxed),
         );
-        round_trip(&conn, &peer, relayed, i).await;
+        round_trip(relay, &conn, &peer, relayed, i).await;
         i += 1;
         if i >= 8 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -383,7 +419,7 @@ async fn exercise(relay: &Relay, user: &str, pw: &str) {
     );
 
     // The allocation still relays after the refresh.
-    round_trip(&conn, &peer, relayed, i).await;
+    round_trip(relay, &conn, &peer, relayed, i).await;
     let trips = i + 1;
 
     // close() sends Refresh LIFETIME 0 and does not wait for the answer; the server reads
