@@ -42,7 +42,12 @@ pub enum BindError {
 
 impl Channels {
     /// Binds `number` to `peer`, or refreshes the same binding, until `expires`.
-    pub fn bind(&mut self, number: u16, peer: SocketAddr, expires: Instant) -> Result<(), BindError> {
+    pub fn bind(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    ) -> Result<(), BindError> {
         if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
             return Err(BindError::InvalidNumber);
         }
@@ -109,7 +114,10 @@ mod tests {
         let life = Duration::from_secs(600);
         let mut c = Channels::default();
         assert_eq!(c.bind(0x3FFF, p1, t0 + life), Err(BindError::InvalidNumber));
-        assert_eq!(c.bind(0x5000, p1, t0 + life), Err(BindError::InvalidNumber));
+        assert_eq!(
+            c.bind(MAX_CHANNEL + 1, p1, t0 + life),
+            Err(BindError::InvalidNumber)
+        );
         c.bind(0x4000, p1, t0 + life).unwrap();
         assert_eq!(c.peer(0x4000, t0), Some(p1));
         assert_eq!(c.number(p1, t0), Some(0x4000));

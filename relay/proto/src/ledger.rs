@@ -240,7 +240,11 @@ impl Ledger {
     /// Returns a port to the pool.
     pub fn release_port(&self, ip: IpAddr, port: u16) {
         let mut inner = self.lock();
-        if let Some(pool) = inner.pools.iter_mut().find(|p| p.ip == ip && p.contains(port)) {
+        if let Some(pool) = inner
+            .pools
+            .iter_mut()
+            .find(|p| p.ip == ip && p.contains(port))
+        {
             pool.set(port, false);
         }
     }
@@ -302,7 +306,10 @@ mod tests {
         assert_eq!(l.take_port(IP, false, false, 0, now, d), None);
         assert_eq!(l.port_usage(), (3, 3));
         l.release_port(IP, 50001);
-        assert_eq!(l.take_port(IP, false, false, 0, now, d).unwrap().port, 50001);
+        assert_eq!(
+            l.take_port(IP, false, false, 0, now, d).unwrap().port,
+            50001
+        );
     }
 
     #[test]
@@ -319,7 +326,11 @@ mod tests {
         let again = l.take_port(IP, true, true, 43, now, d).unwrap();
         l.expire_reservations(now + d);
         assert_eq!(l.take_reserved(again.reservation.unwrap(), now + d), None);
-        assert_eq!(l.port_usage().0, 3, "the expired reservation's port is free");
+        assert_eq!(
+            l.port_usage().0,
+            3,
+            "the expired reservation's port is free"
+        );
     }
 
     #[test]

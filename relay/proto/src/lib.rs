@@ -42,5 +42,5 @@ pub mod wire;
 
 pub use config::ServerConfig;
 pub use ledger::Ledger;
-pub use server::{Command, PeerRoute, RelayId, Server, ClientOutcome};
+pub use server::{ClientOutcome, Command, PeerRoute, RelayId, Server};
 pub use transport::{Family, FiveTuple, Transport};

@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use stun_types::attribute::{
-    Attribute,
-    AttributeStaticType, AttributeType, ErrorCode, MessageIntegrity, MessageIntegritySha256,
-    Nonce, PasswordAlgorithm, PasswordAlgorithmValue, PasswordAlgorithms, Realm, Software,
-    UnknownAttributes, Username, XorMappedAddress,
+    Attribute, AttributeStaticType, AttributeType, ErrorCode, MessageIntegrity,
+    MessageIntegritySha256, Nonce, PasswordAlgorithm, PasswordAlgorithmValue, PasswordAlgorithms,
+    Realm, Software, UnknownAttributes, Username, XorMappedAddress,
 };
 use stun_types::message::{
     Message, MessageClass, MessageWrite, MessageWriteExt, MessageWriteVec, Method, BINDING,
@@ -38,7 +37,9 @@ use crate::allocation::{Allocation, Bandwidth, PendingAllocate, Relay};
 use crate::config::ServerConfig;
 use crate::integrity::{self, HmacAlgorithm, KeyAlgorithm, LongTermKey};
 use crate::ledger::Ledger;
-use crate::metrics::{AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials, QuotaKind};
+use crate::metrics::{
+    AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials, QuotaKind,
+};
 use crate::nonce;
 use crate::rate_limit::RateLimiter;
 use crate::transport::{Family, FiveTuple};
@@ -300,7 +301,8 @@ impl Server {
             self.counters.dropped(DropReason::Bandwidth);
             return ClientOutcome::Dropped;
         }
-        self.counters.relayed(Direction::ClientToPeer, payload.len());
+        self.counters
+            .relayed(Direction::ClientToPeer, payload.len());
         ClientOutcome::Relay {
             relay: RelayId {
                 slot,
@@ -317,13 +319,20 @@ impl Server {
         ClientOutcome::Dropped
     }
 
-    fn handle_message(&mut self, from: FiveTuple, msg: &Message<'_>, now: Instant) -> ClientOutcome {
+    fn handle_message(
+        &mut self,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        now: Instant,
+    ) -> ClientOutcome {
         match msg.class() {
             MessageClass::Request => {
                 self.handle_request(from, msg, now);
                 ClientOutcome::Handled
             }
-            MessageClass::Indication if msg.has_method(SEND) => self.send_indication(from, msg, now),
+            MessageClass::Indication if msg.has_method(SEND) => {
+                self.send_indication(from, msg, now)
+            }
             // A Binding indication is a keepalive (RFC 8489 §6.3.2): receiving it is all it asks.
             MessageClass::Indication if msg.has_method(BINDING) => ClientOutcome::Handled,
             // Responses and other indications mean nothing to a server; counted so that every
@@ -332,7 +341,12 @@ impl Server {
         }
     }
 
-    fn send_indication(&mut self, from: FiveTuple, msg: &Message<'_>, now: Instant) -> ClientOutcome {
+    fn send_indication(
+        &mut self,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        now: Instant,
+    ) -> ClientOutcome {
         let Some(&slot) = self.by_client.get(&from) else {
             self.counters.dropped(DropReason::NoPermission);
             return ClientOutcome::Dropped;
@@ -525,10 +539,22 @@ impl Server {
                 }
                 return;
             }
-            return self.error(from, msg, ErrorCode::ALLOCATION_MISMATCH, Some(&authed), label);
+            return self.error(
+                from,
+                msg,
+                ErrorCode::ALLOCATION_MISMATCH,
+                Some(&authed),
+                label,
+            );
         }
         if self.draining {
-            return self.error(from, msg, ErrorCode::INSUFFICIENT_CAPACITY, Some(&authed), label);
+            return self.error(
+                from,
+                msg,
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                Some(&authed),
+                label,
+            );
         }
         match msg.attribute::<RequestedTransport>() {
             Ok(t) if t.protocol() == UDP_PROTOCOL => {}
@@ -546,14 +572,18 @@ impl Server {
         let dont_fragment = msg.has_attribute(DontFragment::TYPE);
         let even_port = msg.attribute::<EvenPort>().ok();
         let token = msg.attribute::<ReservationToken>().ok().map(|t| t.token());
-        let requested = msg.attribute::<RequestedAddressFamily>().ok().map(|f| f.family());
+        let requested = msg
+            .attribute::<RequestedAddressFamily>()
+            .ok()
+            .map(|f| f.family());
         let (additional, malformed_additional) = additional_family(msg);
         let malformed_family = msg.has_attribute(RequestedAddressFamily::TYPE)
             && requested.is_none()
             || malformed_additional;
         // RFC 8656 §7.2: these combinations are contradictory.
         if malformed_family
-            || token.is_some() && (even_port.is_some() || requested.is_some() || additional.is_some())
+            || token.is_some()
+                && (even_port.is_some() || requested.is_some() || additional.is_some())
             || requested.is_some() && additional.is_some()
             || additional.is_some_and(|f| f != AddressFamily::IPV6)
         {
@@ -576,9 +606,9 @@ impl Server {
         let additional_family_refused = want_v6_too && !self.has_relay_family(Family::V6);
 
         let config = Arc::clone(&self.config);
-        if let Err(kind) = self
-            .ledger
-            .admit(&authed.username, config.user_quota, config.total_quota)
+        if let Err(kind) =
+            self.ledger
+                .admit(&authed.username, config.user_quota, config.total_quota)
         {
             self.counters.quota(kind);
             let code = match kind {
@@ -667,7 +697,11 @@ impl Server {
         self.by_client.insert(from, slot);
         let generation = self.slots[slot as usize].generation;
         for family in Family::ALL {
-            if let Some(r) = self.slots[slot as usize].allocation.as_ref().and_then(|a| a.relay(family)) {
+            if let Some(r) = self.slots[slot as usize]
+                .allocation
+                .as_ref()
+                .and_then(|a| a.relay(family))
+            {
                 self.commands.push_back(Command::BindRelay {
                     relay: RelayId {
                         slot,
@@ -728,7 +762,10 @@ impl Server {
         for i in 0..ips.len() {
             let ip = ips[(start + i) % ips.len()];
             let random = self.rng.random::<u64>();
-            if let Some(taken) = self.ledger.take_port(ip, even, reserve, random, now, lifetime) {
+            if let Some(taken) = self
+                .ledger
+                .take_port(ip, even, reserve, random, now, lifetime)
+            {
                 return Some((self.relay_for(ip, taken.port), taken.reservation));
             }
         }
@@ -839,7 +876,12 @@ impl Server {
             }
         }
         let _ = out.add_attribute(&XorMappedAddress::new(a.five_tuple.client, tid));
-        if let Some(software) = self.config.software.as_deref().and_then(|s| Software::new(s).ok()) {
+        if let Some(software) = self
+            .config
+            .software
+            .as_deref()
+            .and_then(|s| Software::new(s).ok())
+        {
             let _ = out.add_attribute(&software);
         }
         integrity::sign(&mut out, &p.key, p.hmac);
@@ -890,13 +932,25 @@ impl Server {
         label: MethodLabel,
     ) -> Option<u32> {
         let Some(&slot) = self.by_client.get(&from) else {
-            self.error(from, msg, ErrorCode::ALLOCATION_MISMATCH, Some(authed), label);
+            self.error(
+                from,
+                msg,
+                ErrorCode::ALLOCATION_MISMATCH,
+                Some(authed),
+                label,
+            );
             return None;
         };
         let a = self.slots[slot as usize].allocation.as_ref()?;
         if a.pending.is_some() {
             // Sockets still binding: the client cannot know the allocation yet.
-            self.error(from, msg, ErrorCode::ALLOCATION_MISMATCH, Some(authed), label);
+            self.error(
+                from,
+                msg,
+                ErrorCode::ALLOCATION_MISMATCH,
+                Some(authed),
+                label,
+            );
             return None;
         }
         if a.username != authed.username {
@@ -971,7 +1025,13 @@ impl Server {
                 .as_ref()
                 .is_some_and(|a| a.relay(family).is_some());
             if !has_family {
-                self.error(from, msg, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, Some(authed), label);
+                self.error(
+                    from,
+                    msg,
+                    ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
+                    Some(authed),
+                    label,
+                );
                 return false;
             }
             if let Err(reason) = self.config.peer_filter.check(peer.ip()) {
@@ -989,7 +1049,13 @@ impl Server {
         true
     }
 
-    fn create_permission(&mut self, from: FiveTuple, msg: &Message<'_>, authed: Authed, now: Instant) {
+    fn create_permission(
+        &mut self,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: Authed,
+        now: Instant,
+    ) {
         let label = MethodLabel::CreatePermission;
         let Some(slot) = self.owned_allocation(from, msg, &authed, label) else {
             return;
@@ -999,7 +1065,9 @@ impl Server {
             if raw.get_type() == XorPeerAddress::TYPE {
                 match XorPeerAddress::try_from(&raw) {
                     Ok(p) => peers.push(p.addr(msg.transaction_id())),
-                    Err(_) => return self.error(from, msg, ErrorCode::BAD_REQUEST, Some(&authed), label),
+                    Err(_) => {
+                        return self.error(from, msg, ErrorCode::BAD_REQUEST, Some(&authed), label)
+                    }
                 }
             }
         }
@@ -1016,7 +1084,13 @@ impl Server {
             return;
         };
         if !a.permissions.has_room_for(&ips, max) {
-            return self.error(from, msg, ErrorCode::INSUFFICIENT_CAPACITY, Some(&authed), label);
+            return self.error(
+                from,
+                msg,
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                Some(&authed),
+                label,
+            );
         }
         for ip in ips {
             let _ = a.permissions.install(ip, expires, max);
@@ -1046,10 +1120,15 @@ impl Server {
             return;
         };
         if !a.permissions.has_room_for(&[peer.ip()], max) {
-            return self.error(from, msg, ErrorCode::INSUFFICIENT_CAPACITY, Some(&authed), label);
+            return self.error(
+                from,
+                msg,
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                Some(&authed),
+                label,
+            );
         }
-        if a
-            .channels
+        if a.channels
             .bind(number.channel(), peer, now + timers.channel_lifetime)
             .is_err()
         {
@@ -1124,13 +1203,23 @@ impl Server {
             Some((key, hmac)) => {
                 // Authenticated answers may name our software; unauthenticated ones stay minimal
                 // so the relay is no amplifier (SOFTWARE still goes on Binding, RFC 8489 asks for it).
-                if let Some(s) = self.config.software.as_deref().and_then(|s| Software::new(s).ok()) {
+                if let Some(s) = self
+                    .config
+                    .software
+                    .as_deref()
+                    .and_then(|s| Software::new(s).ok())
+                {
                     let _ = out.add_attribute(&s);
                 }
                 integrity::sign(&mut out, key, hmac);
             }
             None if label == MethodLabel::Binding && code == 0 => {
-                if let Some(s) = self.config.software.as_deref().and_then(|s| Software::new(s).ok()) {
+                if let Some(s) = self
+                    .config
+                    .software
+                    .as_deref()
+                    .and_then(|s| Software::new(s).ok())
+                {
                     let _ = out.add_attribute(&s);
                 }
             }
@@ -1198,7 +1287,10 @@ const LEGACY_ADDITIONAL_ADDRESS_FAMILY: AttributeType = AttributeType::new(0x803
 /// was there could not be parsed.
 fn additional_family(msg: &Message<'_>) -> (Option<AddressFamily>, bool) {
     if msg.has_attribute(AdditionalAddressFamily::TYPE) {
-        let family = msg.attribute::<AdditionalAddressFamily>().ok().map(|f| f.family());
+        let family = msg
+            .attribute::<AdditionalAddressFamily>()
+            .ok()
+            .map(|f| f.family());
         return (family, family.is_none());
     }
     match msg.raw_attribute(LEGACY_ADDITIONAL_ADDRESS_FAMILY) {
