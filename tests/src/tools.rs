@@ -3,7 +3,7 @@
 
 use crate::require_tool;
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,25 +42,34 @@ pub struct Peer {
 
 impl Peer {
     pub fn start(port: u16) -> Peer {
+        Peer::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// A peer on a loopback address of either family.
+    pub fn start_on(ip: IpAddr, port: u16) -> Peer {
         require_tool("turnutils_peer");
         let child = Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-L", &ip.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn turnutils_peer");
         let peer = Peer { child, port };
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let sock = UdpSocket::bind((ip, 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let target = SocketAddr::from((ip, port));
         let ready = crate::wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
             sock.send_to(b"ping", target).ok()?;
             let mut buf = [0u8; 64];
             let (n, _) = sock.recv_from(&mut buf).ok()?;
             (&buf[..n] == b"ping").then_some(())
         });
-        assert!(ready.is_some(), "turnutils_peer on port {port} did not echo");
+        assert!(
+            ready.is_some(),
+            "turnutils_peer on port {port} did not echo"
+        );
         peer
     }
 }
@@ -117,9 +126,20 @@ pub fn parse_uclient_summary(out: &str) -> Option<(u64, u64, u64, f64, u64)> {
 
 /// Runs `turnutils_uclient ARGS -p PORT 127.0.0.1` (ARGS must include the flags).
 pub fn run_uclient(args: &[String], port: u16, timeout: Duration) -> UclientReport {
+    run_uclient_to(args, IpAddr::V4(Ipv4Addr::LOCALHOST), port, timeout)
+}
+
+/// Runs `turnutils_uclient ARGS -p PORT SERVER`.
+pub fn run_uclient_to(
+    args: &[String],
+    server: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> UclientReport {
     require_tool("turnutils_uclient");
     let mut cmd = Command::new("turnutils_uclient");
-    cmd.args(args).args(["-p", &port.to_string(), "127.0.0.1"]);
+    cmd.args(args)
+        .args(["-p", &port.to_string(), &server.to_string()]);
     eprintln!("[harness] running {cmd:?}");
     let (status, output) = run_with_timeout(&mut cmd, timeout);
     let summary = parse_uclient_summary(&output);

@@ -1,9 +1,11 @@
 //! The relay driven by coturn's command-line clients (`turnutils_stunclient`,
 //! `turnutils_uclient` with `turnutils_peer` as the peer), all on 127.0.0.1.
 
-use icegate_tests::tools::{parse_stunclient_reflexive, run_uclient, run_with_timeout, Peer};
+use icegate_tests::tools::{
+    parse_stunclient_reflexive, run_uclient, run_uclient_to, run_with_timeout, Peer,
+};
 use icegate_tests::{require_tool, server_tests, Relay, RelayConfig, ServerKind};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,13 +30,20 @@ fn stunclient_mapped_address(kind: ServerKind) {
     );
     let mapped = parse_stunclient_reflexive(&out)
         .unwrap_or_else(|| panic!("no reflexive address in output:\n{out}"));
-    assert_eq!(mapped.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST), "output:\n{out}");
+    assert_eq!(
+        mapped.ip(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "output:\n{out}"
+    );
     assert_ne!(mapped.port(), 0);
     if let Some(before) = before {
         let labels = [("method", "binding"), ("result", "success")];
         let was = before.sum("icegate_relay_requests_total", &labels);
         let now = relay.wait_metric_at_least("icegate_relay_requests_total", &labels, was + 1.0);
-        assert!(now > was, "binding success counter did not move ({was} -> {now})");
+        assert!(
+            now > was,
+            "binding success counter did not move ({was} -> {now})"
+        );
     }
 }
 
@@ -267,7 +276,18 @@ fn uclient_rest_wrong_secret_rejected(kind: ServerKind) {
     );
     let _peer = Peer::start(relay.ports.peer());
     let args: Vec<String> = [
-        "-n", "5", "-m", "1", "-c", "-u", "bob", "-W", "not-the-secret", "-e", "127.0.0.1", "-r",
+        "-n",
+        "5",
+        "-m",
+        "1",
+        "-c",
+        "-u",
+        "bob",
+        "-W",
+        "not-the-secret",
+        "-e",
+        "127.0.0.1",
+        "-r",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -287,6 +307,82 @@ fn uclient_rest_wrong_secret_rejected(kind: ServerKind) {
     );
 }
 
+/// A relay on both 127.0.0.1 and ::1, with relay addresses of both families.
+fn dual_stack_config() -> RelayConfig {
+    let v6 = ["--listening-ip", "::1", "--relay-ip", "::1"]
+        .map(String::from)
+        .to_vec();
+    RelayConfig {
+        icegate_args: v6.clone(),
+        coturn_args: v6,
+        ..RelayConfig::default()
+    }
+}
+
+/// Runs uclient against `server`, relaying to a `turnutils_peer` on `peer_ip`; asserts no loss
+/// and returns how far `icegate_relay_allocations_total{family}` moved (0 for coturn).
+fn run_dual_stack(
+    kind: ServerKind,
+    server: IpAddr,
+    peer_ip: IpAddr,
+    flags: &[&str],
+    family: &str,
+) -> f64 {
+    let relay = Relay::start(kind, dual_stack_config());
+    let _peer = Peer::start_on(peer_ip, relay.ports.peer());
+    let count = |r: &Relay| {
+        r.try_metrics().map_or(0.0, |m| {
+            m.sum("icegate_relay_allocations_total", &[("family", family)])
+        })
+    };
+    let before = count(&relay);
+    let mut args: Vec<String> = [
+        "-n", "50", "-m", "2", "-l", "172", "-z", "20", "-u", "alice", "-w", "secret",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend([
+        "-e".to_string(),
+        peer_ip.to_string(),
+        "-r".into(),
+        relay.ports.peer().to_string(),
+    ]);
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let report = run_uclient_to(&args, server, relay.ports.listen(), UCLIENT_TIMEOUT);
+    let tail: Vec<&str> = report.output.lines().rev().take(12).collect();
+    assert!(
+        report.status.is_some_and(|s| s.success()) && report.sent >= 100,
+        "uclient failed or sent too little ({:?}, sent {}):\n{}",
+        report.status,
+        report.sent,
+        tail.join("\n")
+    );
+    assert_eq!(
+        (report.lost, report.received),
+        (0, report.sent),
+        "loss:\n{}",
+        tail.join("\n")
+    );
+    count(&relay) - before
+}
+
+/// RFC 6156 (now in RFC 8656): an IPv6 client asking for an IPv6 relayed address (`-x`)
+/// and relaying to an IPv6 peer.
+fn uclient_ipv6(kind: ServerKind) {
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let moved = run_dual_stack(kind, v6, v6, &["-c", "-x"], "ipv6");
+    if kind == ServerKind::Icegate {
+        assert!(moved >= 2.0, "ipv6 allocations grew by {moved}");
+    }
+}
+
+/// Dual allocation (`-Z`: ADDITIONAL-ADDRESS-FAMILY, under coturn's draft attribute type),
+/// whose Refreshes pick a family at random with REQUESTED-ADDRESS-FAMILY.
+fn uclient_dual_allocation(kind: ServerKind) {
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    run_dual_stack(kind, v4, v4, &["-Z"], "ipv4");
+}
+
 server_tests!(
     stunclient_mapped_address,
     uclient_udp_channels_default,
@@ -297,6 +393,8 @@ server_tests!(
     uclient_client_to_client,
     uclient_rest_secret,
     uclient_rest_wrong_secret_rejected,
+    uclient_ipv6,
+    uclient_dual_allocation,
 );
 
 /// Keeps the harness and the output parsing honest: these run against coturn in the
