@@ -125,7 +125,7 @@ fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigE
         position: error.span().map(|span| line_column(text, span.start)),
         // `message()` rather than `Display`: the latter repeats the source line in a
         // multi-line snippet, which reads badly inside a one-line log message.
-        message: error.message().trim_end().to_owned(),
+        message: redact_strings(error.message().trim_end()),
     };
     let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(None, e))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -134,6 +134,29 @@ fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigE
         let key = (key != ".").then_some(key);
         parse_error(key, e.into_inner())
     })
+}
+
+/// Replaces every double-quoted value in a parser message with `"…"`: serde quotes the
+/// offending value (`invalid type: string "…", expected a sequence`), and that value may be
+/// a password or a shared secret, which must never reach a log.
+fn redact_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        match (c, inside) {
+            ('"', false) => {
+                out.push_str("\"…");
+                inside = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                inside = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 /// The 1-based line and column (in characters) of byte `offset` in `text`.
@@ -189,6 +212,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<File, ConfigError> {
         parse_toml(Path::new("/etc/icegate/relay.toml"), text)
+    }
+
+    #[test]
+    fn offending_string_values_are_not_repeated() {
+        // A secret written where a number belongs must not end up in the error (and the log).
+        let error = parse("[relay]\nmin-port = \"hunter2-secret\"\n").unwrap_err();
+        let text = error.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("relay.min-port") && text.contains("invalid type"), "{text}");
+        assert_eq!(redact_strings(r#"a "b" c "d""#), r#"a "…" c "…""#);
     }
 
     #[test]

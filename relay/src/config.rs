@@ -327,10 +327,8 @@ impl Settings {
                 return Err(invalid(
                     users_cli,
                     "user",
-                    format!(
-                        "expected NAME:PASSWORD, got an entry for {:?}",
-                        user.split(':').next().unwrap_or("")
-                    ),
+                    // The entry may be a password typed without its name: never echo it.
+                    "expected NAME:PASSWORD, got an entry without ':'".into(),
                 ));
             };
             if name.is_empty() {
