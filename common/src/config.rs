@@ -220,7 +220,10 @@ mod tests {
         let error = parse("[relay]\nmin-port = \"hunter2-secret\"\n").unwrap_err();
         let text = error.to_string();
         assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("relay.min-port") && text.contains("invalid type"), "{text}");
+        assert!(
+            text.contains("relay.min-port") && text.contains("invalid type"),
+            "{text}"
+        );
         assert_eq!(redact_strings(r#"a "b" c "d""#), r#"a "…" c "…""#);
     }
 
