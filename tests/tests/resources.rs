@@ -1,0 +1,91 @@
+//! Ports and sockets come back the moment an allocation ends: Refresh with lifetime 0, or the
+//! end of a TCP client's connection (RFC 8656 §3.2: a stream allocation dies with its
+//! connection).
+
+use icegate_tests::stun::{assert_success, xor_relayed, TurnClient};
+use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn ports_in_use(relay: &Relay) -> f64 {
+    relay.metrics().sum("icegate_relay_ports_in_use", &[])
+}
+
+/// True once the test itself can bind `addr`, i.e. the relay closed its socket.
+fn port_is_free(addr: SocketAddr) -> bool {
+    wait_for(Duration::from_secs(3), Duration::from_millis(20), || {
+        UdpSocket::bind(addr).ok().map(|_| ())
+    })
+    .is_some()
+}
+
+#[test]
+fn refresh_to_zero_frees_port_and_socket_at_once() {
+    let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+    let mut client = TurnClient::new(relay.udp_addr(), "alice", "secret");
+    let resp = client.allocate();
+    assert_success(&resp, "allocate");
+    let relayed = xor_relayed(&resp).expect("XOR-RELAYED-ADDRESS");
+    assert_eq!(ports_in_use(&relay), 1.0);
+    assert!(
+        UdpSocket::bind(relayed).is_err(),
+        "the relay must hold a socket on its relayed address {relayed}"
+    );
+
+    assert_success(&client.deallocate(), "refresh lifetime 0");
+    assert_eq!(ports_in_use(&relay), 0.0, "ledger still counts the port");
+    assert!(
+        port_is_free(relayed),
+        "socket on {relayed} still open after Refresh(0)"
+    );
+    let active = relay.metrics().sum("icegate_relay_allocations_active", &[]);
+    assert_eq!(active, 0.0);
+}
+
+/// A minimal TURN-over-TCP exchange: one request, one response, framed by the STUN length.
+fn tcp_transact(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
+    stream.write_all(request).unwrap();
+    let mut header = [0u8; 20];
+    stream.read_exact(&mut header).unwrap();
+    let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    [header.to_vec(), body].concat()
+}
+
+#[test]
+fn closing_a_tcp_connection_ends_its_allocation() {
+    use icegate_tests::stun::{decode, encode, requested_transport_udp, ALLOCATE};
+    let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+    let mut stream = TcpStream::connect(relay.tcp_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    // The UDP helper only builds and signs messages here; the bytes go over TCP.
+    let mut client = TurnClient::new(relay.udp_addr(), "alice", "secret");
+    let challenge = icegate_tests::stun::request(ALLOCATE, &[requested_transport_udp()]);
+    let raw = tcp_transact(&mut stream, &encode(&challenge));
+    client.learn(&decode(&raw, None).unwrap());
+    let request = client.build_authed(ALLOCATE, &[requested_transport_udp()]);
+    let raw = tcp_transact(&mut stream, &encode(&request));
+    let resp = decode(&raw, client.key().as_ref()).unwrap();
+    assert_success(&resp, "allocate over TCP");
+    let relayed = xor_relayed(&resp).unwrap();
+    assert_eq!(
+        relay
+            .metrics()
+            .sum("icegate_relay_allocations_active", &[("transport", "tcp")]),
+        1.0
+    );
+
+    drop(stream);
+    let gone = wait_for(Duration::from_secs(3), Duration::from_millis(20), || {
+        (ports_in_use(&relay) == 0.0).then_some(())
+    });
+    assert!(gone.is_some(), "allocation outlived its TCP connection");
+    assert!(
+        port_is_free(relayed),
+        "socket on {relayed} still open after disconnect"
+    );
+}
