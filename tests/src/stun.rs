@@ -5,15 +5,16 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 pub use stun_rs::attributes::stun::{
     ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, PasswordAlgorithm,
-    PasswordAlgorithms, Realm, Software, UserName, XorMappedAddress,
+    PasswordAlgorithms, Realm, Software, UnknownAttributes, UserName, XorMappedAddress,
 };
 pub use stun_rs::attributes::turn::{
-    ChannelNumber, Data, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress,
+    ChannelNumber, Data, LifeTime, RequestedAddressFamily, RequestedTrasport, XorPeerAddress,
+    XorRelayedAddress,
 };
 pub use stun_rs::methods::{ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMMISSION, REFRESH, SEND};
 pub use stun_rs::{
-    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute, StunMessage,
-    StunMessageBuilder,
+    AddressFamily, Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute,
+    StunMessage, StunMessageBuilder,
 };
 
 /// The nonce prefix of RFC 8489 section 9.2 ("nonce cookie") announcing security features.
@@ -83,10 +84,20 @@ pub fn describe(msg: &StunMessage) -> String {
 }
 
 pub fn xor_mapped(msg: &StunMessage) -> Option<SocketAddr> {
-    Some(*msg.get::<XorMappedAddress>()?.as_xor_mapped_address().ok()?.socket_address())
+    Some(
+        *msg.get::<XorMappedAddress>()?
+            .as_xor_mapped_address()
+            .ok()?
+            .socket_address(),
+    )
 }
 pub fn xor_relayed(msg: &StunMessage) -> Option<SocketAddr> {
-    Some(*msg.get::<XorRelayedAddress>()?.as_xor_relayed_address().ok()?.socket_address())
+    Some(
+        *msg.get::<XorRelayedAddress>()?
+            .as_xor_relayed_address()
+            .ok()?
+            .socket_address(),
+    )
 }
 pub fn lifetime(msg: &StunMessage) -> Option<u32> {
     Some(*msg.get::<LifeTime>()?.as_life_time().ok()?.as_ref())
@@ -98,7 +109,13 @@ pub fn realm(msg: &StunMessage) -> Option<String> {
     Some(msg.get::<Realm>()?.as_realm().ok()?.as_str().to_string())
 }
 pub fn software(msg: &StunMessage) -> Option<String> {
-    Some(msg.get::<Software>()?.as_software().ok()?.as_str().to_string())
+    Some(
+        msg.get::<Software>()?
+            .as_software()
+            .ok()?
+            .as_str()
+            .to_string(),
+    )
 }
 pub fn has_attr<A: stun_rs::StunAttributeType>(msg: &StunMessage) -> bool {
     msg.get::<A>().is_some()
@@ -143,6 +160,42 @@ pub fn raw_attribute(bytes: &[u8], typ: u16) -> Option<&[u8]> {
         .into_iter()
         .find(|(t, _)| *t == typ)
         .map(|(_, v)| v)
+}
+
+/// Appends one attribute (type, length, value, zero padding) to an encoded message and
+/// updates the length in the header. For attributes stun-rs cannot encode (unknown ones).
+pub fn append_raw_attribute(msg: &mut Vec<u8>, typ: u16, value: &[u8]) {
+    msg.extend_from_slice(&typ.to_be_bytes());
+    msg.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    msg.extend_from_slice(value);
+    msg.resize(msg.len() + (4 - value.len() % 4) % 4, 0);
+    set_body_length(msg);
+}
+
+/// Appends MESSAGE-INTEGRITY (RFC 8489 section 14.5): HMAC-SHA1 with `key` over the
+/// message up to the attribute, with the header length already counting it.
+pub fn append_message_integrity(msg: &mut Vec<u8>, key: &[u8]) {
+    use hmac::Mac as _;
+    let body = (msg.len() - 20 + 24) as u16;
+    msg[2..4].copy_from_slice(&body.to_be_bytes());
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
+    mac.update(msg);
+    let tag = mac.finalize().into_bytes();
+    append_raw_attribute(msg, 0x0008, &tag);
+}
+
+fn set_body_length(msg: &mut [u8]) {
+    let body = (msg.len() - 20) as u16;
+    msg[2..4].copy_from_slice(&body.to_be_bytes());
+}
+
+/// The attribute types listed in an UNKNOWN-ATTRIBUTES attribute, if present.
+pub fn unknown_attributes(msg: &StunMessage) -> Option<Vec<u16>> {
+    let a = msg
+        .get::<UnknownAttributes>()?
+        .as_unknown_attributes()
+        .ok()?;
+    Some(a.attributes().to_vec())
 }
 
 /// A UDP socket on 127.0.0.1 talking STUN to one server.
@@ -192,10 +245,15 @@ impl StunUdp {
     /// Sends `msg` and waits for the response with the same transaction id, retransmitting
     /// every 500 ms (4 tries). Returns the raw bytes of the response.
     pub fn transact_raw(&self, msg: &StunMessage) -> Result<Vec<u8>, String> {
-        let bytes = encode(msg);
-        let txid = *msg.transaction_id().as_bytes();
+        self.transact_bytes(&encode(msg))
+            .map_err(|e| format!("{e} ({:?})", msg.method()))
+    }
+
+    /// [`Self::transact_raw`] for a request encoded by hand.
+    pub fn transact_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let txid: [u8; 12] = bytes[8..20].try_into().expect("a STUN header");
         for _ in 0..4 {
-            self.send_raw(&bytes);
+            self.send_raw(bytes);
             let deadline = Instant::now() + Duration::from_millis(500);
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                 let Some((resp, from)) = self.recv_raw(left) else {
@@ -206,7 +264,7 @@ impl StunUdp {
                 }
             }
         }
-        Err(format!("no response to {:?} from {}", msg.method(), self.server))
+        Err(format!("no response from {}", self.server))
     }
 
     /// [`Self::transact_raw`] plus validated decoding.
@@ -301,9 +359,41 @@ impl TurnClient {
     /// Builds an authenticated request: ATTRS, USERNAME, REALM, NONCE,
     /// [PASSWORD-ALGORITHMS, PASSWORD-ALGORITHM], MESSAGE-INTEGRITY(-SHA256), FINGERPRINT.
     pub fn build_authed(&self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
+        let key = self.key().expect("key");
+        let b = self.authed_builder(method, attrs);
+        let b = match self.integrity {
+            Integrity::Sha1 => b.with_attribute(MessageIntegrity::new(key)),
+            Integrity::Sha256 => b.with_attribute(MessageIntegritySha256::new(key)),
+        };
+        b.with_attribute(Fingerprint::default()).build()
+    }
+
+    /// Like [`Self::build_authed`], encoded, with `raw` attributes (which stun-rs cannot
+    /// encode) before a hand-computed MESSAGE-INTEGRITY, and no FINGERPRINT.
+    pub fn build_authed_with_raw(
+        &self,
+        method: MessageMethod,
+        attrs: &[StunAttribute],
+        raw: &[(u16, &[u8])],
+    ) -> Vec<u8> {
+        assert_eq!(
+            self.integrity,
+            Integrity::Sha1,
+            "only MESSAGE-INTEGRITY is hand-made"
+        );
+        let key = self.key().expect("key");
+        let mut bytes = encode(&self.authed_builder(method, attrs).build());
+        for (typ, value) in raw {
+            append_raw_attribute(&mut bytes, *typ, value);
+        }
+        append_message_integrity(&mut bytes, key.as_bytes());
+        bytes
+    }
+
+    /// A request with ATTRS, USERNAME, REALM, NONCE and the password algorithm attributes.
+    fn authed_builder(&self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessageBuilder {
         let realm = self.realm.clone().expect("realm learned");
         let nonce = self.nonce.clone().expect("nonce learned");
-        let key = self.key().expect("key");
         let mut b = StunMessageBuilder::new(method, MessageClass::Request);
         for a in attrs {
             b = b.with_attribute(a.clone());
@@ -312,15 +402,12 @@ impl TurnClient {
             .with_attribute(UserName::new(&self.username).expect("username"))
             .with_attribute(Realm::new(realm).expect("realm"))
             .with_attribute(Nonce::new(nonce).expect("nonce"));
-        if let (Some(algs), Some(chosen)) = (self.server_algorithms.clone(), self.chosen_algorithm())
+        if let (Some(algs), Some(chosen)) =
+            (self.server_algorithms.clone(), self.chosen_algorithm())
         {
             b = b.with_attribute(algs).with_attribute(chosen);
         }
-        b = match self.integrity {
-            Integrity::Sha1 => b.with_attribute(MessageIntegrity::new(key)),
-            Integrity::Sha256 => b.with_attribute(MessageIntegritySha256::new(key)),
-        };
-        b.with_attribute(Fingerprint::default()).build()
+        b
     }
 
     /// Sends an unauthenticated request (with FINGERPRINT) and learns the challenge.
@@ -336,9 +423,15 @@ impl TurnClient {
     /// decoded with integrity validation; 401/438 responses update realm/nonce.
     pub fn request_once(&mut self, method: MessageMethod, attrs: &[StunAttribute]) -> StunMessage {
         let msg = self.build_authed(method, attrs);
+        self.exchange(&encode(&msg))
+    }
+
+    /// Sends an authenticated request encoded by the caller and decodes the response as
+    /// [`Self::request_once`] does.
+    pub fn exchange(&mut self, request: &[u8]) -> StunMessage {
         let raw = self
             .udp
-            .transact_raw(&msg)
+            .transact_bytes(request)
             .unwrap_or_else(|e| panic!("{e}"));
         // 401 and 438 responses carry no valid MESSAGE-INTEGRITY for our key (RFC 8489
         // 9.2.4); decode those without a key.
@@ -427,8 +520,14 @@ mod tests {
     #[test]
     fn nonce_cookie_bits() {
         // "obMatJos2" + base64 of 0x80 0x00 0x00 = "gAAA"
-        assert_eq!(nonce_security_features("obMatJos2gAAAxyz"), Some((true, false)));
-        assert_eq!(nonce_security_features("obMatJos2AAAAxyz"), Some((false, false)));
+        assert_eq!(
+            nonce_security_features("obMatJos2gAAAxyz"),
+            Some((true, false))
+        );
+        assert_eq!(
+            nonce_security_features("obMatJos2AAAAxyz"),
+            Some((false, false))
+        );
         assert_eq!(nonce_security_features("plainnonce"), None);
     }
 
