@@ -1,0 +1,234 @@
+//! Operating icegate-relay: `--check-config`, configuration errors, the health endpoints,
+//! graceful shutdown on SIGTERM and the Prometheus metric families. icegate only: these
+//! are icegate's own interfaces, coturn has no equivalent to validate against.
+
+use icegate_tests::server::run_icegate_once;
+use icegate_tests::stun::{assert_success, request, StunUdp, TurnClient, BINDING};
+use icegate_tests::{Relay, RelayConfig, ServerKind};
+use std::time::{Duration, Instant};
+
+const RUN_ONCE: Duration = Duration::from_secs(10);
+
+#[test]
+fn check_config_prints_a_summary_and_exits_0() {
+    let started = Instant::now();
+    let (status, out) = run_icegate_once(
+        &[
+            "--check-config",
+            "--listening-ip",
+            "127.0.0.1",
+            "--listening-port",
+            "13478",
+            "--min-port",
+            "40100",
+            "--max-port",
+            "40199",
+            "--realm",
+            "check.example",
+            "--user",
+            "carol:do-not-print-me",
+        ],
+        RUN_ONCE,
+    );
+    let status = status.unwrap_or_else(|| panic!("--check-config did not exit:\n{out}"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "--check-config exit status; output:\n{out}"
+    );
+    // The summary reflects what was configured...
+    for expected in ["127.0.0.1", "13478", "40100", "40199", "check.example"] {
+        assert!(out.contains(expected), "summary lacks {expected:?}:\n{out}");
+    }
+    // ...without leaking the secret, and without starting to serve.
+    assert!(
+        !out.contains("do-not-print-me"),
+        "summary prints a password:\n{out}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "--check-config took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Runs `--check-config` and a real start on a config file with `body`; both must fail,
+/// naming the file and `key`.
+fn assert_config_rejected(body: &str, key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, body).unwrap();
+    let path_str = path.to_str().unwrap();
+    for extra in [&["--check-config"][..], &[][..]] {
+        let mut args = vec!["--config", path_str];
+        args.extend_from_slice(extra);
+        let (status, out) = run_icegate_once(&args, RUN_ONCE);
+        let status = status.unwrap_or_else(|| panic!("{args:?} did not exit:\n{out}"));
+        assert!(
+            !status.success(),
+            "{args:?} with {body:?} exited {status}:\n{out}"
+        );
+        assert!(
+            out.contains(path_str),
+            "{args:?}: error does not name the file:\n{out}"
+        );
+        assert!(
+            out.contains(key),
+            "{args:?}: error does not name `{key}`:\n{out}"
+        );
+    }
+}
+
+const VALID: &str = "listening-ip = [\"127.0.0.1\"]\nuser = [\"alice:secret\"]\n";
+
+#[test]
+fn bad_config_file_exits_nonzero_naming_file_and_key() {
+    // Each kind of mistake: a bad value, a wrong type, a misspelt key, an inverted range.
+    assert_config_rejected(
+        &format!("{VALID}denied-peer-ip = [\"10.0.0.0/33\"]\n"),
+        "denied-peer-ip",
+    );
+    assert_config_rejected(
+        &format!("{VALID}listening-port = \"high\"\n"),
+        "listening-port",
+    );
+    assert_config_rejected(
+        &format!("{VALID}relay-ipp = [\"127.0.0.1\"]\n"),
+        "relay-ipp",
+    );
+    assert_config_rejected(
+        &format!("{VALID}min-port = 50000\nmax-port = 40000\n"),
+        "min-port",
+    );
+    // The same file without the mistake is fine: the failures above are about the key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, VALID).unwrap();
+    let (status, out) = run_icegate_once(
+        &["--config", path.to_str().unwrap(), "--check-config"],
+        RUN_ONCE,
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "valid file rejected:\n{out}"
+    );
+}
+
+#[test]
+fn healthz_and_readyz_answer_200() {
+    let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+    for path in ["/healthz", "/readyz"] {
+        let resp = relay
+            .http_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(resp.status, 200, "GET {path}: {}", resp.body);
+    }
+    let resp = relay
+        .http_get("/no-such-endpoint")
+        .expect("GET /no-such-endpoint");
+    assert_eq!(resp.status, 404, "unknown path: {}", resp.body);
+}
+
+#[test]
+fn sigterm_exits_within_the_drain_timeout() {
+    let mut relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            icegate_args: vec!["--drain-timeout".into(), "1".into()],
+            ..RelayConfig::default()
+        },
+    );
+    // An open allocation makes the relay wait (up to the drain timeout) before exiting.
+    let (u, p) = relay.config.users[0].clone();
+    let mut c = TurnClient::new(relay.udp_addr(), &u, &p);
+    assert_success(&c.allocate(), "Allocate");
+
+    let started = Instant::now();
+    let status = relay.terminate(Duration::from_secs(4));
+    let took = started.elapsed();
+    let status = status
+        .unwrap_or_else(|| panic!("still running {took:?} after SIGTERM with --drain-timeout 1"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM: {status}; log:\n{}",
+        relay.log()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?} with --drain-timeout 1"
+    );
+    assert!(!relay.is_running());
+}
+
+#[test]
+fn metrics_has_the_relay_families() {
+    let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+    // Some traffic, so that label sets created on first use exist too.
+    let udp = StunUdp::new(relay.udp_addr());
+    assert_success(&udp.transact(&request(BINDING, &[]), None), "Binding");
+    let (u, p) = relay.config.users[0].clone();
+    let mut c = TurnClient::new(relay.udp_addr(), &u, &p);
+    assert_success(&c.allocate(), "Allocate");
+
+    let resp = relay.http_get("/metrics").expect("GET /metrics");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let ctype = resp.header("content-type").unwrap_or_default();
+    assert!(ctype.starts_with("text/plain"), "Content-Type {ctype:?}");
+    let m = relay.metrics();
+    // Prometheus naming: `_total` families are counters, the rest here are gauges.
+    let families = [
+        ("icegate_relay_requests_total", "counter"),
+        ("icegate_relay_auth_failures_total", "counter"),
+        ("icegate_relay_peer_denied_total", "counter"),
+        ("icegate_relay_quota_rejections_total", "counter"),
+        ("icegate_relay_malformed_packets_total", "counter"),
+        ("icegate_relay_allocations_active", "gauge"),
+        ("icegate_relay_packets_total", "counter"),
+    ];
+    let mut wrong = Vec::new();
+    for (name, kind) in families {
+        let type_line = format!("# TYPE {name} ");
+        match m.raw.lines().find_map(|l| l.strip_prefix(&type_line)) {
+            None => wrong.push(format!("{name}: no TYPE line")),
+            Some(t) if t.trim() != kind => wrong.push(format!("{name}: TYPE {t}, expected {kind}")),
+            Some(_) => {}
+        }
+        if !m.has(name) {
+            wrong.push(format!("{name}: no samples"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}\nscrape:\n{}", wrong.join("\n"), m.raw);
+
+    let labels = [("method", "allocate"), ("result", "success")];
+    assert!(
+        m.sum("icegate_relay_requests_total", &labels) >= 1.0,
+        "{}",
+        m.raw
+    );
+    assert!(
+        m.sum(
+            "icegate_relay_requests_total",
+            &[("method", "binding"), ("result", "success")]
+        ) >= 1.0
+    );
+    let active = m.get_exact(
+        "icegate_relay_allocations_active",
+        &[("transport", "udp"), ("family", "ipv4")],
+    );
+    assert_eq!(
+        active,
+        Some(1.0),
+        "allocations_active{{udp,ipv4}}:\n{}",
+        m.raw
+    );
+    for dir in ["client_to_peer", "peer_to_client"] {
+        assert!(
+            m.get_exact("icegate_relay_packets_total", &[("direction", dir)])
+                .is_some(),
+            "packets_total{{direction={dir}}} missing:\n{}",
+            m.raw
+        );
+    }
+}
