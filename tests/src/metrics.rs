@@ -167,7 +167,10 @@ icegate_relay_requests_total{method=\"binding\",result=\"success\"} 7 1700000000
 icegate_relay_ports_in_use 4\n\
 weird{a=\"x\\\"y,}\"} 1.5e3\n";
         let m = Metrics::parse(text).unwrap();
-        assert_eq!(m.sum("icegate_relay_requests_total", &[("method", "allocate")]), 5.0);
+        assert_eq!(
+            m.sum("icegate_relay_requests_total", &[("method", "allocate")]),
+            5.0
+        );
         assert_eq!(
             m.get_exact(
                 "icegate_relay_requests_total",

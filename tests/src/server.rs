@@ -99,7 +99,11 @@ pub fn icegate_binary() -> PathBuf {
             assert!(status.success(), "cargo build -p icegate-relay failed");
         });
     }
-    assert!(bin.exists(), "icegate-relay binary not found at {}", bin.display());
+    assert!(
+        bin.exists(),
+        "icegate-relay binary not found at {}",
+        bin.display()
+    );
     bin
 }
 
@@ -172,7 +176,14 @@ impl Relay {
         let listen = self.ports.listen().to_string();
         let (min, max) = (min.to_string(), max.to_string());
         push(&["--listening-ip", "127.0.0.1", "--listening-port", &listen]);
-        push(&["--relay-ip", "127.0.0.1", "--min-port", &min, "--max-port", &max]);
+        push(&[
+            "--relay-ip",
+            "127.0.0.1",
+            "--min-port",
+            &min,
+            "--max-port",
+            &max,
+        ]);
         push(&["--realm", &c.realm]);
         for (u, p) in &c.users {
             push(&["--user", &format!("{u}:{p}")]);
@@ -198,7 +209,12 @@ impl Relay {
         if c.tls {
             let (cert, key) = write_self_signed_cert(self.dir.path());
             push(&["--tls-listening-port", &self.ports.tls().to_string()]);
-            push(&["--cert", cert.to_str().unwrap(), "--pkey", key.to_str().unwrap()]);
+            push(&[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--pkey",
+                key.to_str().unwrap(),
+            ]);
         }
         match self.kind {
             ServerKind::Icegate => {
@@ -238,7 +254,11 @@ impl Relay {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.exit_status = Some(status);
                 self.dump_log(200);
                 panic!("{} exited during startup with {status}", self.kind.name());
@@ -264,8 +284,9 @@ impl Relay {
                 matches!(self.http_get("/readyz"), Ok(r) if r.status == 200)
             }
             ServerKind::Coturn => {
-                let tcp_ok = TcpStream::connect_timeout(&self.tcp_addr(), Duration::from_millis(200))
-                    .is_ok();
+                let tcp_ok =
+                    TcpStream::connect_timeout(&self.tcp_addr(), Duration::from_millis(200))
+                        .is_ok();
                 let tls_ok = !self.config.tls
                     || TcpStream::connect_timeout(&self.tls_addr(), Duration::from_millis(200))
                         .is_ok();
@@ -305,7 +326,11 @@ impl Relay {
 
     /// Scrapes `/metrics`. Panics for servers without the endpoint.
     pub fn metrics(&self) -> Metrics {
-        assert!(self.has_metrics(), "{} has no metrics endpoint", self.kind.name());
+        assert!(
+            self.has_metrics(),
+            "{} has no metrics endpoint",
+            self.kind.name()
+        );
         let resp = self.http_get("/metrics").expect("GET /metrics");
         assert_eq!(resp.status, 200, "GET /metrics status; body: {}", resp.body);
         Metrics::parse(&resp.body).expect("valid Prometheus text")
@@ -428,8 +453,9 @@ pub fn stun_binding_probe(server: SocketAddr) -> bool {
 
 /// Writes a self-signed certificate for `localhost`/127.0.0.1 and its key as PEM files.
 pub fn write_self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("generate certificate");
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("generate certificate");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).expect("write cert");
@@ -462,5 +488,8 @@ pub fn run_icegate_once(args: &[&str], timeout: Duration) -> (Option<ExitStatus>
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    (status, std::fs::read_to_string(&out_path).unwrap_or_default())
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+    )
 }

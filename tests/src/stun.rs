@@ -532,6 +532,31 @@ mod tests {
     }
 
     #[test]
+    fn hand_made_integrity_verifies_with_stun_rs() {
+        let key = HMACKey::new_long_term(
+            "alice",
+            "realm",
+            "secret",
+            Algorithm::from(AlgorithmId::MD5),
+        )
+        .unwrap();
+        let mut bytes = encode(&request(BINDING, &[UserName::new("alice").unwrap().into()]));
+        append_raw_attribute(&mut bytes, 0xfffe, b"abc");
+        append_message_integrity(&mut bytes, key.as_bytes());
+        assert!(decode(&bytes, Some(&key)).is_ok());
+        let attrs = raw_attributes(&bytes).unwrap();
+        let types: Vec<u16> = attrs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, vec![0x0006, 0xfffe, 0x0008]);
+        assert_eq!(raw_attribute(&bytes, 0xfffe), Some(&b"abc"[..]));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(
+            decode(&bytes, Some(&key)).is_err(),
+            "a corrupted tag must not verify"
+        );
+    }
+
+    #[test]
     fn encode_decode_roundtrip() {
         let msg = request(BINDING, &[Fingerprint::default().into()]);
         let bytes = encode(&msg);
