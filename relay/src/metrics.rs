@@ -13,7 +13,7 @@ use prometheus::core::{Collector, Desc};
 
 use crate::stats::RuntimeCounters;
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 /// Collects every worker's shard into Prometheus metrics.
 pub struct RelayCollector {
@@ -35,17 +35,21 @@ struct Vecs {
     packets: IntCounterVec,
     bytes: IntCounterVec,
     dropped: IntCounterVec,
-    malformed: IntGauge,
-    rate_limited: IntGauge,
+    malformed: IntCounter,
+    rate_limited: IntCounter,
     ports_in_use: IntGauge,
     ports_capacity: IntGauge,
-    send_failures: IntGauge,
+    send_failures: IntCounter,
     streams_open: IntGauge,
-    tls_handshake_failures: IntGauge,
+    tls_handshake_failures: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are static")
+}
+
+fn plain_counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("metric definitions are static")
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -106,11 +110,11 @@ impl RelayCollector {
                 "Relayed packets dropped, by reason.",
                 &["reason"],
             ),
-            malformed: gauge(
+            malformed: plain_counter(
                 "icegate_relay_malformed_packets_total",
                 "Packets from clients that could not be parsed.",
             ),
-            rate_limited: gauge(
+            rate_limited: plain_counter(
                 "icegate_relay_rate_limited_total",
                 "Unauthenticated requests dropped by the per-source rate limit.",
             ),
@@ -119,7 +123,7 @@ impl RelayCollector {
                 "icegate_relay_ports_capacity",
                 "Relay ports in the configured range(s).",
             ),
-            send_failures: gauge(
+            send_failures: plain_counter(
                 "icegate_relay_send_failures_total",
                 "Packets the kernel refused or a slow TCP/TLS client had no room for.",
             ),
@@ -127,7 +131,7 @@ impl RelayCollector {
                 "icegate_relay_stream_connections",
                 "TCP and TLS client connections now open.",
             ),
-            tls_handshake_failures: gauge(
+            tls_handshake_failures: plain_counter(
                 "icegate_relay_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
             ),
@@ -248,20 +252,26 @@ impl Collector for RelayCollector {
                 self.sum(|s| load(&s.dropped[r as usize])),
             );
         }
-        v.malformed.set(self.sum(|s| load(&s.malformed)) as i64);
-        v.rate_limited
-            .set(self.sum(|s| load(&s.rate_limited)) as i64);
+        advance(&v.malformed, self.sum(|s| load(&s.malformed)));
+        advance(&v.rate_limited, self.sum(|s| load(&s.rate_limited)));
         let (used, cap) = self.ledger.port_usage();
         v.ports_in_use.set(used as i64);
         v.ports_capacity.set(cap as i64);
-        let stat = |f: fn(&RuntimeCounters) -> i64| self.stats.iter().map(|s| f(s)).sum::<i64>();
-        v.send_failures
-            .set(stat(|s| s.send_failures.load(Ordering::Relaxed) as i64));
-        v.streams_open
-            .set(stat(|s| s.streams_open.load(Ordering::Relaxed)));
-        v.tls_handshake_failures.set(stat(|s| {
-            s.tls_handshake_failures.load(Ordering::Relaxed) as i64
-        }));
+        let stat = |f: fn(&RuntimeCounters) -> u64| self.stats.iter().map(|s| f(s)).sum::<u64>();
+        advance(
+            &v.send_failures,
+            stat(|s| s.send_failures.load(Ordering::Relaxed)),
+        );
+        advance(
+            &v.tls_handshake_failures,
+            stat(|s| s.tls_handshake_failures.load(Ordering::Relaxed)),
+        );
+        v.streams_open.set(
+            self.stats
+                .iter()
+                .map(|s| s.streams_open.load(Ordering::Relaxed))
+                .sum(),
+        );
 
         let collectors: [&dyn Collector; 16] = [
             &v.allocations_active,
@@ -287,9 +297,13 @@ impl Collector for RelayCollector {
 
 /// Counters only go up; the shards hold the truth, so set the exported value to their sum.
 fn set_counter(vec: &IntCounterVec, labels: &[&str], total: u64) {
-    let c = vec.with_label_values(labels);
-    let current = c.get();
+    advance(&vec.with_label_values(labels), total);
+}
+
+/// Moves a counter up to `total`, the sum of the shards.
+fn advance(counter: &IntCounter, total: u64) {
+    let current = counter.get();
     if total > current {
-        c.inc_by(total - current);
+        counter.inc_by(total - current);
     }
 }
