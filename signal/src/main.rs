@@ -1,0 +1,2 @@
+//! icegate-signal: the runtime shell.
+fn main() {}

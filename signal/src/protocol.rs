@@ -1,0 +1,869 @@
+//! The JSON messages carried in `/ws` text frames, version [`VERSION`].
+//!
+//! Every message is an object with `"v"` (the protocol version) and `"type"`. A client message
+//! may carry an `"id"` (a string or a number); the server answers every message that has one
+//! with exactly one reply carrying the same `id`: `ack`, `welcome`, `ice-servers`, `pong` or
+//! `error`. Unknown fields are ignored so that newer clients keep working. The human-readable
+//! form, with examples, is `docs/signal-protocol.md`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::ice::IceServers;
+
+/// The protocol version this server speaks; messages with another `v` are refused.
+pub const VERSION: u32 = 1;
+
+/// The longest request id accepted, in bytes: ids are echoed, so they must stay small.
+pub const MAX_ID_LEN: usize = 64;
+
+/// The longest user or room name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// WebSocket close codes the server uses (RFC 6455 §7.4; 4000–4999 are ours).
+pub mod close {
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame or message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client does not read fast enough: its outgoing queue overflowed.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// No valid credentials were presented, or none in time.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Too many connections from this address or sessions for this user.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4403;
+    /// Nothing was received for the idle timeout, not even a pong.
+    pub const IDLE_TIMEOUT: u16 = 4408;
+    /// The client kept sending after being told it is rate limited.
+    pub const RATE_LIMITED: u16 = 4429;
+}
+
+/// A client's request id: a string or a non-negative integer, echoed verbatim in the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// A numeric id.
+    Number(u64),
+    /// A string id of at most [`MAX_ID_LEN`] bytes.
+    Text(String),
+}
+
+impl RequestId {
+    /// Reads an id from a JSON value; `None` for anything that is not a usable id.
+    fn from_value(value: &Value) -> Option<Self> {
+        match value {
+            Value::Number(n) => n.as_u64().map(RequestId::Number),
+            Value::String(s) if s.len() <= MAX_ID_LEN => Some(RequestId::Text(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Declares a 64-bit id that travels as a 16-digit lowercase hex string.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:016x}", self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                if text.len() != 16 {
+                    return Err(serde::de::Error::custom(concat!(
+                        stringify!($name),
+                        " must be 16 hex digits"
+                    )));
+                }
+                u64::from_str_radix(&text, 16).map($name).map_err(|_| {
+                    serde::de::Error::custom(concat!(stringify!($name), " must be 16 hex digits"))
+                })
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// One authenticated WebSocket connection.
+    SessionId
+);
+hex_id!(
+    /// One call, from `call` to the last `hangup`.
+    CallId
+);
+
+/// Declares a validated name: 1 to [`MAX_NAME_LEN`] bytes of `A-Z a-z 0-9 . _ @ + -`.
+///
+/// The restriction keeps names safe inside a TURN REST username (`EXPIRY:USER`, where coturn
+/// splits on `:`), in logs and in HTML without escaping rules of their own.
+macro_rules! name {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks and wraps a name.
+            pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+                let name = name.into();
+                if valid_name(&name) {
+                    Ok(Self(name))
+                } else {
+                    Err(InvalidName)
+                }
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidName;
+            fn try_from(name: String) -> Result<Self, InvalidName> {
+                Self::new(name)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name!(
+    /// A user id: a JWT's `sub`, or the name an anonymous client picked.
+    UserId
+);
+name!(
+    /// A room that sessions join; a call to a room rings every other member.
+    RoomId
+);
+
+/// A user or room name outside the allowed characters or length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("names are 1 to 64 characters of A-Z a-z 0-9 . _ @ + -")]
+pub struct InvalidName;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
+}
+
+/// Whom a `call` rings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Every session of a user (forking: the first answer wins).
+    User(UserId),
+    /// Every other session in a room the caller has joined.
+    Room(RoomId),
+}
+
+/// One trickled ICE candidate, as `RTCIceCandidate.toJSON()` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    /// The `candidate:` attribute line; empty for a browser's end-of-candidates marker.
+    pub candidate: String,
+    /// The media stream identification tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    /// The index of the m-line.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "sdpMLineIndex"
+    )]
+    pub sdp_m_line_index: Option<u16>,
+    /// The ICE username fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// Why a call, or one leg of it, ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupReason {
+    /// A party hung up.
+    #[default]
+    Normal,
+    /// The callee is busy.
+    Busy,
+    /// The callee declined.
+    Declined,
+    /// Nobody answered within the ring timeout.
+    NoAnswer,
+    /// Another session of the callee answered first.
+    AnsweredElsewhere,
+    /// The other party's connection went away.
+    Disconnected,
+}
+
+impl HangupReason {
+    /// Every reason, for metric labels.
+    pub const ALL: [HangupReason; 6] = [
+        HangupReason::Normal,
+        HangupReason::Busy,
+        HangupReason::Declined,
+        HangupReason::NoAnswer,
+        HangupReason::AnsweredElsewhere,
+        HangupReason::Disconnected,
+    ];
+
+    /// The wire name, also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupReason::Normal => "normal",
+            HangupReason::Busy => "busy",
+            HangupReason::Declined => "declined",
+            HangupReason::NoAnswer => "no_answer",
+            HangupReason::AnsweredElsewhere => "answered_elsewhere",
+            HangupReason::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// A message from a client, without its envelope (`v`, `id`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientMessage {
+    /// Authenticates a connection that gave no credentials in the URL.
+    Hello {
+        /// A JWT.
+        #[serde(default)]
+        token: Option<String>,
+        /// The name to use, in anonymous mode.
+        #[serde(default)]
+        name: Option<UserId>,
+    },
+    /// Starts a call with an SDP offer.
+    Call {
+        /// Whom to ring.
+        to: Target,
+        /// The SDP offer.
+        sdp: String,
+    },
+    /// The callee tells the caller that it is alerting its user.
+    Ringing {
+        /// The call.
+        call: CallId,
+    },
+    /// The callee accepts with an SDP answer.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// A trickled candidate for the other end; `null` (or absent) means end-of-candidates.
+    Candidate {
+        /// The call.
+        call: CallId,
+        /// The candidate, or `None` for end-of-candidates.
+        #[serde(default)]
+        candidate: Option<IceCandidate>,
+    },
+    /// Ends the call (caller, or answered callee) or declines it (ringing callee).
+    Hangup {
+        /// The call.
+        call: CallId,
+        /// Why; `normal` when absent.
+        #[serde(default)]
+        reason: HangupReason,
+    },
+    /// Joins a room.
+    Join {
+        /// The room.
+        room: RoomId,
+    },
+    /// Leaves a room.
+    Leave {
+        /// The room.
+        room: RoomId,
+    },
+    /// Asks for fresh ICE servers (new TURN credentials), e.g. before they expire.
+    RefreshIce,
+    /// Application-level keepalive, for clients that cannot send WebSocket pings.
+    Ping,
+}
+
+impl ClientMessage {
+    /// The wire name of the message's type, also the metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello { .. } => "hello",
+            ClientMessage::Call { .. } => "call",
+            ClientMessage::Ringing { .. } => "ringing",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::Hangup { .. } => "hangup",
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Leave { .. } => "leave",
+            ClientMessage::RefreshIce => "refresh-ice",
+            ClientMessage::Ping => "ping",
+        }
+    }
+
+    /// The SDP the message carries, if any, for the size limit.
+    pub fn sdp(&self) -> Option<&str> {
+        match self {
+            ClientMessage::Call { sdp, .. } | ClientMessage::Answer { sdp, .. } => Some(sdp),
+            _ => None,
+        }
+    }
+}
+
+/// Every `type` a client may send, for metric labels.
+pub const CLIENT_KINDS: [&str; 10] = [
+    "hello",
+    "call",
+    "ringing",
+    "answer",
+    "candidate",
+    "hangup",
+    "join",
+    "leave",
+    "refresh-ice",
+    "ping",
+];
+
+/// A client message with its request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The id to echo in the reply; `None` when the client wants no reply.
+    pub id: Option<RequestId>,
+    /// The message.
+    pub message: ClientMessage,
+}
+
+/// A stable, machine-readable error code. Clients branch on these; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a JSON object.
+    BadJson,
+    /// `v` is missing or not a version this server speaks.
+    UnsupportedVersion,
+    /// `type` names no message this server knows.
+    UnknownType,
+    /// The message's fields do not fit its type.
+    BadMessage,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// A credential is needed (a token, or a name in anonymous mode) and none was given.
+    TokenRequired,
+    /// The token is malformed, its signature is wrong or its claims are unusable.
+    InvalidToken,
+    /// The token's `exp` has passed.
+    TokenExpired,
+    /// The message needs an authenticated session; send `hello` first.
+    NotAuthenticated,
+    /// `hello` on a session that is already authenticated.
+    AlreadyAuthenticated,
+    /// The called user has no connected session.
+    UnknownUser,
+    /// The called room has no other member, or the caller is not in it.
+    UnknownRoom,
+    /// No such call, or this session is not part of it.
+    UnknownCall,
+    /// The message does not fit the call's state (e.g. a second answer).
+    InvalidState,
+    /// The SDP is larger than the configured limit.
+    SdpTooLarge,
+    /// Too many messages per second; this one was dropped.
+    RateLimited,
+    /// This session already has the maximum number of calls.
+    TooManyCalls,
+    /// Too many rooms for this session, or the room is full.
+    TooManyRooms,
+    /// Too many connections from this address.
+    TooManyConnections,
+    /// Too many sessions for this user.
+    TooManySessions,
+}
+
+impl ErrorCode {
+    /// The wire name, also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::TokenRequired => "token_required",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::UnknownRoom => "unknown_room",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::SdpTooLarge => "sdp_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyCalls => "too_many_calls",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TooManySessions => "too_many_sessions",
+        }
+    }
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage {
+    /// The session is authenticated; the first message after `hello` or a URL credential.
+    Welcome {
+        /// The `hello`'s id, when authentication came from a `hello`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// This session.
+        session: SessionId,
+        /// The user the session belongs to.
+        user: UserId,
+        /// ICE servers for `RTCConfiguration`, and their lifetime.
+        #[serde(flatten)]
+        ice: IceServers,
+    },
+    /// The request with this id was carried out.
+    Ack {
+        /// The request's id.
+        id: RequestId,
+        /// The new call's id, in the reply to `call`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<CallId>,
+    },
+    /// Someone calls this session.
+    Incoming {
+        /// The call, to use in `ringing`, `answer`, `candidate` and `hangup`.
+        call: CallId,
+        /// The caller's user id.
+        from: UserId,
+        /// The room the call was made to, if it was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        /// The SDP offer.
+        sdp: String,
+    },
+    /// A callee is alerting its user.
+    Ringing {
+        /// The call.
+        call: CallId,
+    },
+    /// The callee answered.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// A candidate from the other end; `null` is end-of-candidates.
+    Candidate {
+        /// The call.
+        call: CallId,
+        /// The candidate, or `None` for end-of-candidates.
+        candidate: Option<IceCandidate>,
+    },
+    /// The call ended for this session.
+    Hangup {
+        /// The call.
+        call: CallId,
+        /// Why.
+        reason: HangupReason,
+    },
+    /// Fresh ICE servers, in reply to `refresh-ice`.
+    IceServers {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The servers and their lifetime.
+        #[serde(flatten)]
+        ice: IceServers,
+    },
+    /// The reply to `ping`.
+    Pong {
+        /// The ping's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// A request failed or a message was refused; the connection stays up.
+    Error {
+        /// The id of the failed request, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// What went wrong, stable.
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    /// An error reply.
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The wire name of the message's type, also the metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome { .. } => "welcome",
+            ServerMessage::Ack { .. } => "ack",
+            ServerMessage::Incoming { .. } => "incoming",
+            ServerMessage::Ringing { .. } => "ringing",
+            ServerMessage::Answer { .. } => "answer",
+            ServerMessage::Candidate { .. } => "candidate",
+            ServerMessage::Hangup { .. } => "hangup",
+            ServerMessage::IceServers { .. } => "ice-servers",
+            ServerMessage::Pong { .. } => "pong",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+
+    /// The JSON text frame, with the version.
+    pub fn encode(&self) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            v: u32,
+            #[serde(flatten)]
+            message: &'a ServerMessage,
+        }
+        serde_json::to_string(&Envelope {
+            v: VERSION,
+            message: self,
+        })
+        .expect("server messages always serialize: string keys, no non-finite floats")
+    }
+}
+
+/// Why a text frame is not a usable client message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The frame's request id, when it could be read, so that the error can echo it.
+    pub id: Option<RequestId>,
+    /// The code for the `error` reply.
+    pub code: ErrorCode,
+    /// A description for people.
+    pub message: String,
+}
+
+/// Parses one text frame: checks the version, reads the id, then the typed message.
+pub fn parse(text: &str) -> Result<Request, ParseError> {
+    let fail = |id: Option<RequestId>, code, message: String| ParseError { id, code, message };
+    let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(text) else {
+        return Err(fail(
+            None,
+            ErrorCode::BadJson,
+            "expected a JSON object".into(),
+        ));
+    };
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(RequestId::from_value(&value).ok_or_else(|| {
+            fail(
+                None,
+                ErrorCode::BadMessage,
+                format!("id must be a string of at most {MAX_ID_LEN} bytes or an unsigned integer"),
+            )
+        })?),
+    };
+    match object.remove("v") {
+        Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
+        _ => {
+            return Err(fail(
+                id,
+                ErrorCode::UnsupportedVersion,
+                format!("\"v\" must be {VERSION}"),
+            ))
+        }
+    }
+    let kind = match object.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        _ => {
+            return Err(fail(
+                id,
+                ErrorCode::BadMessage,
+                "\"type\" must be a string".into(),
+            ))
+        }
+    };
+    if !CLIENT_KINDS.contains(&kind) {
+        return Err(fail(
+            id,
+            ErrorCode::UnknownType,
+            // Echoing the client's own type back is safe, but bound its length.
+            format!(
+                "unknown message type {:?}",
+                kind.chars().take(32).collect::<String>()
+            ),
+        ));
+    }
+    match ClientMessage::deserialize(Value::Object(object)) {
+        Ok(message) => Ok(Request { id, message }),
+        Err(error) => Err(fail(id, ErrorCode::BadMessage, error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ice::IceServer;
+    use serde_json::json;
+
+    fn parse_value(value: Value) -> Result<Request, ParseError> {
+        parse(&value.to_string())
+    }
+
+    #[test]
+    fn parses_every_client_message() {
+        let call = "00000000000000ff";
+        let cases = [
+            (
+                json!({"v":1,"type":"hello","id":1,"token":"t"}),
+                ClientMessage::Hello {
+                    token: Some("t".into()),
+                    name: None,
+                },
+            ),
+            (
+                json!({"v":1,"type":"call","id":"a","to":{"user":"bob"},"sdp":"v=0"}),
+                ClientMessage::Call {
+                    to: Target::User(UserId::new("bob").unwrap()),
+                    sdp: "v=0".into(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"call","to":{"room":"lobby"},"sdp":"v=0"}),
+                ClientMessage::Call {
+                    to: Target::Room(RoomId::new("lobby").unwrap()),
+                    sdp: "v=0".into(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"ringing","call":call}),
+                ClientMessage::Ringing { call: CallId(255) },
+            ),
+            (
+                json!({"v":1,"type":"answer","call":call,"sdp":"v=0"}),
+                ClientMessage::Answer {
+                    call: CallId(255),
+                    sdp: "v=0".into(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"candidate","call":call,"candidate":{
+                    "candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0",
+                    "sdpMLineIndex":0,"usernameFragment":"abcd"}}),
+                ClientMessage::Candidate {
+                    call: CallId(255),
+                    candidate: Some(IceCandidate {
+                        candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+                        sdp_mid: Some("0".into()),
+                        sdp_m_line_index: Some(0),
+                        username_fragment: Some("abcd".into()),
+                    }),
+                },
+            ),
+            (
+                json!({"v":1,"type":"candidate","call":call,"candidate":null}),
+                ClientMessage::Candidate {
+                    call: CallId(255),
+                    candidate: None,
+                },
+            ),
+            (
+                json!({"v":1,"type":"hangup","call":call,"reason":"busy"}),
+                ClientMessage::Hangup {
+                    call: CallId(255),
+                    reason: HangupReason::Busy,
+                },
+            ),
+            (
+                json!({"v":1,"type":"hangup","call":call}),
+                ClientMessage::Hangup {
+                    call: CallId(255),
+                    reason: HangupReason::Normal,
+                },
+            ),
+            (
+                json!({"v":1,"type":"join","room":"lobby"}),
+                ClientMessage::Join {
+                    room: RoomId::new("lobby").unwrap(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"leave","room":"lobby"}),
+                ClientMessage::Leave {
+                    room: RoomId::new("lobby").unwrap(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"refresh-ice"}),
+                ClientMessage::RefreshIce,
+            ),
+            (
+                json!({"v":1,"type":"ping","extra":"ignored"}),
+                ClientMessage::Ping,
+            ),
+        ];
+        let mut kinds: Vec<&str> = Vec::new();
+        for (input, expected) in cases {
+            let request = parse_value(input.clone()).unwrap_or_else(|e| panic!("{input}: {e:?}"));
+            assert_eq!(request.message, expected, "{input}");
+            kinds.push(request.message.kind());
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), CLIENT_KINDS.len(), "every kind is covered");
+    }
+
+    #[test]
+    fn ids_are_read_even_when_the_message_is_bad() {
+        let error = parse(r#"{"v":1,"type":"call","id":"x7"}"#).unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadMessage);
+        assert_eq!(error.id, Some(RequestId::Text("x7".into())));
+        let error = parse(r#"{"v":2,"type":"ping","id":9}"#).unwrap_err();
+        assert_eq!(
+            (error.code, error.id),
+            (ErrorCode::UnsupportedVersion, Some(RequestId::Number(9)))
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_message() {
+        let code = |text: &str| parse(text).unwrap_err().code;
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"ping"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            code(r#"{"v":"1","type":"ping"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(code(r#"{"v":1}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"v":1,"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(r#"{"v":1,"type":"ping","id":{"a":1}}"#),
+            ErrorCode::BadMessage
+        );
+        let long_id = "x".repeat(MAX_ID_LEN + 1);
+        assert_eq!(
+            code(&json!({"v":1,"type":"ping","id":long_id}).to_string()),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"ringing","call":"12"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"join","room":"no spaces"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"hangup","call":"00000000000000ff","reason":"bored"}"#),
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn names_are_restricted() {
+        assert!(UserId::new("alice.b+test@example-1_x").is_ok());
+        for bad in ["", "a:b", "a b", "é", "<script>"] {
+            assert_eq!(UserId::new(bad), Err(InvalidName), "{bad:?}");
+        }
+        assert!(UserId::new("x".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(UserId::new("x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn server_messages_carry_the_version_and_camel_case_ice_servers() {
+        let ice = IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                username: Some("1060:alice".into()),
+                credential: Some("pw".into()),
+            }],
+            ttl: 60,
+        };
+        let welcome = ServerMessage::Welcome {
+            id: Some(RequestId::Number(1)),
+            session: SessionId(1),
+            user: UserId::new("alice").unwrap(),
+            ice,
+        };
+        let value: Value = serde_json::from_str(&welcome.encode()).unwrap();
+        assert_eq!(
+            value,
+            json!({"v":1,"type":"welcome","id":1,"session":"0000000000000001","user":"alice",
+                   "iceServers":[{"urls":["turn:127.0.0.1:3478?transport=udp"],
+                                  "username":"1060:alice","credential":"pw"}],"ttl":60})
+        );
+        let end = ServerMessage::Candidate {
+            call: CallId(2),
+            candidate: None,
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&end.encode()).unwrap(),
+            json!({"v":1,"type":"candidate","call":"0000000000000002","candidate":null})
+        );
+        let error = ServerMessage::error(None, ErrorCode::SdpTooLarge, "too big");
+        assert_eq!(
+            serde_json::from_str::<Value>(&error.encode()).unwrap(),
+            json!({"v":1,"type":"error","code":"sdp_too_large","message":"too big"})
+        );
+    }
+
+    #[test]
+    fn error_code_names_match_serde() {
+        for code in [
+            ErrorCode::BadJson,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::TooManySessions,
+            ErrorCode::UnknownCall,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                Value::String(code.as_str().into())
+            );
+        }
+        for reason in HangupReason::ALL {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                Value::String(reason.as_str().into())
+            );
+        }
+    }
+}
