@@ -1,2 +1,231 @@
-//! icegate-signal: the runtime shell.
-fn main() {}
+//! icegate-signal: the runtime shell around the sans-IO core in the `icegate_signal` library.
+//!
+//! ```text
+//!   accept loop ──► per TCP connection: TLS, HTTP/1.1 ──► /ws upgrade ──► connection task
+//!                                                    └─► /v1/ice-servers, /        │ bounded
+//!   relay health tasks (poll /readyz) ──► relay_up flags ──► ICE servers           ▼
+//!   hub task (owns the Hub) ◄──── bounded inbox ──── connection tasks ◄── bounded outbox each
+//!   main: signals (SIGHUP reloads certificate and keys, SIGTERM closes with 1001), /metrics
+//! ```
+//!
+//! The hub task never waits on a client: it writes to each session's outbox with `try_send`
+//! and disconnects a session whose outbox is full.
+
+mod shell {
+    pub mod config;
+    pub mod hub_task;
+    pub mod metrics;
+    pub mod relay_health;
+    pub mod server;
+    pub mod state;
+    pub mod ws;
+}
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use icegate_common::logging;
+use icegate_common::metrics_http::{self, Health};
+use icegate_common::signals::{control_signals, ControlSignal};
+use icegate_common::tls::{self, ReloadableCert};
+use icegate_signal::hub::Hub;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use shell::config::{Cli, Settings, TlsMode};
+use shell::metrics::Metrics;
+use shell::state::Shared;
+
+/// How long connections get to send their close frames at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A failure that stops the server at start-up.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("icegate-signal: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        if let TlsMode::Files { cert, key } = &settings.tls {
+            if let Err(error) = tls::load_certified_key(cert, key) {
+                eprintln!("icegate-signal: configuration error: TLS: {error}");
+                return ExitCode::from(2);
+            }
+        }
+        println!("{}", settings.summary());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(error) = logging::init(settings.log_format, "info") {
+        eprintln!("icegate-signal: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("icegate-signal: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("icegate-signal: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
+    let Settings {
+        listen,
+        tls: tls_mode,
+        keys,
+        relays,
+        health_interval,
+        credential_ttl,
+        anonymous,
+        metrics_listen,
+        log_format: _,
+        limits,
+        hub: hub_config,
+    } = settings;
+
+    let listen_error = |addr, what| move |source| StartError::Listen { addr, what, source };
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(listen_error(listen, "https"))?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(listen_error(addr, "metrics http"))?,
+        ),
+        None => None,
+    };
+    let cert = match &tls_mode {
+        TlsMode::Files { cert, key } => Some(Arc::new(ReloadableCert::new(cert, key)?)),
+        TlsMode::SelfSigned(dir) => {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+            let ip = listen.ip().to_string();
+            if !names.contains(&ip) {
+                names.push(ip);
+            }
+            let (cert, key) = tls::generate_self_signed(dir, &names)?;
+            tracing::info!(cert = %cert.display(), "using a self-signed certificate");
+            Some(Arc::new(ReloadableCert::new(cert, key)?))
+        }
+        TlsMode::Plain => None,
+    };
+    let acceptor = cert
+        .as_ref()
+        .map(|cert| TlsAcceptor::from(tls::server_config(Arc::clone(cert), &[b"http/1.1"])));
+
+    let metrics = Metrics::new();
+    let (stop, stopped) = watch::channel(false);
+    let (hub_tx, hub_rx) = mpsc::channel(shell::hub_task::INBOX_CAPACITY);
+    tokio::spawn(shell::hub_task::run(
+        Hub::new(hub_config, rand::random()),
+        hub_rx,
+        metrics.clone(),
+    ));
+    let shared = Arc::new(Shared::new(
+        anonymous,
+        keys,
+        relays,
+        credential_ttl,
+        limits,
+        hub_tx,
+        metrics.clone(),
+        stopped.clone(),
+    ));
+    shell::relay_health::spawn(&shared, health_interval);
+
+    let health = Health::new();
+    if let Some(listener) = metrics_listener {
+        let mut stopped = stopped.clone();
+        tokio::spawn(metrics_http::serve(
+            listener,
+            metrics.registry.clone(),
+            health.clone(),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
+    }
+    tokio::spawn(shell::server::serve(
+        listener,
+        acceptor,
+        Arc::clone(&shared),
+    ));
+
+    let mut signals = control_signals().map_err(StartError::Signals)?;
+    health.set_ready(true);
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    tracing::info!(
+        url = %format!("{scheme}://{listen}/"),
+        anonymous,
+        relays = shared.relays.len(),
+        "icegate-signal ready"
+    );
+    while let Some(ControlSignal::Reload) = signals.recv().await {
+        reload(&cli, &shared, cert.as_deref());
+    }
+
+    tracing::info!("shutting down: closing connections");
+    health.set_ready(false);
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while metrics.connections_active.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Re-reads the certificate and the keys; a broken file keeps what is running.
+fn reload(cli: &Cli, shared: &Shared, cert: Option<&ReloadableCert>) {
+    match Settings::load(cli) {
+        Ok(fresh) => {
+            shared.set_keys(fresh.keys);
+            tracing::info!(
+                "JWT keys and TURN secret reloaded; other settings change only on restart"
+            );
+        }
+        Err(error) => tracing::error!("reload failed, keeping the running configuration: {error}"),
+    }
+    if let Some(cert) = cert {
+        match cert.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded")
+            }
+            Err(error) => {
+                tracing::error!("TLS certificate reload failed, keeping the old one: {error}")
+            }
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The signal server's configuration: a TOML file whose keys are the long flag names, and the
+//! flags, which override it. Errors name the file (or the command line) and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use icegate_common::config::{load_toml, ConfigError};
+use icegate_common::credentials::Secret;
+use icegate_common::logging::LogFormat;
+use icegate_signal::auth::Authenticator;
+use icegate_signal::hub::HubConfig;
+use icegate_signal::ice::{self, IceConfigError, Relay};
+use icegate_signal::limits::Limits;
+use serde::Deserialize;
+
+/// Where the server listens by default: loopback, so a first run exposes nothing.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// TURN credentials last a day by default, as coturn's documentation suggests: long enough
+/// for any call, since an allocation is refreshed with the credential it was made with.
+const DEFAULT_CREDENTIAL_TTL: u64 = 86_400;
+const DEFAULT_HEALTH_INTERVAL: u64 = 5;
+
+/// Command-line flags.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "icegate-signal",
+    version,
+    about = "WebSocket signaling for WebRTC: authenticates clients, hands out ICE servers, carries JSEP"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags given here override it.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, print a summary and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// HTTPS (or, with --plain-http, HTTP) address. Default: 127.0.0.1:8443.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM). Without cert and pkey, a loopback listener gets a
+    /// self-signed certificate in the state directory.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    pub pkey: Option<PathBuf>,
+    /// Serve plain HTTP: for tests, or behind a reverse proxy that terminates TLS.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Directory for generated state (the self-signed certificate). Default: ./run.
+    #[arg(long, env = "ICEGATE_STATE")]
+    pub state_dir: Option<PathBuf>,
+    /// The TURN REST API shared secret of the relays (signs TURN credentials).
+    #[arg(long)]
+    pub static_auth_secret: Option<String>,
+    /// A stun:, turn: or turns: URI handed to clients (repeatable).
+    #[arg(long = "relay")]
+    pub relay: Vec<String>,
+    /// A relay's /readyz URL (repeatable); relays that fail it are left out.
+    #[arg(long = "relay-health")]
+    pub relay_health: Vec<String>,
+    /// Seconds between relay health checks. Default: 5.
+    #[arg(long)]
+    pub relay_health_interval: Option<u64>,
+    /// Lifetime of TURN credentials in seconds. Default: 86400.
+    #[arg(long)]
+    pub credential_ttl: Option<u64>,
+    /// HS256 secret that client JWTs are signed with.
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) that client JWTs are signed with.
+    #[arg(long)]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Accept clients without a token; each picks its name (demos and local tests).
+    #[arg(long)]
+    pub anonymous: bool,
+    /// Address of the Prometheus /metrics, /healthz, /readyz listener.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+    /// Messages per second per connection. Default: 20 (bursts of twice that).
+    #[arg(long)]
+    pub max_message_rate: Option<u32>,
+    /// Largest SDP in bytes. Default: 65536.
+    #[arg(long)]
+    pub max_sdp_bytes: Option<usize>,
+    /// WebSocket connections per client IP (IPv6: per /64). Default: 20.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<u32>,
+    /// Sessions per user. Default: 8.
+    #[arg(long)]
+    pub max_sessions_per_user: Option<usize>,
+    /// Seconds without any frame from a client before it is closed. Default: 60.
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a call may ring unanswered. Default: 60.
+    #[arg(long)]
+    pub ring_timeout: Option<u64>,
+}
+
+/// The TOML file; keys are the flags' long names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    pkey: Option<PathBuf>,
+    plain_http: Option<bool>,
+    state_dir: Option<PathBuf>,
+    static_auth_secret: Option<String>,
+    relay: Option<Vec<String>>,
+    relay_health: Option<Vec<String>>,
+    relay_health_interval: Option<u64>,
+    credential_ttl: Option<u64>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    anonymous: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    max_message_rate: Option<u32>,
+    max_sdp_bytes: Option<usize>,
+    max_connections_per_ip: Option<u32>,
+    max_sessions_per_user: Option<usize>,
+    idle_timeout: Option<u64>,
+    ring_timeout: Option<u64>,
+}
+
+/// How the listener speaks HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS with the certificate and key in these files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// TLS with a self-signed certificate generated (once) in this directory.
+    SelfSigned(PathBuf),
+    /// Plain HTTP.
+    Plain,
+}
+
+/// The secrets and keys, which SIGHUP reloads.
+#[derive(Debug)]
+pub struct Keys {
+    /// Verifies client tokens.
+    pub auth: Authenticator,
+    /// Signs TURN credentials.
+    pub turn_secret: Option<Secret>,
+}
+
+/// Everything the runtime needs, checked.
+#[derive(Debug)]
+pub struct Settings {
+    /// The HTTP(S) listener.
+    pub listen: SocketAddr,
+    /// TLS or not.
+    pub tls: TlsMode,
+    /// Secrets and keys.
+    pub keys: Keys,
+    /// Relays handed out, with their health URLs.
+    pub relays: Vec<Relay>,
+    /// Between health checks.
+    pub health_interval: Duration,
+    /// TURN credential lifetime, seconds.
+    pub credential_ttl: u64,
+    /// Whether clients may connect without a token.
+    pub anonymous: bool,
+    /// Metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Hub limits and timers.
+    pub hub: HubConfig,
+}
+
+impl Settings {
+    /// Loads the file named by `--config` (if any), applies the flags and checks the result.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => load_toml::<FileConfig>(path)?,
+            None => FileConfig::default(),
+        };
+        merge(cli, file, cli.config.as_deref())
+    }
+
+    /// A summary for `--check-config`, without any secret.
+    pub fn summary(&self) -> String {
+        let tls = match &self.tls {
+            TlsMode::Files { cert, .. } => format!("TLS with {}", cert.display()),
+            TlsMode::SelfSigned(dir) => format!("TLS, self-signed in {}", dir.display()),
+            TlsMode::Plain => "plain HTTP".into(),
+        };
+        let relays: Vec<String> = self
+            .relays
+            .iter()
+            .map(|relay| {
+                let health = relay
+                    .health_url
+                    .as_ref()
+                    .map_or(String::from("unchecked"), |h| {
+                        format!("checked at {}", h.url)
+                    });
+                format!("{} ({})", relay.uris.join(" "), health)
+            })
+            .collect();
+        format!(
+            "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
+             credential-ttl: {} s\n  metrics: {}",
+            self.listen,
+            match (self.anonymous, self.keys.auth.is_configured()) {
+                (true, true) => "anonymous, or JWT",
+                (true, false) => "anonymous",
+                (false, _) => "JWT",
+            },
+            if relays.is_empty() {
+                "none".into()
+            } else {
+                relays.join("; ")
+            },
+            self.credential_ttl,
+            self.metrics_listen
+                .map_or("off".into(), |address| address.to_string()),
+        )
+    }
+}
+
+/// Picks the flag when given, else the file's value; says which, for error messages.
+fn pick<T>(cli: Option<T>, file: Option<T>) -> (Option<T>, bool) {
+    match cli {
+        Some(value) => (Some(value), true),
+        None => (file, false),
+    }
+}
+
+fn pick_vec(cli: &[String], file: Option<Vec<String>>) -> (Vec<String>, bool) {
+    if cli.is_empty() {
+        (file.unwrap_or_default(), false)
+    } else {
+        (cli.to_vec(), true)
+    }
+}
+
+fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let invalid = |from_cli: bool, key: &str, message: String| {
+        ConfigError::invalid(if from_cli { None } else { path }, key, message)
+    };
+
+    let listen = pick(cli.listen, f.listen)
+        .0
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
+    let (cert, cert_cli) = pick(cli.cert.clone(), f.cert);
+    let (key, key_cli) = pick(cli.pkey.clone(), f.pkey);
+    let plain = cli.plain_http || f.plain_http.unwrap_or(false);
+    let state_dir = pick(cli.state_dir.clone(), f.state_dir)
+        .0
+        .unwrap_or_else(|| PathBuf::from("run"));
+    let tls = match (cert, key, plain) {
+        (Some(_), _, true) | (_, Some(_), true) => {
+            return Err(invalid(
+                cli.plain_http,
+                "plain-http",
+                "cannot be combined with cert and pkey".into(),
+            ))
+        }
+        (Some(cert), Some(key), false) => TlsMode::Files { cert, key },
+        (Some(_), None, false) => {
+            return Err(invalid(
+                cert_cli,
+                "pkey",
+                "cert is set but pkey is not".into(),
+            ))
+        }
+        (None, Some(_), false) => {
+            return Err(invalid(
+                key_cli,
+                "cert",
+                "pkey is set but cert is not".into(),
+            ))
+        }
+        (None, None, true) => TlsMode::Plain,
+        (None, None, false) if listen.ip().is_loopback() => {
+            TlsMode::SelfSigned(state_dir.join("tls"))
+        }
+        (None, None, false) => {
+            return Err(invalid(
+                true,
+                "cert",
+                format!(
+                    "{listen} is not a loopback address: set cert and pkey (or plain-http behind \
+                     a TLS-terminating proxy)"
+                ),
+            ))
+        }
+    };
+
+    let (jwt_secret, jwt_cli) = pick(cli.jwt_secret.clone(), f.jwt_secret);
+    let (public_key, public_cli) = pick(cli.jwt_public_key.clone(), f.jwt_public_key);
+    let public_pem = match &public_key {
+        Some(file) => Some(std::fs::read(file).map_err(|error| {
+            invalid(
+                public_cli,
+                "jwt-public-key",
+                format!("{}: cannot read: {error}", file.display()),
+            )
+        })?),
+        None => None,
+    };
+    let auth = Authenticator::new(
+        jwt_secret.as_deref().map(str::as_bytes),
+        public_pem.as_deref(),
+    )
+    .map_err(|error| match error {
+        icegate_signal::auth::KeyError::EmptySecret => {
+            invalid(jwt_cli, "jwt-secret", error.to_string())
+        }
+        icegate_signal::auth::KeyError::BadPublicKey => invalid(
+            public_cli,
+            "jwt-public-key",
+            format!(
+                "{}: {error}",
+                public_key.as_deref().unwrap_or(Path::new("")).display()
+            ),
+        ),
+    })?;
+    let anonymous = cli.anonymous || f.anonymous.unwrap_or(false);
+    if !anonymous && !auth.is_configured() {
+        return Err(invalid(
+            true,
+            "jwt-secret",
+            "no way to authenticate clients: set jwt-secret or jwt-public-key, or anonymous".into(),
+        ));
+    }
+
+    let (secret, secret_cli) = pick(cli.static_auth_secret.clone(), f.static_auth_secret);
+    if secret.as_deref() == Some("") {
+        return Err(invalid(
+            secret_cli,
+            "static-auth-secret",
+            "empty secret".into(),
+        ));
+    }
+    let turn_secret = secret.map(Secret::new);
+    let (uris, uris_cli) = pick_vec(&cli.relay, f.relay);
+    let (health, health_cli) = pick_vec(&cli.relay_health, f.relay_health);
+    let relays =
+        ice::group_relays(&uris, &health, turn_secret.is_some()).map_err(|error| match error {
+            IceConfigError::BadUri(_) => invalid(uris_cli, "relay", error.to_string()),
+            IceConfigError::NoSecret => {
+                invalid(secret_cli, "static-auth-secret", error.to_string())
+            }
+            _ => invalid(health_cli, "relay-health", error.to_string()),
+        })?;
+
+    let positive = |value: (Option<u64>, bool), key: &str, default: u64| match value {
+        (Some(0), from_cli) => Err(invalid(from_cli, key, "must be at least 1".into())),
+        (value, _) => Ok(value.unwrap_or(default)),
+    };
+    let health_interval = positive(
+        pick(cli.relay_health_interval, f.relay_health_interval),
+        "relay-health-interval",
+        DEFAULT_HEALTH_INTERVAL,
+    )?;
+    let credential_ttl = positive(
+        pick(cli.credential_ttl, f.credential_ttl),
+        "credential-ttl",
+        DEFAULT_CREDENTIAL_TTL,
+    )?;
+    let defaults = Limits::default();
+    let idle = positive(
+        pick(cli.idle_timeout, f.idle_timeout),
+        "idle-timeout",
+        defaults.idle_timeout.as_secs(),
+    )?;
+    let hub_defaults = HubConfig::default();
+    let ring = positive(
+        pick(cli.ring_timeout, f.ring_timeout),
+        "ring-timeout",
+        hub_defaults.ring_timeout.as_secs(),
+    )?;
+    let (rate, rate_cli) = pick(cli.max_message_rate, f.max_message_rate);
+    let rate = match rate {
+        Some(0) => {
+            return Err(invalid(
+                rate_cli,
+                "max-message-rate",
+                "must be at least 1".into(),
+            ))
+        }
+        rate => rate.unwrap_or(defaults.messages_per_sec),
+    };
+    let (sdp, sdp_cli) = pick(cli.max_sdp_bytes, f.max_sdp_bytes);
+    let max_sdp_bytes = match sdp {
+        Some(bytes) if !(256..=1 << 20).contains(&bytes) => {
+            return Err(invalid(
+                sdp_cli,
+                "max-sdp-bytes",
+                format!("must be between 256 and {}", 1 << 20),
+            ))
+        }
+        sdp => sdp.unwrap_or(defaults.max_sdp_bytes),
+    };
+    let (per_ip, per_ip_cli) = pick(cli.max_connections_per_ip, f.max_connections_per_ip);
+    if per_ip == Some(0) {
+        return Err(invalid(
+            per_ip_cli,
+            "max-connections-per-ip",
+            "must be at least 1".into(),
+        ));
+    }
+    let (per_user, per_user_cli) = pick(cli.max_sessions_per_user, f.max_sessions_per_user);
+    if per_user == Some(0) {
+        return Err(invalid(
+            per_user_cli,
+            "max-sessions-per-user",
+            "must be at least 1".into(),
+        ));
+    }
+    let max_sessions_per_user = per_user.unwrap_or(defaults.max_sessions_per_user);
+
+    Ok(Settings {
+        listen,
+        tls,
+        keys: Keys { auth, turn_secret },
+        relays,
+        health_interval: Duration::from_secs(health_interval),
+        credential_ttl,
+        anonymous,
+        metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
+        log_format: pick(cli.log_format, f.log_format).0.unwrap_or_default(),
+        limits: Limits {
+            messages_per_sec: rate,
+            message_burst: rate.saturating_mul(2),
+            max_sdp_bytes,
+            max_connections_per_ip: per_ip.unwrap_or(defaults.max_connections_per_ip),
+            max_sessions_per_user,
+            idle_timeout: Duration::from_secs(idle),
+            ..defaults
+        },
+        hub: HubConfig {
+            max_sessions_per_user,
+            ring_timeout: Duration::from_secs(ring),
+            ..hub_defaults
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("icegate-signal").chain(args.iter().copied())).unwrap()
+    }
+
+    fn load_file(text: &str, args: &[&str]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signal.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut cli = cli(args);
+        cli.config = Some(path);
+        Settings::load(&cli)
+    }
+
+    #[test]
+    fn loopback_default_is_self_signed_tls() {
+        let settings = Settings::load(&cli(&["--anonymous"])).unwrap();
+        assert_eq!(settings.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(settings.tls, TlsMode::SelfSigned(PathBuf::from("run/tls")));
+        assert!(settings.relays.is_empty());
+        assert!(settings.summary().contains("anonymous"));
+    }
+
+    #[test]
+    fn public_address_needs_a_certificate_or_explicit_plain_http() {
+        let error = Settings::load(&cli(&["--anonymous", "--listen", "0.0.0.0:443"])).unwrap_err();
+        assert_eq!(error.key(), Some("cert"));
+        let settings = Settings::load(&cli(&[
+            "--anonymous",
+            "--listen",
+            "0.0.0.0:80",
+            "--plain-http",
+        ]))
+        .unwrap();
+        assert_eq!(settings.tls, TlsMode::Plain);
+        let error = Settings::load(&cli(&["--anonymous", "--cert", "c.pem"])).unwrap_err();
+        assert_eq!(error.key(), Some("pkey"));
+    }
+
+    #[test]
+    fn some_authentication_is_required() {
+        let error = Settings::load(&cli(&[])).unwrap_err();
+        assert_eq!(error.key(), Some("jwt-secret"));
+        assert!(Settings::load(&cli(&["--jwt-secret", "x"])).is_ok());
+    }
+
+    #[test]
+    fn file_errors_name_file_and_key_and_hide_secrets() {
+        let error = load_file("anonymous = true\nrelay = [\"turn:10.0.0.1\"]\n", &[]).unwrap_err();
+        assert_eq!(error.key(), Some("static-auth-secret"));
+        assert!(error.file().is_some(), "{error}");
+
+        let error = load_file("anonymous = true\ncredential-ttl = \"hunter2\"\n", &[]).unwrap_err();
+        assert_eq!(error.key(), Some("credential-ttl"));
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+
+        let error = load_file("anonymous = true\nrelay-helth = []\n", &[]).unwrap_err();
+        assert!(error.to_string().contains("relay-helth"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_relays_group() {
+        let settings = load_file(
+            "jwt-secret = \"file-secret\"\nstatic-auth-secret = \"s\"\ncredential-ttl = 10\n\
+             relay = [\"turn:10.0.0.1?transport=udp\", \"turns:10.0.0.1:5349?transport=tcp\"]\n\
+             relay-health = [\"http://10.0.0.1:9641/readyz\"]\n",
+            &["--credential-ttl", "20"],
+        )
+        .unwrap();
+        assert_eq!(settings.credential_ttl, 20);
+        assert_eq!(settings.relays.len(), 1);
+        assert!(settings.relays[0].health_url.is_some());
+        let summary = settings.summary();
+        assert!(!summary.contains("file-secret"), "{summary}");
+        assert!(
+            summary.contains("checked at http://10.0.0.1:9641/readyz"),
+            "{summary}"
+        );
+        assert!(!format!("{settings:?}").contains("file-secret"));
+
+        let error = load_file("anonymous = true\n", &["--credential-ttl", "0"]).unwrap_err();
+        assert_eq!(error.file(), None, "a flag's error names the command line");
+        assert_eq!(error.key(), Some("credential-ttl"));
+    }
+}

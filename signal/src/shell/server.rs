@@ -1,0 +1,341 @@
+//! The HTTP(S) listener: `/ws` (WebSocket upgrade), `GET /v1/ice-servers` and the demo page.
+//! Each TCP connection is its own task; an upgraded WebSocket becomes another.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{
+    HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE,
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE, WWW_AUTHENTICATE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use icegate_signal::protocol::{ErrorCode, ServerMessage, UserId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use super::state::Shared;
+use super::ws::{self, UrlCredentials};
+
+/// A client must finish the TLS handshake within this time, and send its request headers
+/// within it after that, so half-open connections cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed `accept` (e.g. out of file descriptors), retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The demo page, built into the binary.
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+/// Accepts connections until shutdown.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = super::state::shutdown(&mut shutdown) => return,
+        };
+        let shared = Arc::clone(&shared);
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve_http(stream, peer, shared).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_http(stream, peer, shared).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let response = route(request, peer, &shared);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+fn route(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if !matches!(path, "/" | "/index.html" | "/ws" | "/v1/ice-servers") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/ws" => upgrade(request, peer, shared),
+        "/v1/ice-servers" => ice_servers(&request, shared),
+        _ => {
+            let mut response = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+    }
+}
+
+/// `GET /v1/ice-servers`: `Authorization: Bearer TOKEN` or `?token=`; none in anonymous mode.
+fn ice_servers(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let token = bearer(request.headers()).or_else(|| query_param(request.uri().query(), "token"));
+    let token_usable = shared.keys().auth.is_configured() || !shared.anonymous;
+    let turn_user = match token {
+        Some(token) if token_usable => match shared.authenticate(Some(&token), None) {
+            Ok(identity) => identity.user.to_string(),
+            Err(error) => {
+                return json_error(StatusCode::UNAUTHORIZED, error.code(), &error.to_string())
+            }
+        },
+        // Each anonymous caller gets a TURN username of its own, so relay quotas and logs
+        // can still tell them apart.
+        _ if shared.anonymous => format!("anon-{:016x}", rand::random::<u64>()),
+        _ => {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::TokenRequired,
+                "a token is required",
+            )
+        }
+    };
+    let servers = shared.ice_servers(&turn_user, "http");
+    let body = serde_json::to_string(&servers).expect("ICE servers always serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Credentials are per request and short-lived: no cache may keep or share them.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /ws`: checks the handshake and the per-address limit, answers 101 and hands the
+/// upgraded connection to a new task.
+fn upgrade(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Response<Full<Bytes>> {
+    let headers = request.headers();
+    let wants_websocket = header_has_token(headers, CONNECTION, "upgrade")
+        && header_has_token(headers, UPGRADE, "websocket");
+    let Some(key) = headers.get(SEC_WEBSOCKET_KEY).filter(|_| wants_websocket) else {
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    };
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let query = request.uri().query();
+    let name = match query_param(query, "name").map(UserId::new) {
+        None => None,
+        Some(Ok(name)) => Some(name),
+        Some(Err(error)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadMessage,
+                &error.to_string(),
+            )
+        }
+    };
+    let credentials = UrlCredentials {
+        token: bearer(headers).or_else(|| query_param(query, "token")),
+        name,
+    };
+    // Counted before the upgrade, so a flood from one address costs no WebSocket state.
+    let Some(admission) = shared.admit(peer.ip()) else {
+        shared
+            .metrics
+            .connections_refused
+            .with_label_values(&["too_many_connections"])
+            .inc();
+        return json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        );
+    };
+
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                let config = ws::websocket_config(shared.limits.max_message_bytes());
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                ws::run(ws, shared, credentials, admission).await;
+            }
+            Err(error) => tracing::debug!(%peer, %error, "WebSocket upgrade failed"),
+        }
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
+}
+
+/// Whether a comma-separated header contains `token`, ignoring case.
+fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| percent_decode(value))
+}
+
+/// Decodes `%XX` escapes and `+` (a space in form encoding); `None` on a malformed escape
+/// or a result that is not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// An HTTP error whose body is the protocol's `error` message.
+fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Full<Bytes>> {
+    let body = ServerMessage::error(None, code, message).encode();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let query = Some("a=1&name=bob%40example.org&token=x.y.z&plus=a+b");
+        assert_eq!(
+            query_param(query, "name").as_deref(),
+            Some("bob@example.org")
+        );
+        assert_eq!(query_param(query, "token").as_deref(), Some("x.y.z"));
+        assert_eq!(query_param(query, "plus").as_deref(), Some("a b"));
+        assert_eq!(query_param(query, "missing"), None);
+        assert_eq!(query_param(Some("name=%4"), "name"), None);
+        assert_eq!(query_param(Some("name=%ff"), "name"), None);
+        assert_eq!(query_param(None, "name"), None);
+    }
+
+    #[test]
+    fn bearer_tokens_and_header_tokens() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc.def"));
+        assert_eq!(bearer(&headers).as_deref(), Some("abc.def"));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(header_has_token(&headers, CONNECTION, "upgrade"));
+        assert!(!header_has_token(&headers, UPGRADE, "websocket"));
+    }
+}

@@ -1,0 +1,329 @@
+//! One WebSocket connection's task: reads frames into the [`Connection`] gatekeeper, carries
+//! out its actions, and writes what the hub sends to the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use icegate_signal::conn::{Action, Connection};
+use icegate_signal::hub::OpenError;
+use icegate_signal::protocol::{close, ErrorCode, RequestId, ServerMessage, SessionId, UserId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::hub_task::{HubInput, OUTBOX_CAPACITY};
+use super::metrics::INVALID_KIND;
+use super::state::{Admission, Shared};
+
+/// Credentials from the upgrade request: a token (query or `Authorization`) or a name.
+#[derive(Debug, Default)]
+pub struct UrlCredentials {
+    /// A JWT.
+    pub token: Option<String>,
+    /// An anonymous client's name.
+    pub name: Option<UserId>,
+}
+
+/// The WebSocket settings for `limits`: oversized messages and frames are refused while
+/// being read, before they are buffered whole.
+pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// Why the loop ended: who closes, and with what.
+enum End {
+    /// The client closed or the socket failed: nothing more to send.
+    Gone,
+    /// The server closes with this code.
+    Close(u16, &'static str),
+}
+
+struct Task<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    conn: Connection,
+    session: Option<Session>,
+}
+
+struct Session {
+    id: SessionId,
+    user: UserId,
+    anonymous: bool,
+    outbox: mpsc::Receiver<ServerMessage>,
+}
+
+/// Runs one connection to its end. `admission` is held for the connection's lifetime.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    credentials: UrlCredentials,
+    admission: Admission,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_active.inc();
+    let conn = Connection::new(shared.limits.clone(), Instant::now());
+    let mut task = Task {
+        ws,
+        shared: Arc::clone(&shared),
+        conn,
+        session: None,
+    };
+    let end = if credentials.token.is_some() || credentials.name.is_some() {
+        match task
+            .authenticate(None, credentials.token.as_deref(), credentials.name)
+            .await
+        {
+            Ok(()) => task.serve().await,
+            Err(end) => end,
+        }
+    } else {
+        task.serve().await
+    };
+    if let End::Close(code, reason) = end {
+        shared.metrics.closed(code);
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        // Best effort: the client may already be gone.
+        let _ = task.ws.close(Some(frame)).await;
+    }
+    if let Some(session) = task.session {
+        // Waits if the hub is busy, but only this ending connection waits.
+        let _ = shared
+            .hub
+            .send(HubInput::Close {
+                session: session.id,
+            })
+            .await;
+    }
+    shared.metrics.connections_active.dec();
+    drop(admission);
+}
+
+impl<S> Task<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self) -> End {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.conn.poll_timeout());
+            // Separate borrows of the socket and the outbox, so both can be awaited at once.
+            let ws = &mut self.ws;
+            let session = &mut self.session;
+            let outbox = async move {
+                match session {
+                    Some(session) => session.outbox.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                frame = ws.next() => Step::Frame(frame),
+                message = outbox => Step::Outbox(message),
+                () = tokio::time::sleep_until(deadline) => Step::Timer,
+                () = super::state::shutdown(&mut shutdown) => {
+                    return End::Close(close::GOING_AWAY, "server shutting down")
+                }
+            };
+            let now = Instant::now();
+            let action = match step {
+                Step::Frame(None) | Step::Frame(Some(Ok(Message::Close(_)))) => return End::Gone,
+                Step::Frame(Some(Ok(Message::Text(text)))) => {
+                    let action = self.conn.handle_text(text.as_str(), now);
+                    self.shared.metrics.received(kind_of(&action));
+                    action
+                }
+                Step::Frame(Some(Ok(Message::Binary(_)))) => {
+                    self.shared.metrics.received(INVALID_KIND);
+                    self.conn.handle_binary(now)
+                }
+                Step::Frame(Some(Ok(_))) => {
+                    // Ping, pong: tungstenite answers pings itself; either shows life.
+                    self.conn.handle_heard(now);
+                    Action::None
+                }
+                Step::Frame(Some(Err(WsError::Capacity(_)))) => {
+                    return End::Close(close::TOO_BIG, "message too big")
+                }
+                Step::Frame(Some(Err(error))) => {
+                    tracing::debug!(%error, "websocket read failed");
+                    return End::Gone;
+                }
+                Step::Outbox(Some(message)) => {
+                    if !self.send(message).await {
+                        return End::Gone;
+                    }
+                    Action::None
+                }
+                // The hub dropped this session's outbox: it did not keep up with its messages.
+                Step::Outbox(None) => return End::Close(close::TRY_AGAIN_LATER, "too slow"),
+                Step::Timer => self.conn.handle_timeout(now),
+            };
+            if let Err(end) = self.act(action).await {
+                return end;
+            }
+        }
+    }
+
+    /// Carries out one action of the gatekeeper.
+    async fn act(&mut self, action: Action) -> Result<(), End> {
+        match action {
+            Action::None => Ok(()),
+            Action::Reply(message) => self.reply(message).await,
+            Action::Hello { id, token, name } => {
+                self.authenticate(id, token.as_deref(), name).await
+            }
+            Action::RefreshIce { id } => {
+                let ice = self.ice_servers("ws");
+                self.reply(ServerMessage::IceServers { id, ice }).await
+            }
+            Action::Forward { id, message } => {
+                let session = self
+                    .session
+                    .as_ref()
+                    .expect("forwarded only when authenticated");
+                let input = HubInput::Message {
+                    session: session.id,
+                    id,
+                    message,
+                };
+                // The hub's inbox is bounded: a full one slows this client's reading, nobody else's.
+                self.shared
+                    .hub
+                    .send(input)
+                    .await
+                    .map_err(|_| End::Close(close::GOING_AWAY, "server shutting down"))
+            }
+            Action::Ping => {
+                if self
+                    .ws
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .is_err()
+                {
+                    return Err(End::Gone);
+                }
+                Ok(())
+            }
+            Action::Close { code, reason } => Err(End::Close(code, reason)),
+        }
+    }
+
+    async fn reply(&mut self, message: ServerMessage) -> Result<(), End> {
+        if self.send(message).await {
+            Ok(())
+        } else {
+            Err(End::Gone)
+        }
+    }
+
+    /// Writes one message; false when the socket failed.
+    async fn send(&mut self, message: ServerMessage) -> bool {
+        self.shared.metrics.sent(&message);
+        self.ws.send(Message::text(message.encode())).await.is_ok()
+    }
+
+    /// ICE servers for this session: each anonymous session gets a TURN user of its own.
+    fn ice_servers(&self, via: &str) -> icegate_signal::ice::IceServers {
+        let session = self
+            .session
+            .as_ref()
+            .expect("only sessions get ICE servers");
+        let turn_user = if session.anonymous {
+            format!("anon-{}", session.id)
+        } else {
+            session.user.to_string()
+        };
+        self.shared.ice_servers(&turn_user, via)
+    }
+
+    /// Authenticates, opens the session in the hub and sends `welcome`; on failure sends the
+    /// `error` and returns how to close.
+    async fn authenticate(
+        &mut self,
+        id: Option<RequestId>,
+        token: Option<&str>,
+        name: Option<UserId>,
+    ) -> Result<(), End> {
+        let identity = match self.shared.authenticate(token, name) {
+            Ok(identity) => identity,
+            Err(error) => {
+                let message = if self.shared.anonymous && token.is_none() {
+                    "a name is required in anonymous mode".to_string()
+                } else {
+                    error.to_string()
+                };
+                self.reply(ServerMessage::error(id, error.code(), message))
+                    .await?;
+                return Err(End::Close(close::UNAUTHORIZED, "authentication failed"));
+            }
+        };
+        let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let open = HubInput::Open {
+            user: identity.user.clone(),
+            outbox: outbox_tx,
+            reply: reply_tx,
+        };
+        let gone = || End::Close(close::GOING_AWAY, "server shutting down");
+        self.shared.hub.send(open).await.map_err(|_| gone())?;
+        let session = match reply_rx.await.map_err(|_| gone())? {
+            Ok(session) => session,
+            Err(OpenError::TooManySessions) => {
+                let error = ServerMessage::error(
+                    id,
+                    ErrorCode::TooManySessions,
+                    "this user has too many sessions",
+                );
+                self.reply(error).await?;
+                return Err(End::Close(close::TOO_MANY_CONNECTIONS, "too many sessions"));
+            }
+        };
+        self.conn.authenticated(session);
+        self.session = Some(Session {
+            id: session,
+            user: identity.user.clone(),
+            anonymous: identity.anonymous,
+            outbox: outbox_rx,
+        });
+        let ice = self.ice_servers("ws");
+        self.reply(ServerMessage::Welcome {
+            id,
+            session,
+            user: identity.user,
+            ice,
+        })
+        .await
+    }
+}
+
+enum Step {
+    Frame(Option<Result<Message, WsError>>),
+    Outbox(Option<ServerMessage>),
+    Timer,
+}
+
+/// The metric label of a received frame, from what the gatekeeper made of it.
+fn kind_of(action: &Action) -> &'static str {
+    match action {
+        Action::Hello { .. } => "hello",
+        Action::RefreshIce { .. } => "refresh-ice",
+        Action::Forward { message, .. } => message.kind(),
+        Action::Reply(ServerMessage::Pong { .. }) => "ping",
+        Action::Reply(ServerMessage::Error { code, .. })
+            if *code == ErrorCode::AlreadyAuthenticated =>
+        {
+            "hello"
+        }
+        _ => INVALID_KIND,
+    }
+}
