@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod ports;
 pub mod server;
+pub mod signal;
 pub mod stun;
 pub mod tools;
 

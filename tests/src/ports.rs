@@ -25,6 +25,10 @@ const OFF_TLS: u16 = 1;
 const OFF_METRICS: u16 = 2;
 /// `turnutils_peer` listens on its port and the next one.
 const OFF_PEER: u16 = 3;
+/// icegate-signal's HTTP(S) listener.
+const OFF_SIGNAL: u16 = 5;
+/// icegate-signal's metrics listener.
+const OFF_SIGNAL_METRICS: u16 = 6;
 /// First port of the relay range; the range runs to the end of the block.
 const OFF_RELAY: u16 = 8;
 
@@ -86,6 +90,14 @@ impl PortBlock {
     /// A port for a peer (`turnutils_peer` also uses `peer() + 1`).
     pub fn peer(&self) -> u16 {
         self.base + OFF_PEER
+    }
+    /// icegate-signal's HTTP(S) port.
+    pub fn signal(&self) -> u16 {
+        self.base + OFF_SIGNAL
+    }
+    /// icegate-signal's metrics port.
+    pub fn signal_metrics(&self) -> u16 {
+        self.base + OFF_SIGNAL_METRICS
     }
     /// The default relay port range, inclusive.
     pub fn relay_range(&self) -> (u16, u16) {
