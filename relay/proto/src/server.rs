@@ -931,7 +931,12 @@ impl Server {
         authed: &Authed,
         label: MethodLabel,
     ) -> Option<u32> {
-        let Some(&slot) = self.by_client.get(&from) else {
+        // An allocation whose sockets are still binding is one the client cannot know yet.
+        let found = self.by_client.get(&from).and_then(|&slot| {
+            let a = self.slots[slot as usize].allocation.as_ref()?;
+            a.pending.is_none().then_some((slot, a))
+        });
+        let Some((slot, a)) = found else {
             self.error(
                 from,
                 msg,
@@ -941,18 +946,6 @@ impl Server {
             );
             return None;
         };
-        let a = self.slots[slot as usize].allocation.as_ref()?;
-        if a.pending.is_some() {
-            // Sockets still binding: the client cannot know the allocation yet.
-            self.error(
-                from,
-                msg,
-                ErrorCode::ALLOCATION_MISMATCH,
-                Some(authed),
-                label,
-            );
-            return None;
-        }
         if a.username != authed.username {
             self.counters.auth_failure(AuthFailure::WrongCredentials);
             self.error(from, msg, ErrorCode::WRONG_CREDENTIALS, Some(authed), label);
