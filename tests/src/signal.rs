@@ -217,7 +217,10 @@ impl Signal {
         assert!(!self.config.tls, "Signal::get speaks plain HTTP");
         let mut stream = TcpStream::connect(self.addr()).expect("connect");
         stream.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr());
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr()
+        );
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -237,7 +240,8 @@ impl Signal {
 
     /// Opens `/ws?QUERY` (empty: no query) and completes the WebSocket handshake.
     pub fn connect(&self, query: &str) -> WsClient {
-        self.try_connect(query, &[]).unwrap_or_else(|e| panic!("connect /ws?{query}: {e}"))
+        self.try_connect(query, &[])
+            .unwrap_or_else(|e| panic!("connect /ws?{query}: {e}"))
     }
 
     /// Like [`connect`](Self::connect), with extra headers; the error is the handshake's.
@@ -293,7 +297,10 @@ impl Signal {
             Err(_) => return,
         };
         let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        eprintln!("----- icegate-signal log ({}) -----", self.log_path.display());
+        eprintln!(
+            "----- icegate-signal log ({}) -----",
+            self.log_path.display()
+        );
         for line in &all[all.len().saturating_sub(lines)..] {
             eprintln!("{line}");
         }
@@ -323,7 +330,10 @@ impl Drop for Signal {
     }
 }
 
-fn tls_stream(cert: &Path, tcp: TcpStream) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+fn tls_stream(
+    cert: &Path,
+    tcp: TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let pem = std::fs::read_to_string(cert).expect("read cert");
     let der = pem
         .lines()

@@ -37,7 +37,10 @@ fn valid_token_in_query_header_or_hello_is_accepted() {
     let mut by_hello = signal.connect("");
     by_hello.send(json!({"v":1,"type":"hello","id":7,"token":token}));
     let welcome = by_hello.expect("welcome");
-    assert_eq!((welcome["id"].as_u64(), welcome["user"].as_str()), (Some(7), Some("alice")));
+    assert_eq!(
+        (welcome["id"].as_u64(), welcome["user"].as_str()),
+        (Some(7), Some("alice"))
+    );
     sessions.insert(welcome["session"].to_string());
     assert_eq!(sessions.len(), 3, "one user, three sessions: {sessions:?}");
 
@@ -91,8 +94,14 @@ fn wrong_signature_and_missing_token_are_refused() {
         .ends_with(":alice"));
 
     let metrics = signal.metrics();
-    assert_eq!(metrics.sum("icegate_signal_errors_total", &[("code", "invalid_token")]), 1.0);
-    assert_eq!(metrics.sum("icegate_signal_closes_total", &[("code", "4401")]), 2.0);
+    assert_eq!(
+        metrics.sum("icegate_signal_errors_total", &[("code", "invalid_token")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("icegate_signal_closes_total", &[("code", "4401")]),
+        2.0
+    );
 }
 
 #[test]

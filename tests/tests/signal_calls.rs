@@ -19,7 +19,10 @@ fn call(caller: &mut WsClient, user: &str) -> String {
     caller.send(json!({"v":1,"type":"call","id":"c1","to":{"user":user},"sdp":OFFER}));
     let ack = caller.expect("ack");
     assert_eq!(ack["id"], "c1");
-    ack["call"].as_str().expect("the ack carries the call id").to_owned()
+    ack["call"]
+        .as_str()
+        .expect("the ack carries the call id")
+        .to_owned()
 }
 
 #[test]
@@ -49,7 +52,10 @@ fn offer_ringing_answer_trickle_hangup() {
     bob.send(json!({"v":1,"type":"answer","id":3,"call":id,"sdp":ANSWER}));
     assert_eq!(bob.expect("ack")["id"], 3);
     let answer = alice.expect("answer");
-    assert_eq!((answer["call"].as_str(), answer["sdp"].as_str()), (Some(id.as_str()), Some(ANSWER)));
+    assert_eq!(
+        (answer["call"].as_str(), answer["sdp"].as_str()),
+        (Some(id.as_str()), Some(ANSWER))
+    );
 
     // The callee trickles and ends its candidates; without an id there is no ack.
     bob.send(json!({"v":1,"type":"candidate","call":id,"candidate":candidate}));
@@ -61,7 +67,10 @@ fn offer_ringing_answer_trickle_hangup() {
     alice.send(json!({"v":1,"type":"hangup","id":4,"call":id,"reason":"normal"}));
     assert_eq!(alice.expect("ack")["id"], 4);
     let hangup = bob.expect("hangup");
-    assert_eq!((hangup["call"].as_str(), hangup["reason"].as_str()), (Some(id.as_str()), Some("normal")));
+    assert_eq!(
+        (hangup["call"].as_str(), hangup["reason"].as_str()),
+        (Some(id.as_str()), Some("normal"))
+    );
 
     // The call is gone for both.
     bob.send(json!({"v":1,"type":"hangup","id":5,"call":id}));
@@ -75,7 +84,10 @@ fn offer_ringing_answer_trickle_hangup() {
         1.0
     );
     assert_eq!(
-        metrics.sum("icegate_signal_messages_total", &[("direction", "in"), ("type", "candidate")]),
+        metrics.sum(
+            "icegate_signal_messages_total",
+            &[("direction", "in"), ("type", "candidate")]
+        ),
         3.0
     );
     assert_eq!(

@@ -25,7 +25,11 @@ fn check_shape(servers: &Value, ttl: u64) -> String {
     );
     let username = entry["username"].as_str().expect("username").to_owned();
     let credential = entry["credential"].as_str().expect("credential");
-    assert_eq!(credential, rest_password(SECRET, &username), "HMAC-SHA1 over the username");
+    assert_eq!(
+        credential,
+        rest_password(SECRET, &username),
+        "HMAC-SHA1 over the username"
+    );
     let (expiry, _user) = username.split_once(':').expect("EXPIRY:USER");
     let expiry: u64 = expiry.parse().expect("expiry is a Unix time");
     let now = unix_now();
@@ -49,7 +53,10 @@ fn ice_servers_shape_and_credentials() {
     assert_eq!(response.header("cache-control"), Some("no-store"));
     let first = check_shape(&serde_json::from_str(&response.body).unwrap(), 600);
     let second = check_shape(&signal.ice_servers(&[]), 600);
-    assert_ne!(first, second, "each anonymous request gets its own TURN username");
+    assert_ne!(
+        first, second,
+        "each anonymous request gets its own TURN username"
+    );
 
     // The welcome carries the same shape; each anonymous session its own username.
     let mut one = signal.connect("name=alice");
@@ -61,11 +68,17 @@ fn ice_servers_shape_and_credentials() {
 
     let metrics = signal.metrics();
     assert_eq!(
-        metrics.sum("icegate_signal_ice_credentials_issued_total", &[("via", "http")]),
+        metrics.sum(
+            "icegate_signal_ice_credentials_issued_total",
+            &[("via", "http")]
+        ),
         2.0
     );
     assert_eq!(
-        metrics.sum("icegate_signal_ice_credentials_issued_total", &[("via", "ws")]),
+        metrics.sum(
+            "icegate_signal_ice_credentials_issued_total",
+            &[("via", "ws")]
+        ),
         2.0
     );
 }
@@ -86,7 +99,8 @@ fn fake_health_server(status: Arc<AtomicU16>) -> u16 {
                 }
             }
             let code = status.load(Ordering::Relaxed);
-            let reply = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let reply =
+                format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = stream.write_all(reply.as_bytes());
         }
     });
@@ -123,20 +137,35 @@ fn relays_failing_their_health_check_are_left_out() {
 
     status.store(503, Ordering::Relaxed);
     assert!(
-        eventually(Duration::from_secs(10), || relay_hosts(&signal.ice_servers(&[])).len() == 1),
+        eventually(Duration::from_secs(10), || relay_hosts(
+            &signal.ice_servers(&[])
+        )
+        .len()
+            == 1),
         "the failing relay is still handed out"
     );
-    assert_eq!(relay_hosts(&signal.ice_servers(&[])), vec!["stun:127.0.0.2:3478"]);
+    assert_eq!(
+        relay_hosts(&signal.ice_servers(&[])),
+        vec!["stun:127.0.0.2:3478"]
+    );
     let mut client = signal.connect("name=alice");
-    assert_eq!(relay_hosts(&client.expect("welcome")), vec!["stun:127.0.0.2:3478"]);
+    assert_eq!(
+        relay_hosts(&client.expect("welcome")),
+        vec!["stun:127.0.0.2:3478"]
+    );
     let metrics = signal.metrics();
     assert_eq!(metrics.sum("icegate_signal_relays_healthy", &[]), 1.0);
     assert_eq!(metrics.sum("icegate_signal_relays_configured", &[]), 2.0);
-    assert_eq!(metrics.sum("icegate_signal_relay_up", &[("relay", "127.0.0.1")]), 0.0);
+    assert_eq!(
+        metrics.sum("icegate_signal_relay_up", &[("relay", "127.0.0.1")]),
+        0.0
+    );
 
     status.store(200, Ordering::Relaxed);
     assert!(
-        eventually(Duration::from_secs(10), || relay_hosts(&signal.ice_servers(&[])) == both),
+        eventually(Duration::from_secs(10), || relay_hosts(
+            &signal.ice_servers(&[])
+        ) == both),
         "the recovered relay is not handed out again"
     );
 }
@@ -168,7 +197,10 @@ fn icegate_relay_accepts_the_credentials_and_its_outage_is_noticed() {
         entry["username"].as_str().unwrap(),
         entry["credential"].as_str().unwrap(),
     );
-    assert_success(&client.allocate(), "allocate with icegate-signal's credentials");
+    assert_success(
+        &client.allocate(),
+        "allocate with icegate-signal's credentials",
+    );
 
     // A session's credentials from the welcome work too.
     let mut ws = signal.connect("name=bob");
@@ -179,11 +211,15 @@ fn icegate_relay_accepts_the_credentials_and_its_outage_is_noticed() {
         entry["username"].as_str().unwrap(),
         entry["credential"].as_str().unwrap(),
     );
-    assert_success(&client.allocate(), "allocate with the welcome's credentials");
+    assert_success(
+        &client.allocate(),
+        "allocate with the welcome's credentials",
+    );
 
     relay.terminate(Duration::from_secs(10));
     assert!(
-        eventually(Duration::from_secs(10), || signal.ice_servers(&[])["iceServers"]
+        eventually(Duration::from_secs(10), || signal.ice_servers(&[])
+            ["iceServers"]
             .as_array()
             .unwrap()
             .is_empty()),

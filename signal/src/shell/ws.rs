@@ -2,7 +2,7 @@
 //! out its actions, and writes what the hub sends to the session.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use icegate_signal::conn::{Action, Connection};
@@ -18,6 +18,9 @@ use tokio_tungstenite::WebSocketStream;
 use super::hub_task::{HubInput, OUTBOX_CAPACITY};
 use super::metrics::INVALID_KIND;
 use super::state::{Admission, Shared};
+
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Credentials from the upgrade request: a token (query or `Authorization`) or a name.
 #[derive(Debug, Default)]
@@ -93,8 +96,16 @@ pub async fn run<S>(
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        // Best effort: the client may already be gone.
-        let _ = task.ws.close(Some(frame)).await;
+        // Best effort: the client may already be gone. Then read until the client's close
+        // (or a short timeout) before dropping the socket: closing with unread data in the
+        // receive buffer makes the kernel send a reset, and a reset can destroy the close
+        // frame, and with it the close code, before the client reads it.
+        if task.ws.send(Message::Close(Some(frame))).await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(_)) = task.ws.next().await {}
+            })
+            .await;
+        }
     }
     if let Some(session) = task.session {
         // Waits if the hub is busy, but only this ending connection waits.

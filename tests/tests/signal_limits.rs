@@ -1,0 +1,179 @@
+//! Every limit of icegate-signal, and bad input: typed errors that keep the connection, and
+//! close codes for clients that abuse it.
+
+use icegate_tests::signal::{Received, Signal, SignalConfig};
+use serde_json::json;
+
+fn signal_with(args: &[&str]) -> Signal {
+    Signal::start(SignalConfig {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..SignalConfig::default()
+    })
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_the_connection_stays() {
+    let signal = Signal::start(SignalConfig::default());
+    let mut client = signal.connect("name=alice");
+    client.expect("welcome");
+    client.send_text("{not json");
+    client.expect_error("bad_json");
+    client.send(json!({"v":1,"type":"teleport","id":1}));
+    assert_eq!(client.expect_error("unknown_type")["id"], 1);
+    client.send(json!({"v":99,"type":"ping","id":2}));
+    assert_eq!(client.expect_error("unsupported_version")["id"], 2);
+    client.send(json!({"v":1,"type":"call","id":3,"to":{"user":"bob"}}));
+    assert_eq!(client.expect_error("bad_message")["id"], 3);
+    client.send_binary(b"\x00\x01");
+    client.expect_error("binary_not_supported");
+    client.ping(4);
+    let metrics = signal.metrics();
+    assert_eq!(
+        metrics.sum("icegate_signal_errors_total", &[("code", "bad_json")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum(
+            "icegate_signal_messages_total",
+            &[("direction", "in"), ("type", "invalid")]
+        ),
+        5.0
+    );
+}
+
+#[test]
+fn oversized_sdp_is_refused_but_the_connection_stays() {
+    let signal = signal_with(&["--max-sdp-bytes", "1024"]);
+    let mut client = signal.connect("name=alice");
+    client.expect("welcome");
+    let sdp = "a".repeat(1025);
+    client.send(json!({"v":1,"type":"call","id":1,"to":{"user":"bob"},"sdp":sdp}));
+    assert_eq!(client.expect_error("sdp_too_large")["id"], 1);
+    // At the limit it passes the size check (and fails only because bob is not there).
+    let sdp = "a".repeat(1024);
+    client.send(json!({"v":1,"type":"call","id":2,"to":{"user":"bob"},"sdp":sdp}));
+    client.expect_error("unknown_user");
+    client.ping(3);
+}
+
+#[test]
+fn oversized_frame_closes_with_1009() {
+    // 1024-byte SDPs allow messages of 2 × 1024 + 4096 bytes.
+    let signal = signal_with(&["--max-sdp-bytes", "1024"]);
+    let mut client = signal.connect("name=alice");
+    client.expect("welcome");
+    client.send_text(&"x".repeat(20_000));
+    assert_eq!(client.expect_close(), Some(1009));
+    // Others are not affected.
+    let mut other = signal.connect("name=bob");
+    other.expect("welcome");
+    other.ping(1);
+}
+
+#[test]
+fn message_rate_is_limited_then_the_client_is_closed() {
+    let signal = signal_with(&["--max-message-rate", "5"]);
+    let mut client = signal.connect("name=alice");
+    client.expect("welcome");
+    // A burst of twice the rate passes; then the client is told, then closed.
+    for id in 0..60u64 {
+        client.send(json!({"v":1,"type":"ping","id":id}));
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    let code = loop {
+        match client.recv() {
+            Received::Json(m) if m["type"] == "pong" => pongs += 1,
+            Received::Json(m) if m["code"] == "rate_limited" => limited += 1,
+            Received::Json(m) => panic!("unexpected {m}"),
+            Received::Closed(code) => break code,
+        }
+    };
+    assert!((10..=12).contains(&pongs), "{pongs} pongs");
+    assert!(limited >= 10, "{limited} rate_limited errors");
+    assert_eq!(code, Some(4429));
+    assert!(
+        signal
+            .metrics()
+            .sum("icegate_signal_errors_total", &[("code", "rate_limited")])
+            >= 10.0
+    );
+}
+
+#[test]
+fn slowing_down_after_a_rate_limit_keeps_the_connection() {
+    let signal = signal_with(&["--max-message-rate", "5"]);
+    let mut client = signal.connect("name=alice");
+    client.expect("welcome");
+    for id in 0..12u64 {
+        client.send(json!({"v":1,"type":"ping","id":id}));
+    }
+    let mut limited = 0;
+    for _ in 0..12 {
+        match client.recv() {
+            Received::Json(m) if m["code"] == "rate_limited" => limited += 1,
+            Received::Json(m) => assert_eq!(m["type"], "pong", "{m}"),
+            Received::Closed(code) => panic!("closed with {code:?}"),
+        }
+    }
+    assert!(limited >= 1, "the burst of 10 was exceeded");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    client.ping(100);
+}
+
+#[test]
+fn connections_per_ip_are_limited() {
+    let signal = signal_with(&["--max-connections-per-ip", "2"]);
+    let mut first = signal.connect("name=a");
+    let _second = signal.connect("name=b");
+    match signal.try_connect("name=c", &[]) {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let body = response.body().as_deref().unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(body["code"], "too_many_connections");
+        }
+        Err(other) => panic!("expected HTTP 429, got {other}"),
+        Ok(_) => panic!("a third connection from one address was accepted"),
+    }
+    first.expect("welcome");
+    first.close();
+    // The freed slot can be used again.
+    assert!(icegate_tests::signal::eventually(
+        std::time::Duration::from_secs(5),
+        || { signal.try_connect("name=d", &[]).is_ok() }
+    ));
+}
+
+#[test]
+fn sessions_per_user_are_limited() {
+    let signal = signal_with(&["--max-sessions-per-user", "1"]);
+    let mut first = signal.connect("name=alice");
+    first.expect("welcome");
+    let mut second = signal.connect("name=alice");
+    second.expect_error("too_many_sessions");
+    assert_eq!(second.expect_close(), Some(4403));
+    first.ping(1);
+    let mut bob = signal.connect("name=bob");
+    bob.expect("welcome");
+}
+
+#[test]
+fn idle_clients_are_closed() {
+    let signal = signal_with(&["--idle-timeout", "2"]);
+    let mut client = signal.connect("name=alice");
+    // Read nothing, so the server's pings go unanswered (tungstenite pongs while reading).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    client.expect("welcome");
+    assert_eq!(client.expect_close(), Some(4408));
+
+    // A client that reads (and so answers pings) stays well past the timeout.
+    let mut live = signal.connect("name=bob");
+    live.expect("welcome");
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
+    let mut id = 0;
+    while std::time::Instant::now() < until {
+        id += 1;
+        live.ping(id);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
