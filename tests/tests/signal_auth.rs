@@ -176,3 +176,39 @@ fn check_config_reports_file_and_key() {
     assert!(stdout.contains("turn:10.0.0.1"), "{stdout}");
     assert!(!stdout.contains("do-not-print-me"), "{stdout}");
 }
+
+#[test]
+fn sighup_reloads_the_jwt_secret_and_keeps_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("signal.toml");
+    std::fs::write(&config, "jwt-secret = \"first-secret\"\n").unwrap();
+    let signal = Signal::start(SignalConfig {
+        anonymous: false,
+        args: vec!["--config".into(), config.display().to_string()],
+        ..SignalConfig::default()
+    });
+    let mut old = signal.connect(&format!(
+        "token={}",
+        hs256_token("first-secret", "alice", 300)
+    ));
+    old.expect("welcome");
+
+    std::fs::write(&config, "jwt-secret = \"second-secret\"\n").unwrap();
+    let pid = nix::unistd::Pid::from_raw(signal.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let token = hs256_token("second-secret", "bob", 300);
+    assert!(
+        icegate_tests::signal::eventually(std::time::Duration::from_secs(5), || {
+            let mut client = signal.connect(&format!("token={token}"));
+            matches!(client.recv(), icegate_tests::signal::Received::Json(m) if m["type"] == "welcome")
+        }),
+        "the new secret is not accepted after SIGHUP"
+    );
+    let mut stale = signal.connect(&format!(
+        "token={}",
+        hs256_token("first-secret", "carol", 300)
+    ));
+    stale.expect_error("invalid_token");
+    // The session opened before the reload is still there.
+    old.ping(1);
+}
