@@ -177,6 +177,8 @@ fn icegate_relay_accepts_the_credentials_and_its_outage_is_noticed() {
         RelayConfig {
             users: vec![],
             auth_secrets: vec![SECRET.into()],
+            // The allocations below would otherwise hold the relay in its drain for 30 s.
+            icegate_args: vec!["--drain-timeout".into(), "1".into()],
             ..RelayConfig::default()
         },
     );
@@ -224,5 +226,48 @@ fn icegate_relay_accepts_the_credentials_and_its_outage_is_noticed() {
             .unwrap()
             .is_empty()),
         "a stopped relay is still handed out"
+    );
+}
+
+/// An operator keeping coturn (with `use-auth-secret` and the same secret) gets the same
+/// credentials accepted: the scheme is coturn's, not a look-alike.
+#[test]
+fn coturn_accepts_the_credentials() {
+    icegate_tests::require_tool("turnserver");
+    let relay = Relay::start(
+        ServerKind::Coturn,
+        RelayConfig {
+            users: vec![],
+            auth_secrets: vec![SECRET.into()],
+            ..RelayConfig::default()
+        },
+    );
+    let turn = format!("turn:127.0.0.1:{}?transport=udp", relay.udp_addr().port());
+    let signal = Signal::start(SignalConfig {
+        static_auth_secret: Some(SECRET.into()),
+        relays: vec![turn],
+        ..SignalConfig::default()
+    });
+    let servers = signal.ice_servers(&[]);
+    let entry = &servers["iceServers"][0];
+    let mut client = TurnClient::new(
+        relay.udp_addr(),
+        entry["username"].as_str().unwrap(),
+        entry["credential"].as_str().unwrap(),
+    );
+    assert_success(
+        &client.allocate(),
+        "coturn allocates with icegate-signal's credentials",
+    );
+    let mut forged = TurnClient::new(
+        relay.udp_addr(),
+        entry["username"].as_str().unwrap(),
+        "bm90LXRoZS1yaWdodC1wYXNzd29yZA==",
+    );
+    let refused = forged.allocate();
+    assert_eq!(
+        icegate_tests::stun::error_code(&refused),
+        Some(401),
+        "coturn must refuse a wrong credential, or this test proves nothing"
     );
 }
