@@ -1,0 +1,337 @@
+#!/usr/bin/env node
+// End-to-end call between two headless-Chromium pages of the icegate-signal demo page,
+// forced through a TURN relay (iceTransportPolicy "relay").
+//
+//   node call.mjs SIGNAL_URL [--relay-ip IP] [--relay-ports MIN-MAX] [--timeout SECONDS]
+//                 [--screenshots DIR]
+//
+// SIGNAL_URL is the demo page over plain HTTP on loopback (a secure context, so
+// getUserMedia works), e.g. http://127.0.0.1:8080/. Chromium is Debian's /usr/bin/chromium
+// (or $CHROMIUM); nothing is downloaded. Fake camera and microphone feed the call.
+//
+// Page A signs in as alice, page B as bob; both switch "relay only" on; alice calls bob, bob
+// accepts. Checked: ICE reached "connected" on both sides; the selected local (and remote)
+// candidate is of type relay, at --relay-ip and inside --relay-ports; chat messages cross
+// the data channel both ways; audio bytes arrive on both sides and keep growing; alice
+// hangs up and bob sees the hangup.
+//
+// The last line on stdout is one JSON object: {"ok":true,...} or {"ok":false,"error":...}.
+// The exit status is 0 only when every check passed.
+
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+];
+
+const started = Date.now();
+/** The browser, once launched: the watchdog closes it before exiting. */
+let launched = null;
+let step = "start";
+/** Milliseconds since start at which each step was reached. */
+const marks = {};
+function mark(name) { marks[name] = Date.now() - started; }
+
+/** A failed check: the message says what was expected and what was seen. */
+class CheckFailed extends Error {}
+
+function check(condition, message) {
+  if (!condition) throw new CheckFailed(message);
+}
+
+function parseArgs(argv) {
+  const options = { url: null, relayIp: null, relayPorts: null, timeout: 50, screenshots: null };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) usage(`${arg} needs a value`);
+      return argv[++i];
+    };
+    if (arg === "--relay-ip") options.relayIp = value();
+    else if (arg === "--relay-ports") {
+      const m = /^(\d+)-(\d+)$/.exec(value());
+      if (!m) usage("--relay-ports is MIN-MAX");
+      options.relayPorts = [Number(m[1]), Number(m[2])];
+    } else if (arg === "--timeout") options.timeout = Number(value());
+    else if (arg === "--screenshots") options.screenshots = value();
+    else if (arg.startsWith("--")) usage(`unknown option ${arg}`);
+    else if (options.url === null) options.url = arg;
+    else usage(`unexpected argument ${arg}`);
+  }
+  if (!options.url) usage("the signal server's URL is required");
+  const url = new URL(options.url);
+  if (url.protocol !== "http:" || !["127.0.0.1", "localhost", "[::1]"].includes(url.hostname)) {
+    usage("the URL must be plain http:// on loopback (a secure context without a certificate)");
+  }
+  return options;
+}
+
+function usage(message) {
+  console.error(`call.mjs: ${message}`);
+  console.error("usage: node call.mjs http://127.0.0.1:PORT/ [--relay-ip IP] [--relay-ports MIN-MAX] [--timeout S] [--screenshots DIR]");
+  process.exit(2);
+}
+
+/** Waits until `fn` (run in the page) returns a truthy value; fails with `what`. */
+async function waitInPage(page, what, fn, arg, timeout = 15000) {
+  try {
+    const handle = await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+    return await handle.jsonValue();
+  } catch (error) {
+    const state = await page.evaluate(() => window.icegate && window.icegate.state()).catch(() => null);
+    throw new CheckFailed(`${page.label}: timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
+  }
+}
+
+async function signIn(page, url, name) {
+  step = `${name}: sign in`;
+  await page.goto(url, { waitUntil: "load" });
+  mark(`${name}.loaded`);
+  check(await page.evaluate(() => window.isSecureContext), `${page.label}: ${url} is not a secure context`);
+  await page.getByTestId("name").fill(name);
+  await page.getByTestId("relay-only").check();
+  await page.getByTestId("connect").click();
+  mark(`${name}.clicked`);
+  await waitInPage(page, "signaling to connect", () => window.icegate.state().signal === "connected");
+  const state = await page.evaluate(() => window.icegate.state());
+  check(state.user === name, `${page.label}: signed in as ${state.user}, expected ${name}`);
+  const urls = state.iceServers.flatMap((s) => s.urls);
+  check(urls.some((u) => u.startsWith("turn:")), `${page.label}: no turn: URI in the welcome: ${JSON.stringify(urls)}`);
+  return state;
+}
+
+async function stats(page) {
+  return page.evaluate(() => window.icegate.pollStats());
+}
+
+function checkRelayed(label, s, options) {
+  check(s && s.pair, `${label}: no selected candidate pair in getStats(): ${JSON.stringify(s)}`);
+  const { local, remote } = s.pair;
+  check(local && local.type === "relay",
+    `${label}: the selected local candidate is ${JSON.stringify(local)}, expected type relay`);
+  check(remote && remote.type === "relay",
+    `${label}: the selected remote candidate is ${JSON.stringify(remote)}, expected type relay (both ends relay-only)`);
+  if (options.relayIp) {
+    check(local.address === options.relayIp,
+      `${label}: the local relay candidate is at ${local.address}, expected icegate-relay's relay IP ${options.relayIp}`);
+  }
+  if (options.relayPorts) {
+    const [min, max] = options.relayPorts;
+    check(local.port >= min && local.port <= max,
+      `${label}: the local relay candidate's port ${local.port} is outside icegate-relay's range ${min}-${max}`);
+    check(remote.port >= min && remote.port <= max,
+      `${label}: the remote relay candidate's port ${remote.port} is outside icegate-relay's range ${min}-${max}`);
+  }
+}
+
+async function run(options) {
+  const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+  check(existsSync(executablePath), `${executablePath} is missing: run scripts/install-deps (Debian package chromium)`);
+  let chromium;
+  try {
+    ({ chromium } = await import("playwright-core"));
+  } catch (error) {
+    throw new CheckFailed(`playwright-core is not installed in tests/browser/node_modules: run scripts/install-deps (${error.message})`);
+  }
+
+  // Playwright runs Chromium on a fresh temporary profile (user-data-dir) and removes it.
+  const browser = (launched = await chromium.launch({
+    executablePath,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: 20000,
+  }));
+  mark("launched");
+  const diagnostics = [];
+  const pages = [];
+  try {
+    const origin = new URL(options.url).origin;
+    // One context (window) per person: separate storage, and each page is in front, so that
+    // neither is throttled as a background tab.
+    const open = async (label) => {
+      const context = await browser.newContext();
+      await context.grantPermissions(["camera", "microphone"], { origin });
+      const page = await context.newPage();
+      page.label = label;
+      page.on("pageerror", (error) => diagnostics.push(`${label}: uncaught ${error.message}`));
+      page.on("console", (m) => {
+        if (m.type() === "error") diagnostics.push(`${label}: console.error ${m.text()}`);
+      });
+      page.setDefaultTimeout(15000);
+      pages.push(page);
+      return page;
+    };
+    const alice = await open("alice");
+    const bob = await open("bob");
+    mark("pages");
+
+    await signIn(alice, options.url, "alice");
+    await signIn(bob, options.url, "bob");
+
+    mark("signedIn");
+
+    // Two short calls that fail, as a person would see them.
+    step = "alice calls a name nobody uses";
+    const ended = () => {
+      const call = window.icegate.state().call;
+      return call && call.state === "ended" && { reason: call.reason, endedBy: call.endedBy };
+    };
+    await alice.getByTestId("callee").fill("nobody");
+    await alice.getByTestId("call").click();
+    const unknown = await waitInPage(alice, "the call to fail", ended);
+    check(unknown.reason === "unknown_user", `alice: calling nobody ended with ${JSON.stringify(unknown)}, expected unknown_user`);
+    const shownError = await alice.getByTestId("error").textContent();
+    check(shownError.startsWith("unknown_user:"), `alice: the page shows the error as ${JSON.stringify(shownError)}`);
+
+    step = "bob declines a call";
+    await alice.getByTestId("callee").fill("bob");
+    await alice.getByTestId("call").click();
+    await bob.getByTestId("incoming").waitFor({ state: "visible" });
+    await bob.getByTestId("reject").click();
+    const declined = await waitInPage(alice, "the decline", ended);
+    check(declined.reason === "declined" && declined.endedBy === "remote",
+      `alice: the declined call ended with ${JSON.stringify(declined)}, expected declined by the remote side`);
+    check(await bob.getByTestId("incoming").isHidden(), "bob: the incoming-call panel is still shown after declining");
+    mark("declined");
+
+    step = "alice calls bob";
+    await alice.getByTestId("call").click();
+    await bob.getByTestId("incoming").waitFor({ state: "visible" });
+    const from = await bob.getByTestId("incoming-from").textContent();
+    check(from === "alice", `bob: the incoming call is from ${JSON.stringify(from)}, expected alice`);
+    await waitInPage(alice, "ringing", () => {
+      const id = window.icegate.state().call.id;
+      return id !== null && window.icegate.events.some((e) => e.type === "ringing" && e.call === id);
+    });
+
+    mark("ringing");
+    step = "bob answers";
+    await bob.getByTestId("accept").click();
+    const connected = () => {
+      const call = window.icegate.state().call;
+      return call && call.state === "connected" && call.iceStates.some((s) => s === "connected" || s === "completed");
+    };
+    await waitInPage(alice, "ICE to reach connected", connected, undefined, 20000);
+    await waitInPage(bob, "ICE to reach connected", connected, undefined, 20000);
+    mark("connected");
+
+    step = "data channel";
+    const dcOpen = () => window.icegate.state().call.dataChannel === "open";
+    await waitInPage(alice, "the data channel to open", dcOpen);
+    await waitInPage(bob, "the data channel to open", dcOpen);
+    // One message through the chat UI, one through the hook, each way.
+    await alice.getByTestId("chat-input").fill("hello bob, from alice");
+    await alice.getByTestId("chat-send").click();
+    check(await bob.evaluate(() => window.icegate.sendData("hello alice, from bob")), "bob: sendData refused");
+    check(await alice.evaluate(() => window.icegate.sendData("second from alice")), "alice: sendData refused");
+    const has = (texts) => texts.every((t) => window.icegate.received.includes(t));
+    await waitInPage(bob, "alice's chat messages", has, ["hello bob, from alice", "second from alice"]);
+    await waitInPage(alice, "bob's chat message", has, ["hello alice, from bob"]);
+    const bobChat = await bob.getByTestId("chat-log").textContent();
+    check(bobChat.includes("hello bob, from alice"), `bob: the chat log does not show alice's message: ${bobChat}`);
+
+    mark("chatted");
+    step = "relayed candidates and audio";
+    // Audio must keep flowing: sample twice, 1.5 s apart.
+    const first = { alice: await stats(alice), bob: await stats(bob) };
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const second = { alice: await stats(alice), bob: await stats(bob) };
+    for (const label of ["alice", "bob"]) {
+      checkRelayed(label, second[label], options);
+      const [a, b] = [first[label].audio, second[label].audio];
+      check(a.bytesReceived > 0, `${label}: no audio bytes received (inbound-rtp audio bytesReceived = ${a.bytesReceived})`);
+      check(b.bytesReceived > a.bytesReceived,
+        `${label}: audio stopped flowing: bytesReceived ${a.bytesReceived} -> ${b.bytesReceived} over 1.5 s`);
+      check(b.bytesSent > a.bytesSent, `${label}: audio bytesSent did not grow: ${a.bytesSent} -> ${b.bytesSent}`);
+      const rate = second[label].bitrate;
+      check(rate && rate.receiveKbps > 0 && rate.sendKbps > 0,
+        `${label}: the page's bitrate is ${JSON.stringify(rate)}, expected both directions above 0`);
+    }
+    const shown = await alice.getByTestId("local-candidate").textContent();
+    check(shown.startsWith("relay "), `alice: the page shows the local candidate as ${JSON.stringify(shown)}`);
+
+    if (options.screenshots) {
+      mkdirSync(options.screenshots, { recursive: true });
+      await alice.screenshot({ path: join(options.screenshots, "alice.png"), fullPage: true });
+      await bob.screenshot({ path: join(options.screenshots, "bob.png"), fullPage: true });
+    }
+
+    mark("mediaChecked");
+    step = "alice hangs up";
+    await alice.getByTestId("hangup").click();
+    const hungUp = await waitInPage(bob, "the hangup", ended);
+    check(hungUp.reason === "normal" && hungUp.endedBy === "remote",
+      `bob: the call ended with ${JSON.stringify(hungUp)}, expected reason normal, ended by the remote side`);
+    const aliceEnd = await alice.evaluate(() => window.icegate.state().call);
+    check(aliceEnd.state === "ended" && aliceEnd.endedBy === "local", `alice: after hanging up: ${JSON.stringify(aliceEnd)}`);
+    await waitInPage(bob, "the call controls to reset", () => !document.querySelector("[data-testid=call]").disabled);
+
+    mark("hungUp");
+    const uncaught = diagnostics.filter((d) => d.includes("uncaught"));
+    check(uncaught.length === 0, `uncaught errors in the page: ${uncaught.join("; ")}`);
+    const errors = {
+      // The one expected error: calling nobody.
+      alice: (await alice.evaluate(() => window.icegate.errors)).filter((e) => e.code !== "unknown_user"),
+      bob: await bob.evaluate(() => window.icegate.errors),
+    };
+    check(errors.alice.length === 0 && errors.bob.length === 0, `the pages showed errors: ${JSON.stringify(errors)}`);
+
+    const summary = (s) => ({
+      local: s.pair.local, remote: s.pair.remote, rttMs: s.pair.rttMs, bitrate: s.bitrate,
+      audioBytesReceived: s.audio.bytesReceived, audioBytesSent: s.audio.bytesSent,
+      videoBytesReceived: s.video.bytesReceived,
+    });
+    return {
+      ok: true,
+      durationMs: Date.now() - started,
+      marks,
+      chromium: browser.version(),
+      alice: summary(second.alice),
+      bob: summary(second.bob),
+    };
+  } catch (error) {
+    for (const page of pages) {
+      const events = await page.evaluate(() => window.icegate && window.icegate.events.map((e) => e.text)).catch(() => null);
+      if (events) diagnostics.push(`${page.label} log:\n  ${events.join("\n  ")}`);
+    }
+    error.diagnostics = diagnostics;
+    throw error;
+  } finally {
+    await browser.close().catch(() => {});
+  }
+}
+
+const options = parseArgs(process.argv.slice(2));
+let timedOut = false;
+const watchdog = setTimeout(async () => {
+  timedOut = true;
+  console.error(`call.mjs: FAILED at "${step}": timed out after ${options.timeout} s`);
+  console.log(JSON.stringify({ ok: false, step, error: `timed out after ${options.timeout} s` }));
+  if (launched) await Promise.race([launched.close(), new Promise((r) => setTimeout(r, 3000))]).catch(() => {});
+  process.exit(1);
+}, options.timeout * 1000);
+
+try {
+  const result = await run(options);
+  clearTimeout(watchdog);
+  if (timedOut) await new Promise(() => {});
+  console.log(JSON.stringify(result));
+  process.exit(0);
+} catch (error) {
+  clearTimeout(watchdog);
+  if (timedOut) await new Promise(() => {}); // the watchdog reports and exits
+  for (const line of error.diagnostics || []) console.error(line);
+  const message = error instanceof CheckFailed ? error.message : `${error.name}: ${error.message}`;
+  console.error(`call.mjs: FAILED at "${step}": ${message}`);
+  console.log(JSON.stringify({ ok: false, step, error: message }));
+  process.exit(1);
+}

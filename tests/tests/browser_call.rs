@@ -1,0 +1,231 @@
+//! The demo page in headless Chromium: two pages of icegate-signal's demo call each other
+//! with `iceTransportPolicy: "relay"` through icegate-relay, driven by
+//! `tests/browser/call.mjs` (npm's playwright-core pointed at Debian's `/usr/bin/chromium`).
+//!
+//! The script checks what the browsers see (ICE connected, a relay candidate of this relay
+//! selected, data-channel messages and audio both ways, the hangup arriving); this test
+//! checks what the servers saw: the relay allocated and relayed both ways, the signal server
+//! counted the calls. Before the real call the script also calls a name nobody uses
+//! (`unknown_user`) and has the callee decline one call.
+//!
+//! Chromium and the npm packages come from `scripts/install-deps` (`tests/browser/install.sh`);
+//! when they are missing this test fails and says so, it does not skip.
+
+use icegate_tests::signal::{Signal, SignalConfig};
+use icegate_tests::{workspace_root, Relay, RelayConfig, ServerKind};
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "browser-call-secret";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The script's own watchdog; a normal run takes under 10 s.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Ours, in case the script's watchdog does not fire.
+const HARD_TIMEOUT: Duration = Duration::from_secs(50);
+
+fn browser_dir() -> PathBuf {
+    workspace_root().join("tests").join("browser")
+}
+
+/// Fails (never skips) with the command that installs what is missing.
+fn require_browser_deps(dir: &Path) {
+    let hint = "run scripts/install-deps (it calls tests/browser/install.sh: Debian's chromium \
+                and `npm ci` in tests/browser)";
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: {hint}"
+    );
+    assert!(
+        icegate_tests::have_tool("node"),
+        "node is not installed (Debian package nodejs): {hint}"
+    );
+    assert!(
+        dir.join("node_modules").join("playwright-core").is_dir(),
+        "{} is missing: {hint}",
+        dir.join("node_modules/playwright-core").display()
+    );
+}
+
+/// A child's output, read on a thread so that a full pipe never blocks it.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Waits for `child` up to `timeout`; then SIGTERM (Playwright closes Chromium on it) and,
+/// 5 s later, SIGKILL. `None` when it had to be stopped.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let grace = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < grace {
+        if child.try_wait().expect("wait for node").is_some() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn two_chromium_pages_call_each_other_through_icegate_relay() {
+    let dir = browser_dir();
+    require_browser_deps(&dir);
+
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            users: vec![],
+            auth_secrets: vec![SECRET.into()],
+            // Both browsers' relayed addresses are on 127.0.0.1: each is the other's peer.
+            allow_loopback_peers: true,
+            ..RelayConfig::default()
+        },
+    );
+    let signal = Signal::start(SignalConfig {
+        anonymous: true,
+        static_auth_secret: Some(SECRET.into()),
+        relays: vec![format!(
+            "turn:127.0.0.1:{}?transport=udp",
+            relay.ports.listen()
+        )],
+        tls: false,
+        ..SignalConfig::default()
+    });
+    let before = relay.metrics();
+    let (min_port, max_port) = relay.ports.relay_range();
+    let url = format!("http://{}/", signal.addr());
+
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .current_dir(&dir)
+        .arg("call.mjs")
+        .arg(&url)
+        .args(["--relay-ip", "127.0.0.1"])
+        .args(["--relay-ports", &format!("{min_port}-{max_port}")])
+        .args(["--timeout", &SCRIPT_TIMEOUT.as_secs().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node tests/browser/call.mjs");
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
+    let status = wait_with_timeout(&mut child, HARD_TIMEOUT);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let elapsed = started.elapsed();
+    eprintln!("[browser] node call.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");
+
+    let status =
+        status.unwrap_or_else(|| panic!("call.mjs did not finish within {HARD_TIMEOUT:?}"));
+    let result: Value = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("call.mjs printed no JSON result ({status}); stderr:\n{stderr}"));
+    assert_eq!(
+        result["ok"], true,
+        "the browser call failed at {}: {}",
+        result["step"], result["error"]
+    );
+    assert!(
+        status.success(),
+        "call.mjs reported ok but exited with {status}"
+    );
+    for side in ["alice", "bob"] {
+        assert_eq!(result[side]["local"]["type"], "relay", "{result}");
+        assert_eq!(result[side]["local"]["address"], "127.0.0.1", "{result}");
+    }
+
+    // What the relay saw: an allocation per browser, and the call relayed both ways.
+    let allocations = relay.wait_metric_at_least(
+        "icegate_relay_allocations_total",
+        &[("transport", "udp")],
+        before.sum("icegate_relay_allocations_total", &[("transport", "udp")]) + 2.0,
+    );
+    assert!(
+        allocations >= 2.0,
+        "icegate_relay_allocations_total{{transport=udp}} is {allocations}, expected one \
+         allocation per browser"
+    );
+    for direction in ["client_to_peer", "peer_to_client"] {
+        // A few seconds of audio and video at 50+ packets a second per browser.
+        let min = before.sum("icegate_relay_packets_total", &[("direction", direction)]) + 200.0;
+        let packets = relay.wait_metric_at_least(
+            "icegate_relay_packets_total",
+            &[("direction", direction)],
+            min,
+        );
+        assert!(
+            packets >= min,
+            "icegate_relay_packets_total{{direction={direction}}} is {packets}, expected >= {min}"
+        );
+        let bytes = relay
+            .metrics()
+            .sum("icegate_relay_bytes_total", &[("direction", direction)]);
+        assert!(
+            bytes >= packets * 20.0,
+            "icegate_relay_bytes_total{{direction={direction}}} is {bytes} for {packets} packets"
+        );
+    }
+
+    // What the signal server saw: the declined call and the real one; the call to nobody
+    // was refused before it started.
+    let metrics = signal.metrics();
+    let sum = |name: &str, labels: &[(&str, &str)]| metrics.sum(name, labels);
+    assert_eq!(
+        sum("icegate_signal_calls_started_total", &[]),
+        2.0,
+        "{}",
+        metrics.raw
+    );
+    assert_eq!(
+        sum("icegate_signal_calls_answered_total", &[]),
+        1.0,
+        "{}",
+        metrics.raw
+    );
+    for reason in ["declined", "normal"] {
+        assert_eq!(
+            sum("icegate_signal_calls_ended_total", &[("reason", reason)]),
+            1.0,
+            "calls ended with {reason}: {}",
+            metrics.raw
+        );
+    }
+    assert!(
+        sum(
+            "icegate_signal_messages_total",
+            &[("direction", "in"), ("type", "candidate")]
+        ) >= 2.0,
+        "trickled candidates went through the signal server"
+    );
+    assert_eq!(
+        sum("icegate_signal_errors_total", &[("code", "unknown_user")]),
+        1.0,
+        "{}",
+        metrics.raw
+    );
+    // A candidate of the declined call may race its hangup (unknown_call); nothing else.
+    let unexpected = sum("icegate_signal_errors_total", &[])
+        - sum("icegate_signal_errors_total", &[("code", "unknown_user")])
+        - sum("icegate_signal_errors_total", &[("code", "unknown_call")]);
+    assert_eq!(unexpected, 0.0, "unexpected errors: {}", metrics.raw);
+}
