@@ -23,6 +23,7 @@ mod sockets;
 mod stats;
 mod worker;
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -79,7 +80,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        println!("{}", settings.summary());
+        // `--check-config | head` closes the pipe early; that is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{}", settings.summary());
         return ExitCode::SUCCESS;
     }
     if let Err(error) = logging::init(settings.log_format, "info") {

@@ -112,9 +112,11 @@ struct RelaySocket {
 }
 
 /// Bytes waiting to be written to a TCP/TLS client.
-#[derive(Default)]
 struct StreamOut {
     pending: RefCell<Vec<u8>>,
+    /// Where each frame in `pending` ends, kept only for TLS (see [`write_loop`]).
+    frame_ends: RefCell<Vec<usize>>,
+    record_per_frame: bool,
     wake: Notify,
     closed: Cell<bool>,
 }
@@ -126,8 +128,21 @@ impl StreamOut {
             return false;
         }
         pending.extend_from_slice(bytes);
+        if self.record_per_frame {
+            self.frame_ends.borrow_mut().push(pending.len());
+        }
         self.wake.notify_one();
         true
+    }
+
+    fn new(record_per_frame: bool) -> Self {
+        Self {
+            pending: RefCell::default(),
+            frame_ends: RefCell::default(),
+            record_per_frame,
+            wake: Notify::new(),
+            closed: Cell::new(false),
+        }
     }
 
     fn close(&self) {
@@ -351,7 +366,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (mut reader, writer) = tokio::io::split(stream);
-    let out = Rc::new(StreamOut::default());
+    let out = Rc::new(StreamOut::new(from.transport == Transport::Tls));
     worker.streams.borrow_mut().insert(from, Rc::clone(&out));
     worker.stats.stream_opened();
     let writer = tokio::task::spawn_local(write_loop(writer, Rc::clone(&out)));
@@ -396,9 +411,15 @@ where
     worker.stats.stream_closed();
 }
 
+/// Writes what the worker queues for one stream client.
+///
+/// Over TLS every frame goes out in a TLS record of its own, as coturn sends them: some
+/// clients (coturn's own `turnutils_uclient` among them) read one record per message and
+/// leave a second message in the same record unread until more data arrives.
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
-    // Two buffers swapped back and forth: steady-state writing allocates nothing.
+    // Buffers swapped back and forth: steady-state writing allocates nothing.
     let mut sending = Vec::with_capacity(16 * 1024);
+    let mut ends = Vec::new();
     loop {
         if out.pending.borrow().is_empty() {
             if out.closed.get() {
@@ -408,13 +429,33 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
             continue;
         }
         std::mem::swap(&mut *out.pending.borrow_mut(), &mut sending);
-        if writer.write_all(&sending).await.is_err() || writer.flush().await.is_err() {
+        std::mem::swap(&mut *out.frame_ends.borrow_mut(), &mut ends);
+        let written = if out.record_per_frame {
+            write_frames(&mut writer, &sending, &ends).await
+        } else {
+            writer.write_all(&sending).await
+        };
+        if written.is_err() || writer.flush().await.is_err() {
             out.closed.set(true);
             break;
         }
         sending.clear();
+        ends.clear();
     }
     let _ = writer.shutdown().await;
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    ends: &[usize],
+) -> io::Result<()> {
+    let mut start = 0;
+    for &end in ends {
+        writer.write_all(&bytes[start..end]).await?;
+        start = end;
+    }
+    Ok(())
 }
 
 impl Worker {

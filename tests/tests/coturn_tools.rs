@@ -397,6 +397,24 @@ server_tests!(
     uclient_dual_allocation,
 );
 
+/// TLS at a high packet rate (2 ms per client): many frames queue up for one client at once.
+/// Each must still go out in a TLS record of its own, or `turnutils_uclient` leaves the later
+/// ones unread and reports them lost. icegate only: coturn itself loses a few percent here.
+#[test]
+fn uclient_tls_high_rate_loses_nothing() {
+    run_case(
+        ServerKind::Icegate,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-t", "-S", "-c", "-z", "2", "-u", "alice", "-w", "secret"],
+            clients: 10,
+            messages: 300,
+            transport: "tls",
+            tls: true,
+        },
+    );
+}
+
 /// Keeps the harness and the output parsing honest: these run against coturn in the
 /// normal suite (fast, ~3 s each).
 #[test]
