@@ -21,6 +21,7 @@ mod shell {
     pub mod ws;
 }
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,7 +75,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        println!("{}", settings.summary());
+        // `--check-config | head` closes the pipe early; that is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{}", settings.summary());
         return ExitCode::SUCCESS;
     }
     if let Err(error) = logging::init(settings.log_format, "info") {
