@@ -69,9 +69,11 @@ function parseArgs(argv) {
   }
   if (!options.url) usage("the signal server's URL is required");
   const url = new URL(options.url);
-  if (url.protocol !== "http:" || !["127.0.0.1", "localhost", "[::1]"].includes(url.hostname)) {
-    usage("the URL must be plain http:// on loopback (a secure context without a certificate)");
+  if (!["http:", "https:"].includes(url.protocol) || !["127.0.0.1", "localhost", "[::1]"].includes(url.hostname)) {
+    usage("the URL must be http:// or https:// on loopback (https: the self-signed certificate of scripts/start is accepted)");
   }
+  // Only a loopback server's self-signed certificate (scripts/start's) is ever accepted.
+  options.ignoreHttpsErrors = url.protocol === "https:";
   return options;
 }
 
@@ -158,7 +160,7 @@ async function run(options) {
     // One context (window) per person: separate storage, and each page is in front, so that
     // neither is throttled as a background tab.
     const open = async (label) => {
-      const context = await browser.newContext();
+      const context = await browser.newContext({ ignoreHTTPSErrors: options.ignoreHttpsErrors });
       await context.grantPermissions(["camera", "microphone"], { origin });
       const page = await context.newPage();
       page.label = label;
