@@ -30,6 +30,36 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The path of one of the workspace's binaries (`target/debug/NAME`, or `$ENV_OVERRIDE`),
+/// building it once per test process if it is missing. `scripts/test` builds everything
+/// first; the fallback keeps a lone `cargo nextest run` working on a fresh checkout.
+pub fn workspace_binary(name: &str, env_override: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_override) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("debug").join(name);
+    if !bin.exists() {
+        // One build at a time per process: tests in one binary may ask concurrently.
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            eprintln!("[harness] {} missing; building it", bin.display());
+            let status = std::process::Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "-p", name, "--bin", name])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p {name} failed");
+        }
+    }
+    assert!(bin.exists(), "{name} binary not found at {}", bin.display());
+    bin
+}
+
 /// Polls `f` every `every` until it returns `Some` or `timeout` elapses.
 pub fn wait_for<T>(
     timeout: Duration,

@@ -2,7 +2,7 @@
 
 use crate::metrics::Metrics;
 use crate::ports::PortBlock;
-use crate::{http, wait_for, workspace_root};
+use crate::{http, wait_for};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::File;
@@ -10,7 +10,6 @@ use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 /// How long a server may take to become ready.
@@ -77,34 +76,9 @@ impl Default for RelayConfig {
     }
 }
 
-/// The path of the icegate-relay binary, building it once if it is missing.
+/// The path of the icegate-relay binary (or `$ICEGATE_RELAY_BIN`).
 pub fn icegate_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("ICEGATE_RELAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("debug").join("icegate-relay");
-    static BUILD: Once = Once::new();
-    if !bin.exists() {
-        BUILD.call_once(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            eprintln!("[harness] {} missing; building it", bin.display());
-            let status = Command::new(cargo)
-                .current_dir(workspace_root())
-                .args(["build", "-p", "icegate-relay", "--bin", "icegate-relay"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p icegate-relay failed");
-        });
-    }
-    assert!(
-        bin.exists(),
-        "icegate-relay binary not found at {}",
-        bin.display()
-    );
-    bin
+    crate::workspace_binary("icegate-relay", "ICEGATE_RELAY_BIN")
 }
 
 /// A running server. Killed when dropped; its log is printed if the test is panicking.
@@ -466,30 +440,5 @@ pub fn write_self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 /// Runs `icegate-relay ARGS` to completion (for `--check-config` and friends), with a
 /// timeout. Returns (status, combined output).
 pub fn run_icegate_once(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out_path = dir.path().join("out.log");
-    let out = File::create(&out_path).expect("create out");
-    let mut child = Command::new(icegate_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("spawn icegate-relay");
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status,
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-    )
+    crate::tools::run_with_timeout(Command::new(icegate_binary()).args(args), timeout)
 }

@@ -3,14 +3,14 @@
 
 use crate::metrics::Metrics;
 use crate::ports::PortBlock;
-use crate::{http, wait_for, workspace_root};
+use crate::{http, wait_for};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -56,34 +56,9 @@ impl Default for SignalConfig {
     }
 }
 
-/// The path of the icegate-signal binary, building it once if it is missing.
+/// The path of the icegate-signal binary (or `$ICEGATE_SIGNAL_BIN`).
 pub fn signal_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ICEGATE_SIGNAL_BIN") {
-        return PathBuf::from(path);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("debug").join("icegate-signal");
-    static BUILD: Once = Once::new();
-    if !bin.exists() {
-        BUILD.call_once(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            eprintln!("[harness] {} missing; building it", bin.display());
-            let status = Command::new(cargo)
-                .current_dir(workspace_root())
-                .args(["build", "-p", "icegate-signal", "--bin", "icegate-signal"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p icegate-signal failed");
-        });
-    }
-    assert!(
-        bin.exists(),
-        "icegate-signal binary not found at {}",
-        bin.display()
-    );
-    bin
+    crate::workspace_binary("icegate-signal", "ICEGATE_SIGNAL_BIN")
 }
 
 /// A running icegate-signal. Killed when dropped; its log is printed if the test panics.
