@@ -21,6 +21,28 @@ pub enum KeyError {
     /// The HMAC secret is empty.
     #[error("the JWT secret must not be empty")]
     EmptySecret,
+    /// An EC key on a curve other than P-256: ES256 tokens could never verify against it.
+    #[error("an EC public key must be on curve P-256 (ES256); other curves are not supported")]
+    UnsupportedCurve,
+}
+
+/// The DER encoding of the P-256 curve's OID (1.2.840.10045.3.1.7) inside an EC SPKI.
+const P256_OID: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+
+/// Whether a PEM public key names the P-256 curve. jsonwebtoken accepts any EC curve here and
+/// then fails every ES256 signature, which would look like a flood of forged tokens.
+fn is_p256(pem: &[u8]) -> bool {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect::<String>()
+        .split_whitespace()
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .is_ok_and(|der| der.windows(P256_OID.len()).any(|w| w == P256_OID))
 }
 
 /// Why a token was refused.
@@ -100,7 +122,11 @@ impl Authenticator {
                 DecodingKey::from_rsa_pem(pem)
                     .map(|key| (Algorithm::RS256, key))
                     .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (Algorithm::ES256, key)))
-                    .map_err(|_| KeyError::BadPublicKey)?,
+                    .map_err(|_| KeyError::BadPublicKey)
+                    .and_then(|(alg, key)| match alg {
+                        Algorithm::ES256 if !is_p256(pem) => Err(KeyError::UnsupportedCurve),
+                        _ => Ok((alg, key)),
+                    })?,
             ),
             None => None,
         };
@@ -270,6 +296,11 @@ mod tests {
         assert!(matches!(
             Authenticator::new(Some(b""), None),
             Err(KeyError::EmptySecret)
+        ));
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        assert!(matches!(
+            Authenticator::new(None, Some(p384.public_key_pem().as_bytes())),
+            Err(KeyError::UnsupportedCurve)
         ));
         assert!(!Authenticator::new(None, None).unwrap().is_configured());
     }

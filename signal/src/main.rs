@@ -119,9 +119,14 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     } = settings;
 
     let listen_error = |addr, what| move |source| StartError::Listen { addr, what, source };
+    let scheme = if matches!(tls_mode, TlsMode::Plain) {
+        "http"
+    } else {
+        "https"
+    };
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(listen_error(listen, "https"))?;
+        .map_err(listen_error(listen, scheme))?;
     let metrics_listener = match metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)

@@ -253,9 +253,9 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         ConfigError::invalid(if from_cli { None } else { path }, key, message)
     };
 
-    let listen = pick(cli.listen, f.listen)
-        .0
-        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
+    let (listen, listen_cli) = pick(cli.listen, f.listen);
+    let listen =
+        listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
     let (cert, cert_cli) = pick(cli.cert.clone(), f.cert);
     let (key, key_cli) = pick(cli.pkey.clone(), f.pkey);
     let plain = cli.plain_http || f.plain_http.unwrap_or(false);
@@ -291,7 +291,7 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         }
         (None, None, false) => {
             return Err(invalid(
-                true,
+                listen_cli || path.is_none(),
                 "cert",
                 format!(
                     "{listen} is not a loopback address: set cert and pkey (or plain-http behind \
@@ -321,7 +321,8 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         icegate_signal::auth::KeyError::EmptySecret => {
             invalid(jwt_cli, "jwt-secret", error.to_string())
         }
-        icegate_signal::auth::KeyError::BadPublicKey => invalid(
+        icegate_signal::auth::KeyError::BadPublicKey
+        | icegate_signal::auth::KeyError::UnsupportedCurve => invalid(
             public_cli,
             "jwt-public-key",
             format!(
@@ -332,8 +333,9 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
     })?;
     let anonymous = cli.anonymous || f.anonymous.unwrap_or(false);
     if !anonymous && !auth.is_configured() {
+        // Nothing set anywhere: name the file when there is one, as that is where it belongs.
         return Err(invalid(
-            true,
+            path.is_none(),
             "jwt-secret",
             "no way to authenticate clients: set jwt-secret or jwt-public-key, or anonymous".into(),
         ));
