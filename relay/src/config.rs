@@ -358,8 +358,9 @@ impl Settings {
             }
         }
         if credentials.is_empty() {
+            // Nothing set anywhere: name the file when there is one, as that is where it belongs.
             return Err(invalid(
-                true,
+                path.is_none(),
                 "user",
                 "no credentials: set user = [\"NAME:PASSWORD\"] or use-auth-secret with \
                  static-auth-secret"
