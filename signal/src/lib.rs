@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ari;
 pub mod auth;
 pub mod conn;
 pub mod hub;
