@@ -14,13 +14,16 @@
 //!                    [ended]  (the call is forgotten)
 //! ```
 //!
-//! Each leg of a call ends at an [`Endpoint`]. Today every endpoint is a browser session;
-//! a gateway to a PBX becomes another kind of endpoint that receives the same outputs, so the
-//! call logic does not change when the far end is not a browser.
+//! Each leg of a call ends at an [`Endpoint`]: a browser session, or the PBX (Asterisk) behind
+//! the gateway. The PBX is one more participant: it gets the same [`ServerMessage`]s a browser
+//! would (`answer`, `candidate`, `hangup`, `dtmf`) through [`Output::Send`], plus
+//! [`Output::PbxCall`] to start a call to an extension and [`Output::PbxRequest`] for what only a
+//! PBX can do (transfer, play); what the PBX says comes back through [`Hub::handle_pbx`]. The
+//! call logic is the same whichever end is a browser.
 //!
-//! Call order: after any `open_session`, `close_session`, `handle_message` or `handle_timeout`,
-//! drain [`Hub::poll_output`] until it returns `None`, then re-arm the timer from
-//! [`Hub::poll_timeout`].
+//! Call order: after any `open_session`, `close_session`, `handle_message`, `handle_pbx`,
+//! `set_pbx_available` or `handle_timeout`, drain [`Hub::poll_output`] until it returns `None`,
+//! then re-arm the timer from [`Hub::poll_timeout`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -29,8 +32,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::protocol::{
-    CallId, ClientMessage, ErrorCode, HangupReason, IceCandidate, RequestId, RoomId, ServerMessage,
-    SessionId, Target, UserId,
+    CallId, ClientMessage, Digits, ErrorCode, Extension, HangupReason, IceCandidate, Media,
+    RequestId, RoomId, ServerMessage, SessionId, Target, UserId,
 };
 
 /// The hub's limits and timers.
@@ -46,6 +49,8 @@ pub struct HubConfig {
     pub max_room_members: usize,
     /// How long a call may ring unanswered.
     pub ring_timeout: Duration,
+    /// Whether a PBX gateway is configured, i.e. whether calls to extensions can be made.
+    pub pbx: bool,
 }
 
 impl Default for HubConfig {
@@ -56,6 +61,7 @@ impl Default for HubConfig {
             max_rooms_per_session: 8,
             max_room_members: 32,
             ring_timeout: Duration::from_secs(60),
+            pbx: false,
         }
     }
 }
@@ -65,6 +71,8 @@ impl Default for HubConfig {
 pub enum Endpoint {
     /// A WebSocket session.
     Session(SessionId),
+    /// The PBX, through the gateway.
+    Pbx,
 }
 
 /// What happened to calls, for metrics.
@@ -88,8 +96,76 @@ pub enum Output {
         /// The message.
         message: ServerMessage,
     },
+    /// Ask the PBX to ring `extension` with `sdp`; its progress comes back as
+    /// [`PbxEvent`]s for `call`.
+    PbxCall {
+        /// The call, to name it in later events.
+        call: CallId,
+        /// The calling user.
+        from: UserId,
+        /// The extension dialled.
+        extension: Extension,
+        /// The browser's SDP offer.
+        sdp: String,
+    },
+    /// Ask the PBX for something only it can do in an answered call.
+    PbxRequest {
+        /// The call.
+        call: CallId,
+        /// What to do.
+        request: PbxRequest,
+    },
     /// Count a call event.
     Event(CallEvent),
+}
+
+/// What a browser may ask of the PBX in a call with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PbxRequest {
+    /// Transfer the call to another extension.
+    Transfer(Extension),
+    /// Play a sound or tone into the call.
+    Play(Media),
+}
+
+/// What the PBX (through the gateway) says about calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PbxEvent {
+    /// The PBX calls a browser user; [`Hub::handle_pbx`] returns the new call's id.
+    Call {
+        /// The caller, as the PBX names it (its caller id), made a valid user id.
+        from: UserId,
+        /// The user to ring.
+        to: UserId,
+        /// The PBX's SDP offer.
+        sdp: String,
+    },
+    /// The extension rings.
+    Ringing {
+        /// The call.
+        call: CallId,
+    },
+    /// The extension answered.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// The PBX's SDP answer.
+        sdp: String,
+    },
+    /// The PBX ended the call or refused it.
+    Hangup {
+        /// The call.
+        call: CallId,
+        /// Why.
+        reason: HangupReason,
+    },
+    /// DTMF from the PBX's side of an answered call.
+    Dtmf {
+        /// The call.
+        call: CallId,
+        /// The digits.
+        digits: Digits,
+    },
 }
 
 /// Why a session could not be opened.
@@ -129,6 +205,10 @@ pub struct Hub {
     calls: HashMap<CallId, Call>,
     /// Ring deadlines of unanswered calls, earliest first.
     deadlines: BTreeSet<(Instant, CallId)>,
+    /// Whether the gateway can reach the PBX now.
+    pbx_available: bool,
+    /// Calls with a PBX leg, to end when the PBX goes away.
+    pbx_calls: Vec<CallId>,
     outputs: VecDeque<Output>,
     rng: StdRng,
 }
@@ -143,6 +223,8 @@ impl Hub {
             rooms: HashMap::new(),
             calls: HashMap::new(),
             deadlines: BTreeSet::new(),
+            pbx_available: false,
+            pbx_calls: Vec::new(),
             outputs: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
         }
@@ -219,15 +301,23 @@ impl Hub {
         if !self.sessions.contains_key(&session) {
             return;
         }
+        let me = Endpoint::Session(session);
         let result = match message {
             ClientMessage::Call { to, sdp } => self.call(session, to, sdp, now).map(Some),
-            ClientMessage::Ringing { call } => self.ringing(session, call).map(|()| None),
-            ClientMessage::Answer { call, sdp } => self.answer(session, call, sdp).map(|()| None),
+            ClientMessage::Ringing { call } => self.ringing(me, call).map(|()| None),
+            ClientMessage::Answer { call, sdp } => self.answer(me, call, sdp).map(|()| None),
             ClientMessage::Candidate { call, candidate } => {
-                self.candidate(session, call, candidate).map(|()| None)
+                self.candidate(me, call, candidate).map(|()| None)
             }
-            ClientMessage::Hangup { call, reason } => self
-                .leave_call(call, Endpoint::Session(session), reason)
+            ClientMessage::Hangup { call, reason } => {
+                self.leave_call(call, me, reason).map(|()| None)
+            }
+            ClientMessage::Dtmf { call, digits } => self.dtmf(me, call, digits).map(|()| None),
+            ClientMessage::Transfer { call, to } => self
+                .pbx_request(me, call, PbxRequest::Transfer(to))
+                .map(|()| None),
+            ClientMessage::Play { call, media } => self
+                .pbx_request(me, call, PbxRequest::Play(media))
                 .map(|()| None),
             ClientMessage::Join { room } => self.join(session, room).map(|()| None),
             ClientMessage::Leave { room } => self.leave_room(session, room).map(|()| None),
@@ -235,12 +325,52 @@ impl Hub {
                 Err((ErrorCode::BadMessage, "not a call or room message"))
             }
         };
-        let to = Endpoint::Session(session);
         match (result, id) {
-            (Ok(call), Some(id)) => self.send(to, ServerMessage::Ack { id, call }),
+            (Ok(call), Some(id)) => self.send(me, ServerMessage::Ack { id, call }),
             (Ok(_), None) => {}
-            (Err((code, message)), id) => self.send(to, ServerMessage::error(id, code, message)),
+            (Err((code, message)), id) => self.send(me, ServerMessage::error(id, code, message)),
         }
+    }
+
+    /// Handles what the PBX says; `Call` returns the new call's id. A refusal is for the
+    /// gateway to turn into a SIP or ARI answer (e.g. 480 for a user who is not connected).
+    pub fn handle_pbx(
+        &mut self,
+        event: PbxEvent,
+        now: Instant,
+    ) -> Result<Option<CallId>, (ErrorCode, &'static str)> {
+        if !self.config.pbx {
+            return Err((ErrorCode::PbxUnavailable, "no PBX is configured"));
+        }
+        let me = Endpoint::Pbx;
+        match event {
+            PbxEvent::Call { from, to, sdp } => {
+                let targets = self.user_sessions(&to, None)?;
+                let id = self.start_call(me, from, None, targets, sdp, now);
+                Ok(Some(id))
+            }
+            PbxEvent::Ringing { call } => self.ringing(me, call).map(|()| None),
+            PbxEvent::Answer { call, sdp } => self.answer(me, call, sdp).map(|()| None),
+            PbxEvent::Hangup { call, reason } => self.leave_call(call, me, reason).map(|()| None),
+            PbxEvent::Dtmf { call, digits } => self.dtmf(me, call, digits).map(|()| None),
+        }
+    }
+
+    /// Tells the hub whether the gateway can reach the PBX. When it goes away, every call
+    /// with it ends for the browsers with `unavailable`.
+    pub fn set_pbx_available(&mut self, available: bool, _now: Instant) {
+        self.pbx_available = available;
+        if available {
+            return;
+        }
+        for call in std::mem::take(&mut self.pbx_calls) {
+            let _ = self.leave_call(call, Endpoint::Pbx, HangupReason::Unavailable);
+        }
+    }
+
+    /// Calls that have a PBX leg now.
+    pub fn pbx_call_count(&self) -> usize {
+        self.pbx_calls.len()
     }
 
     /// Ends calls whose ring timeout has passed.
@@ -286,37 +416,78 @@ impl Hub {
             return Err((ErrorCode::TooManyCalls, "this session has too many calls"));
         }
         let from = caller.user.clone();
-        let (targets, room): (Vec<SessionId>, _) = match to {
-            Target::User(user) => {
-                let targets: Vec<SessionId> = self
-                    .users
-                    .get(&user)
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .filter(|s| *s != session)
-                    .collect();
-                if targets.is_empty() {
-                    return Err((ErrorCode::UnknownUser, "no such user is connected"));
-                }
-                (targets, None)
-            }
+        let me = Endpoint::Session(session);
+        let (targets, room) = match to {
+            Target::User(user) => (self.user_sessions(&user, Some(session))?, None),
             Target::Room(room) => {
                 if !caller.rooms.contains(&room) {
                     return Err((ErrorCode::UnknownRoom, "join the room before calling it"));
                 }
-                let targets: Vec<SessionId> = self.rooms[&room]
+                let targets: Vec<Endpoint> = self.rooms[&room]
                     .iter()
-                    .copied()
-                    .filter(|s| *s != session)
+                    .filter(|s| **s != session)
+                    .map(|s| Endpoint::Session(*s))
                     .collect();
                 if targets.is_empty() {
                     return Err((ErrorCode::UnknownRoom, "nobody else is in the room"));
                 }
                 (targets, Some(room))
             }
+            Target::Extension(extension) => {
+                if !self.config.pbx || !self.pbx_available {
+                    return Err((ErrorCode::PbxUnavailable, "the PBX cannot be reached"));
+                }
+                let id = self.start_call(
+                    me,
+                    from.clone(),
+                    None,
+                    vec![Endpoint::Pbx],
+                    sdp.clone(),
+                    now,
+                );
+                self.outputs.push_back(Output::PbxCall {
+                    call: id,
+                    from,
+                    extension,
+                    sdp,
+                });
+                return Ok(id);
+            }
         };
+        Ok(self.start_call(me, from, room, targets, sdp, now))
+    }
 
+    /// The sessions of `user` other than `except`; `unknown_user` when there are none.
+    fn user_sessions(
+        &self,
+        user: &UserId,
+        except: Option<SessionId>,
+    ) -> Result<Vec<Endpoint>, Refusal> {
+        let targets: Vec<Endpoint> = self
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|s| Some(**s) != except)
+            .map(|s| Endpoint::Session(*s))
+            .collect();
+        if targets.is_empty() {
+            return Err((ErrorCode::UnknownUser, "no such user is connected"));
+        }
+        Ok(targets)
+    }
+
+    /// Creates the call and rings every browser among `targets` (the PBX is rung by the
+    /// caller of this function, which knows the extension).
+    fn start_call(
+        &mut self,
+        caller: Endpoint,
+        from: UserId,
+        room: Option<RoomId>,
+        targets: Vec<Endpoint>,
+        sdp: String,
+        now: Instant,
+    ) -> CallId {
         let id = loop {
             let candidate = CallId(self.rng.random());
             if !self.calls.contains_key(&candidate) {
@@ -324,14 +495,15 @@ impl Hub {
             }
         };
         let ring_deadline = now + self.config.ring_timeout;
-        for endpoint in std::iter::once(session).chain(targets.iter().copied()) {
-            if let Some(state) = self.sessions.get_mut(&endpoint) {
-                state.calls.push(id);
-            }
+        for &endpoint in std::iter::once(&caller).chain(&targets) {
+            self.attach(endpoint, id);
         }
         for &target in &targets {
+            if target == Endpoint::Pbx {
+                continue;
+            }
             self.send(
-                Endpoint::Session(target),
+                target,
                 ServerMessage::Incoming {
                     call: id,
                     from: from.clone(),
@@ -343,14 +515,10 @@ impl Hub {
         self.calls.insert(
             id,
             Call {
-                caller: Leg {
-                    endpoint: Endpoint::Session(session),
-                },
+                caller: Leg { endpoint: caller },
                 callees: targets
                     .into_iter()
-                    .map(|s| Leg {
-                        endpoint: Endpoint::Session(s),
-                    })
+                    .map(|endpoint| Leg { endpoint })
                     .collect(),
                 answered: false,
                 ring_deadline,
@@ -358,12 +526,11 @@ impl Hub {
         );
         self.deadlines.insert((ring_deadline, id));
         self.outputs.push_back(Output::Event(CallEvent::Started));
-        Ok(id)
+        id
     }
 
-    /// The call and the index of `session`'s callee leg; refuses callers and strangers.
-    fn callee_leg(&self, session: SessionId, call: CallId) -> Result<(&Call, usize), Refusal> {
-        let endpoint = Endpoint::Session(session);
+    /// The call and the index of `endpoint`'s callee leg; refuses callers and strangers.
+    fn callee_leg(&self, endpoint: Endpoint, call: CallId) -> Result<(&Call, usize), Refusal> {
         let state = self
             .calls
             .get(&call)
@@ -380,8 +547,8 @@ impl Hub {
         Ok((state, index))
     }
 
-    fn ringing(&mut self, session: SessionId, call: CallId) -> Result<(), Refusal> {
-        let (state, _) = self.callee_leg(session, call)?;
+    fn ringing(&mut self, endpoint: Endpoint, call: CallId) -> Result<(), Refusal> {
+        let (state, _) = self.callee_leg(endpoint, call)?;
         if state.answered {
             return Err((ErrorCode::InvalidState, "the call is already answered"));
         }
@@ -390,8 +557,8 @@ impl Hub {
         Ok(())
     }
 
-    fn answer(&mut self, session: SessionId, call: CallId, sdp: String) -> Result<(), Refusal> {
-        let (state, index) = self.callee_leg(session, call)?;
+    fn answer(&mut self, endpoint: Endpoint, call: CallId, sdp: String) -> Result<(), Refusal> {
+        let (state, index) = self.callee_leg(endpoint, call)?;
         if state.answered {
             return Err((ErrorCode::InvalidState, "the call is already answered"));
         }
@@ -423,11 +590,10 @@ impl Hub {
 
     fn candidate(
         &mut self,
-        session: SessionId,
+        endpoint: Endpoint,
         call: CallId,
         candidate: Option<IceCandidate>,
     ) -> Result<(), Refusal> {
-        let endpoint = Endpoint::Session(session);
         let state = self
             .calls
             .get(&call)
@@ -499,11 +665,70 @@ impl Hub {
             .push_back(Output::Event(CallEvent::Ended(reason)));
     }
 
+    /// The other party of an answered call, as seen from `endpoint`.
+    fn peer_in_answered_call(&self, endpoint: Endpoint, call: CallId) -> Result<Endpoint, Refusal> {
+        let unknown = (ErrorCode::UnknownCall, "no such call");
+        let state = self.calls.get(&call).ok_or(unknown)?;
+        let peer = if state.caller.endpoint == endpoint {
+            state
+                .callees
+                .first()
+                .map(|leg| leg.endpoint)
+                .ok_or(unknown)?
+        } else if state.callees.iter().any(|leg| leg.endpoint == endpoint) {
+            state.caller.endpoint
+        } else {
+            return Err(unknown);
+        };
+        if !state.answered {
+            return Err((ErrorCode::InvalidState, "the call is not answered yet"));
+        }
+        Ok(peer)
+    }
+
+    fn dtmf(&mut self, endpoint: Endpoint, call: CallId, digits: Digits) -> Result<(), Refusal> {
+        let peer = self.peer_in_answered_call(endpoint, call)?;
+        self.send(peer, ServerMessage::Dtmf { call, digits });
+        Ok(())
+    }
+
+    fn pbx_request(
+        &mut self,
+        endpoint: Endpoint,
+        call: CallId,
+        request: PbxRequest,
+    ) -> Result<(), Refusal> {
+        if self.peer_in_answered_call(endpoint, call)? != Endpoint::Pbx {
+            return Err((
+                ErrorCode::InvalidState,
+                "only a call with the PBX can do that",
+            ));
+        }
+        self.outputs.push_back(Output::PbxRequest { call, request });
+        Ok(())
+    }
+
+    /// Adds `call` to the endpoint's list of calls.
+    fn attach(&mut self, endpoint: Endpoint, call: CallId) {
+        match endpoint {
+            Endpoint::Session(session) => {
+                if let Some(state) = self.sessions.get_mut(&session) {
+                    state.calls.push(call);
+                }
+            }
+            Endpoint::Pbx => self.pbx_calls.push(call),
+        }
+    }
+
     /// Removes `call` from the endpoint's list of calls.
     fn detach(&mut self, endpoint: Endpoint, call: CallId) {
-        let Endpoint::Session(session) = endpoint;
-        if let Some(state) = self.sessions.get_mut(&session) {
-            state.calls.retain(|c| *c != call);
+        match endpoint {
+            Endpoint::Session(session) => {
+                if let Some(state) = self.sessions.get_mut(&session) {
+                    state.calls.retain(|c| *c != call);
+                }
+            }
+            Endpoint::Pbx => self.pbx_calls.retain(|c| *c != call),
         }
     }
 

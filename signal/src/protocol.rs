@@ -177,6 +177,157 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
 }
 
+/// The longest PBX extension, in bytes.
+pub const MAX_EXTENSION_LEN: usize = 32;
+
+/// A PBX extension (what a dialplan matches): 1 to [`MAX_EXTENSION_LEN`] bytes of
+/// `0-9 A-Z a-z * # + . _ -`, so it is safe inside a SIP Request-URI and an ARI query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Extension(String);
+
+impl Extension {
+    /// Checks and wraps an extension.
+    pub fn new(extension: impl Into<String>) -> Result<Self, InvalidExtension> {
+        let extension = extension.into();
+        let valid = !extension.is_empty()
+            && extension.len() <= MAX_EXTENSION_LEN
+            && extension.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'*' | b'#' | b'+' | b'.' | b'_' | b'-')
+            });
+        if valid {
+            Ok(Self(extension))
+        } else {
+            Err(InvalidExtension)
+        }
+    }
+
+    /// The extension as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Extension {
+    type Error = InvalidExtension;
+    fn try_from(extension: String) -> Result<Self, InvalidExtension> {
+        Self::new(extension)
+    }
+}
+
+impl From<Extension> for String {
+    fn from(extension: Extension) -> String {
+        extension.0
+    }
+}
+
+impl fmt::Display for Extension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An extension outside the allowed characters or length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("extensions are 1 to 32 characters of 0-9 A-Z a-z * # + . _ -")]
+pub struct InvalidExtension;
+
+/// The longest DTMF string one `dtmf` message may carry.
+pub const MAX_DTMF_LEN: usize = 32;
+
+/// DTMF digits (RFC 4733 events): 1 to [`MAX_DTMF_LEN`] of `0-9 * # A-D`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digits(String);
+
+impl Digits {
+    /// Checks and wraps DTMF digits.
+    pub fn new(digits: impl Into<String>) -> Result<Self, InvalidDigits> {
+        let digits = digits.into();
+        let valid = !digits.is_empty()
+            && digits.len() <= MAX_DTMF_LEN
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'A'..=b'D'));
+        if valid {
+            Ok(Self(digits))
+        } else {
+            Err(InvalidDigits)
+        }
+    }
+
+    /// The digits as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Digits {
+    type Error = InvalidDigits;
+    fn try_from(digits: String) -> Result<Self, InvalidDigits> {
+        Self::new(digits)
+    }
+}
+
+impl From<Digits> for String {
+    fn from(digits: Digits) -> String {
+        digits.0
+    }
+}
+
+/// DTMF outside `0-9 * # A-D` or longer than 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("DTMF digits are 1 to 32 of 0-9 * # A-D")]
+pub struct InvalidDigits;
+
+/// A sound the PBX plays into a call: `sound:NAME` or `tone:NAME` (Asterisk's media URIs),
+/// at most 128 bytes of `A-Z a-z 0-9 / _ - . : ; =`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Media(String);
+
+impl Media {
+    /// Checks and wraps a media URI.
+    pub fn new(media: impl Into<String>) -> Result<Self, InvalidMedia> {
+        let media = media.into();
+        let valid = (media.starts_with("sound:") || media.starts_with("tone:"))
+            && media.len() <= 128
+            && media.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'/' | b'_' | b'-' | b'.' | b':' | b';' | b'=')
+            })
+            && !media.contains("..");
+        if valid {
+            Ok(Self(media))
+        } else {
+            Err(InvalidMedia)
+        }
+    }
+
+    /// The media URI as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Media {
+    type Error = InvalidMedia;
+    fn try_from(media: String) -> Result<Self, InvalidMedia> {
+        Self::new(media)
+    }
+}
+
+impl From<Media> for String {
+    fn from(media: Media) -> String {
+        media.0
+    }
+}
+
+/// A media URI that is not `sound:NAME` or `tone:NAME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("media is sound:NAME or tone:NAME, at most 128 characters of A-Z a-z 0-9 / _ - . : ; =")]
+pub struct InvalidMedia;
+
 /// Whom a `call` rings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +336,8 @@ pub enum Target {
     User(UserId),
     /// Every other session in a room the caller has joined.
     Room(RoomId),
+    /// An extension of the PBX (Asterisk), through the gateway.
+    Extension(Extension),
 }
 
 /// One trickled ICE candidate, as `RTCIceCandidate.toJSON()` gives it.
@@ -225,17 +378,23 @@ pub enum HangupReason {
     AnsweredElsewhere,
     /// The other party's connection went away.
     Disconnected,
+    /// The PBX could not be reached, failed the call, or went away.
+    Unavailable,
+    /// The PBX has no such extension.
+    NotFound,
 }
 
 impl HangupReason {
     /// Every reason, for metric labels.
-    pub const ALL: [HangupReason; 6] = [
+    pub const ALL: [HangupReason; 8] = [
         HangupReason::Normal,
         HangupReason::Busy,
         HangupReason::Declined,
         HangupReason::NoAnswer,
         HangupReason::AnsweredElsewhere,
         HangupReason::Disconnected,
+        HangupReason::Unavailable,
+        HangupReason::NotFound,
     ];
 
     /// The wire name, also the metric label.
@@ -247,6 +406,8 @@ impl HangupReason {
             HangupReason::NoAnswer => "no_answer",
             HangupReason::AnsweredElsewhere => "answered_elsewhere",
             HangupReason::Disconnected => "disconnected",
+            HangupReason::Unavailable => "unavailable",
+            HangupReason::NotFound => "not_found",
         }
     }
 }
@@ -309,6 +470,27 @@ pub enum ClientMessage {
         /// The room.
         room: RoomId,
     },
+    /// Sends DTMF digits to the other end of an answered call.
+    Dtmf {
+        /// The call.
+        call: CallId,
+        /// The digits.
+        digits: Digits,
+    },
+    /// Asks the PBX to transfer an answered call with it to another extension.
+    Transfer {
+        /// The call.
+        call: CallId,
+        /// Where to.
+        to: Extension,
+    },
+    /// Asks the PBX to play a sound into an answered call with it.
+    Play {
+        /// The call.
+        call: CallId,
+        /// `sound:NAME` or `tone:NAME`.
+        media: Media,
+    },
     /// Asks for fresh ICE servers (new TURN credentials), e.g. before they expire.
     RefreshIce,
     /// Application-level keepalive, for clients that cannot send WebSocket pings.
@@ -327,6 +509,9 @@ impl ClientMessage {
             ClientMessage::Hangup { .. } => "hangup",
             ClientMessage::Join { .. } => "join",
             ClientMessage::Leave { .. } => "leave",
+            ClientMessage::Dtmf { .. } => "dtmf",
+            ClientMessage::Transfer { .. } => "transfer",
+            ClientMessage::Play { .. } => "play",
             ClientMessage::RefreshIce => "refresh-ice",
             ClientMessage::Ping => "ping",
         }
@@ -342,7 +527,7 @@ impl ClientMessage {
 }
 
 /// Every `type` a client may send, for metric labels.
-pub const CLIENT_KINDS: [&str; 10] = [
+pub const CLIENT_KINDS: [&str; 13] = [
     "hello",
     "call",
     "ringing",
@@ -351,6 +536,9 @@ pub const CLIENT_KINDS: [&str; 10] = [
     "hangup",
     "join",
     "leave",
+    "dtmf",
+    "transfer",
+    "play",
     "refresh-ice",
     "ping",
 ];
@@ -408,6 +596,8 @@ pub enum ErrorCode {
     TooManyConnections,
     /// Too many sessions for this user.
     TooManySessions,
+    /// A call to an extension, but no PBX is configured or it cannot be reached now.
+    PbxUnavailable,
 }
 
 impl ErrorCode {
@@ -434,6 +624,7 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::PbxUnavailable => "pbx_unavailable",
         }
     }
 }
@@ -501,6 +692,13 @@ pub enum ServerMessage {
         /// Why.
         reason: HangupReason,
     },
+    /// DTMF digits from the other end of an answered call.
+    Dtmf {
+        /// The call.
+        call: CallId,
+        /// The digits.
+        digits: Digits,
+    },
     /// Fresh ICE servers, in reply to `refresh-ice`.
     IceServers {
         /// The request's id.
@@ -548,6 +746,7 @@ impl ServerMessage {
             ServerMessage::Answer { .. } => "answer",
             ServerMessage::Candidate { .. } => "candidate",
             ServerMessage::Hangup { .. } => "hangup",
+            ServerMessage::Dtmf { .. } => "dtmf",
             ServerMessage::IceServers { .. } => "ice-servers",
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::Error { .. } => "error",
@@ -649,6 +848,34 @@ mod tests {
     }
 
     #[test]
+    fn extensions_digits_and_media_are_validated() {
+        assert!(Extension::new("600").is_ok() && Extension::new("*97#").is_ok());
+        for bad in ["", "6 0", "600;x", "600@host", &"9".repeat(33)] {
+            assert!(Extension::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(Digits::new("0123456789*#ABCD").is_ok());
+        for bad in ["", "E", "1 2", &"1".repeat(33)] {
+            assert!(Digits::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(Media::new("tone:ring;tonezone=us").is_ok());
+        for bad in [
+            "file:/etc/passwd",
+            "sound:../../etc/passwd",
+            "sound:a b",
+            "recording:x",
+        ] {
+            assert!(Media::new(bad).is_err(), "{bad:?}");
+        }
+        // A bad value in a message is a typed error for that request, not a dropped connection.
+        let error = parse(r#"{"v":1,"type":"dtmf","id":4,"call":"00000000000000ff","digits":"x"}"#)
+            .unwrap_err();
+        assert_eq!(
+            (error.id, error.code),
+            (Some(RequestId::Number(4)), ErrorCode::BadMessage)
+        );
+    }
+
+    #[test]
     fn parses_every_client_message() {
         let call = "00000000000000ff";
         let cases = [
@@ -729,6 +956,34 @@ mod tests {
                 json!({"v":1,"type":"leave","room":"lobby"}),
                 ClientMessage::Leave {
                     room: RoomId::new("lobby").unwrap(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"call","to":{"extension":"*97#"},"sdp":"o"}),
+                ClientMessage::Call {
+                    to: Target::Extension(Extension::new("*97#").unwrap()),
+                    sdp: "o".into(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"dtmf","call":call,"digits":"12#"}),
+                ClientMessage::Dtmf {
+                    call: CallId(0xff),
+                    digits: Digits::new("12#").unwrap(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"transfer","call":call,"to":"700"}),
+                ClientMessage::Transfer {
+                    call: CallId(0xff),
+                    to: Extension::new("700").unwrap(),
+                },
+            ),
+            (
+                json!({"v":1,"type":"play","call":call,"media":"sound:tt-monkeys"}),
+                ClientMessage::Play {
+                    call: CallId(0xff),
+                    media: Media::new("sound:tt-monkeys").unwrap(),
                 },
             ),
             (

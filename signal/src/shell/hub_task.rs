@@ -126,6 +126,15 @@ fn deliver(
                     }
                 }
                 Output::Event(event) => metrics.call(event),
+                // No gateway runs yet (HubConfig::pbx is false), so the hub refuses calls to
+                // extensions and never asks the PBX for anything.
+                Output::Send {
+                    to: Endpoint::Pbx, ..
+                }
+                | Output::PbxCall { .. }
+                | Output::PbxRequest { .. } => {
+                    tracing::warn!("the hub addressed the PBX, but no gateway is running");
+                }
             }
         }
         if overflowed.is_empty() {
