@@ -201,6 +201,10 @@ pub enum CommandError {
     /// An argument is not acceptable.
     #[error("invalid {0}")]
     Invalid(&'static str),
+    /// The events connection is down: a new call could not be followed (and Asterisk cannot
+    /// put a channel into a disconnected application), so the caller refuses it at once.
+    #[error("ARI events connection is down")]
+    NotConnected,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +225,8 @@ struct Call {
     peer: Option<String>,
     bridge: Option<String>,
     in_stasis: bool,
+    /// The primary channel's last state reported to the call layer.
+    state: Option<ChannelState>,
     ringing: bool,
     answered: bool,
     hangup_requested: bool,
@@ -376,6 +382,9 @@ impl Controller {
         if self.calls.contains_key(&call) || self.expected.contains_key(sip_call_id) {
             return Err(CommandError::DuplicateCall);
         }
+        if !self.is_connected() {
+            return Err(CommandError::NotConnected);
+        }
         self.calls.insert(
             call,
             Call {
@@ -408,6 +417,9 @@ impl Controller {
     ) -> Result<(), CommandError> {
         if self.calls.contains_key(&call) {
             return Err(CommandError::DuplicateCall);
+        }
+        if !self.is_connected() {
+            return Err(CommandError::NotConnected);
         }
         let channel = self.new_object_id();
         self.channels.insert(channel.clone(), (call, Leg::Primary));
@@ -754,6 +766,7 @@ impl Controller {
                 protocol_id: channel.protocol_id.clone(),
             },
         );
+        self.on_state(channel.clone());
         let extension = args
             .first()
             .cloned()
@@ -860,7 +873,10 @@ impl Controller {
                 call.answered = true;
                 events.push(CallEvent::Answered);
             }
-            events.push(CallEvent::StateChanged(channel.state));
+            if call.state.as_ref() != Some(&channel.state) {
+                call.state = Some(channel.state.clone());
+                events.push(CallEvent::StateChanged(channel.state));
+            }
         }
         for event in events {
             self.emit(key, event);
