@@ -7,6 +7,7 @@
 //!
 //! Everything here only ever talks to loopback addresses.
 
+pub mod asterisk;
 pub mod http;
 pub mod metrics;
 pub mod ports;

@@ -29,6 +29,8 @@ const OFF_PEER: u16 = 3;
 const OFF_SIGNAL: u16 = 5;
 /// icegate-signal's metrics listener.
 const OFF_SIGNAL_METRICS: u16 = 6;
+/// The Asterisk stand-in's HTTP port (tests/src/asterisk/).
+const OFF_ASTERISK: u16 = 7;
 /// First port of the relay range; the range runs to the end of the block.
 const OFF_RELAY: u16 = 8;
 
@@ -98,6 +100,10 @@ impl PortBlock {
     /// icegate-signal's metrics port.
     pub fn signal_metrics(&self) -> u16 {
         self.base + OFF_SIGNAL_METRICS
+    }
+    /// The Asterisk stand-in's HTTP (SIP WebSocket + ARI) port.
+    pub fn asterisk(&self) -> u16 {
+        self.base + OFF_ASTERISK
     }
     /// The default relay port range, inclusive.
     pub fn relay_range(&self) -> (u16, u16) {

@@ -1,0 +1,34 @@
+//! A stand-in for Asterisk 22 (chan_pjsip + ARI) for icegate-signal's tests: SIP over
+//! WebSocket (RFC 7118) with digest auth, the `from-icegate` dialplan, ARI REST and the
+//! ARI events WebSocket, shaped after the recordings of a real Asterisk 22.10.1 in
+//! `recordings/` (a copy of `../shared/fixtures/asterisk/`, so a clean clone has them).
+//!
+//! ```no_run
+//! use icegate_tests::asterisk::{AsteriskStandIn, Config};
+//! let pbx = AsteriskStandIn::start(Config::default());
+//! let sip_url = pbx.sip_ws_url();            // ws://127.0.0.1:PORT/ws, subprotocol sip
+//! let events = pbx.ari_events_url("icegate"); // ws://.../ari/events?app=icegate&api_key=...
+//! // ... run icegate-signal against it, then assert on what it received:
+//! assert!(pbx.sip_requests("REGISTER").len() >= 1);
+//! ```
+//!
+//! Every address is 127.0.0.1. Media is static (valid SDP, nothing behind it).
+
+pub mod ari_events;
+pub mod ari_model;
+pub mod ari_rest;
+pub mod calls;
+pub mod clock;
+pub mod dialplan;
+pub mod digest;
+pub mod recording;
+pub mod sdp;
+pub mod server;
+pub mod sip;
+pub mod sip_ws;
+pub mod state;
+mod ws;
+
+pub use dialplan::{Dialplan, Route};
+pub use server::AsteriskStandIn;
+pub use state::{Config, Faults, LogEntry, MediaMode};
