@@ -20,3 +20,4 @@ pub mod hub;
 pub mod ice;
 pub mod limits;
 pub mod protocol;
+pub mod sip;
