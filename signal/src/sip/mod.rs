@@ -48,6 +48,8 @@ pub mod ua;
 
 #[cfg(test)]
 mod replay;
+#[cfg(test)]
+mod ua_tests;
 
 pub use message::{Message, Method, ParseError};
 pub use ua::{CallKey, CommandError, EndedBy, Event, Output, Party, UaConfig, UaStats, UserAgent};
