@@ -193,3 +193,35 @@ fn hello_message_authenticates_like_the_url() {
         other => panic!("expected a hangup, got {other:?}"),
     }
 }
+
+#[test]
+fn dtmf_between_browsers_and_pbx_requests_without_a_pbx() {
+    let signal = Signal::start(SignalConfig::default());
+    let (mut alice, _) = join(&signal, "alice");
+    let (mut bob, _) = join(&signal, "bob");
+    // No gateway is configured: extensions are refused with a typed error, connection kept.
+    alice.send(json!({"v":1,"type":"call","id":"e","to":{"extension":"600"},"sdp":OFFER}));
+    assert_eq!(alice.expect_error("pbx_unavailable")["id"], "e");
+
+    let call = call(&mut alice, "bob");
+    assert_eq!(bob.expect("incoming")["call"], call.as_str());
+    alice.send(json!({"v":1,"type":"dtmf","id":"d0","call":call,"digits":"1"}));
+    assert_eq!(alice.expect_error("invalid_state")["id"], "d0");
+    bob.send(json!({"v":1,"type":"answer","id":"a","call":call,"sdp":ANSWER}));
+    assert_eq!(bob.expect("ack")["id"], "a");
+    assert_eq!(alice.expect("answer")["call"], call.as_str());
+
+    alice.send(json!({"v":1,"type":"dtmf","id":"d1","call":call,"digits":"12#"}));
+    assert_eq!(alice.expect("ack")["id"], "d1");
+    let dtmf = bob.expect("dtmf");
+    assert_eq!(
+        (dtmf["call"].as_str(), dtmf["digits"].as_str()),
+        (Some(call.as_str()), Some("12#"))
+    );
+    // Transfer needs the PBX on the other end; bad digits are a typed error.
+    alice.send(json!({"v":1,"type":"transfer","id":"t","call":call,"to":"700"}));
+    assert_eq!(alice.expect_error("invalid_state")["id"], "t");
+    alice.send(json!({"v":1,"type":"dtmf","id":"d2","call":call,"digits":"x"}));
+    assert_eq!(alice.expect_error("bad_message")["id"], "d2");
+    alice.ping(9);
+}
