@@ -1,0 +1,804 @@
+//! Checks the Asterisk stand-in (tests/src/asterisk/) against the recordings of a real
+//! Asterisk 22.10.1: each recorded flow's client side is replayed against the stand-in
+//! (identifiers the server chose are rewritten to the stand-in's, digests recomputed for
+//! its nonces) and every answer is compared in shape with what Asterisk sent: exact status
+//! lines, header sets, identifier-free header values, SDP attribute sequence, event types
+//! in order, JSON keys and the values that carry meaning (states, causes, args).
+//! Further tests cover what the recordings do not show: the scripted faults.
+
+use futures_util::{SinkExt, StreamExt};
+use icegate_tests::asterisk::recording::{self, json_shape_diff, sip_shape_diff, Recorded};
+use icegate_tests::asterisk::sip::{self, SipMessage};
+use icegate_tests::asterisk::{digest, AsteriskStandIn, Config, Faults};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn ws_connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Result<Ws, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut req = format!("ws://{addr}{path}")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().expect("header value"));
+    }
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = protocol {
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap()),
+            Some(p),
+            "subprotocol echoed"
+        );
+    }
+    Ok(ws)
+}
+
+/// The next text message, or None when the socket closed or `WAIT` passed.
+async fn recv_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+async fn recv_sip(ws: &mut Ws) -> SipMessage {
+    let text = recv_text(ws)
+        .await
+        .expect("a SIP message from the stand-in");
+    SipMessage::parse(&text).unwrap_or_else(|e| panic!("stand-in sent bad SIP ({e}):\n{text}"))
+}
+
+async fn recv_event(ws: &mut Ws) -> Value {
+    let text = recv_text(ws).await.expect("an ARI event from the stand-in");
+    serde_json::from_str(&text).expect("event is JSON")
+}
+
+/// Asserts nothing arrives for a short while.
+async fn assert_quiet(ws: &mut Ws, what: &str) {
+    if let Ok(Some(Ok(Message::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+    {
+        panic!("{what}: unexpected message {t}");
+    }
+}
+
+struct HttpReply {
+    status: u16,
+    content_type: Option<String>,
+    body: String,
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+async fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<(&str, &str)>) -> HttpReply {
+    use base64::Engine;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect ARI");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    if let Some((u, p)) = auth {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        req.push_str(&format!("Authorization: Basic {b}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("ARI answers in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        })
+        .map(|(_, v)| v.trim().to_string());
+    HttpReply {
+        status,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+fn register_text(call_id: &str, cseq: u32, auth: Option<String>) -> String {
+    let mut m = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=t{call_id}\r\nTo: <sip:icegate@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:icegate@c.invalid;transport=ws>;expires=600\r\n",
+        rand::random::<u64>()
+    );
+    if let Some(a) = auth {
+        m.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    m + "Content-Length: 0\r\n\r\n"
+}
+
+/// REGISTER with digest, as a UA does it; returns the final response.
+async fn register(ws: &mut Ws) -> SipMessage {
+    let call_id = format!("reg{}", rand::random::<u32>());
+    ws.send(Message::text(register_text(&call_id, 1, None)))
+        .await
+        .unwrap();
+    let challenge = recv_sip(ws).await;
+    assert_eq!(challenge.status(), Some(401));
+    let auth = digest::authorization(
+        challenge.header("WWW-Authenticate").unwrap(),
+        "REGISTER",
+        "sip:127.0.0.1",
+        "icegate",
+        "sip-secret",
+    );
+    ws.send(Message::text(register_text(&call_id, 2, auth)))
+        .await
+        .unwrap();
+    recv_sip(ws).await
+}
+
+/// Replays one recorded flow against a fresh stand-in.
+struct Replay {
+    pbx: AsteriskStandIn,
+    sip: Ws,
+    events: Ws,
+    /// Recorded identifier → the stand-in's.
+    subst: Vec<(String, String)>,
+    challenge: Option<String>,
+    rest: Option<HttpReply>,
+}
+
+impl Replay {
+    async fn new(preregister: bool) -> Replay {
+        let pbx = AsteriskStandIn::start(Config::default());
+        let addr = pbx.addr();
+        let events = ws_connect(
+            addr,
+            "/ari/events?app=icegate&api_key=icegate:ari-secret&subscribeAll=false",
+            None,
+        )
+        .await
+        .expect("events socket");
+        let mut sip = ws_connect(addr, "/ws", Some("sip"))
+            .await
+            .expect("SIP socket");
+        if preregister {
+            assert_eq!(register(&mut sip).await.status(), Some(200));
+        }
+        Replay {
+            pbx,
+            sip,
+            events,
+            subst: vec![],
+            challenge: None,
+            rest: None,
+        }
+    }
+
+    fn learn(&mut self, recorded: &str, live: &str) {
+        if !recorded.is_empty()
+            && recorded != live
+            && !self.subst.iter().any(|(r, _)| r == recorded)
+        {
+            self.subst.push((recorded.to_string(), live.to_string()));
+            // Longest first, so that a whole header value wins over a tag inside it.
+            self.subst.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
+        }
+    }
+
+    fn rewrite(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (r, l) in &self.subst {
+            out = out.replace(r, l);
+        }
+        out
+    }
+
+    fn learn_sip(&mut self, rec: &SipMessage, live: &SipMessage) {
+        for h in ["From", "To", "Via", "CSeq", "Call-ID"] {
+            if let (Some(r), Some(l)) = (rec.header(h), live.header(h)) {
+                if !rec.is_request() && h == "Via" {
+                    continue; // the client's own Via, with the recorder's port in it
+                }
+                self.learn(r, l);
+            }
+        }
+        for (r, l) in [
+            (rec.to_tag(), live.to_tag()),
+            (rec.from_tag(), live.from_tag()),
+        ] {
+            if let (Some(r), Some(l)) = (r, l) {
+                self.learn(&r, &l);
+            }
+        }
+        if let (Some(r), Some(l)) = (rec.header("Contact"), live.header("Contact")) {
+            self.learn(sip::addr_uri(r), sip::addr_uri(l));
+        }
+        if let Some(c) = live.header("WWW-Authenticate") {
+            self.challenge = Some(c.to_string());
+        }
+    }
+
+    fn learn_json(&mut self, rec: &Value, live: &Value) {
+        for key in ["id", "protocol_id"] {
+            if let (Some(r), Some(l)) = (rec[key].as_str(), live[key].as_str()) {
+                self.learn(r, l);
+            }
+        }
+        for key in ["channel", "peer", "playback"] {
+            if rec.get(key).is_some() {
+                self.learn_json(&rec[key], &live[key]);
+            }
+        }
+    }
+
+    /// A recorded client request, rewritten; a recorded digest is recomputed for the live
+    /// nonce with the right password if it was right, with a wrong one if it was wrong.
+    fn client_sip(&self, rec: &Recorded) -> String {
+        let mut msg = SipMessage::parse(&self.rewrite(rec.text())).expect("rewritten SIP parses");
+        if let Some(auth) = rec.sip().header("Authorization") {
+            let was_right = digest::verify(
+                auth,
+                &msg.method(),
+                "asterisk",
+                |_| Some("sip-secret".into()),
+                |_| true,
+            )
+            .is_ok();
+            let params = digest::parse_params(auth).unwrap();
+            let uri = &params.iter().find(|(k, _)| k == "uri").unwrap().1;
+            let pw = if was_right {
+                "sip-secret"
+            } else {
+                "not-the-secret"
+            };
+            let challenge = self.challenge.as_deref().expect("a challenge came before");
+            let fresh =
+                digest::authorization(challenge, &msg.method(), uri, "icegate", pw).unwrap();
+            msg.set_header("Authorization", fresh);
+        }
+        msg.to_string()
+    }
+
+    /// Returns the replay with its sockets still open (closing the SIP socket would
+    /// remove the registration a test may want to look at).
+    async fn run(mut self, flow: &str) -> Replay {
+        let rec = recording::load(flow);
+        let msgs = rec.messages.clone();
+        let mut compared = 0;
+        for (i, m) in msgs.iter().enumerate() {
+            let ctx = format!(
+                "{flow} message {i} ({} {} at {} ms)",
+                m.channel, m.dir, m.t_ms
+            );
+            match (m.channel.as_str(), m.dir.as_str()) {
+                ("sip-ws", "to-asterisk") => {
+                    let text = self.client_sip(m);
+                    self.sip.send(Message::text(text)).await.unwrap();
+                }
+                ("sip-ws", "from-asterisk") => {
+                    let live = recv_sip(&mut self.sip).await;
+                    let expected = m.sip();
+                    let diff = sip_shape_diff(&expected, &live);
+                    assert!(
+                        diff.is_empty(),
+                        "{ctx}: {diff:#?}\nexpected:\n{}\ngot:\n{live}",
+                        m.text()
+                    );
+                    self.learn_sip(&expected, &live);
+                    compared += 1;
+                }
+                ("ari-events", "from-asterisk") => {
+                    if m.data["type"] == "ChannelDtmfReceived" {
+                        // DTMF comes from the caller's RTP, which a replay has not got.
+                        let ch = self.rewrite(m.data["channel"]["id"].as_str().unwrap());
+                        assert!(
+                            self.pbx.inject_dtmf(&ch, m.data["digit"].as_str().unwrap()),
+                            "{ctx}"
+                        );
+                    }
+                    let live = recv_event(&mut self.events).await;
+                    assert_eq!(
+                        live["type"], m.data["type"],
+                        "{ctx}: event order\ngot {live}"
+                    );
+                    let diff = json_shape_diff(&m.data, &live, "event");
+                    assert!(
+                        diff.is_empty(),
+                        "{ctx}: {diff:#?}\nexpected {}\ngot {live}",
+                        m.data
+                    );
+                    self.learn_json(&m.data, &live);
+                    let expected: Value =
+                        serde_json::from_str(&self.rewrite(&m.data.to_string())).unwrap();
+                    for path in [
+                        "/args",
+                        "/digit",
+                        "/cause",
+                        "/cause_txt",
+                        "/tech_cause",
+                        "/soft",
+                        "/dialstatus",
+                        "/variable",
+                        "/channel/state",
+                        "/channel/dialplan",
+                        "/channel/caller",
+                        "/peer/state",
+                        "/playback/state",
+                        "/playback/media_uri",
+                        "/playback/target_uri",
+                    ] {
+                        assert_eq!(
+                            live.pointer(path),
+                            expected.pointer(path),
+                            "{ctx}: {path}\ngot {live}"
+                        );
+                    }
+                    compared += 1;
+                }
+                ("ari-rest", "to-asterisk") => {
+                    let method = m.data["method"].as_str().unwrap();
+                    let path = self.rewrite(m.data["path"].as_str().unwrap());
+                    // The recording's 401 came from a wrong password.
+                    let next_is_401 = msgs[i + 1..]
+                        .iter()
+                        .find(|n| n.channel == "ari-rest")
+                        .is_some_and(|n| n.data["status"] == 401);
+                    let auth = if next_is_401 {
+                        ("icegate", "wrong")
+                    } else {
+                        ("icegate", "ari-secret")
+                    };
+                    self.rest = Some(
+                        http(self.pbx.addr(), method, &format!("/ari{path}"), Some(auth)).await,
+                    );
+                }
+                ("ari-rest", "from-asterisk") => {
+                    let live = self.rest.take().expect("a request before the response");
+                    assert_eq!(
+                        u64::from(live.status),
+                        m.data["status"].as_u64().unwrap(),
+                        "{ctx}: {}",
+                        live.body
+                    );
+                    assert_eq!(
+                        live.content_type.as_deref(),
+                        m.data["content_type"].as_str(),
+                        "{ctx}"
+                    );
+                    let body: Value = if live.body.is_empty() {
+                        Value::String(String::new())
+                    } else {
+                        serde_json::from_str(&live.body).expect("JSON body")
+                    };
+                    let diff = json_shape_diff(&m.data["body"], &body, "body");
+                    assert!(diff.is_empty(), "{ctx}: {diff:#?}\ngot {body}");
+                    if live.status >= 400 {
+                        assert_eq!(body, m.data["body"], "{ctx}: error bodies are fixed texts");
+                    }
+                    self.learn_json(&m.data["body"], &body);
+                    compared += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(compared > 0, "{flow}: nothing compared");
+        // Nothing more than the recording: no stray SIP messages.
+        assert_quiet(&mut self.sip, flow).await;
+        self
+    }
+}
+
+async fn replay(flow: &str) -> Replay {
+    Replay::new(flow != "register").await.run(flow).await
+}
+
+#[tokio::test]
+async fn asterisk_recording_register() {
+    let r = replay("register").await;
+    let pbx = &r.pbx;
+    assert_eq!(pbx.registrations().len(), 1);
+}
+
+#[tokio::test]
+async fn asterisk_recording_sip_wrong_password() {
+    let r = replay("sip-wrong-password").await;
+    let pbx = &r.pbx;
+    // Only the pre-registration; the wrong digest registered nothing new.
+    assert_eq!(pbx.registrations().len(), 1);
+    assert_eq!(
+        pbx.registrations()[0].contact,
+        "sip:icegate@c.invalid;transport=ws"
+    );
+}
+
+#[tokio::test]
+async fn asterisk_recording_unregister() {
+    let r = replay("unregister").await;
+    let pbx = &r.pbx;
+    // The recorded "unregister" keeps `;expires=600` on its Contact, which wins over
+    // `Expires: 0` (RFC 3261 10.2.1.1): Asterisk answered expires=599, and so does this.
+    assert!(pbx
+        .registrations()
+        .iter()
+        .any(|r| r.contact.contains("baf1a066.invalid")));
+}
+
+#[tokio::test]
+async fn asterisk_recording_ari_basics() {
+    replay("ari-basics").await;
+}
+
+#[tokio::test]
+async fn asterisk_recording_browser_calls_echo() {
+    let r = replay("browser-calls-echo").await;
+    let pbx = &r.pbx;
+    assert!(pbx.channels().is_empty(), "the BYE ended the channel");
+}
+
+#[tokio::test]
+async fn asterisk_recording_browser_calls_stasis() {
+    let r = replay("browser-calls-stasis").await;
+    let pbx = &r.pbx;
+    assert!(pbx.channels().is_empty());
+    let reqs = pbx.ari_requests();
+    assert!(reqs
+        .iter()
+        .any(|(m, p)| m == "DELETE" && p.ends_with("?reason=normal")));
+}
+
+#[tokio::test]
+async fn asterisk_recording_asterisk_calls_browser() {
+    let r = replay("asterisk-calls-browser").await;
+    let pbx = &r.pbx;
+    assert!(pbx.channels().is_empty());
+}
+
+#[tokio::test]
+async fn asterisk_recording_asterisk_call_rejected() {
+    let r = replay("asterisk-call-rejected").await;
+    let pbx = &r.pbx;
+    assert!(pbx.channels().is_empty());
+}
+
+#[tokio::test]
+async fn asterisk_recording_browser_calls_busy() {
+    replay("browser-calls-busy").await;
+}
+
+#[tokio::test]
+async fn asterisk_recording_browser_cancels_ringing() {
+    let r = replay("browser-cancels-ringing").await;
+    let pbx = &r.pbx;
+    assert!(pbx.channels().is_empty());
+    assert_eq!(
+        pbx.sip_requests("ACK").len(),
+        2,
+        "the 401 and the 487 were both ACKed"
+    );
+}
+
+#[tokio::test]
+async fn asterisk_recording_browser_calls_unknown() {
+    replay("browser-calls-unknown").await;
+}
+
+/// Every recording is replayed by one of the tests above.
+#[test]
+fn asterisk_every_recording_is_replayed() {
+    let src = include_str!("asterisk_standin.rs");
+    for entry in std::fs::read_dir(recording::dir()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(flow) = name.strip_suffix(".json") {
+            let test = format!("fn asterisk_recording_{}()", flow.replace('-', "_"));
+            assert!(src.contains(&test), "no replay test for {name}");
+        }
+    }
+}
+
+// ---- What the recordings do not show: scripted behaviour and faults. ----
+
+fn invite_text(exten: &str, call_id: &str, cseq: u32, auth: Option<String>) -> String {
+    let rec = recording::load("browser-calls-echo");
+    let offer = SipMessage::parse(
+        rec.messages
+            .iter()
+            .find(|m| m.dir == "to-asterisk")
+            .unwrap()
+            .text(),
+    )
+    .unwrap()
+    .body;
+    let mut m = format!(
+        "INVITE sip:{exten}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:{exten}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:icegate@c.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n",
+        rand::random::<u64>()
+    );
+    if let Some(a) = auth {
+        m.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    format!("{m}Content-Length: {}\r\n\r\n{offer}", offer.len())
+}
+
+/// INVITE with the digest round (401, then credentials); returns the call id.
+async fn invite(ws: &mut Ws, exten: &str) -> String {
+    let call_id = format!("inv{}", rand::random::<u32>());
+    ws.send(Message::text(invite_text(exten, &call_id, 1, None)))
+        .await
+        .unwrap();
+    let challenge = recv_sip(ws).await;
+    assert_eq!(challenge.status(), Some(401));
+    let auth = digest::authorization(
+        challenge.header("WWW-Authenticate").unwrap(),
+        "INVITE",
+        &format!("sip:{exten}@127.0.0.1"),
+        "icegate",
+        "sip-secret",
+    );
+    ws.send(Message::text(invite_text(exten, &call_id, 2, auth)))
+        .await
+        .unwrap();
+    call_id
+}
+
+#[tokio::test]
+async fn asterisk_standin_refuses_bad_ari_credentials_and_missing_subprotocol() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let addr = pbx.addr();
+    let err = ws_connect(addr, "/ari/events?app=icegate&api_key=icegate:nope", None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("401"), "{err}");
+    let err = ws_connect(addr, "/ws", None).await.unwrap_err();
+    assert!(err.contains("400"), "{err}");
+    let r = http(addr, "GET", "/ari/asterisk/info", None).await;
+    assert_eq!(r.status, 401);
+    let r = http(
+        addr,
+        "GET",
+        "/ari/asterisk/info?api_key=icegate:ari-secret",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "api_key works like basic auth");
+    assert_eq!(pbx.connections(), (0, 0));
+}
+
+#[tokio::test]
+async fn asterisk_standin_drops_malformed_sip_and_keeps_the_connection() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    ws.send(Message::text("this is not SIP\r\n\r\n"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        "INVITE sip:600@x SIP/2.0\r\nVia: SIP/2.0/WS x\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    assert_quiet(&mut ws, "pjsip answers nothing to unparsable messages").await;
+    assert_eq!(register(&mut ws).await.status(), Some(200));
+    let notes = pbx
+        .log()
+        .iter()
+        .filter(|e| e.data.starts_with("malformed SIP dropped"))
+        .count();
+    assert_eq!(notes, 2);
+}
+
+#[tokio::test]
+async fn asterisk_standin_never_answer_fault_stops_at_100_trying() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    pbx.set_faults(Faults {
+        never_answer: true,
+        ..Faults::default()
+    });
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    invite(&mut ws, "600").await;
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    assert_quiet(&mut ws, "never answers").await;
+    assert_eq!(
+        pbx.channels().len(),
+        1,
+        "the call exists, so a CANCEL can end it"
+    );
+}
+
+#[tokio::test]
+async fn asterisk_standin_sip_socket_loss_ends_stasis_calls_and_the_contact() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    assert_eq!(register(&mut ws).await.status(), Some(200));
+    let call_id = invite(&mut ws, "700").await;
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    let start = recv_event(&mut events).await;
+    assert_eq!(start["type"], "StasisStart");
+    assert_eq!(
+        start["channel"]["protocol_id"],
+        call_id.as_str(),
+        "protocol_id is the Call-ID"
+    );
+    pbx.drop_sip(false);
+    assert!(
+        recv_text(&mut ws).await.is_none(),
+        "the stand-in closed the socket"
+    );
+    let kinds: Vec<Value> = vec![
+        recv_event(&mut events).await["type"].clone(),
+        recv_event(&mut events).await["type"].clone(),
+        recv_event(&mut events).await["type"].clone(),
+    ];
+    assert_eq!(
+        kinds,
+        [
+            json!("ChannelHangupRequest"),
+            json!("StasisEnd"),
+            json!("ChannelDestroyed")
+        ]
+    );
+    assert!(pbx.registrations().is_empty());
+    let r = http(
+        pbx.addr(),
+        "GET",
+        "/ari/endpoints/PJSIP/icegate",
+        Some(("icegate", "ari-secret")),
+    )
+    .await;
+    assert!(r.body.contains("\"offline\""), "{}", r.body);
+}
+
+#[tokio::test]
+async fn asterisk_standin_ari_socket_loss_keeps_channels_and_unregisters_the_app() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    invite(&mut ws, "700").await;
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    assert_eq!(recv_event(&mut events).await["type"], "StasisStart");
+    pbx.drop_ari_events(true);
+    assert!(recv_text(&mut events).await.is_none());
+    assert!(pbx.wait_until(WAIT, |c| c.event_conns.is_empty()));
+    let auth = Some(("icegate", "ari-secret"));
+    assert_eq!(
+        http(pbx.addr(), "GET", "/ari/applications/icegate", auth)
+            .await
+            .status,
+        404
+    );
+    let channels = http(pbx.addr(), "GET", "/ari/channels", auth).await;
+    assert!(
+        channels.body.contains("\"Ring\""),
+        "the channel waits in Stasis: {}",
+        channels.body
+    );
+    // Without its application, a new Stasis call is declined.
+    invite(&mut ws, "701").await;
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    let declined = recv_sip(&mut ws).await;
+    assert_eq!(declined.status(), Some(603));
+    assert_eq!(declined.header("Reason"), Some("Q.850;cause=16"));
+}
+
+#[tokio::test]
+async fn asterisk_standin_raw_injection_and_originate_without_contact() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let auth = Some(("icegate", "ari-secret"));
+    let r = http(
+        pbx.addr(),
+        "POST",
+        "/ari/channels?endpoint=PJSIP/icegate&app=icegate",
+        auth,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (500, "{\"message\":\"Allocation failed\"}")
+    );
+    pbx.send_ari_raw("{not json");
+    assert_eq!(recv_text(&mut events).await.as_deref(), Some("{not json"));
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    assert!(pbx.wait_until(WAIT, |c| !c.sip_conns.is_empty()));
+    pbx.send_sip_raw("SIP/2.0 999 Garbage\r\n\r\n");
+    assert_eq!(
+        recv_text(&mut ws).await.as_deref(),
+        Some("SIP/2.0 999 Garbage\r\n\r\n")
+    );
+}
+
+#[tokio::test]
+async fn asterisk_standin_stasis_answer_play_dtmf_continue() {
+    let pbx = AsteriskStandIn::start(Config {
+        playback_ms: 50,
+        ..Config::default()
+    });
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    invite(&mut ws, "700").await;
+    let start = recv_event(&mut events).await;
+    let id = start["channel"]["id"].as_str().unwrap().to_string();
+    let auth = Some(("icegate", "ari-secret"));
+    let addr = pbx.addr();
+    let post = |path: String| async move { http(addr, "POST", &path, auth).await };
+    assert_eq!(
+        post(format!("/ari/channels/{id}/play?media=sound:hello-world"))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(recv_event(&mut events).await["type"], "PlaybackStarted");
+    let done = recv_event(&mut events).await;
+    assert_eq!(
+        (done["type"].as_str(), done["playback"]["state"].as_str()),
+        (Some("PlaybackFinished"), Some("done"))
+    );
+    assert_eq!(
+        post(format!("/ari/channels/{id}/dtmf?dtmf=12%23"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(pbx.dtmf_sent(&id).as_deref(), Some("12#"));
+    // continue to 600: StasisEnd, then Echo answers the call.
+    assert_eq!(
+        post(format!(
+            "/ari/channels/{id}/continue?context=from-icegate&extension=600&priority=1"
+        ))
+        .await
+        .status,
+        204
+    );
+    assert_eq!(recv_event(&mut events).await["type"], "StasisEnd");
+    let mut last = recv_sip(&mut ws).await;
+    while last.status() != Some(200) {
+        last = recv_sip(&mut ws).await;
+    }
+    assert!(last.body.contains("a=setup:active"));
+    assert_eq!(
+        post(format!("/ari/channels/{id}/answer")).await.status,
+        409,
+        "not in Stasis any more"
+    );
+}
