@@ -7,54 +7,19 @@
 //! Further tests cover what the recordings do not show: the scripted faults.
 
 use futures_util::{SinkExt, StreamExt};
+use icegate_tests::asterisk::client::{self, ws_connect, HttpReply, Ws};
 use icegate_tests::asterisk::recording::{self, json_shape_diff, sip_shape_diff, Recorded};
 use icegate_tests::asterisk::sip::{self, SipMessage};
 use icegate_tests::asterisk::{digest, AsteriskStandIn, Config, Faults};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<TcpStream>;
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn ws_connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Result<Ws, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let mut req = format!("ws://{addr}{path}")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    if let Some(p) = protocol {
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", p.parse().expect("header value"));
-    }
-    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(p) = protocol {
-        assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .map(|v| v.to_str().unwrap()),
-            Some(p),
-            "subprotocol echoed"
-        );
-    }
-    Ok(ws)
-}
-
-/// The next text message, or None when the socket closed or `WAIT` passed.
 async fn recv_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
+    client::recv_text(ws, WAIT).await
 }
 
 async fn recv_sip(ws: &mut Ws) -> SipMessage {
@@ -78,81 +43,17 @@ async fn assert_quiet(ws: &mut Ws, what: &str) {
     }
 }
 
-struct HttpReply {
-    status: u16,
-    content_type: Option<String>,
-    body: String,
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
 async fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<(&str, &str)>) -> HttpReply {
-    use base64::Engine;
-    let mut tcp = TcpStream::connect(addr).await.expect("connect ARI");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
-    if let Some((u, p)) = auth {
-        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {b}\r\n"));
-    }
-    req.push_str("\r\n");
-    tcp.write_all(req.as_bytes()).await.expect("send");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+    client::http(addr, method, path, auth, WAIT)
         .await
-        .expect("ARI answers in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        })
-        .map(|(_, v)| v.trim().to_string());
-    HttpReply {
-        status,
-        content_type,
-        body: body.to_string(),
-    }
-}
-
-fn register_text(call_id: &str, cseq: u32, auth: Option<String>) -> String {
-    let mut m = format!(
-        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=t{call_id}\r\nTo: <sip:icegate@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:icegate@c.invalid;transport=ws>;expires=600\r\n",
-        rand::random::<u64>()
-    );
-    if let Some(a) = auth {
-        m.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    m + "Content-Length: 0\r\n\r\n"
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// REGISTER with digest, as a UA does it; returns the final response.
 async fn register(ws: &mut Ws) -> SipMessage {
-    let call_id = format!("reg{}", rand::random::<u32>());
-    ws.send(Message::text(register_text(&call_id, 1, None)))
+    client::register(ws, "icegate", "sip-secret")
         .await
-        .unwrap();
-    let challenge = recv_sip(ws).await;
-    assert_eq!(challenge.status(), Some(401));
-    let auth = digest::authorization(
-        challenge.header("WWW-Authenticate").unwrap(),
-        "REGISTER",
-        "sip:127.0.0.1",
-        "icegate",
-        "sip-secret",
-    );
-    ws.send(Message::text(register_text(&call_id, 2, auth)))
-        .await
-        .unwrap();
-    recv_sip(ws).await
+        .expect("REGISTER")
 }
 
 /// Replays one recorded flow against a fresh stand-in.

@@ -71,6 +71,7 @@ fn reason_cause(msg: &SipMessage) -> Option<u32> {
 }
 
 impl Core {
+    #[allow(clippy::too_many_arguments)]
     fn build_response(
         &self,
         req: &SipMessage,
@@ -883,15 +884,13 @@ impl Core {
             return;
         };
         match code {
-            101..=199 => {
-                if !self.calls[idx].ringing_sent {
-                    let c = &mut self.calls[idx];
-                    c.ringing_sent = true;
-                    c.remote_tag = resp.to_tag();
-                    c.channel.state = "Ringing".into();
-                    self.emit_channel(idx, "ChannelStateChange", vec![]);
-                    self.dial_event(idx, "RINGING");
-                }
+            101..=199 if !self.calls[idx].ringing_sent => {
+                let c = &mut self.calls[idx];
+                c.ringing_sent = true;
+                c.remote_tag = resp.to_tag();
+                c.channel.state = "Ringing".into();
+                self.emit_channel(idx, "ChannelStateChange", vec![]);
+                self.dial_event(idx, "RINGING");
             }
             200..=299 => {
                 let peer = self.calls[idx].peer;

@@ -10,7 +10,7 @@ pub enum Route {
     Busy,
     /// `Ringing()` + `Wait(60)` (602): 180 Ringing until the caller cancels.
     Ringing,
-    /// `Stasis(icegate,${EXTEN})` (any other number).
+    /// `Stasis(icegate,${EXTEN})` (`_X.`: any other number).
     Stasis { app: String, args: Vec<String> },
     /// No such extension: 404 Not Found.
     NotFound,
@@ -44,8 +44,9 @@ impl Dialplan {
             "600" => Route::Echo,
             "601" => Route::Busy,
             "602" => Route::Ringing,
-            // `_X.` matches two or more digits; the recordings used 700.
-            e if e.len() >= 2 && e.bytes().all(|b| b.is_ascii_digit()) => Route::Stasis {
+            // `_X.`: a digit followed by at least one more character (the recordings used
+            // 700); names such as `nosuchuser` match nothing.
+            e if e.len() >= 2 && e.as_bytes()[0].is_ascii_digit() => Route::Stasis {
                 app: self.stasis_app.clone(),
                 args: vec![e.to_string()],
             },
@@ -72,5 +73,6 @@ mod tests {
             }
         );
         assert_eq!(d.route("nosuchuser"), Route::NotFound);
+        assert_eq!(d.route("7"), Route::NotFound, "_X. needs two characters");
     }
 }

@@ -27,6 +27,8 @@ pub fn plain(status: StatusCode, ctype: &str, body: String) -> Response<Body> {
 
 /// What a connection does with what it receives.
 pub type OnText = Box<dyn FnMut(&mut Core, &str) + Send>;
+/// Called once with the connection's sender when the WebSocket is up.
+pub type OnOpen = Box<dyn FnOnce(&mut Core, UnboundedSender<WsCmd>) + Send>;
 /// Called once when the connection ends.
 pub type OnClose = Box<dyn FnOnce(&mut Core) + Send>;
 
@@ -36,7 +38,7 @@ pub fn upgrade(
     req: &mut Request<Incoming>,
     protocol: Option<&str>,
     core: Arc<Mutex<Core>>,
-    register: Box<dyn FnOnce(&mut Core, UnboundedSender<WsCmd>) + Send>,
+    register: OnOpen,
     on_text: OnText,
     on_close: OnClose,
 ) -> Response<Body> {
