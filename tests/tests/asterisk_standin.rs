@@ -703,3 +703,264 @@ async fn asterisk_standin_stasis_answer_play_dtmf_continue() {
         "not in Stasis any more"
     );
 }
+
+/// Answers every INVITE from the stand-in with 180 only; returns the INVITE.
+async fn ring_only(ws: &mut Ws) -> SipMessage {
+    let inv = recv_sip(ws).await;
+    assert_eq!(inv.method(), "INVITE");
+    let ringing = format!(
+        "SIP/2.0 180 Ringing\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=cal1\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        inv.header("Via").unwrap(),
+        inv.header("From").unwrap(),
+        inv.header("To").unwrap(),
+        inv.call_id(),
+        inv.header("CSeq").unwrap()
+    );
+    ws.send(Message::text(ringing)).await.unwrap();
+    inv
+}
+
+#[tokio::test]
+async fn asterisk_standin_originate_timeout_cancels_and_acks_the_487() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    assert_eq!(register(&mut ws).await.status(), Some(200));
+    let path = "/ari/channels?endpoint=PJSIP/icegate&app=icegate&appArgs=x&timeout=1";
+    assert_eq!(
+        http(pbx.addr(), "POST", path, Some(("icegate", "ari-secret")))
+            .await
+            .status,
+        200
+    );
+    let inv = ring_only(&mut ws).await;
+    let cancel = recv_sip(&mut ws).await;
+    assert_eq!(cancel.method(), "CANCEL");
+    assert_eq!(
+        cancel.branch(),
+        inv.branch(),
+        "CANCEL matches the INVITE's transaction"
+    );
+    let terminated = format!(
+        "SIP/2.0 487 Request Terminated\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=cal1\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        inv.header("Via").unwrap(),
+        inv.header("From").unwrap(),
+        inv.header("To").unwrap(),
+        inv.call_id(),
+        inv.header("CSeq").unwrap()
+    );
+    ws.send(Message::text(terminated)).await.unwrap();
+    let ack = recv_sip(&mut ws).await;
+    assert_eq!((ack.method().as_str(), ack.branch()), ("ACK", inv.branch()));
+    let mut kinds = vec![];
+    for _ in 0..5 {
+        kinds.push(
+            recv_event(&mut events).await["type"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        kinds,
+        [
+            "Dial",
+            "ChannelStateChange",
+            "Dial",
+            "Dial",
+            "ChannelDestroyed"
+        ]
+    );
+    assert!(pbx.channels().is_empty());
+}
+
+#[tokio::test]
+async fn asterisk_standin_ari_hangup_of_an_unanswered_caller_is_603() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    let call_id = invite(&mut ws, "700").await;
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    recv_event(&mut events).await;
+    let id = pbx
+        .channel_for_call_id(&call_id)
+        .expect("a channel for the call");
+    let r = http(
+        pbx.addr(),
+        "DELETE",
+        &format!("/ari/channels/{id}"),
+        Some(("icegate", "ari-secret")),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let fin = recv_sip(&mut ws).await;
+    assert_eq!(fin.status(), Some(603));
+    let destroyed = loop {
+        let e = recv_event(&mut events).await;
+        if e["type"] == "ChannelDestroyed" {
+            break e;
+        }
+    };
+    assert_eq!(
+        (destroyed["cause"].as_u64(), destroyed["cause_txt"].as_str()),
+        (Some(16), Some("Normal Clearing"))
+    );
+    let again = http(
+        pbx.addr(),
+        "DELETE",
+        &format!("/ari/channels/{id}"),
+        Some(("icegate", "ari-secret")),
+    )
+    .await;
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (404, "{\"message\":\"Channel not found\"}")
+    );
+}
+
+#[tokio::test]
+async fn asterisk_standin_reinvite_info_dtmf_and_bye_from_asterisk() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    let call_id = invite(&mut ws, "700").await;
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    recv_event(&mut events).await;
+    let id = pbx.channel_for_call_id(&call_id).unwrap();
+    let auth = Some(("icegate", "ari-secret"));
+    assert_eq!(
+        http(
+            pbx.addr(),
+            "POST",
+            &format!("/ari/channels/{id}/answer"),
+            auth
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(recv_event(&mut events).await["channel"]["state"], "Up");
+    let ok = recv_sip(&mut ws).await;
+    assert_eq!(ok.status(), Some(200));
+    let to = ok.header("To").unwrap().to_string();
+    // In-dialog requests reuse the dialog's identifiers.
+    let in_dialog = |method: &str, cseq: u32, ctype: &str, body: &str| {
+        format!(
+            "{method} sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{method}{cseq}\r\nFrom: <sip:icegate@127.0.0.1>;tag=f{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    ws.send(Message::text(in_dialog(
+        "INFO",
+        3,
+        "application/dtmf-relay",
+        "Signal=5\r\nDuration=160\r\n",
+    )))
+    .await
+    .unwrap();
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(200));
+    let dtmf = recv_event(&mut events).await;
+    assert_eq!(
+        (dtmf["type"].as_str(), dtmf["digit"].as_str()),
+        (Some("ChannelDtmfReceived"), Some("5"))
+    );
+    let offer = SipMessage::parse(&invite_text("700", &call_id, 4, None))
+        .unwrap()
+        .body;
+    ws.send(Message::text(in_dialog(
+        "INVITE",
+        4,
+        "application/sdp",
+        &offer,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+    let re = recv_sip(&mut ws).await;
+    assert_eq!(re.status(), Some(200));
+    assert!(re.body.contains("a=setup:active"));
+    assert!(pbx.hangup(&id, 16));
+    let bye = recv_sip(&mut ws).await;
+    assert_eq!(bye.method(), "BYE");
+    assert_eq!(bye.header("Reason"), Some("Q.850;cause=16"));
+    assert_eq!(
+        bye.from_tag(),
+        ok.to_tag(),
+        "Asterisk's BYE comes from its side of the dialog"
+    );
+    assert!(bye
+        .request_uri()
+        .unwrap()
+        .starts_with("sip:icegate@127.0.0.1:"));
+}
+
+#[tokio::test]
+async fn asterisk_standin_bridges() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    let call_id = invite(&mut ws, "700").await;
+    recv_event(&mut events).await;
+    let id = pbx.channel_for_call_id(&call_id).unwrap();
+    let auth = Some(("icegate", "ari-secret"));
+    let b = http(pbx.addr(), "POST", "/ari/bridges?type=mixing", auth).await;
+    assert_eq!(b.status, 200);
+    let bridge: Value = serde_json::from_str(&b.body).unwrap();
+    let bid = bridge["id"].as_str().unwrap();
+    let add = http(
+        pbx.addr(),
+        "POST",
+        &format!("/ari/bridges/{bid}/addChannel?channel={id}"),
+        auth,
+    )
+    .await;
+    assert_eq!(add.status, 204);
+    let entered = recv_event(&mut events).await;
+    assert_eq!(entered["type"], "ChannelEnteredBridge");
+    assert_eq!(entered["bridge"]["channels"], json!([id]));
+    let missing = http(
+        pbx.addr(),
+        "POST",
+        &format!("/ari/bridges/{bid}/addChannel?channel=nope"),
+        auth,
+    )
+    .await;
+    assert_eq!(missing.status, 422);
+    assert_eq!(
+        http(pbx.addr(), "DELETE", &format!("/ari/bridges/{bid}"), auth)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(recv_event(&mut events).await["type"], "ChannelLeftBridge");
+    assert_eq!(
+        http(pbx.addr(), "GET", &format!("/ari/bridges/{bid}"), auth)
+            .await
+            .status,
+        404
+    );
+}
