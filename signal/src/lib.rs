@@ -16,6 +16,7 @@
 pub mod ari;
 pub mod auth;
 pub mod conn;
+pub mod gateway;
 pub mod hub;
 pub mod ice;
 pub mod limits;

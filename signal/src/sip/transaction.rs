@@ -86,6 +86,14 @@ impl Transactions {
         )
     }
 
+    /// The Call-ID of `call`'s INVITE transaction, if one is in flight.
+    pub fn call_id_of(&self, call: CallKey) -> Option<&str> {
+        self.txs
+            .values()
+            .find(|tx| matches!(tx.purpose, Purpose::Invite(k) | Purpose::Reinvite(k) if k == call))
+            .map(|tx| tx.request.call_id())
+    }
+
     /// Remove and return every transaction whose deadline is at or before `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<ClientTx> {
         let due: Vec<TxKey> = self

@@ -367,6 +367,18 @@ impl UserAgent {
         self.registration.registered
     }
 
+    /// The SIP Call-ID of a call (known from `invite` on), to link it to its ARI channel.
+    pub fn call_id(&self, call_key: CallKey) -> Option<&str> {
+        let call = self.calls.get(&call_key)?;
+        if let Some(dialog) = &call.dialog {
+            return Some(&dialog.call_id);
+        }
+        if let Some(request) = &call.pending_server {
+            return Some(request.call_id());
+        }
+        self.txs.call_id_of(call_key)
+    }
+
     /// Counters.
     pub fn stats(&self) -> UaStats {
         self.stats

@@ -1,0 +1,170 @@
+//! Puts trickled ICE candidates into an SDP, for a peer that does not trickle (Asterisk over
+//! SIP): each `a=candidate:` goes at the end of the m-section it names (by `sdpMid`, else by
+//! `sdpMLineIndex`), and every m-section ends with `a=end-of-candidates` (RFC 8840 §4.1).
+
+use crate::protocol::IceCandidate;
+
+/// Whether the SDP already holds all its candidates (a non-trickling offer or answer).
+pub fn is_complete(sdp: &str) -> bool {
+    sdp.lines().any(|l| l.trim_end() == "a=end-of-candidates")
+}
+
+/// Whether `candidate` is the end-of-candidates marker rather than a candidate.
+pub fn is_end_marker(candidate: Option<&IceCandidate>) -> bool {
+    candidate.is_none_or(|c| c.candidate.trim().is_empty())
+}
+
+/// `sdp` with `candidates` added to their m-sections and `a=end-of-candidates` closing each
+/// m-section. Candidates that name no m-section, or are already present, are left out.
+pub fn with_candidates(sdp: &str, candidates: &[IceCandidate]) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    // Split into the session part and the m-sections, as lines without their endings.
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(current) = sections.last_mut() {
+            current.push(line);
+        }
+    }
+    let media = &sections[1..];
+    let mids: Vec<Option<&str>> = media
+        .iter()
+        .map(|lines| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix("a=mid:"))
+                .map(str::trim)
+        })
+        .collect();
+    let mut added: Vec<Vec<String>> = vec![Vec::new(); media.len()];
+    for candidate in candidates {
+        let line = candidate.candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if !line.starts_with("candidate:") {
+            continue;
+        }
+        let by_mid = candidate
+            .sdp_mid
+            .as_deref()
+            .and_then(|mid| mids.iter().position(|m| *m == Some(mid)));
+        let index = by_mid.or_else(|| {
+            candidate
+                .sdp_m_line_index
+                .map(usize::from)
+                .filter(|i| *i < media.len())
+        });
+        let Some(index) = index else {
+            continue;
+        };
+        let attribute = format!("a={line}");
+        if media[index].contains(&attribute.as_str()) || added[index].contains(&attribute) {
+            continue;
+        }
+        added[index].push(attribute);
+    }
+    let mut out = String::with_capacity(sdp.len() + 64 * candidates.len());
+    for line in &sections[0] {
+        out.push_str(line);
+        out.push_str(eol);
+    }
+    for (lines, extra) in media.iter().zip(&added) {
+        for line in lines {
+            if *line == "a=end-of-candidates" {
+                continue;
+            }
+            out.push_str(line);
+            out.push_str(eol);
+        }
+        for line in extra {
+            out.push_str(line);
+            out.push_str(eol);
+        }
+        out.push_str("a=end-of-candidates");
+        out.push_str(eol);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(line: &str, mid: Option<&str>, index: Option<u16>) -> IceCandidate {
+        IceCandidate {
+            candidate: line.into(),
+            sdp_mid: mid.map(Into::into),
+            sdp_m_line_index: index,
+            username_fragment: None,
+        }
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n";
+
+    #[test]
+    fn candidates_go_to_their_section_and_each_section_ends() {
+        let sdp = with_candidates(
+            OFFER,
+            &[
+                cand(
+                    "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host",
+                    Some("0"),
+                    None,
+                ),
+                cand(
+                    "a=candidate:2 1 udp 1 192.0.2.1 6000 typ relay raddr 0.0.0.0 rport 0",
+                    None,
+                    Some(1),
+                ),
+                cand(
+                    "candidate:3 1 udp 1 192.0.2.1 6000 typ host",
+                    Some("9"),
+                    Some(7),
+                ),
+                cand("", Some("0"), Some(0)),
+            ],
+        );
+        let audio = sdp.find("m=audio").unwrap();
+        let video = sdp.find("m=video").unwrap();
+        let first = sdp.find("a=candidate:1 ").unwrap();
+        let second = sdp.find("a=candidate:2 ").unwrap();
+        assert!(audio < first && first < video && video < second, "{sdp}");
+        assert!(!sdp.contains("candidate:3"));
+        assert_eq!(sdp.matches("a=end-of-candidates\r\n").count(), 2);
+        assert!(sdp.ends_with("a=end-of-candidates\r\n"));
+        assert!(is_complete(&sdp));
+        assert!(!is_complete(OFFER));
+        // Merging again changes nothing.
+        assert_eq!(
+            with_candidates(
+                &sdp,
+                &[cand(
+                    "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host",
+                    Some("0"),
+                    None
+                )]
+            ),
+            sdp
+        );
+    }
+
+    #[test]
+    fn end_marker() {
+        assert!(is_end_marker(None));
+        assert!(is_end_marker(Some(&cand(" ", None, None))));
+        assert!(!is_end_marker(Some(&cand("candidate:1", None, None))));
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for sdp in ["", "m=", "\n\n\r\n", "v=0\nm=audio\na=mid:\n"] {
+            let _ = with_candidates(sdp, &[cand("candidate:x", Some(""), Some(u16::MAX))]);
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The gateway driven without sockets: Asterisk's SIP side is built from the UA's own
+//! requests, ARI events are written by hand in the recorded shapes.
+
+use super::*;
+use crate::ari::controller::Routing;
+use crate::sip::builder::response;
+use crate::sip::message::{Message, Method as SipMethod};
+use serde_json::json;
+
+const AST_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=Asterisk\r\nt=0 0\r\n\
+    m=audio 4000 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 1 udp 1 127.0.0.1 4000 typ host\r\n\
+    a=end-of-candidates\r\n";
+const BROWSER_SDP: &str = "v=0\r\no=- 9 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n";
+
+struct Rig {
+    gw: Gateway,
+    now: Instant,
+    sip: Vec<Message>,
+    hub: Vec<ToHub>,
+    ari: Vec<(ari::RequestId, Method, String)>,
+    results: Vec<CallResult>,
+    logs: Vec<String>,
+    connects: usize,
+}
+
+fn config() -> GatewayConfig {
+    GatewayConfig {
+        sip: UaConfig::new("icegate", "sip-secret", "pbx.example"),
+        ari: ControllerConfig {
+            routing: Routing::Answer,
+            ..ControllerConfig::default()
+        },
+        gather_timeout: Duration::from_secs(2),
+        register_expires: 600,
+    }
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let now = Instant::now();
+        let mut rig = Rig {
+            gw: Gateway::new(config(), 7, now),
+            now,
+            sip: vec![],
+            hub: vec![],
+            ari: vec![],
+            results: vec![],
+            logs: vec![],
+            connects: 0,
+        };
+        rig.drain();
+        rig
+    }
+
+    /// SIP registered and ARI connected.
+    fn up() -> Rig {
+        let mut rig = Rig::new();
+        assert_eq!(rig.connects, 1);
+        rig.gw.sip_connected(rig.now);
+        rig.drain();
+        let register = rig.take_sip(SipMethod::Register);
+        rig.reply(&register, 200, None);
+        assert!(rig.gw.is_registered());
+        assert!(!rig.gw.is_available(), "ARI is not connected yet");
+        rig.gw.ari_connected(rig.now);
+        rig.drain();
+        assert_eq!(rig.hub, [ToHub::Available(true)]);
+        rig.hub.clear();
+        rig
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.gw.poll_output() {
+            match output {
+                Output::Sip(text) => self.sip.push(Message::parse(text.as_bytes()).unwrap()),
+                Output::AriConnect(path) => {
+                    assert!(path.starts_with("/ari/events?app=icegate"));
+                    self.connects += 1;
+                }
+                Output::AriRequest {
+                    id, method, path, ..
+                } => self.ari.push((id, method, path)),
+                Output::Hub(m) => self.hub.push(m),
+                Output::Result(r) => self.results.push(r),
+                Output::Log(l) => self.logs.push(l),
+            }
+        }
+    }
+
+    fn take_sip(&mut self, method: SipMethod) -> Message {
+        let i = self
+            .sip
+            .iter()
+            .position(|m| m.method() == Some(&method))
+            .unwrap_or_else(|| panic!("no {method:?} in {:?}", self.sip));
+        self.sip.remove(i)
+    }
+
+    fn feed_sip(&mut self, m: &Message) {
+        self.gw.handle_sip(m.encode().as_bytes(), self.now);
+        self.drain();
+    }
+
+    fn reply(&mut self, request: &Message, code: u16, sdp: Option<&str>) {
+        let mut r = response(request, code, Some("ast-tag"));
+        if let Some(sdp) = sdp {
+            r.push("Contact", "<sip:asterisk@127.0.0.1:5060;transport=ws>");
+            r.set_body("application/sdp", sdp);
+        }
+        self.feed_sip(&r);
+    }
+
+    fn ari_event(&mut self, kind: &str, channel: serde_json::Value) {
+        let e = json!({"type": kind, "timestamp": "2026-11-24T20:24:55.021+0000",
+                       "application": "icegate", "channel": channel, "args": ["700"]});
+        self.gw.handle_ari_event(&e.to_string(), self.now);
+        self.drain();
+    }
+
+    fn answer_ari(&mut self, status: u16) {
+        for (id, _, _) in std::mem::take(&mut self.ari) {
+            self.gw.handle_ari_response(id, status, "", self.now);
+        }
+        self.drain();
+    }
+
+    fn hub_call(&mut self, call: CallId, extension: &str, sdp: &str) {
+        self.gw.handle_hub(
+            HubOutput::PbxCall {
+                call,
+                from: UserId::new("alice").unwrap(),
+                extension: Extension::new(extension).unwrap(),
+                sdp: sdp.into(),
+            },
+            self.now,
+        );
+        self.drain();
+    }
+
+    fn hub_send(&mut self, message: ServerMessage) {
+        self.gw.handle_hub(
+            HubOutput::Send {
+                to: Endpoint::Pbx,
+                message,
+            },
+            self.now,
+        );
+        self.drain();
+    }
+
+    fn assert_empty(&self) {
+        assert_eq!(
+            (
+                self.gw.call_count(),
+                self.gw.sip_call_count(),
+                self.gw.ari_call_count()
+            ),
+            (0, 0, 0)
+        );
+    }
+}
+
+fn channel(id: &str, state: &str, protocol_id: &str) -> serde_json::Value {
+    json!({"id": id, "name": "PJSIP/icegate-00000009", "state": state, "protocol_id": protocol_id,
+           "caller": {"name": "", "number": "icegate"}, "connected": {"name": "", "number": ""},
+           "dialplan": {"context": "from-icegate", "exten": "700", "priority": 1,
+                        "app_name": "Stasis", "app_data": "icegate,700"}})
+}
+
+fn cand(line: &str) -> Option<IceCandidate> {
+    Some(IceCandidate {
+        candidate: line.into(),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: None,
+    })
+}
+
+const CALL: CallId = CallId(0xc0ffee);
+
+fn hangup_of(hub: &[ToHub]) -> Option<HangupReason> {
+    hub.iter().find_map(|m| match m {
+        ToHub::Event(PbxEvent::Hangup { reason, .. }) => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn candidates_are_gathered_into_the_invite_then_ring_answer_dtmf_bye() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "700", BROWSER_SDP);
+    assert!(rig.sip.is_empty(), "the INVITE waits for the candidates");
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: cand("candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host"),
+    });
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: cand(""),
+    });
+    let invite = rig.take_sip(SipMethod::Invite);
+    let sdp = invite.sdp().unwrap();
+    assert!(sdp.contains("a=candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host\r\n"));
+    assert!(sdp.ends_with("a=end-of-candidates\r\n"));
+    assert_eq!(invite.request_uri(), Some("sip:700@pbx.example"));
+
+    // The channel lands in Stasis: the controller links it, rings and answers it.
+    rig.ari_event("StasisStart", channel("ch1", "Ring", invite.call_id()));
+    assert!(rig.ari.iter().any(|(_, _, p)| p == "/channels/ch1/ring"));
+    rig.answer_ari(204);
+    rig.reply(&invite, 180, None);
+    assert_eq!(rig.hub, [ToHub::Event(PbxEvent::Ringing { call: CALL })]);
+    rig.hub.clear();
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.take_sip(SipMethod::Ack);
+    assert_eq!(
+        rig.hub,
+        [ToHub::Event(PbxEvent::Answer {
+            call: CALL,
+            sdp: AST_SDP.into()
+        })]
+    );
+    assert_eq!(rig.results, [CallResult::Answered]);
+    rig.answer_ari(204);
+    rig.hub.clear();
+
+    // DTMF both ways.
+    rig.hub_send(ServerMessage::Dtmf {
+        call: CALL,
+        digits: Digits::new("12#").unwrap(),
+    });
+    assert!(rig
+        .ari
+        .iter()
+        .any(|(_, _, p)| p == "/channels/ch1/dtmf?dtmf=12%23"));
+    rig.answer_ari(204);
+    let dtmf = json!({"type": "ChannelDtmfReceived", "digit": "5", "duration_ms": 100,
+        "application": "icegate", "timestamp": "2026-11-24T20:24:55.021+0000",
+        "channel": channel("ch1", "Up", invite.call_id())});
+    rig.gw.handle_ari_event(&dtmf.to_string(), rig.now);
+    rig.drain();
+    assert_eq!(
+        rig.hub,
+        [ToHub::Event(PbxEvent::Dtmf {
+            call: CALL,
+            digits: Digits::new("5").unwrap()
+        })]
+    );
+
+    // The browser hangs up: BYE.
+    rig.hub_send(ServerMessage::Hangup {
+        call: CALL,
+        reason: HangupReason::Normal,
+    });
+    let bye = rig.take_sip(SipMethod::Bye);
+    rig.reply(&bye, 200, None);
+    assert_eq!(rig.gw.call_count(), 0);
+    assert_eq!(rig.gw.sip_call_count(), 0);
+}
+
+#[test]
+fn the_gather_timeout_sends_what_there_is() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "600", BROWSER_SDP);
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: cand("candidate:7 1 udp 1 192.0.2.7 7 typ relay raddr 0.0.0.0 rport 0"),
+    });
+    let deadline = rig.gw.poll_timeout().unwrap();
+    assert!(deadline <= rig.now + Duration::from_secs(2));
+    rig.gw.handle_timeout(rig.now + Duration::from_secs(2));
+    rig.drain();
+    let invite = rig.take_sip(SipMethod::Invite);
+    assert!(invite.sdp().unwrap().contains("typ relay"));
+}
+
+#[test]
+fn a_complete_sdp_goes_at_once() {
+    let mut rig = Rig::up();
+    let complete = sdp::with_candidates(BROWSER_SDP, &[]);
+    rig.hub_call(CALL, "600", &complete);
+    rig.take_sip(SipMethod::Invite);
+}
+
+#[test]
+fn failures_map_to_hangup_reasons() {
+    for (code, reason) in [
+        (486, HangupReason::Busy),
+        (404, HangupReason::NotFound),
+        (484, HangupReason::NotFound),
+        (603, HangupReason::Declined),
+        (480, HangupReason::Unavailable),
+        (503, HangupReason::Unavailable),
+        (408, HangupReason::NoAnswer),
+    ] {
+        let mut rig = Rig::up();
+        rig.hub_call(CALL, "601", &sdp::with_candidates(BROWSER_SDP, &[]));
+        let invite = rig.take_sip(SipMethod::Invite);
+        rig.reply(&invite, code, None);
+        assert_eq!(hangup_of(&rig.hub), Some(reason), "{code}");
+        assert_eq!(rig.results, [CallResult::Failed(reason)]);
+        rig.assert_empty();
+    }
+}
+
+#[test]
+fn hangup_while_ringing_cancels() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "602", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 180, None);
+    rig.hub_send(ServerMessage::Hangup {
+        call: CALL,
+        reason: HangupReason::Normal,
+    });
+    let cancel = rig.take_sip(SipMethod::Cancel);
+    assert_eq!(cancel.call_id(), invite.call_id());
+    assert_eq!(rig.gw.call_count(), 0);
+    rig.reply(&cancel, 200, None);
+    rig.reply(&invite, 487, None);
+    rig.take_sip(SipMethod::Ack);
+    rig.assert_empty();
+}
+
+#[test]
+fn hangup_while_gathering_sends_nothing() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "600", BROWSER_SDP);
+    rig.hub_send(ServerMessage::Hangup {
+        call: CALL,
+        reason: HangupReason::Normal,
+    });
+    assert!(rig.sip.is_empty());
+    rig.assert_empty();
+    // Only the registration refresh is left to wait for.
+    assert!(rig.gw.poll_timeout().unwrap() > rig.now + Duration::from_secs(60));
+}
+
+#[test]
+fn asterisk_hangs_up_an_answered_call() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.sip.clear();
+    rig.hub.clear();
+    let bye = format!(
+        "BYE sip:icegate@x.invalid;transport=ws SIP/2.0\r\n\
+         Via: SIP/2.0/WS 127.0.0.1:8088;rport;branch=z9hG4bKPjbye\r\n\
+         From: <sip:700@pbx.example>;tag=ast-tag\r\n\
+         To: {}\r\n\
+         Call-ID: {}\r\n\
+         CSeq: 5 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        invite.header("From").unwrap(),
+        invite.call_id()
+    );
+    rig.gw.handle_sip(bye.as_bytes(), rig.now);
+    rig.drain();
+    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Normal));
+    assert!(rig
+        .sip
+        .iter()
+        .any(|m| m.encode().starts_with("SIP/2.0 200")));
+    rig.assert_empty();
+}
+
+fn incoming_invite(to_user: &str) -> String {
+    format!(
+        "INVITE sip:icegate@127.0.0.1:48126;transport=WS SIP/2.0\r\n\
+         Via: SIP/2.0/WS 127.0.0.1:8088;rport;branch=z9hG4bKPjin1;alias\r\n\
+         From: \"Reception\" <sip:100@pbx.example>;tag=ast\r\n\
+         To: <sip:{to_user}@127.0.0.1>\r\n\
+         Contact: <sip:asterisk@pbx.example:5060;transport=ws>\r\n\
+         Call-ID: in-1\r\n\
+         CSeq: 100 INVITE\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{AST_SDP}",
+        AST_SDP.len()
+    )
+}
+
+#[test]
+fn asterisk_calls_a_browser_that_answers() {
+    let mut rig = Rig::up();
+    rig.gw
+        .handle_sip(incoming_invite("bob").as_bytes(), rig.now);
+    rig.drain();
+    let Some(ToHub::Offer {
+        token,
+        from,
+        to,
+        sdp,
+    }) = rig.hub.pop()
+    else {
+        panic!("no offer: {:?}", rig.hub);
+    };
+    assert_eq!(
+        (from.as_str(), to.as_str(), sdp.as_str()),
+        ("100", "bob", AST_SDP)
+    );
+    rig.sip.clear();
+    rig.gw.offer_result(token, Ok(CALL), rig.now);
+    rig.hub_send(ServerMessage::Ringing { call: CALL });
+    assert!(rig.sip.pop().unwrap().encode().starts_with("SIP/2.0 180"));
+    rig.hub_send(ServerMessage::Answer {
+        call: CALL,
+        sdp: BROWSER_SDP.into(),
+    });
+    assert!(rig.sip.is_empty(), "the answer waits for candidates");
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: cand("candidate:1 1 udp 1 10.0.0.1 5000 typ host"),
+    });
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: None,
+    });
+    let ok = rig.sip.pop().unwrap();
+    assert!(ok.encode().starts_with("SIP/2.0 200"));
+    assert!(ok
+        .sdp()
+        .unwrap()
+        .contains("a=candidate:1 1 udp 1 10.0.0.1 5000 typ host"));
+    assert_eq!(rig.results, [CallResult::Answered]);
+    // The browser hangs up later: BYE (after the ACK).
+    let ack = "ACK sip:icegate@x.invalid;transport=ws SIP/2.0\r\n\
+        Via: SIP/2.0/WS 127.0.0.1:8088;rport;branch=z9hG4bKPjack\r\n\
+        From: \"Reception\" <sip:100@pbx.example>;tag=ast\r\n";
+    let ack = format!(
+        "{ack}To: {}\r\nCall-ID: in-1\r\nCSeq: 100 ACK\r\nContent-Length: 0\r\n\r\n",
+        ok.header("To").unwrap()
+    );
+    rig.gw.handle_sip(ack.as_bytes(), rig.now);
+    rig.hub_send(ServerMessage::Hangup {
+        call: CALL,
+        reason: HangupReason::Normal,
+    });
+    let bye = rig.take_sip(SipMethod::Bye);
+    rig.reply(&bye, 200, None);
+    rig.assert_empty();
+}
+
+#[test]
+fn incoming_refusals() {
+    // No such user at the hub: 404.
+    let mut rig = Rig::up();
+    rig.gw
+        .handle_sip(incoming_invite("nobody").as_bytes(), rig.now);
+    rig.drain();
+    let Some(ToHub::Offer { token, .. }) = rig.hub.pop() else {
+        panic!()
+    };
+    rig.sip.clear();
+    rig.gw
+        .offer_result(token, Err(ErrorCode::UnknownUser), rig.now);
+    rig.drain();
+    assert!(rig.sip.pop().unwrap().encode().starts_with("SIP/2.0 404"));
+    rig.assert_empty();
+
+    // Addressed to our own SIP user: nobody to ring.
+    rig.gw
+        .handle_sip(incoming_invite("icegate").as_bytes(), rig.now);
+    rig.drain();
+    assert!(rig.sip.pop().unwrap().encode().starts_with("SIP/2.0 404"));
+
+    // The browser declines: 603.
+    let mut rig = Rig::up();
+    rig.gw
+        .handle_sip(incoming_invite("bob").as_bytes(), rig.now);
+    rig.drain();
+    let Some(ToHub::Offer { token, .. }) = rig.hub.pop() else {
+        panic!()
+    };
+    rig.gw.offer_result(token, Ok(CALL), rig.now);
+    rig.sip.clear();
+    rig.hub_send(ServerMessage::Hangup {
+        call: CALL,
+        reason: HangupReason::Declined,
+    });
+    assert!(rig.sip.pop().unwrap().encode().starts_with("SIP/2.0 603"));
+    rig.assert_empty();
+}
+
+#[test]
+fn asterisk_cancels_an_offer_before_the_hub_took_it() {
+    let mut rig = Rig::up();
+    rig.gw
+        .handle_sip(incoming_invite("bob").as_bytes(), rig.now);
+    rig.drain();
+    let Some(ToHub::Offer { token, .. }) = rig.hub.pop() else {
+        panic!()
+    };
+    let cancel = "CANCEL sip:icegate@127.0.0.1:48126;transport=WS SIP/2.0\r\n\
+         Via: SIP/2.0/WS 127.0.0.1:8088;rport;branch=z9hG4bKPjin1;alias\r\n\
+         From: \"Reception\" <sip:100@pbx.example>;tag=ast\r\n\
+         To: <sip:bob@127.0.0.1>\r\nCall-ID: in-1\r\nCSeq: 100 CANCEL\r\n\
+         Content-Length: 0\r\n\r\n";
+    rig.gw.handle_sip(cancel.as_bytes(), rig.now);
+    rig.drain();
+    rig.assert_empty();
+    // The hub made the call meanwhile: it is ended at once.
+    rig.gw.offer_result(token, Ok(CALL), rig.now);
+    rig.drain();
+    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Normal));
+}
+
+#[test]
+fn losing_ari_or_sip_makes_the_pbx_unavailable_and_ends_calls() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.sip.clear();
+    rig.hub.clear();
+    rig.gw.ari_connection_lost(rig.now);
+    rig.drain();
+    assert_eq!(rig.hub, [ToHub::Available(false)]);
+    rig.take_sip(SipMethod::Bye);
+    assert_eq!(rig.gw.call_count(), 0);
+    // New calls are refused while down.
+    rig.hub.clear();
+    rig.hub_call(CallId(2), "600", BROWSER_SDP);
+    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
+    // ARI comes back after the backoff.
+    let retry = rig.gw.poll_timeout().unwrap();
+    rig.gw.handle_timeout(retry);
+    rig.drain();
+    assert_eq!(rig.connects, 2);
+    rig.hub.clear();
+    rig.gw.ari_connected(retry);
+    rig.drain();
+    assert_eq!(rig.hub, [ToHub::Available(true)]);
+
+    // Now SIP goes: the UA ends its calls, the hub is told once.
+    rig.hub.clear();
+    rig.hub_call(CallId(3), "602", &sdp::with_candidates(BROWSER_SDP, &[]));
+    rig.gw.sip_disconnected(rig.now);
+    rig.drain();
+    assert!(rig.hub.contains(&ToHub::Available(false)));
+    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
+    rig.assert_empty();
+    // Reconnected: REGISTER again, available again.
+    rig.sip.clear();
+    rig.gw.sip_connected(rig.now);
+    rig.drain();
+    let register = rig.take_sip(SipMethod::Register);
+    rig.hub.clear();
+    rig.reply(&register, 200, None);
+    assert_eq!(rig.hub, [ToHub::Available(true)]);
+}
+
+#[test]
+fn malformed_input_is_logged_not_fatal() {
+    let mut rig = Rig::up();
+    for junk in ["", "garbage", "SIP/2.0 200\r\n\r\n", "INVITE x\r\n\r\n"] {
+        rig.gw.handle_sip(junk.as_bytes(), rig.now);
+    }
+    for junk in ["", "{", "[]", "{\"type\":\"StasisStart\"}", "{\"type\":42}"] {
+        rig.gw.handle_ari_event(junk, rig.now);
+    }
+    rig.gw
+        .handle_ari_response(ari::RequestId(999), 500, "{", rig.now);
+    rig.drain();
+    assert!(!rig.logs.is_empty());
+    assert!(rig.gw.is_available());
+    rig.assert_empty();
+}
+
+#[test]
+fn uri_users() {
+    assert_eq!(uri_user("sip:alice@h;transport=ws"), Some("alice"));
+    assert_eq!(uri_user("sips:bob;x=1@h"), Some("bob"));
+    assert_eq!(uri_user("sip:h"), None);
+    assert_eq!(uri_user("tel:123"), None);
+    assert_eq!(failure_reason(500), HangupReason::Unavailable);
+}
