@@ -964,3 +964,145 @@ async fn asterisk_standin_bridges() {
         404
     );
 }
+
+/// MediaMode::Echo: a WebRTC client (webrtc-rs, relay-only, like the recorded Chromium)
+/// calls 600 and gets its audio back through icegate-relay.
+#[cfg(feature = "media-echo")]
+mod echo {
+    use super::*;
+    use icegate_tests::asterisk::media;
+    use icegate_tests::asterisk::{MediaMode, TurnServer};
+    use icegate_tests::{Relay, RelayConfig, ServerKind};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use webrtc::api::media_engine::MIME_TYPE_PCMU;
+    use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+    use webrtc::rtp::packet::Packet;
+    use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+    use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+    use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+    fn invite_with(sdp: &str, call_id: &str, cseq: u32, auth: Option<String>) -> String {
+        let mut m = format!(
+            "INVITE sip:600@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bKe{call_id}{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:600@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:icegate@c.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n"
+        );
+        if let Some(a) = auth {
+            m.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        format!("{m}Content-Length: {}\r\n\r\n{sdp}", sdp.len())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asterisk_standin_echo_media_through_icegate_relay() {
+        let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+        let turn = TurnServer {
+            url: format!("turn:127.0.0.1:{}?transport=udp", relay.ports.listen()),
+            username: "alice".into(),
+            password: "secret".into(),
+        };
+        let pbx = AsteriskStandIn::start(Config {
+            media: MediaMode::Echo(turn.clone()),
+            ..Config::default()
+        });
+
+        // The caller: PCMU, relay candidates only, all of them in the offer.
+        let pc = media::peer_connection(&turn).await.unwrap();
+        let codec = RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_PCMU.into(),
+            clock_rate: 8000,
+            ..Default::default()
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(
+            codec,
+            "mic".into(),
+            "caller".into(),
+        ));
+        pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>)
+            .await
+            .unwrap();
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&received);
+        pc.on_track(Box::new(move |remote, _, _| {
+            let counter = Arc::clone(&counter);
+            Box::pin(async move {
+                tokio::spawn(async move {
+                    while remote.read_rtp().await.is_ok() {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            })
+        }));
+        let offer = pc.create_offer(None).await.unwrap();
+        let offer = media::complete_local_sdp(&pc, offer).await.unwrap();
+        assert!(offer.contains("typ relay"), "{offer}");
+
+        let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+        let call_id = format!("echo{}", rand::random::<u32>());
+        ws.send(Message::text(invite_with(&offer, &call_id, 1, None)))
+            .await
+            .unwrap();
+        let challenge = recv_sip(&mut ws).await;
+        let auth = digest::authorization(
+            challenge.header("WWW-Authenticate").unwrap(),
+            "INVITE",
+            "sip:600@127.0.0.1",
+            "icegate",
+            "sip-secret",
+        );
+        ws.send(Message::text(invite_with(&offer, &call_id, 2, auth)))
+            .await
+            .unwrap();
+        assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
+        // Gathering through the relay takes a moment before the 200 comes.
+        let ok = loop {
+            let text = client::recv_text(&mut ws, Duration::from_secs(15))
+                .await
+                .expect("200 OK");
+            let m = SipMessage::parse(&text).unwrap();
+            if m.status() == Some(200) {
+                break m;
+            }
+        };
+        assert!(ok.body.contains("typ relay"), "{}", ok.body);
+        assert!(
+            !ok.body.contains("typ host"),
+            "relayed candidates only: {}",
+            ok.body
+        );
+        assert!(ok.body.contains("a=setup:active"), "{}", ok.body);
+        pc.set_remote_description(RTCSessionDescription::answer(ok.body.clone()).unwrap())
+            .await
+            .unwrap();
+
+        // 20 ms of PCMU silence per packet until enough comes back.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seq: u16 = 0;
+        while received.load(Ordering::Relaxed) < 25 && std::time::Instant::now() < deadline {
+            let mut p = Packet::default();
+            p.header.version = 2;
+            p.header.sequence_number = seq;
+            p.header.timestamp = u32::from(seq) * 160;
+            p.payload = vec![0xFFu8; 160].into();
+            let _ = track.write_rtp(&p).await;
+            seq = seq.wrapping_add(1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let echoed = {
+            let c = pbx.lock();
+            c.calls
+                .iter()
+                .filter_map(|x| x.media.as_ref())
+                .map(|m| m.echoed())
+                .sum::<u64>()
+        };
+        assert!(
+            received.load(Ordering::Relaxed) >= 25,
+            "only {} packets came back ({} echoed, {} sent)",
+            received.load(Ordering::Relaxed),
+            echoed,
+            seq
+        );
+        assert!(echoed >= 25);
+        let _ = pc.close().await;
+    }
+}

@@ -8,7 +8,7 @@ use super::dialplan::Route;
 use super::digest::{self, Challenge};
 use super::sdp;
 use super::sip::{self, SipMessage};
-use super::state::{Call, Core, Dir, Phase, Registration, Stream};
+use super::state::{Call, Core, Dir, MediaMode, Phase, Registration, Stream};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -352,6 +352,8 @@ impl Core {
             playbacks: vec![],
             dtmf_sent: String::new(),
             cancelled: false,
+            #[cfg(feature = "media-echo")]
+            media: None,
         });
         self.calls.len() - 1
     }
@@ -400,26 +402,13 @@ impl Core {
                 vec![("Reason", "Q.850;cause=17".into())],
                 None,
             ),
-            Route::Echo => match sdp::answer(&req.body, &self.media_params()) {
-                Ok(answer) => {
-                    let idx = self.new_inbound_call(conn, peer, req, &route, "Up", &to_tag);
-                    self.send_answer(idx, answer);
-                }
-                Err(e) => {
-                    self.note(format!("offer refused: {e}"));
-                    self.respond(
-                        conn,
-                        peer,
-                        req,
-                        488,
-                        "Not Acceptable Here",
-                        Some(&to_tag),
-                        vec![],
-                        vec![],
-                        None,
-                    )
-                }
-            },
+            Route::Echo => {
+                let idx = self.new_inbound_call(conn, peer, req, &route, "Up", &to_tag);
+                self.with_answer(idx, |core, i, answer| match answer {
+                    Ok(answer) => core.send_answer(i, answer),
+                    Err(e) => core.refuse_offer(i, &e),
+                });
+            }
             Route::Ringing => {
                 let idx = self.new_inbound_call(conn, peer, req, &route, "Ringing", &to_tag);
                 self.send_ringing(idx);
@@ -816,6 +805,8 @@ impl Core {
             playbacks: vec![],
             dtmf_sent: String::new(),
             cancelled: false,
+            #[cfg(feature = "media-echo")]
+            media: None,
         });
         self.sip_send(reg.conn, &invite);
         let idx = self.calls.len() - 1;
@@ -1037,7 +1028,11 @@ impl Core {
         for b in &mut self.bridges {
             b.channels.retain(|c| *c != id);
         }
-        self.calls.remove(idx);
+        let _gone = self.calls.remove(idx);
+        #[cfg(feature = "media-echo")]
+        if let Some(endpoint) = _gone.media {
+            self.rt.spawn(async move { endpoint.close().await });
+        }
     }
 
     /// What goes out on SIP when Asterisk ends a call: BYE when up, CANCEL for its own
@@ -1148,12 +1143,91 @@ impl Core {
         if c.outbound {
             return Err((409, "Channel not answerable".into()));
         }
-        let answer = sdp::answer(&c.invite.body, &self.media_params())
-            .map_err(|e| (500, format!("Failed to answer channel: {e}")))?;
-        self.calls[idx].channel.state = "Up".into();
-        self.emit_channel(idx, "ChannelStateChange", vec![]);
-        self.send_answer(idx, answer);
+        if self.cfg.media == MediaMode::Static {
+            // Checked first so that a bad offer fails the request, as in Asterisk.
+            sdp::answer(&c.invite.body, &self.media_params())
+                .map_err(|e| (500, format!("Failed to answer channel: {e}")))?;
+        }
+        self.with_answer(idx, |core, i, answer| match answer {
+            Ok(answer) => {
+                core.calls[i].channel.state = "Up".into();
+                core.emit_channel(i, "ChannelStateChange", vec![]);
+                core.send_answer(i, answer);
+            }
+            Err(e) => {
+                core.note(format!("answer failed: {e}"));
+                core.hangup(i, Hangup::Ari { cause: 58 });
+            }
+        });
         Ok(())
+    }
+
+    /// The SDP answer to call `idx`'s offer, handed to `then` under the lock: at once
+    /// (static media), or once the echo endpoint has gathered its candidates.
+    fn with_answer(&mut self, idx: usize, then: fn(&mut Core, usize, Result<String, String>)) {
+        let turn = match &self.cfg.media {
+            MediaMode::Static => {
+                let answer = sdp::answer(&self.calls[idx].invite.body, &self.media_params());
+                return then(self, idx, answer);
+            }
+            MediaMode::Echo(turn) => turn.clone(),
+        };
+        #[cfg(feature = "media-echo")]
+        {
+            let offer = self.calls[idx].invite.body.clone();
+            let id = self.calls[idx].channel.id.clone();
+            let me = self.me.clone();
+            self.rt.spawn(async move {
+                let made = super::media::EchoEndpoint::answer(&offer, &turn).await;
+                let Some(core) = me.upgrade() else { return };
+                let orphan = {
+                    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+                    match (core.call_index_by_channel(&id), made) {
+                        (Some(i), Ok((endpoint, sdp))) => {
+                            core.calls[i].media = Some(std::sync::Arc::new(endpoint));
+                            then(&mut core, i, Ok(sdp));
+                            None
+                        }
+                        (Some(i), Err(e)) => {
+                            then(&mut core, i, Err(e));
+                            None
+                        }
+                        // The call ended while the endpoint was being made.
+                        (None, Ok((endpoint, _))) => Some(endpoint),
+                        (None, Err(_)) => None,
+                    }
+                };
+                if let Some(endpoint) = orphan {
+                    endpoint.close().await;
+                }
+            });
+        }
+        #[cfg(not(feature = "media-echo"))]
+        {
+            let _ = turn;
+            then(
+                self,
+                idx,
+                Err("MediaMode::Echo needs the media-echo feature".into()),
+            );
+        }
+    }
+
+    /// 488 for an offer the media side cannot answer; the call is forgotten.
+    fn refuse_offer(&mut self, idx: usize, why: &str) {
+        self.note(format!("offer refused: {why}"));
+        let c = self.calls.remove(idx);
+        self.respond(
+            c.conn,
+            c.peer,
+            &c.invite,
+            488,
+            "Not Acceptable Here",
+            Some(&c.local_tag),
+            vec![],
+            vec![],
+            None,
+        );
     }
 
     /// ARI `continue`: the channel leaves Stasis (StasisEnd) and runs the dialplan at
@@ -1170,9 +1244,10 @@ impl Core {
                 c.channel.app_name = "Echo".into();
                 c.channel.app_data = String::new();
                 if c.phase == Phase::Early && !c.outbound {
-                    if let Ok(answer) = sdp::answer(&c.invite.body.clone(), &self.media_params()) {
-                        self.send_answer(idx, answer);
-                    }
+                    self.with_answer(idx, |core, i, answer| match answer {
+                        Ok(answer) => core.send_answer(i, answer),
+                        Err(e) => core.refuse_offer(i, &e),
+                    });
                 }
             }
             Some(Route::Stasis { app, args }) => {

@@ -12,7 +12,8 @@
 //! assert!(pbx.sip_requests("REGISTER").len() >= 1);
 //! ```
 //!
-//! Every address is 127.0.0.1. Media is static (valid SDP, nothing behind it).
+//! Every address is 127.0.0.1. Media is static (valid SDP, nothing behind it) unless
+//! [`MediaMode::Echo`] is chosen (feature `media-echo`).
 
 pub mod ari_events;
 pub mod ari_model;
@@ -22,6 +23,8 @@ pub mod client;
 pub mod clock;
 pub mod dialplan;
 pub mod digest;
+#[cfg(feature = "media-echo")]
+pub mod media;
 pub mod real;
 pub mod recording;
 pub mod sdp;
@@ -33,4 +36,4 @@ mod ws;
 
 pub use dialplan::{Dialplan, Route};
 pub use server::AsteriskStandIn;
-pub use state::{Config, Faults, LogEntry, MediaMode};
+pub use state::{Config, Faults, LogEntry, MediaMode, TurnServer};

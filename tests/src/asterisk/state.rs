@@ -14,11 +14,25 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// How the stand-in's media side behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum MediaMode {
     /// A valid SDP answer with one `typ relay` candidate, and no media behind it.
     #[default]
     Static,
+    /// A webrtc-rs peer connection answers browser-originated calls (600, ARI answer,
+    /// continue to 600) and echoes their audio, relayed through this TURN server. Needs the
+    /// `media-echo` feature; without it such calls are refused with 488. Calls Asterisk
+    /// originates and re-INVITEs keep static SDP.
+    Echo(TurnServer),
+}
+
+/// A TURN server the echo endpoint relays through (icegate-relay in tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnServer {
+    /// `turn:127.0.0.1:3478?transport=udp`
+    pub url: String,
+    pub username: String,
+    pub password: String,
 }
 
 /// Everything a test may choose. `Default` is the recorded setup.
@@ -186,6 +200,9 @@ pub struct Call {
     pub dtmf_sent: String,
     /// Set once CANCEL was sent for an unanswered outbound call.
     pub cancelled: bool,
+    /// The echoing media endpoint (MediaMode::Echo).
+    #[cfg(feature = "media-echo")]
+    pub media: Option<std::sync::Arc<super::media::EchoEndpoint>>,
 }
 
 impl Call {
