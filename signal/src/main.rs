@@ -12,7 +12,9 @@
 //! and disconnects a session whose outbox is full.
 
 mod shell {
+    pub mod asterisk_io;
     pub mod config;
+    pub mod gateway_task;
     pub mod hub_task;
     pub mod metrics;
     pub mod relay_health;
@@ -55,6 +57,8 @@ enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("Asterisk gateway: {0}")]
+    Asterisk(shell::gateway_task::SpawnError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -116,6 +120,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         log_format: _,
         limits,
         hub: hub_config,
+        asterisk,
     } = settings;
 
     let listen_error = |addr, what| move |source| StartError::Listen { addr, what, source };
@@ -156,9 +161,17 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let (stop, stopped) = watch::channel(false);
     let (hub_tx, hub_rx) = mpsc::channel(shell::hub_task::INBOX_CAPACITY);
+    let gateway = match asterisk {
+        Some(asterisk) => Some(
+            shell::gateway_task::spawn(asterisk, hub_tx.clone(), metrics.clone(), stopped.clone())
+                .map_err(StartError::Asterisk)?,
+        ),
+        None => None,
+    };
     tokio::spawn(shell::hub_task::run(
         Hub::new(hub_config, rand::random()),
         hub_rx,
+        gateway,
         metrics.clone(),
     ));
     let shared = Arc::new(Shared::new(

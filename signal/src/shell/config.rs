@@ -9,6 +9,7 @@ use clap::Parser;
 use icegate_common::config::{load_toml, ConfigError};
 use icegate_common::credentials::Secret;
 use icegate_common::logging::LogFormat;
+use icegate_signal::ari::controller::Routing;
 use icegate_signal::auth::Authenticator;
 use icegate_signal::hub::HubConfig;
 use icegate_signal::ice::{self, IceConfigError, Relay};
@@ -100,6 +101,48 @@ pub struct Cli {
     /// Seconds a call may ring unanswered. Default: 60.
     #[arg(long)]
     pub ring_timeout: Option<u64>,
+    /// Asterisk's SIP WebSocket (`ws://HOST:8088/ws` or `wss://HOST:8089/ws`); setting it
+    /// turns the Asterisk gateway on.
+    #[arg(long)]
+    pub asterisk_sip_ws: Option<String>,
+    /// The PJSIP endpoint (and digest user) icegate registers as. Default: icegate.
+    #[arg(long)]
+    pub asterisk_sip_user: Option<String>,
+    /// The PJSIP endpoint's digest password.
+    #[arg(long)]
+    pub asterisk_sip_password: Option<String>,
+    /// The SIP domain (REGISTER goes to sip:DOMAIN). Default: the host of asterisk-sip-ws.
+    #[arg(long)]
+    pub asterisk_sip_domain: Option<String>,
+    /// Asterisk's HTTP server for ARI (`http://HOST:8088` or `https://HOST:8089`).
+    #[arg(long)]
+    pub asterisk_ari_url: Option<String>,
+    /// The ARI user (ari.conf). Default: icegate.
+    #[arg(long)]
+    pub asterisk_ari_user: Option<String>,
+    /// The ARI user's password.
+    #[arg(long)]
+    pub asterisk_ari_password: Option<String>,
+    /// The Stasis application's name. Default: icegate.
+    #[arg(long)]
+    pub asterisk_app: Option<String>,
+    /// What a browser's call does in Stasis: answer, continue (into asterisk-context) or dial
+    /// (asterisk-dial-endpoint, then bridge). Default: answer.
+    #[arg(long)]
+    pub asterisk_routing: Option<String>,
+    /// The dialplan context for routing `continue` and for transfers. Default: from-icegate.
+    #[arg(long)]
+    pub asterisk_context: Option<String>,
+    /// The endpoint routing `dial` rings; `{exten}` is the extension. Default: PJSIP/{exten}.
+    #[arg(long)]
+    pub asterisk_dial_endpoint: Option<String>,
+    /// PEM CA certificates that Asterisk's wss:// and https:// certificates must chain to.
+    #[arg(long)]
+    pub asterisk_ca: Option<PathBuf>,
+    /// Milliseconds to wait for a browser's end-of-candidates before its SDP goes to
+    /// Asterisk (which does not trickle). Default: 2000.
+    #[arg(long)]
+    pub candidate_gather_timeout: Option<u64>,
 }
 
 /// The TOML file; keys are the flags' long names.
@@ -127,6 +170,19 @@ pub struct FileConfig {
     max_sessions_per_user: Option<usize>,
     idle_timeout: Option<u64>,
     ring_timeout: Option<u64>,
+    asterisk_sip_ws: Option<String>,
+    asterisk_sip_user: Option<String>,
+    asterisk_sip_password: Option<String>,
+    asterisk_sip_domain: Option<String>,
+    asterisk_ari_url: Option<String>,
+    asterisk_ari_user: Option<String>,
+    asterisk_ari_password: Option<String>,
+    asterisk_app: Option<String>,
+    asterisk_routing: Option<String>,
+    asterisk_context: Option<String>,
+    asterisk_dial_endpoint: Option<String>,
+    asterisk_ca: Option<PathBuf>,
+    candidate_gather_timeout: Option<u64>,
 }
 
 /// How the listener speaks HTTP.
@@ -179,6 +235,111 @@ pub struct Settings {
     pub limits: Limits,
     /// Hub limits and timers.
     pub hub: HubConfig,
+    /// The Asterisk gateway, when configured.
+    pub asterisk: Option<Asterisk>,
+}
+
+/// Where a WebSocket or HTTP server is: `ws://`, `wss://`, `http://` or `https://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// `wss://` or `https://`.
+    pub tls: bool,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (the scheme's default when not given).
+    pub port: u16,
+    /// Path, `/` at least; without a trailing `/` for HTTP bases.
+    pub path: String,
+}
+
+impl ServerUrl {
+    /// Parses `scheme://host[:port][/path]` for one of `schemes` (plain, TLS).
+    pub fn parse(text: &str, schemes: (&str, &str)) -> Result<ServerUrl, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text}: not a URL"))?;
+        let tls = if scheme.eq_ignore_ascii_case(schemes.0) {
+            false
+        } else if scheme.eq_ignore_ascii_case(schemes.1) {
+            true
+        } else {
+            return Err(format!(
+                "{text}: the scheme must be {} or {}",
+                schemes.0, schemes.1
+            ));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(format!("{text}: credentials belong in their own keys"));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("{text}: unclosed ["))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(format!("{text}: no host"));
+        }
+        let default_port = if tls { 8089 } else { 8088 };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| format!("{text}: bad port"))?,
+            None => default_port,
+        };
+        Ok(ServerUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+
+    /// `host:port`, with brackets for IPv6, for Host headers.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The Asterisk gateway's settings.
+#[derive(Debug)]
+pub struct Asterisk {
+    /// The SIP WebSocket.
+    pub sip_ws: ServerUrl,
+    /// The SIP user.
+    pub sip_user: String,
+    /// Its password.
+    pub sip_password: Secret,
+    /// The SIP domain.
+    pub sip_domain: String,
+    /// The ARI base (path without a trailing `/`, e.g. empty or `/asterisk`).
+    pub ari: ServerUrl,
+    /// The ARI user.
+    pub ari_user: String,
+    /// Its password.
+    pub ari_password: Secret,
+    /// The Stasis application.
+    pub app: String,
+    /// Routing in Stasis.
+    pub routing: Routing,
+    /// The transfer context.
+    pub context: String,
+    /// CA certificates for TLS, if set.
+    pub ca: Option<PathBuf>,
+    /// The candidate gather timeout.
+    pub gather_timeout: Duration,
 }
 
 impl Settings {
@@ -213,7 +374,7 @@ impl Settings {
             .collect();
         format!(
             "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
-             credential-ttl: {} s\n  metrics: {}",
+             credential-ttl: {} s\n  metrics: {}\n  asterisk: {}",
             self.listen,
             match (self.anonymous, self.keys.auth.is_configured()) {
                 (true, true) => "anonymous, or JWT",
@@ -228,6 +389,17 @@ impl Settings {
             self.credential_ttl,
             self.metrics_listen
                 .map_or("off".into(), |address| address.to_string()),
+            self.asterisk.as_ref().map_or("off".into(), |a| format!(
+                "SIP {}://{}{} as {}, ARI {}://{}{} app {}",
+                if a.sip_ws.tls { "wss" } else { "ws" },
+                a.sip_ws.authority(),
+                a.sip_ws.path,
+                a.sip_user,
+                if a.ari.tls { "https" } else { "http" },
+                a.ari.authority(),
+                a.ari.path,
+                a.app
+            )),
         )
     }
 }
@@ -253,6 +425,7 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         ConfigError::invalid(if from_cli { None } else { path }, key, message)
     };
 
+    let asterisk = asterisk(cli, &f, &invalid)?;
     let (listen, listen_cli) = pick(cli.listen, f.listen);
     let listen =
         listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
@@ -449,9 +622,160 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         hub: HubConfig {
             max_sessions_per_user,
             ring_timeout: Duration::from_secs(ring),
+            pbx: asterisk.is_some(),
             ..hub_defaults
         },
+        asterisk,
     })
+}
+
+/// The `asterisk-*` keys: all or nothing, decided by `asterisk-sip-ws`.
+fn asterisk(
+    cli: &Cli,
+    f: &FileConfig,
+    invalid: &dyn Fn(bool, &str, String) -> ConfigError,
+) -> Result<Option<Asterisk>, ConfigError> {
+    let text = |c: &Option<String>, f: &Option<String>| pick(c.clone(), f.clone());
+    let (sip_ws, sip_ws_cli) = text(&cli.asterisk_sip_ws, &f.asterisk_sip_ws);
+    let (ari, ari_cli) = text(&cli.asterisk_ari_url, &f.asterisk_ari_url);
+    let Some(sip_ws) = sip_ws else {
+        if ari.is_some() {
+            return Err(invalid(
+                ari_cli,
+                "asterisk-sip-ws",
+                "asterisk-ari-url is set but asterisk-sip-ws is not".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let sip_ws = ServerUrl::parse(&sip_ws, ("ws", "wss"))
+        .map_err(|e| invalid(sip_ws_cli, "asterisk-sip-ws", e))?;
+    let Some(ari_text) = ari else {
+        return Err(invalid(
+            sip_ws_cli,
+            "asterisk-ari-url",
+            "asterisk-sip-ws is set but asterisk-ari-url is not".into(),
+        ));
+    };
+    let mut ari = ServerUrl::parse(&ari_text, ("http", "https"))
+        .map_err(|e| invalid(ari_cli, "asterisk-ari-url", e))?;
+    let trimmed = ari.path.trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix("/ari").unwrap_or(trimmed);
+    ari.path = trimmed.to_owned();
+    let secret = |c: &Option<String>, fv: &Option<String>, key: &str| match text(c, fv) {
+        (Some(value), _) if !value.is_empty() => Ok(Secret::new(value)),
+        (_, from_cli) => Err(invalid(from_cli, key, "must be set (and not empty)".into())),
+    };
+    let sip_password = secret(
+        &cli.asterisk_sip_password,
+        &f.asterisk_sip_password,
+        "asterisk-sip-password",
+    )?;
+    let ari_password = secret(
+        &cli.asterisk_ari_password,
+        &f.asterisk_ari_password,
+        "asterisk-ari-password",
+    )?;
+    let name = |c: &Option<String>, fv: &Option<String>, key: &str, default: &str| {
+        let (value, from_cli) = text(c, fv);
+        let value = value.unwrap_or_else(|| default.to_owned());
+        let ok = !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+        if ok {
+            Ok(value)
+        } else {
+            Err(invalid(
+                from_cli,
+                key,
+                format!("{value:?}: use letters, digits and - _ . +"),
+            ))
+        }
+    };
+    let sip_user = name(
+        &cli.asterisk_sip_user,
+        &f.asterisk_sip_user,
+        "asterisk-sip-user",
+        "icegate",
+    )?;
+    let ari_user = name(
+        &cli.asterisk_ari_user,
+        &f.asterisk_ari_user,
+        "asterisk-ari-user",
+        "icegate",
+    )?;
+    let app = name(
+        &cli.asterisk_app,
+        &f.asterisk_app,
+        "asterisk-app",
+        "icegate",
+    )?;
+    let context = name(
+        &cli.asterisk_context,
+        &f.asterisk_context,
+        "asterisk-context",
+        "from-icegate",
+    )?;
+    let sip_domain = name(
+        &cli.asterisk_sip_domain,
+        &f.asterisk_sip_domain,
+        "asterisk-sip-domain",
+        &sip_ws.host,
+    )
+    .or_else(|e| {
+        if sip_ws.host.contains(':') {
+            Ok(format!("[{}]", sip_ws.host))
+        } else {
+            Err(e)
+        }
+    })?;
+    let (endpoint, _) = text(&cli.asterisk_dial_endpoint, &f.asterisk_dial_endpoint);
+    let (routing, routing_cli) = text(&cli.asterisk_routing, &f.asterisk_routing);
+    let routing = match routing.as_deref().unwrap_or("answer") {
+        "answer" => Routing::Answer,
+        "continue" => Routing::Continue {
+            context: context.clone(),
+            priority: 1,
+        },
+        "dial" => Routing::Dial {
+            endpoint: endpoint.unwrap_or_else(|| "PJSIP/{exten}".into()),
+            timeout: 30,
+        },
+        other => {
+            return Err(invalid(
+                routing_cli,
+                "asterisk-routing",
+                format!("{other:?}: use answer, continue or dial"),
+            ))
+        }
+    };
+    let (ca, _) = pick(cli.asterisk_ca.clone(), f.asterisk_ca.clone());
+    let (gather, gather_cli) = pick(cli.candidate_gather_timeout, f.candidate_gather_timeout);
+    let gather = match gather {
+        Some(ms) if !(1..=30_000).contains(&ms) => {
+            return Err(invalid(
+                gather_cli,
+                "candidate-gather-timeout",
+                "must be between 1 and 30000 ms".into(),
+            ))
+        }
+        ms => Duration::from_millis(ms.unwrap_or(2000)),
+    };
+    Ok(Some(Asterisk {
+        sip_ws,
+        sip_user,
+        sip_password,
+        sip_domain,
+        ari,
+        ari_user,
+        ari_password,
+        app,
+        routing,
+        context,
+        ca,
+        gather_timeout: gather,
+    }))
 }
 
 #[cfg(test)]
@@ -540,5 +864,66 @@ mod tests {
         let error = load_file("anonymous = true\n", &["--credential-ttl", "0"]).unwrap_err();
         assert_eq!(error.file(), None, "a flag's error names the command line");
         assert_eq!(error.key(), Some("credential-ttl"));
+    }
+
+    #[test]
+    fn asterisk_keys() {
+        let settings = Settings::load(&cli(&["--anonymous"])).unwrap();
+        assert!(settings.asterisk.is_none());
+        assert!(!settings.hub.pbx);
+        let settings = load_file(
+            "anonymous = true\nasterisk-sip-ws = \"ws://127.0.0.1:8088/ws\"\n\
+             asterisk-sip-password = \"sip-pw\"\nasterisk-ari-url = \"http://127.0.0.1:8088/ari\"\n\
+             asterisk-ari-password = \"ari-pw\"\nasterisk-routing = \"continue\"\n",
+            &["--candidate-gather-timeout", "500"],
+        )
+        .unwrap();
+        assert!(settings.hub.pbx);
+        let a = settings.asterisk.as_ref().unwrap();
+        assert_eq!((a.sip_ws.port, a.sip_ws.path.as_str()), (8088, "/ws"));
+        assert_eq!(a.ari.path, "");
+        assert_eq!(a.sip_domain, "127.0.0.1");
+        assert_eq!(a.gather_timeout, Duration::from_millis(500));
+        assert!(matches!(a.routing, Routing::Continue { .. }));
+        let shown = format!("{} {settings:?}", settings.summary());
+        assert!(
+            !shown.contains("sip-pw") && !shown.contains("ari-pw"),
+            "{shown}"
+        );
+
+        let error =
+            load_file("anonymous = true\nasterisk-sip-ws = \"ws://h/ws\"\n", &[]).unwrap_err();
+        assert_eq!(error.key(), Some("asterisk-ari-url"));
+        assert!(error.file().is_some());
+        let error =
+            load_file("anonymous = true\nasterisk-sip-ws = \"http://h/ws\"\n", &[]).unwrap_err();
+        assert_eq!(error.key(), Some("asterisk-sip-ws"));
+        let error = load_file(
+            "anonymous = true\nasterisk-sip-ws = \"ws://h/ws\"\nasterisk-ari-url = \"http://h\"\n\
+             asterisk-ari-password = \"x\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), Some("asterisk-sip-password"));
+        let error = load_file(
+            "anonymous = true\n",
+            &[
+                "--asterisk-sip-ws",
+                "ws://h",
+                "--asterisk-ari-url",
+                "http://h",
+                "--asterisk-sip-password",
+                "a",
+                "--asterisk-ari-password",
+                "b",
+                "--asterisk-routing",
+                "x",
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            (error.key(), error.file()),
+            (Some("asterisk-routing"), None)
+        );
     }
 }

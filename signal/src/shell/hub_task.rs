@@ -5,10 +5,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use icegate_signal::hub::{Endpoint, Hub, OpenError, Output};
-use icegate_signal::protocol::{ClientMessage, RequestId, ServerMessage, SessionId, UserId};
+use icegate_signal::gateway::ToHub;
+use icegate_signal::hub::{Endpoint, Hub, OpenError, Output, PbxEvent};
+use icegate_signal::protocol::{
+    ClientMessage, HangupReason, RequestId, ServerMessage, SessionId, UserId,
+};
 use tokio::sync::{mpsc, oneshot};
 
+use super::gateway_task::GatewayInput;
 use super::metrics::Metrics;
 
 /// Messages queued for one connection before it counts as too slow.
@@ -41,10 +45,17 @@ pub enum HubInput {
         /// The session.
         session: SessionId,
     },
+    /// What the Asterisk gateway says.
+    Pbx(ToHub),
 }
 
 /// Runs the hub until every sender is gone.
-pub async fn run(mut hub: Hub, mut inbox: mpsc::Receiver<HubInput>, metrics: Metrics) {
+pub async fn run(
+    mut hub: Hub,
+    mut inbox: mpsc::Receiver<HubInput>,
+    gateway: Option<mpsc::Sender<GatewayInput>>,
+    metrics: Metrics,
+) {
     let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
     loop {
         let deadline = hub.poll_timeout();
@@ -85,8 +96,45 @@ pub async fn run(mut hub: Hub, mut inbox: mpsc::Receiver<HubInput>, metrics: Met
                 outboxes.remove(&session);
                 hub.close_session(session, now);
             }
+            Some(HubInput::Pbx(ToHub::Event(event))) => {
+                // A refusal means the call is already gone here; nothing to undo.
+                let _ = hub.handle_pbx(event, now);
+            }
+            Some(HubInput::Pbx(ToHub::Available(available))) => {
+                hub.set_pbx_available(available, now)
+            }
+            Some(HubInput::Pbx(ToHub::Offer {
+                token,
+                from,
+                to,
+                sdp,
+            })) => {
+                let result = hub
+                    .handle_pbx(PbxEvent::Call { from, to, sdp }, now)
+                    .and_then(|call| {
+                        call.ok_or((icegate_signal::protocol::ErrorCode::UnknownCall, ""))
+                    })
+                    .map_err(|(code, _)| code);
+                if let Some(gateway) = &gateway {
+                    let reply = GatewayInput::OfferResult { token, result };
+                    if gateway.try_send(reply).is_err() {
+                        tracing::warn!(
+                            "the Asterisk gateway is too busy to take an offer's result"
+                        );
+                        if let Ok(call) = result {
+                            let _ = hub.handle_pbx(
+                                PbxEvent::Hangup {
+                                    call,
+                                    reason: HangupReason::Unavailable,
+                                },
+                                now,
+                            );
+                        }
+                    }
+                }
+            }
         }
-        deliver(&mut hub, &mut outboxes, &metrics, now);
+        deliver(&mut hub, &mut outboxes, gateway.as_ref(), &metrics, now);
         metrics.sessions_active.set(outboxes.len() as i64);
     }
 }
@@ -104,6 +152,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 fn deliver(
     hub: &mut Hub,
     outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
+    gateway: Option<&mpsc::Sender<GatewayInput>>,
     metrics: &Metrics,
     now: Instant,
 ) {
@@ -126,14 +175,32 @@ fn deliver(
                     }
                 }
                 Output::Event(event) => metrics.call(event),
-                // No gateway runs yet (HubConfig::pbx is false), so the hub refuses calls to
-                // extensions and never asks the PBX for anything.
-                Output::Send {
+                // Without a gateway HubConfig::pbx is false and the hub never addresses the PBX.
+                output @ (Output::Send {
                     to: Endpoint::Pbx, ..
                 }
                 | Output::PbxCall { .. }
-                | Output::PbxRequest { .. } => {
-                    tracing::warn!("the hub addressed the PBX, but no gateway is running");
+                | Output::PbxRequest { .. }) => {
+                    let failed_call = match &output {
+                        Output::PbxCall { call, .. } => Some(*call),
+                        _ => None,
+                    };
+                    let sent =
+                        gateway.is_some_and(|g| g.try_send(GatewayInput::Hub(output)).is_ok());
+                    if !sent {
+                        tracing::warn!(
+                            "the Asterisk gateway is not keeping up; dropping a PBX message"
+                        );
+                        if let Some(call) = failed_call {
+                            let _ = hub.handle_pbx(
+                                PbxEvent::Hangup {
+                                    call,
+                                    reason: HangupReason::Unavailable,
+                                },
+                                now,
+                            );
+                        }
+                    }
                 }
             }
         }

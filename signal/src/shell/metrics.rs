@@ -40,6 +40,12 @@ pub struct Metrics {
     pub relays_configured: IntGauge,
     /// Per relay host: 1 when up.
     pub relay_up: IntGaugeVec,
+    /// 1 when the Asterisk gateway's SIP registration is in place.
+    pub sip_registered: IntGauge,
+    /// 1 when the Asterisk gateway's ARI events connection is up.
+    pub ari_connected: IntGauge,
+    /// Calls with Asterisk, by result (answered, or the hangup reason of a failed one).
+    pub pbx_calls: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -135,6 +141,19 @@ impl Metrics {
                     .expect("registered once");
                 metric
             },
+            sip_registered: gauge(
+                "icegate_signal_asterisk_sip_registered",
+                "1 when the SIP registration with Asterisk is in place.",
+            ),
+            ari_connected: gauge(
+                "icegate_signal_asterisk_ari_connected",
+                "1 when the ARI events WebSocket to Asterisk is up.",
+            ),
+            pbx_calls: counter_vec(
+                "icegate_signal_asterisk_calls_total",
+                "Calls with Asterisk, by result: answered or why they failed.",
+                &["result"],
+            ),
             registry,
         };
         // Series that exist from the start read as 0 rather than missing in dashboards.
