@@ -797,6 +797,19 @@ async fn asterisk_standin_ari_hangup_of_an_unanswered_caller_is_603() {
     let id = pbx
         .channel_for_call_id(&call_id)
         .expect("a channel for the call");
+    let bad = http(
+        pbx.addr(),
+        "DELETE",
+        &format!("/ari/channels/{id}?reason=sleepy"),
+        Some(("icegate", "ari-secret")),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(
+        pbx.channels().len(),
+        1,
+        "a refused hangup leaves the channel"
+    );
     let r = http(
         pbx.addr(),
         "DELETE",

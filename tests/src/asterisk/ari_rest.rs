@@ -174,11 +174,13 @@ impl Core {
             }
             ("GET", ["endpoints", ..]) => err(404, "Endpoint not found"),
             ("GET", ["applications"]) => {
-                let apps: Vec<String> = self
+                let mut apps: Vec<String> = self
                     .event_conns
                     .values()
                     .flat_map(|c| c.apps.clone())
                     .collect();
+                apps.sort();
+                apps.dedup();
                 (
                     200,
                     Some(Value::Array(
@@ -276,18 +278,19 @@ impl Core {
         match (method, rest) {
             ("GET", []) => (200, Some(self.calls[idx].channel.json())),
             ("DELETE", []) => {
-                let cause = match p("reason").as_deref() {
-                    Some("busy") => 17,
-                    Some("congestion") => 34,
-                    Some("no_answer") => 19,
-                    Some("normal") | None => 16,
-                    Some(other) => match p("reason_code")
-                        .or(Some(other.into()))
-                        .and_then(|c| c.parse().ok())
-                    {
-                        Some(c) => c,
-                        None => return err(400, "Invalid reason for hangup provided"),
+                // `reason_code` (a Q.850 number) or `reason` (a name), as ARI documents.
+                let cause = match (p("reason_code"), p("reason").as_deref()) {
+                    (Some(code), _) => match code.parse() {
+                        Ok(c) => c,
+                        Err(_) => return err(400, "Invalid reason for hangup provided"),
                     },
+                    (None, Some("normal") | None) => 16,
+                    (None, Some("busy")) => 17,
+                    (None, Some("no_answer") | Some("timeout")) => 19,
+                    (None, Some("rejected")) => 21,
+                    (None, Some("unallocated")) => 1,
+                    (None, Some("congestion")) => 34,
+                    (None, Some(_)) => return err(400, "Invalid reason for hangup provided"),
                 };
                 self.hangup(idx, Hangup::Ari { cause });
                 (204, None)
