@@ -1,0 +1,293 @@
+//! icegate-signal's Asterisk gateway end to end: browsers (WebSocket clients of the signal
+//! protocol) call through icegate-signal to the Asterisk stand-in (SIP over WebSocket with
+//! digest, ARI REST and events), and the stand-in calls them.
+
+use std::time::Duration;
+
+use icegate_tests::asterisk::{AsteriskStandIn, Config};
+use icegate_tests::signal::{eventually, Received, Signal, SignalConfig, WsClient};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0\r\n\
+a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
+
+struct Rig {
+    pbx: AsteriskStandIn,
+    signal: Signal,
+}
+
+fn start() -> Rig {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let args: Vec<String> = [
+        "--asterisk-sip-ws",
+        &pbx.sip_ws_url(),
+        "--asterisk-sip-password",
+        "sip-secret",
+        "--asterisk-ari-url",
+        &pbx.ari_url(),
+        "--asterisk-ari-password",
+        "ari-secret",
+        "--candidate-gather-timeout",
+        "300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let signal = Signal::start(SignalConfig {
+        args,
+        ..SignalConfig::default()
+    });
+    let rig = Rig { pbx, signal };
+    rig.wait_available();
+    rig
+}
+
+impl Rig {
+    fn gauge(&self, name: &str) -> f64 {
+        self.signal.metrics().sum(name, &[])
+    }
+
+    fn wait_available(&self) {
+        let up = eventually(WAIT, || {
+            self.gauge("icegate_signal_asterisk_sip_registered") == 1.0
+                && self.gauge("icegate_signal_asterisk_ari_connected") == 1.0
+        });
+        if !up {
+            self.signal.dump_log(60);
+            panic!("the gateway did not register and connect ARI");
+        }
+    }
+
+    fn browser(&self, name: &str) -> WsClient {
+        let mut client = self.signal.connect(&format!("name={name}"));
+        client.expect("welcome");
+        client
+    }
+
+    /// The stand-in and icegate-signal hold no call any more.
+    fn assert_no_leaks(&self) {
+        let clean = eventually(WAIT, || {
+            let metrics = self.signal.metrics();
+            let started = metrics.sum("icegate_signal_calls_started_total", &[]);
+            let ended = metrics.sum("icegate_signal_calls_ended_total", &[]);
+            self.pbx.lock().calls.is_empty()
+                && self.pbx.lock().bridges.is_empty()
+                && started == ended
+        });
+        if !clean {
+            self.signal.dump_log(80);
+            panic!("calls left over: stand-in {:?}", self.pbx.channels());
+        }
+    }
+}
+
+/// Calls `extension` with the offer; trickles one candidate and end-of-candidates; returns
+/// the call id.
+fn call(browser: &mut WsClient, extension: &str) -> String {
+    browser.send(json!({"v":1,"type":"call","id":"c","to":{"extension":extension},"sdp":OFFER}));
+    let ack = browser.expect("ack");
+    let call = ack["call"].as_str().expect("call id").to_owned();
+    browser.send(json!({"v":1,"type":"candidate","call":call,"candidate":{
+        "candidate":"candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host","sdpMid":"0","sdpMLineIndex":0}}));
+    browser.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
+    call
+}
+
+/// The next message that is not a `ringing`.
+fn after_ringing(browser: &mut WsClient) -> Value {
+    loop {
+        match browser.recv() {
+            Received::Json(m) if m["type"] == "ringing" => continue,
+            Received::Json(m) => return m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+fn expect_hangup(browser: &mut WsClient, reason: &str) {
+    let hangup = after_ringing(browser);
+    assert_eq!(hangup["type"], "hangup", "{hangup}");
+    assert_eq!(hangup["reason"], reason, "{hangup}");
+}
+
+#[test]
+fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+
+    // 600: the dialplan answers and echoes.
+    let call600 = call(&mut alice, "600");
+    let answer = after_ringing(&mut alice);
+    assert_eq!(answer["type"], "answer", "{answer}");
+    assert!(answer["sdp"].as_str().unwrap().contains("m=audio"));
+    let invite = rig.pbx.sip_requests("INVITE").pop().expect("an INVITE");
+    let sdp = &invite.body;
+    assert!(
+        sdp.contains("a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=end-of-candidates"), "{sdp}");
+    alice.send(json!({"v":1,"type":"hangup","call":call600}));
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
+
+    // 700: into Stasis, where the gateway's ARI controller rings and answers it.
+    let call700 = call(&mut alice, "700");
+    let answer = after_ringing(&mut alice);
+    assert_eq!(answer["type"], "answer", "{answer}");
+    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
+    let channel = rig
+        .pbx
+        .channel_for_call_id(invite.call_id())
+        .expect("a channel");
+    alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"12#"}));
+    assert_eq!(alice.expect("ack")["id"], "d");
+    assert!(
+        eventually(WAIT, || rig.pbx.dtmf_sent(&channel).as_deref()
+            == Some("12#")),
+        "{:?}",
+        rig.pbx.ari_requests()
+    );
+    assert!(rig.pbx.inject_dtmf(&channel, "5"));
+    let dtmf = alice.expect("dtmf");
+    assert_eq!(dtmf["digits"], "5");
+    alice.send(json!({"v":1,"type":"hangup","call":call700}));
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 2));
+    rig.assert_no_leaks();
+    let answered = rig.signal.metrics().sum(
+        "icegate_signal_asterisk_calls_total",
+        &[("result", "answered")],
+    );
+    assert_eq!(answered, 2.0);
+}
+
+#[test]
+fn busy_unknown_and_cancel_while_ringing() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    call(&mut alice, "601");
+    expect_hangup(&mut alice, "busy");
+    call(&mut alice, "9");
+    expect_hangup(&mut alice, "not_found");
+
+    let call602 = call(&mut alice, "602");
+    assert_eq!(alice.expect("ringing")["call"], call602.as_str());
+    alice.send(json!({"v":1,"type":"hangup","call":call602}));
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("CANCEL").len() == 1));
+    rig.assert_no_leaks();
+    alice.ping(1);
+}
+
+#[test]
+fn asterisk_hangs_up() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    call(&mut alice, "700");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
+    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+    assert!(rig.pbx.hangup(&channel, 16));
+    expect_hangup(&mut alice, "normal");
+    rig.assert_no_leaks();
+}
+
+#[test]
+fn asterisk_calls_a_browser_that_answers() {
+    let rig = start();
+    let mut bob = rig.browser("bob");
+    let contact = rig
+        .pbx
+        .registrations()
+        .last()
+        .map(|r| r.aor.clone())
+        .expect("registered");
+    let body = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=Asterisk\r\nt=0 0\r\n\
+        m=audio 4000 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n\
+        a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\na=end-of-candidates\r\n";
+    let invite = format!(
+        "INVITE {contact} SIP/2.0\r\n\
+         Via: SIP/2.0/WS 127.0.0.1:5060;rport;branch=z9hG4bKPjtest1;alias\r\n\
+         From: \"Reception\" <sip:100@127.0.0.1>;tag=standin1\r\n\
+         To: <sip:bob@127.0.0.1>\r\n\
+         Contact: <sip:asterisk@127.0.0.1:5060;transport=ws>\r\n\
+         Call-ID: gateway-test-in-1\r\n\
+         CSeq: 10 INVITE\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    rig.pbx.send_sip_raw(&invite);
+    let incoming = bob.expect("incoming");
+    assert_eq!(incoming["from"], "100");
+    assert!(incoming["sdp"].as_str().unwrap().contains("m=audio 4000"));
+    let call = incoming["call"].as_str().unwrap().to_owned();
+    bob.send(json!({"v":1,"type":"ringing","call":call}));
+    bob.send(json!({"v":1,"type":"answer","call":call,"sdp":OFFER.replace("actpass", "active")}));
+    bob.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
+    let ok = eventually(WAIT, || {
+        rig.pbx.sip_received().iter().any(|m| {
+            !m.is_request() && m.call_id() == "gateway-test-in-1" && m.status() == Some(200)
+        })
+    });
+    assert!(ok, "no 200 OK for the INVITE");
+    let ringing =
+        rig.pbx.sip_received().iter().any(|m| {
+            !m.is_request() && m.call_id() == "gateway-test-in-1" && m.status() == Some(180)
+        });
+    assert!(ringing);
+}
+
+#[test]
+fn losing_ari_then_sip_hangs_calls_up_and_reconnects() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    call(&mut alice, "600");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    rig.pbx.drop_ari_events(true);
+    expect_hangup(&mut alice, "unavailable");
+    rig.wait_available();
+
+    call(&mut alice, "600");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    rig.pbx.drop_sip(true);
+    expect_hangup(&mut alice, "unavailable");
+    rig.wait_available();
+    assert!(rig.pbx.sip_requests("REGISTER").len() >= 2);
+    rig.assert_no_leaks();
+    // And calls work again.
+    call(&mut alice, "601");
+    expect_hangup(&mut alice, "busy");
+}
+
+#[test]
+fn malformed_sip_and_ari_input_changes_nothing() {
+    let rig = start();
+    for junk in [
+        "garbage",
+        "SIP/2.0 200 OK\r\n\r\n",
+        "INVITE sip:x SIP/2.0\r\nContent-Length: 99999\r\n\r\n",
+        "\u{0}\u{1}",
+    ] {
+        rig.pbx.send_sip_raw(junk);
+    }
+    for junk in [
+        "{",
+        "[]",
+        "{\"type\":\"StasisStart\"}",
+        "{\"type\":\"Nope\"}",
+    ] {
+        rig.pbx.send_ari_raw(junk);
+    }
+    let mut alice = rig.browser("alice");
+    call(&mut alice, "601");
+    expect_hangup(&mut alice, "busy");
+    rig.wait_available();
+    rig.assert_no_leaks();
+}
