@@ -352,7 +352,7 @@ async fn asterisk_recording_ari_basics() {
 async fn asterisk_recording_browser_calls_echo() {
     let r = replay("browser-calls-echo").await;
     let pbx = &r.pbx;
-    assert!(pbx.channels().is_empty(), "the BYE ended the channel");
+    assert!(pbx.idle(), "the BYE ended the channel");
 }
 
 #[tokio::test]

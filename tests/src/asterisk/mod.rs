@@ -12,6 +12,15 @@
 //! assert!(pbx.sip_requests("REGISTER").len() >= 1);
 //! ```
 //!
+//! The handle ([`AsteriskStandIn`]): URLs (`sip_ws_url`, `ari_url`, `ari_events_url`);
+//! what it saw (`log` in the recordings' format, `sip_received`, `sip_requests`,
+//! `ari_requests`, `events_sent`, `channels`, `registrations`, `connections`, `dtmf_sent`,
+//! `idle`, `wait_until`, `lock` for anything else); what it does on request (`hangup`,
+//! `inject_dtmf`); faults (`set_faults`: never answer, silent SIP, refuse the events
+//! socket, fail every REST call; `drop_sip`, `drop_ari_events`, `send_sip_raw`,
+//! `send_ari_raw`, `stop`, `restart`). Behaviour the recordings do not show is marked
+//! as such where it is implemented (calls.rs, ari_rest.rs).
+//!
 //! Every address is 127.0.0.1. Media is static (valid SDP, nothing behind it) unless
 //! [`MediaMode::Echo`] is chosen (feature `media-echo`).
 

@@ -249,6 +249,13 @@ impl AsteriskStandIn {
         self.lock().registrations.clone()
     }
 
+    /// True when no channel and no bridge is left (leak checks). Takes the lock once: two
+    /// `lock()` calls in one expression would deadlock.
+    pub fn idle(&self) -> bool {
+        let c = self.lock();
+        c.calls.is_empty() && c.bridges.is_empty()
+    }
+
     /// Number of open SIP and ARI-events WebSockets.
     pub fn connections(&self) -> (usize, usize) {
         let c = self.lock();
