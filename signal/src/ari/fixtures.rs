@@ -1,5 +1,5 @@
-//! Test-only access to the recordings of a real Asterisk in `shared/fixtures/asterisk/`
-//! (beside the repository, as on every developer machine and in CI).
+//! Test-only access to the recordings of a real Asterisk in `fixtures/asterisk/`
+//! (the repository's copy of the shared recordings, so a clean clone has them).
 
 use std::path::PathBuf;
 
@@ -62,7 +62,7 @@ impl Flow {
 }
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/asterisk")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/asterisk")
 }
 
 /// Loads one recording's ARI messages; panics with the path when it is missing.

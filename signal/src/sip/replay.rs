@@ -1,4 +1,4 @@
-//! Replays of the recorded Asterisk 22 flows (testdata/, copied from the shared fixtures):
+//! Replays of the recorded Asterisk 22 flows (`fixtures/asterisk/` at the repository root):
 //! Asterisk's messages are fed to the UA with the recording's identifiers (branches, tags,
 //! Call-IDs, cnonces) rewritten to the UA's own, and every message the recorded client sent
 //! is compared with what the UA sends at that point.
@@ -34,39 +34,45 @@ fn load(json: &str) -> Vec<Frame> {
 }
 
 const FLOWS: [(&str, &str); 10] = [
-    ("register", include_str!("testdata/register.json")),
+    (
+        "register",
+        include_str!("../../../fixtures/asterisk/register.json"),
+    ),
     (
         "sip-wrong-password",
-        include_str!("testdata/sip-wrong-password.json"),
+        include_str!("../../../fixtures/asterisk/sip-wrong-password.json"),
     ),
-    ("unregister", include_str!("testdata/unregister.json")),
+    (
+        "unregister",
+        include_str!("../../../fixtures/asterisk/unregister.json"),
+    ),
     (
         "browser-calls-echo",
-        include_str!("testdata/browser-calls-echo.json"),
+        include_str!("../../../fixtures/asterisk/browser-calls-echo.json"),
     ),
     (
         "browser-calls-stasis",
-        include_str!("testdata/browser-calls-stasis.json"),
+        include_str!("../../../fixtures/asterisk/browser-calls-stasis.json"),
     ),
     (
         "browser-calls-busy",
-        include_str!("testdata/browser-calls-busy.json"),
+        include_str!("../../../fixtures/asterisk/browser-calls-busy.json"),
     ),
     (
         "browser-calls-unknown",
-        include_str!("testdata/browser-calls-unknown.json"),
+        include_str!("../../../fixtures/asterisk/browser-calls-unknown.json"),
     ),
     (
         "browser-cancels-ringing",
-        include_str!("testdata/browser-cancels-ringing.json"),
+        include_str!("../../../fixtures/asterisk/browser-cancels-ringing.json"),
     ),
     (
         "asterisk-calls-browser",
-        include_str!("testdata/asterisk-calls-browser.json"),
+        include_str!("../../../fixtures/asterisk/asterisk-calls-browser.json"),
     ),
     (
         "asterisk-call-rejected",
-        include_str!("testdata/asterisk-call-rejected.json"),
+        include_str!("../../../fixtures/asterisk/asterisk-call-rejected.json"),
     ),
 ];
 

@@ -1,7 +1,8 @@
 //! A stand-in for Asterisk 22 (chan_pjsip + ARI) for icegate-signal's tests: SIP over
 //! WebSocket (RFC 7118) with digest auth, the `from-icegate` dialplan, ARI REST and the
 //! ARI events WebSocket, shaped after the recordings of a real Asterisk 22.10.1 in
-//! `recordings/` (a copy of `../shared/fixtures/asterisk/`, so a clean clone has them).
+//! `fixtures/asterisk/` at the repository root (a copy of the shared recordings, so a clean
+//! clone has them).
 //!
 //! ```no_run
 //! use icegate_tests::asterisk::{AsteriskStandIn, Config};

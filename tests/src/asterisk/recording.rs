@@ -36,7 +36,7 @@ pub struct Recording {
 
 /// The directory of the recordings shipped with this crate.
 pub fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/asterisk/recordings")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/asterisk")
 }
 
 /// Loads `recordings/<flow>.json`.
