@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use icegate_tests::asterisk::{AsteriskStandIn, Config};
+use icegate_tests::asterisk::{AsteriskStandIn, Config, Faults};
 use icegate_tests::signal::{eventually, Received, Signal, SignalConfig, WsClient};
 use serde_json::{json, Value};
 
@@ -24,8 +24,12 @@ struct Rig {
 }
 
 fn start() -> Rig {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Rig {
     let pbx = AsteriskStandIn::start(Config::default());
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--asterisk-sip-ws",
         &pbx.sip_ws_url(),
         "--asterisk-sip-password",
@@ -40,6 +44,7 @@ fn start() -> Rig {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let signal = Signal::start(SignalConfig {
         args,
         ..SignalConfig::default()
@@ -77,9 +82,9 @@ impl Rig {
             let metrics = self.signal.metrics();
             let started = metrics.sum("icegate_signal_calls_started_total", &[]);
             let ended = metrics.sum("icegate_signal_calls_ended_total", &[]);
-            self.pbx.lock().calls.is_empty()
-                && self.pbx.lock().bridges.is_empty()
+            self.pbx.idle()
                 && started == ended
+                && metrics.sum("icegate_signal_asterisk_calls_active", &[]) == 0.0
         });
         if !clean {
             self.signal.dump_log(80);
@@ -201,28 +206,7 @@ fn asterisk_hangs_up() {
 fn asterisk_calls_a_browser_that_answers() {
     let rig = start();
     let mut bob = rig.browser("bob");
-    let contact = rig
-        .pbx
-        .registrations()
-        .last()
-        .map(|r| r.aor.clone())
-        .expect("registered");
-    let body = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=Asterisk\r\nt=0 0\r\n\
-        m=audio 4000 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n\
-        a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\na=end-of-candidates\r\n";
-    let invite = format!(
-        "INVITE {contact} SIP/2.0\r\n\
-         Via: SIP/2.0/WS 127.0.0.1:5060;rport;branch=z9hG4bKPjtest1;alias\r\n\
-         From: \"Reception\" <sip:100@127.0.0.1>;tag=standin1\r\n\
-         To: <sip:bob@127.0.0.1>\r\n\
-         Contact: <sip:asterisk@127.0.0.1:5060;transport=ws>\r\n\
-         Call-ID: gateway-test-in-1\r\n\
-         CSeq: 10 INVITE\r\n\
-         Max-Forwards: 70\r\n\
-         Content-Type: application/sdp\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let invite = incoming_invite(&rig, "bob", "gateway-test-in-1");
     rig.pbx.send_sip_raw(&invite);
     let incoming = bob.expect("incoming");
     assert_eq!(incoming["from"], "100");
@@ -242,6 +226,89 @@ fn asterisk_calls_a_browser_that_answers() {
             !m.is_request() && m.call_id() == "gateway-test-in-1" && m.status() == Some(180)
         });
     assert!(ringing);
+}
+
+const PBX_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=Asterisk\r\nt=0 0\r\n\
+    m=audio 4000 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n\
+    a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\na=end-of-candidates\r\n";
+
+/// An INVITE as Asterisk sends it to icegate's contact, for browser user `user`.
+fn incoming_invite(rig: &Rig, user: &str, call_id: &str) -> String {
+    let contact = rig
+        .pbx
+        .registrations()
+        .last()
+        .map(|r| r.aor.clone())
+        .expect("registered");
+    format!(
+        "INVITE {contact} SIP/2.0\r\n\
+         Via: SIP/2.0/WS 127.0.0.1:5060;rport;branch=z9hG4bKPj{call_id};alias\r\n\
+         From: \"Reception\" <sip:100@127.0.0.1>;tag=standin1\r\n\
+         To: <sip:{user}@127.0.0.1>\r\n\
+         Contact: <sip:asterisk@127.0.0.1:5060;transport=ws>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 10 INVITE\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{PBX_OFFER}",
+        PBX_OFFER.len()
+    )
+}
+
+/// Whether icegate-signal answered the INVITE `call_id` with `status`.
+fn responded(rig: &Rig, call_id: &str, status: u16) -> bool {
+    eventually(WAIT, || {
+        rig.pbx
+            .sip_received()
+            .iter()
+            .any(|m| !m.is_request() && m.call_id() == call_id && m.status() == Some(status))
+    })
+}
+
+#[test]
+fn asterisk_calls_a_browser_that_declines_or_is_cancelled_or_absent() {
+    let rig = start();
+    let mut bob = rig.browser("bob");
+    rig.pbx
+        .send_sip_raw(&incoming_invite(&rig, "bob", "in-declined"));
+    let call = bob.expect("incoming")["call"].as_str().unwrap().to_owned();
+    bob.send(json!({"v":1,"type":"hangup","call":call,"reason":"declined"}));
+    assert!(responded(&rig, "in-declined", 603));
+
+    let invite = incoming_invite(&rig, "bob", "in-cancelled");
+    rig.pbx.send_sip_raw(&invite);
+    let call = bob.expect("incoming")["call"].as_str().unwrap().to_owned();
+    let via = invite.lines().find(|l| l.starts_with("Via:")).unwrap();
+    let contact = invite.lines().next().unwrap().split(' ').nth(1).unwrap();
+    rig.pbx.send_sip_raw(&format!(
+        "CANCEL {contact} SIP/2.0\r\n{via}\r\n\
+         From: \"Reception\" <sip:100@127.0.0.1>;tag=standin1\r\nTo: <sip:bob@127.0.0.1>\r\n\
+         Call-ID: in-cancelled\r\nCSeq: 10 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let hangup = bob.expect("hangup");
+    assert_eq!(hangup["call"], call.as_str());
+    assert!(responded(&rig, "in-cancelled", 487));
+
+    rig.pbx
+        .send_sip_raw(&incoming_invite(&rig, "nobody", "in-nobody"));
+    assert!(responded(&rig, "in-nobody", 404));
+    bob.ping(1);
+    rig.assert_no_leaks();
+}
+
+#[test]
+fn asterisk_never_answers() {
+    let rig = start_with(&["--ring-timeout", "1"]);
+    rig.pbx.set_faults(Faults {
+        never_answer: true,
+        ..Faults::default()
+    });
+    let mut alice = rig.browser("alice");
+    call(&mut alice, "600");
+    expect_hangup(&mut alice, "no_answer");
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("CANCEL").len() == 1));
+    rig.pbx.set_faults(Faults::default());
+    rig.assert_no_leaks();
 }
 
 #[test]

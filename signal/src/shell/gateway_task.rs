@@ -134,6 +134,7 @@ async fn run(
         metrics
             .ari_connected
             .set(i64::from(gateway.is_ari_connected()));
+        metrics.pbx_calls_active.set(gateway.call_count() as i64);
 
         let deadline = gateway.poll_timeout();
         tokio::select! {

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub ari_connected: IntGauge,
     /// Calls with Asterisk, by result (answered, or the hangup reason of a failed one).
     pub pbx_calls: IntCounterVec,
+    /// Calls the Asterisk gateway tracks now.
+    pub pbx_calls_active: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -153,6 +155,10 @@ impl Metrics {
                 "icegate_signal_asterisk_calls_total",
                 "Calls with Asterisk, by result: answered or why they failed.",
                 &["result"],
+            ),
+            pbx_calls_active: gauge(
+                "icegate_signal_asterisk_calls_active",
+                "Calls the Asterisk gateway tracks now.",
             ),
             registry,
         };
