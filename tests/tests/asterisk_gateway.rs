@@ -173,6 +173,47 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
 }
 
 #[test]
+fn play_and_transfer_go_to_ari() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    let call700 = call(&mut alice, "700");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
+    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+    alice
+        .send(json!({"v":1,"type":"play","id":"p","call":call700,"media":"tone:ring;tonezone=us"}));
+    assert_eq!(alice.expect("ack")["id"], "p");
+    let play = format!("/channels/{channel}/play");
+    assert!(
+        eventually(WAIT, || rig
+            .pbx
+            .ari_requests()
+            .iter()
+            .any(|(m, p)| m == "POST" && p.starts_with(&play))),
+        "{:?}",
+        rig.pbx.ari_requests()
+    );
+    alice.send(json!({"v":1,"type":"transfer","id":"t","call":call700,"to":"600"}));
+    assert_eq!(alice.expect("ack")["id"], "t");
+    let transfer = format!("/channels/{channel}/continue");
+    assert!(
+        eventually(WAIT, || rig
+            .pbx
+            .ari_requests()
+            .iter()
+            .any(|(m, p)| m == "POST"
+                && p.starts_with(&transfer)
+                && p.contains("extension=600"))),
+        "{:?}",
+        rig.pbx.ari_requests()
+    );
+    // The SIP call goes on in the dialplan until the browser hangs up.
+    alice.send(json!({"v":1,"type":"hangup","call":call700}));
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
+    rig.assert_no_leaks();
+}
+
+#[test]
 fn busy_unknown_and_cancel_while_ringing() {
     let rig = start();
     let mut alice = rig.browser("alice");
