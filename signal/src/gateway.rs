@@ -126,7 +126,8 @@ struct Call {
     /// The SDP being completed with candidates (Gathering, Answering), then ours as sent.
     sdp: String,
     candidates: Vec<IceCandidate>,
-    gather_deadline: Option<Instant>,
+    /// Gathering / Answering: the gather timeout; Offered: how long the hub may take.
+    deadline: Option<Instant>,
     extension: Option<Extension>,
 }
 
@@ -215,7 +216,7 @@ impl Gateway {
 
     /// When [`Gateway::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let gathers = self.calls.values().filter_map(|c| c.gather_deadline);
+        let gathers = self.calls.values().filter_map(|c| c.deadline);
         [self.ua.poll_timeout(), self.ari.poll_timeout()]
             .into_iter()
             .flatten()
@@ -230,11 +231,25 @@ impl Gateway {
         let due: Vec<u64> = self
             .calls
             .iter()
-            .filter(|(_, c)| c.gather_deadline.is_some_and(|d| d <= now))
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            self.gathered(id, now);
+            let offered = self
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.phase == Phase::Offered);
+            if offered {
+                // The hub never said what became of the offer (its reply was lost).
+                if let Some(call) = self.calls.get(&id) {
+                    let _ = self.ua.reject_incoming(call.sip, 480, now);
+                }
+                self.result(CallResult::Failed(HangupReason::Unavailable));
+                self.end_for_hub(id, HangupReason::Unavailable);
+                self.drop_call(id, now);
+            } else {
+                self.gathered(id, now);
+            }
         }
         self.pump(now);
     }
@@ -288,6 +303,7 @@ impl Gateway {
         match result {
             Ok(hub) => {
                 call.hub = Some(hub);
+                call.deadline = None;
                 self.by_hub.insert(hub, token);
             }
             Err(code) => {
@@ -327,7 +343,7 @@ impl Gateway {
                 phase: Phase::Gathering,
                 sdp,
                 candidates: Vec::new(),
-                gather_deadline: Some(now + self.config.gather_timeout),
+                deadline: Some(now + self.config.gather_timeout),
                 extension: Some(extension),
             },
         );
@@ -378,7 +394,7 @@ impl Gateway {
                 let complete = sdp::is_complete(&sdp);
                 call.phase = Phase::Answering;
                 call.sdp = sdp;
-                call.gather_deadline = Some(now + self.config.gather_timeout);
+                call.deadline = Some(now + self.config.gather_timeout);
                 if complete {
                     self.gathered(id, now);
                 }
@@ -398,7 +414,7 @@ impl Gateway {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        call.gather_deadline = None;
+        call.deadline = None;
         let sdp = sdp::with_candidates(&call.sdp, &call.candidates);
         call.candidates = Vec::new();
         call.sdp = sdp.clone();
@@ -620,7 +636,7 @@ impl Gateway {
                 phase: Phase::Offered,
                 sdp: String::new(),
                 candidates: Vec::new(),
-                gather_deadline: None,
+                deadline: Some(now + OFFER_TIMEOUT),
                 extension: None,
             },
         );
@@ -819,6 +835,9 @@ impl Gateway {
         self.out.push_back(Output::Log(text));
     }
 }
+
+/// How long the hub may take to say what became of an offer (it answers at once).
+const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Candidates kept per call while gathering; a browser has a handful.
 const MAX_CANDIDATES: usize = 64;
