@@ -751,6 +751,13 @@ fn asterisk(
         }
     };
     let (ca, _) = pick(cli.asterisk_ca.clone(), f.asterisk_ca.clone());
+    if (sip_ws.tls || ari.tls) && ca.is_none() {
+        return Err(invalid(
+            sip_ws_cli,
+            "asterisk-ca",
+            "wss:// and https:// need the CA that signed Asterisk's certificate".into(),
+        ));
+    }
     let (gather, gather_cli) = pick(cli.candidate_gather_timeout, f.candidate_gather_timeout);
     let gather = match gather {
         Some(ms) if !(1..=30_000).contains(&ms) => {
@@ -925,5 +932,12 @@ mod tests {
             (error.key(), error.file()),
             (Some("asterisk-routing"), None)
         );
+        let error = load_file(
+            "anonymous = true\nasterisk-sip-ws = \"wss://h/ws\"\nasterisk-ari-url = \"https://h\"\n\
+             asterisk-sip-password = \"a\"\nasterisk-ari-password = \"b\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), Some("asterisk-ca"));
     }
 }
