@@ -1,0 +1,287 @@
+//! The demo page in headless Chromium calls a PBX extension: one page of icegate-signal's
+//! demo calls `ext:600` through the Asterisk gateway to the Asterisk stand-in, whose media
+//! side (`MediaMode::Echo`, a webrtc-rs peer connection) answers like Asterisk's echo test
+//! and sends the audio back. Both ends are relay-only on the same icegate-relay, so the audio
+//! goes browser → icegate-relay → stand-in → icegate-relay → browser. Driven by
+//! `tests/browser/pbx.mjs` (npm's playwright-core pointed at Debian's `/usr/bin/chromium`).
+//!
+//! The script checks what the browser sees (ICE connected over a relay candidate of this
+//! relay, echoed audio arriving and growing, the DTMF keypad's digits acknowledged, the
+//! hangup); this test checks what the servers saw: the stand-in echoed RTP and ended the call
+//! with a BYE, the relay allocated for both ends and relayed both ways, the gateway counted
+//! one answered call and holds nothing afterwards.
+//!
+//! Needs the `media-echo` feature (`cargo nextest run --features icegate-tests/media-echo`,
+//! as scripts/test does). Chromium and the npm packages come from `scripts/install-deps`;
+//! when they are missing this test fails and says so, it does not skip.
+#![cfg(feature = "media-echo")]
+
+use icegate_tests::asterisk::{AsteriskStandIn, Config, MediaMode, TurnServer};
+use icegate_tests::signal::{eventually, rest_password, unix_now, Signal, SignalConfig};
+use icegate_tests::{workspace_root, Relay, RelayConfig, ServerKind};
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "browser-pbx-secret";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const WAIT: Duration = Duration::from_secs(10);
+/// The script's own watchdog; a normal run takes under 10 s.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Ours, in case the script's watchdog does not fire.
+const HARD_TIMEOUT: Duration = Duration::from_secs(50);
+
+fn browser_dir() -> PathBuf {
+    workspace_root().join("tests").join("browser")
+}
+
+/// Fails (never skips) with the command that installs what is missing.
+fn require_browser_deps(dir: &Path) {
+    let hint = "run scripts/install-deps (it calls tests/browser/install.sh: Debian's chromium \
+                and `npm ci` in tests/browser)";
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: {hint}"
+    );
+    assert!(
+        icegate_tests::have_tool("node"),
+        "node is not installed (Debian package nodejs): {hint}"
+    );
+    assert!(
+        dir.join("node_modules").join("playwright-core").is_dir(),
+        "{} is missing: {hint}",
+        dir.join("node_modules/playwright-core").display()
+    );
+}
+
+/// A child's output, read on a thread so that a full pipe never blocks it.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Waits for `child` up to `timeout`, calling `poll` every 50 ms meanwhile; then SIGTERM
+/// (Playwright closes Chromium on it) and, 5 s later, SIGKILL. `None` when it had to be
+/// stopped.
+fn wait_with_timeout(
+    child: &mut Child,
+    timeout: Duration,
+    mut poll: impl FnMut(),
+) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            return Some(status);
+        }
+        poll();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let grace = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < grace {
+        if child.try_wait().expect("wait for node").is_some() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// RTP packets the stand-in's echo endpoints have sent back, over the calls it holds now.
+fn echoed(pbx: &AsteriskStandIn) -> u64 {
+    pbx.lock()
+        .calls
+        .iter()
+        .filter_map(|c| c.media.as_ref())
+        .map(|m| m.echoed())
+        .sum()
+}
+
+#[test]
+fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
+    let dir = browser_dir();
+    require_browser_deps(&dir);
+
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            users: vec![],
+            auth_secrets: vec![SECRET.into()],
+            // The browser's and the stand-in's relayed addresses are both on 127.0.0.1.
+            allow_loopback_peers: true,
+            ..RelayConfig::default()
+        },
+    );
+    let turn_url = format!("turn:127.0.0.1:{}?transport=udp", relay.ports.listen());
+    // The stand-in authenticates like any TURN REST client: "EXPIRY:NAME" and its HMAC.
+    let username = format!("{}:asterisk", unix_now() + 3600);
+    let pbx = AsteriskStandIn::start(Config {
+        media: MediaMode::Echo(TurnServer {
+            url: turn_url.clone(),
+            password: rest_password(SECRET, &username),
+            username,
+        }),
+        ..Config::default()
+    });
+    let signal = Signal::start(SignalConfig {
+        anonymous: true,
+        static_auth_secret: Some(SECRET.into()),
+        relays: vec![turn_url],
+        tls: false,
+        args: [
+            "--asterisk-sip-ws",
+            &pbx.sip_ws_url(),
+            "--asterisk-sip-password",
+            "sip-secret",
+            "--asterisk-ari-url",
+            &pbx.ari_url(),
+            "--asterisk-ari-password",
+            "ari-secret",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..SignalConfig::default()
+    });
+    let gauge = |name: &str| signal.metrics().sum(name, &[]);
+    if !eventually(WAIT, || {
+        gauge("icegate_signal_asterisk_sip_registered") == 1.0
+            && gauge("icegate_signal_asterisk_ari_connected") == 1.0
+    }) {
+        signal.dump_log(60);
+        panic!("the gateway did not register with the stand-in and connect ARI");
+    }
+
+    let before = relay.metrics();
+    let (min_port, max_port) = relay.ports.relay_range();
+    let url = format!("http://{}/", signal.addr());
+
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .current_dir(&dir)
+        .arg("pbx.mjs")
+        .arg(&url)
+        .args(["--extension", "600"])
+        .args(["--relay-ip", "127.0.0.1"])
+        .args(["--relay-ports", &format!("{min_port}-{max_port}")])
+        .args(["--timeout", &SCRIPT_TIMEOUT.as_secs().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node tests/browser/pbx.mjs");
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
+    // The stand-in forgets a call's endpoint when it ends: note the most it echoed meanwhile.
+    let mut most_echoed = 0;
+    let status = wait_with_timeout(&mut child, HARD_TIMEOUT, || {
+        most_echoed = most_echoed.max(echoed(&pbx));
+    });
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let elapsed = started.elapsed();
+    eprintln!("[browser] node pbx.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");
+
+    let status = status.unwrap_or_else(|| panic!("pbx.mjs did not finish within {HARD_TIMEOUT:?}"));
+    let result: Value = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("pbx.mjs printed no JSON result ({status}); stderr:\n{stderr}"));
+    if result["ok"] != true {
+        signal.dump_log(60);
+    }
+    assert_eq!(
+        result["ok"], true,
+        "the browser's call to 600 failed at {}: {}",
+        result["step"], result["error"]
+    );
+    assert!(
+        status.success(),
+        "pbx.mjs reported ok but exited with {status}"
+    );
+    assert_eq!(result["local"]["type"], "relay", "{result}");
+    assert_eq!(result["local"]["address"], "127.0.0.1", "{result}");
+    assert_eq!(result["remote"]["type"], "relay", "{result}");
+    assert!(
+        result["audioPacketsReceived"].as_u64().unwrap_or(0) >= 25,
+        "{result}"
+    );
+
+    // The stand-in: a real endpoint echoed the audio, and the call ended with the BYE the
+    // gateway sent for the browser's hangup; nothing is left.
+    assert!(
+        most_echoed >= 25,
+        "the stand-in echoed only {most_echoed} RTP packets"
+    );
+    assert!(!pbx.sip_requests("INVITE").is_empty());
+    assert!(
+        eventually(WAIT, || pbx.sip_requests("BYE").len() == 1),
+        "the stand-in got {} BYE",
+        pbx.sip_requests("BYE").len()
+    );
+    assert!(
+        eventually(WAIT, || pbx.idle()),
+        "calls left in the stand-in: {:?}",
+        pbx.channels()
+    );
+
+    // The relay: one allocation per end at least, the audio relayed both ways (each packet
+    // crosses it twice: into the sender's allocation, out of the other end's).
+    let allocations = relay.wait_metric_at_least(
+        "icegate_relay_allocations_total",
+        &[("transport", "udp")],
+        before.sum("icegate_relay_allocations_total", &[("transport", "udp")]) + 2.0,
+    );
+    assert!(
+        allocations >= 2.0,
+        "icegate_relay_allocations_total{{transport=udp}} is {allocations}, expected one for \
+         the browser and one for the stand-in"
+    );
+    for direction in ["client_to_peer", "peer_to_client"] {
+        let min = before.sum("icegate_relay_packets_total", &[("direction", direction)]) + 100.0;
+        let packets = relay.wait_metric_at_least(
+            "icegate_relay_packets_total",
+            &[("direction", direction)],
+            min,
+        );
+        assert!(
+            packets >= min,
+            "icegate_relay_packets_total{{direction={direction}}} is {packets}, expected >= {min}"
+        );
+    }
+
+    // The gateway: one answered call to the PBX, ended, none held.
+    let clean = eventually(WAIT, || {
+        let m = signal.metrics();
+        m.sum("icegate_signal_asterisk_calls_active", &[]) == 0.0
+            && m.sum("icegate_signal_calls_started_total", &[])
+                == m.sum("icegate_signal_calls_ended_total", &[])
+    });
+    let metrics = signal.metrics();
+    assert!(clean, "the signal server holds calls: {}", metrics.raw);
+    assert_eq!(
+        metrics.sum(
+            "icegate_signal_asterisk_calls_total",
+            &[("result", "answered")]
+        ),
+        1.0,
+        "{}",
+        metrics.raw
+    );
+    assert_eq!(
+        metrics.sum("icegate_signal_errors_total", &[]),
+        0.0,
+        "{}",
+        metrics.raw
+    );
+}
