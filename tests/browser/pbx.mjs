@@ -188,12 +188,17 @@ async function run(options) {
 
     step = "relayed candidates and echoed audio";
     // The echo must keep coming back: wait for the first bytes, then sample 1.5 s apart.
-    await waitInPage(page, "echoed audio to arrive", async () => {
-      const s = await window.icegate.pollStats();
-      return s && s.audio.bytesReceived > 0;
-    }, undefined, 10000);
+    // (Polled from here: waitForFunction would take the pending promise of an async
+    // predicate for a truthy value.) DTLS and SRTP follow ICE, so this takes a moment.
+    let first = null;
+    for (const deadline = Date.now() + 10000; Date.now() < deadline;) {
+      first = await page.evaluate(() => window.icegate.pollStats());
+      if (first && first.audio.bytesReceived > 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    check(first && first.audio.bytesReceived > 0,
+      `no echoed audio within 10 s of ICE connecting (inbound-rtp audio: ${JSON.stringify(first && first.audio)})`);
     mark("firstEcho");
-    const first = await page.evaluate(() => window.icegate.pollStats());
     await new Promise((resolve) => setTimeout(resolve, 1500));
     const second = await page.evaluate(() => window.icegate.pollStats());
     checkRelayed(second, options);
