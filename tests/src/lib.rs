@@ -8,6 +8,7 @@
 //! Everything here only ever talks to loopback addresses.
 
 pub mod asterisk;
+pub mod browser;
 pub mod http;
 pub mod metrics;
 pub mod ports;

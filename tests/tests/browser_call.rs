@@ -11,77 +11,18 @@
 //! Chromium and the npm packages come from `scripts/install-deps` (`tests/browser/install.sh`);
 //! when they are missing this test fails and says so, it does not skip.
 
+use icegate_tests::browser::{browser_dir, drain, require_browser_deps, wait_with_timeout};
 use icegate_tests::signal::{Signal, SignalConfig};
-use icegate_tests::{workspace_root, Relay, RelayConfig, ServerKind};
+use icegate_tests::{Relay, RelayConfig, ServerKind};
 use serde_json::Value;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "browser-call-secret";
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// The script's own watchdog; a normal run takes under 10 s.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Ours, in case the script's watchdog does not fire.
 const HARD_TIMEOUT: Duration = Duration::from_secs(50);
-
-fn browser_dir() -> PathBuf {
-    workspace_root().join("tests").join("browser")
-}
-
-/// Fails (never skips) with the command that installs what is missing.
-fn require_browser_deps(dir: &Path) {
-    let hint = "run scripts/install-deps (it calls tests/browser/install.sh: Debian's chromium \
-                and `npm ci` in tests/browser)";
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: {hint}"
-    );
-    assert!(
-        icegate_tests::have_tool("node"),
-        "node is not installed (Debian package nodejs): {hint}"
-    );
-    assert!(
-        dir.join("node_modules").join("playwright-core").is_dir(),
-        "{} is missing: {hint}",
-        dir.join("node_modules/playwright-core").display()
-    );
-}
-
-/// A child's output, read on a thread so that a full pipe never blocks it.
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = pipe.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    })
-}
-
-/// Waits for `child` up to `timeout`; then SIGTERM (Playwright closes Chromium on it) and,
-/// 5 s later, SIGKILL. `None` when it had to be stopped.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let grace = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < grace {
-        if child.try_wait().expect("wait for node").is_some() {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 #[test]
 fn two_chromium_pages_call_each_other_through_icegate_relay() {
@@ -127,7 +68,7 @@ fn two_chromium_pages_call_each_other_through_icegate_relay() {
         .expect("spawn node tests/browser/call.mjs");
     let stdout = drain(child.stdout.take().expect("stdout"));
     let stderr = drain(child.stderr.take().expect("stderr"));
-    let status = wait_with_timeout(&mut child, HARD_TIMEOUT);
+    let status = wait_with_timeout(&mut child, HARD_TIMEOUT, || {});
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     let elapsed = started.elapsed();
     eprintln!("[browser] node call.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");

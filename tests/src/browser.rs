@@ -1,0 +1,75 @@
+//! Running the headless-Chromium scripts in `tests/browser/` (npm's playwright-core pointed at
+//! Debian's `/usr/bin/chromium`) from Rust tests.
+
+use crate::workspace_root;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Debian's Chromium, the only browser the scripts launch.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `tests/browser/`: the scripts and their `node_modules`.
+pub fn browser_dir() -> PathBuf {
+    workspace_root().join("tests").join("browser")
+}
+
+/// Fails (never skips) with the command that installs what is missing.
+pub fn require_browser_deps(dir: &Path) {
+    let hint = "run scripts/install-deps (it calls tests/browser/install.sh: Debian's chromium \
+                and `npm ci` in tests/browser)";
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: {hint}"
+    );
+    assert!(
+        crate::have_tool("node"),
+        "node is not installed (Debian package nodejs): {hint}"
+    );
+    assert!(
+        dir.join("node_modules").join("playwright-core").is_dir(),
+        "{} is missing: {hint}",
+        dir.join("node_modules/playwright-core").display()
+    );
+}
+
+/// A child's output, read on a thread so that a full pipe never blocks it.
+pub fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Waits for `child` up to `timeout`, calling `poll` every 50 ms meanwhile; then SIGTERM
+/// (Playwright closes Chromium on it) and, 5 s later, SIGKILL. `None` when it had to be
+/// stopped.
+pub fn wait_with_timeout(
+    child: &mut Child,
+    timeout: Duration,
+    mut poll: impl FnMut(),
+) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            return Some(status);
+        }
+        poll();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let grace = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < grace {
+        if child.try_wait().expect("wait for node").is_some() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
