@@ -3,12 +3,23 @@
 //! says it was skipped and passes. (Asterisk is not packaged where icegate is built; the
 //! stand-in in tests/src/asterisk/ covers the suite, this checks the sample configs.)
 //!
-//! The browser call through icegate-signal and icegate-relay is added on top of this.
+//! `real_asterisk_echo_call_from_chromium` is the browser call of asterisk_browser_echo.rs
+//! (headless Chromium → icegate-signal's gateway → extension 600, `Echo()`, both ends
+//! relay-only on one icegate-relay) with the real Asterisk in place of the stand-in. Its
+//! code follows that test line for line; only the Asterisk parts differ (start, readiness,
+//! the end-of-call check over ARI).
+//!
+//! NOTE: no test in this file has ever run against a real Asterisk in this repository's CI
+//! (no machine there has Asterisk, so they all skip). They were written against the
+//! recordings and the stand-in; expect to adjust them the first time they meet Asterisk.
 
-use icegate_tests::asterisk::client::{self, ws_connect};
+use icegate_tests::asterisk::client::{self, ws_connect, HttpReply};
 use icegate_tests::asterisk::{real, Config};
-use icegate_tests::PortBlock;
+use icegate_tests::browser::{browser_dir, drain, require_browser_deps, wait_with_timeout};
+use icegate_tests::signal::{eventually, Signal, SignalConfig};
+use icegate_tests::{PortBlock, Relay, RelayConfig, ServerKind};
 use serde_json::Value;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ARI_AUTH: Option<(&str, &str)> = Some(("icegate", "ari-secret"));
@@ -17,10 +28,59 @@ fn asterisk_or_skip(test: &str) -> Option<std::path::PathBuf> {
     let bin = real::binary();
     if bin.is_none() {
         eprintln!(
-            "SKIPPED {test}: no Asterisk here (set ASTERISK_BIN or put `asterisk` on PATH to run it)"
+            "SKIPPED: no Asterisk (set ASTERISK_BIN or put asterisk on PATH) — {test} needs a \
+             real Asterisk and was not run"
         );
     }
     bin
+}
+
+/// Polls `GET /ari/asterisk/info` until Asterisk answers 200 (it takes a few seconds to load
+/// its modules); panics with Asterisk's log after 60 s.
+async fn wait_for_ari(ast: &real::RealAsterisk) -> HttpReply {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let wait = Duration::from_secs(2);
+        match client::http(ast.addr, "GET", "/ari/asterisk/info", ARI_AUTH, wait).await {
+            Ok(r) if r.status == 200 => return r,
+            other if Instant::now() > deadline => {
+                panic!("ARI never answered 200: {other:?}\n{}", ast.logs())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// One ARI GET from synchronous code: the status and the parsed body (`Null` if not JSON).
+fn ari_get(ast: &real::RealAsterisk, path: &str) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(client::http(
+            ast.addr,
+            "GET",
+            path,
+            ARI_AUTH,
+            Duration::from_secs(2),
+        ))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// The value of the first uncommented `key = value` line of a sample config file.
+fn conf_value(text: &str, key: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no `{key} =` line"))
 }
 
 #[test]
@@ -36,16 +96,7 @@ fn asterisk_real_ari_info_and_sip_register() {
         .unwrap();
     rt.block_on(async {
         let wait = Duration::from_secs(2);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let info = loop {
-            match client::http(ast.addr, "GET", "/ari/asterisk/info", ARI_AUTH, wait).await {
-                Ok(r) if r.status == 200 => break r,
-                other if Instant::now() > deadline => {
-                    panic!("ARI never answered 200: {other:?}\n{}", ast.logs())
-                }
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
+        let info = wait_for_ari(&ast).await;
         let info: Value = serde_json::from_str(&info.body).expect("JSON");
         assert!(info["system"]["version"].is_string(), "{info}");
 
@@ -129,4 +180,208 @@ fn asterisk_sample_config_matches_the_standin() {
     ] {
         assert!(rtp.contains(needle), "rtp.conf lacks {needle:?}");
     }
+}
+
+const SECRET: &str = "browser-pbx-secret";
+const WAIT: Duration = Duration::from_secs(10);
+/// Asterisk needs longer than the stand-in to register a contact and connect ARI.
+const REGISTER_WAIT: Duration = Duration::from_secs(30);
+/// The script's own watchdog; the stand-in run takes under 10 s.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Ours, in case the script's watchdog does not fire.
+const HARD_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// asterisk_browser_echo.rs against a real Asterisk: headless Chromium calls 600, Asterisk
+/// answers with `Echo()`, its media relayed through the test's icegate-relay (rtp.conf's
+/// turnaddr/turnusername/turnpassword, `ice_deny` everything else), and the audio comes back.
+#[test]
+fn real_asterisk_echo_call_from_chromium() {
+    let Some(bin) = asterisk_or_skip("real_asterisk_echo_call_from_chromium") else {
+        return;
+    };
+    let dir = browser_dir();
+    require_browser_deps(&dir);
+
+    // --- Asterisk-specific: the relay knows Asterisk as the static user of rtp.conf.
+    let rtp_conf = std::fs::read_to_string(real::docs_dir().join("rtp.conf")).unwrap();
+    let turn_user = (
+        conf_value(&rtp_conf, "turnusername"),
+        conf_value(&rtp_conf, "turnpassword"),
+    );
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            // Asterisk: a long-term user (rtp.conf); the browser: TURN REST credentials.
+            users: vec![turn_user],
+            auth_secrets: vec![SECRET.into()],
+            // The browser's and Asterisk's relayed addresses are both on 127.0.0.1.
+            allow_loopback_peers: true,
+            ..RelayConfig::default()
+        },
+    );
+    let turn_url = format!("turn:127.0.0.1:{}?transport=udp", relay.ports.listen());
+    // --- Asterisk-specific: started on the relay's port block, so that real::write_config's
+    // temp copy of rtp.conf says `turnaddr = 127.0.0.1:<this relay's port>`, http.conf the
+    // block's Asterisk port and rtpstart/rtpend the block's relay range (which the relay's
+    // allocations share: each side skips a port the other holds).
+    let ast = real::RealAsterisk::start(&bin, &relay.ports);
+    let written = std::fs::read_to_string(ast.dir.path().join("rtp.conf")).unwrap();
+    assert_eq!(
+        conf_value(&written, "turnaddr"),
+        format!("127.0.0.1:{}", relay.ports.listen()),
+        "rtp.conf's TURN server is not this test's relay:\n{written}"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(wait_for_ari(&ast));
+
+    let signal = Signal::start(SignalConfig {
+        anonymous: true,
+        static_auth_secret: Some(SECRET.into()),
+        relays: vec![turn_url],
+        tls: false,
+        args: [
+            "--asterisk-sip-ws",
+            &format!("ws://{}/ws", ast.addr),
+            "--asterisk-sip-password",
+            "sip-secret",
+            "--asterisk-ari-url",
+            &format!("http://{}/ari", ast.addr),
+            "--asterisk-ari-password",
+            ARI_AUTH.unwrap().1,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..SignalConfig::default()
+    });
+    let gauge = |name: &str| signal.metrics().sum(name, &[]);
+    if !eventually(REGISTER_WAIT, || {
+        gauge("icegate_signal_asterisk_sip_registered") == 1.0
+            && gauge("icegate_signal_asterisk_ari_connected") == 1.0
+    }) {
+        signal.dump_log(60);
+        panic!("the gateway did not register with Asterisk and connect ARI");
+    }
+    // --- Asterisk-specific: Asterisk agrees that the gateway's contact is registered.
+    let (status, ep) = ari_get(&ast, "/ari/endpoints/PJSIP/icegate");
+    assert_eq!(
+        (status, &ep["state"]),
+        (200, &Value::from("online")),
+        "{ep}"
+    );
+
+    let before = relay.metrics();
+    let (min_port, max_port) = relay.ports.relay_range();
+    let url = format!("http://{}/", signal.addr());
+
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .current_dir(&dir)
+        .arg("pbx.mjs")
+        .arg(&url)
+        .args(["--extension", "600"])
+        .args(["--relay-ip", "127.0.0.1"])
+        .args(["--relay-ports", &format!("{min_port}-{max_port}")])
+        .args(["--timeout", &SCRIPT_TIMEOUT.as_secs().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node tests/browser/pbx.mjs");
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
+    let status = wait_with_timeout(&mut child, HARD_TIMEOUT, || {});
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let elapsed = started.elapsed();
+    eprintln!("[browser] node pbx.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");
+
+    let status = status.unwrap_or_else(|| panic!("pbx.mjs did not finish within {HARD_TIMEOUT:?}"));
+    let result: Value = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("pbx.mjs printed no JSON result ({status}); stderr:\n{stderr}"));
+    if result["ok"] != true {
+        signal.dump_log(60);
+    }
+    assert_eq!(
+        result["ok"], true,
+        "the browser's call to 600 failed at {}: {}",
+        result["step"], result["error"]
+    );
+    assert!(
+        status.success(),
+        "pbx.mjs reported ok but exited with {status}"
+    );
+    assert_eq!(result["local"]["type"], "relay", "{result}");
+    assert_eq!(result["local"]["address"], "127.0.0.1", "{result}");
+    assert_eq!(result["remote"]["type"], "relay", "{result}");
+    assert!(
+        result["audioPacketsReceived"].as_u64().unwrap_or(0) >= 25,
+        "{result}"
+    );
+
+    // --- Asterisk-specific: the browser's hangup ended the call there too; no channel left.
+    let mut channels = Value::Null;
+    assert!(
+        eventually(WAIT, || {
+            channels = ari_get(&ast, "/ari/channels").1;
+            channels == Value::Array(vec![])
+        }),
+        "channels left in Asterisk: {channels}"
+    );
+
+    // The relay: one allocation per end at least, the audio relayed both ways (each packet
+    // crosses it twice: into the sender's allocation, out of the other end's).
+    let allocations = relay.wait_metric_at_least(
+        "icegate_relay_allocations_total",
+        &[("transport", "udp")],
+        before.sum("icegate_relay_allocations_total", &[("transport", "udp")]) + 2.0,
+    );
+    assert!(
+        allocations >= 2.0,
+        "icegate_relay_allocations_total{{transport=udp}} is {allocations}, expected one for \
+         the browser and one for Asterisk"
+    );
+    for direction in ["client_to_peer", "peer_to_client"] {
+        let min = before.sum("icegate_relay_packets_total", &[("direction", direction)]) + 100.0;
+        let packets = relay.wait_metric_at_least(
+            "icegate_relay_packets_total",
+            &[("direction", direction)],
+            min,
+        );
+        assert!(
+            packets >= min,
+            "icegate_relay_packets_total{{direction={direction}}} is {packets}, expected >= {min}"
+        );
+    }
+
+    // The gateway: one answered call to the PBX, ended, none held.
+    let clean = eventually(WAIT, || {
+        let m = signal.metrics();
+        m.sum("icegate_signal_asterisk_calls_active", &[]) == 0.0
+            && m.sum("icegate_signal_calls_started_total", &[])
+                == m.sum("icegate_signal_calls_ended_total", &[])
+    });
+    let metrics = signal.metrics();
+    assert!(clean, "the signal server holds calls: {}", metrics.raw);
+    assert_eq!(
+        metrics.sum(
+            "icegate_signal_asterisk_calls_total",
+            &[("result", "answered")]
+        ),
+        1.0,
+        "{}",
+        metrics.raw
+    );
+    assert_eq!(
+        metrics.sum("icegate_signal_errors_total", &[]),
+        0.0,
+        "{}",
+        metrics.raw
+    );
 }
