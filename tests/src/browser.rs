@@ -73,3 +73,72 @@ pub fn wait_with_timeout(
     let _ = child.wait();
     None
 }
+
+/// What one run of a browser script gave: its exit status and the JSON result line it printed.
+#[derive(Debug)]
+pub struct ScriptRun {
+    /// The exit status (the script also exits non-zero when `result.ok` is false).
+    pub status: ExitStatus,
+    /// The last line of stdout that is a JSON object.
+    pub result: serde_json::Value,
+    /// Everything the script wrote to stderr (the pages' logs on failure).
+    pub stderr: String,
+}
+
+/// Runs `node SCRIPT URL --relay-ip 127.0.0.1 --relay-ports MIN-MAX --timeout S EXTRA...` in
+/// `tests/browser/`, calling `poll` every 50 ms while it runs, and kills it after
+/// `hard_timeout`. Panics when it does not finish or prints no JSON result; the caller asserts
+/// on [`ScriptRun::result`].
+pub fn run_script(
+    script: &str,
+    url: &str,
+    relay_ports: (u16, u16),
+    script_timeout: Duration,
+    hard_timeout: Duration,
+    extra: &[&str],
+    poll: impl FnMut(),
+) -> ScriptRun {
+    let dir = browser_dir();
+    require_browser_deps(&dir);
+    let started = Instant::now();
+    let mut child = std::process::Command::new("node")
+        .current_dir(&dir)
+        .arg(script)
+        .arg(url)
+        .args(["--relay-ip", "127.0.0.1"])
+        .args([
+            "--relay-ports",
+            &format!("{}-{}", relay_ports.0, relay_ports.1),
+        ])
+        .args(["--timeout", &script_timeout.as_secs().to_string()])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn node tests/browser/{script}: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_with_timeout(&mut child, hard_timeout, poll);
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    eprintln!(
+        "[browser] node {script} ran {:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---",
+        started.elapsed()
+    );
+    let status =
+        status.unwrap_or_else(|| panic!("{script} did not finish within {hard_timeout:?}"));
+    let result = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("{script} printed no JSON result ({status}); stderr:\n{stderr}"));
+    ScriptRun {
+        status,
+        result,
+        stderr,
+    }
+}

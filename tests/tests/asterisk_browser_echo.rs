@@ -17,12 +17,11 @@
 #![cfg(feature = "media-echo")]
 
 use icegate_tests::asterisk::{AsteriskStandIn, Config, MediaMode, TurnServer};
-use icegate_tests::browser::{browser_dir, drain, require_browser_deps, wait_with_timeout};
+use icegate_tests::browser::run_script;
 use icegate_tests::signal::{eventually, rest_password, unix_now, Signal, SignalConfig};
 use icegate_tests::{Relay, RelayConfig, ServerKind};
-use serde_json::Value;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 const SECRET: &str = "browser-pbx-secret";
 const WAIT: Duration = Duration::from_secs(10);
@@ -43,8 +42,7 @@ fn echoed(pbx: &AsteriskStandIn) -> u64 {
 
 #[test]
 fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
-    let dir = browser_dir();
-    require_browser_deps(&dir);
+    icegate_tests::browser::require_browser_deps(&icegate_tests::browser::browser_dir());
 
     let relay = Relay::start(
         ServerKind::Icegate,
@@ -100,38 +98,20 @@ fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
     let (min_port, max_port) = relay.ports.relay_range();
     let url = format!("http://{}/", signal.addr());
 
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .current_dir(&dir)
-        .arg("pbx.mjs")
-        .arg(&url)
-        .args(["--extension", "600"])
-        .args(["--relay-ip", "127.0.0.1"])
-        .args(["--relay-ports", &format!("{min_port}-{max_port}")])
-        .args(["--timeout", &SCRIPT_TIMEOUT.as_secs().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn node tests/browser/pbx.mjs");
-    let stdout = drain(child.stdout.take().expect("stdout"));
-    let stderr = drain(child.stderr.take().expect("stderr"));
     // The stand-in forgets a call's endpoint when it ends: note the most it echoed meanwhile.
     let mut most_echoed = 0;
-    let status = wait_with_timeout(&mut child, HARD_TIMEOUT, || {
-        most_echoed = most_echoed.max(echoed(&pbx));
-    });
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let elapsed = started.elapsed();
-    eprintln!("[browser] node pbx.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");
-
-    let status = status.unwrap_or_else(|| panic!("pbx.mjs did not finish within {HARD_TIMEOUT:?}"));
-    let result: Value = stdout
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("pbx.mjs printed no JSON result ({status}); stderr:\n{stderr}"));
+    let run = run_script(
+        "pbx.mjs",
+        &url,
+        (min_port, max_port),
+        SCRIPT_TIMEOUT,
+        HARD_TIMEOUT,
+        &["--extension", "600"],
+        || {
+            most_echoed = most_echoed.max(echoed(&pbx));
+        },
+    );
+    let (status, result) = (run.status, run.result);
     if result["ok"] != true {
         signal.dump_log(60);
     }

@@ -15,11 +15,10 @@
 
 use icegate_tests::asterisk::client::{self, ws_connect, HttpReply};
 use icegate_tests::asterisk::{real, Config};
-use icegate_tests::browser::{browser_dir, drain, require_browser_deps, wait_with_timeout};
+use icegate_tests::browser::run_script;
 use icegate_tests::signal::{eventually, Signal, SignalConfig};
 use icegate_tests::{PortBlock, Relay, RelayConfig, ServerKind};
 use serde_json::Value;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ARI_AUTH: Option<(&str, &str)> = Some(("icegate", "ari-secret"));
@@ -199,8 +198,7 @@ fn real_asterisk_echo_call_from_chromium() {
     let Some(bin) = asterisk_or_skip("real_asterisk_echo_call_from_chromium") else {
         return;
     };
-    let dir = browser_dir();
-    require_browser_deps(&dir);
+    icegate_tests::browser::require_browser_deps(&icegate_tests::browser::browser_dir());
 
     // --- Asterisk-specific: the relay knows Asterisk as the static user of rtp.conf.
     let rtp_conf = std::fs::read_to_string(real::docs_dir().join("rtp.conf")).unwrap();
@@ -277,34 +275,16 @@ fn real_asterisk_echo_call_from_chromium() {
     let (min_port, max_port) = relay.ports.relay_range();
     let url = format!("http://{}/", signal.addr());
 
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .current_dir(&dir)
-        .arg("pbx.mjs")
-        .arg(&url)
-        .args(["--extension", "600"])
-        .args(["--relay-ip", "127.0.0.1"])
-        .args(["--relay-ports", &format!("{min_port}-{max_port}")])
-        .args(["--timeout", &SCRIPT_TIMEOUT.as_secs().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn node tests/browser/pbx.mjs");
-    let stdout = drain(child.stdout.take().expect("stdout"));
-    let stderr = drain(child.stderr.take().expect("stderr"));
-    let status = wait_with_timeout(&mut child, HARD_TIMEOUT, || {});
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let elapsed = started.elapsed();
-    eprintln!("[browser] node pbx.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");
-
-    let status = status.unwrap_or_else(|| panic!("pbx.mjs did not finish within {HARD_TIMEOUT:?}"));
-    let result: Value = stdout
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("pbx.mjs printed no JSON result ({status}); stderr:\n{stderr}"));
+    let run = run_script(
+        "pbx.mjs",
+        &url,
+        (min_port, max_port),
+        SCRIPT_TIMEOUT,
+        HARD_TIMEOUT,
+        &["--extension", "600"],
+        || {},
+    );
+    let (status, result) = (run.status, run.result);
     if result["ok"] != true {
         signal.dump_log(60);
     }

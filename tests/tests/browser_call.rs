@@ -11,12 +11,11 @@
 //! Chromium and the npm packages come from `scripts/install-deps` (`tests/browser/install.sh`);
 //! when they are missing this test fails and says so, it does not skip.
 
-use icegate_tests::browser::{browser_dir, drain, require_browser_deps, wait_with_timeout};
+use icegate_tests::browser::run_script;
 use icegate_tests::signal::{Signal, SignalConfig};
 use icegate_tests::{Relay, RelayConfig, ServerKind};
-use serde_json::Value;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 const SECRET: &str = "browser-call-secret";
 /// The script's own watchdog; a normal run takes under 10 s.
@@ -26,8 +25,7 @@ const HARD_TIMEOUT: Duration = Duration::from_secs(50);
 
 #[test]
 fn two_chromium_pages_call_each_other_through_icegate_relay() {
-    let dir = browser_dir();
-    require_browser_deps(&dir);
+    icegate_tests::browser::require_browser_deps(&icegate_tests::browser::browser_dir());
 
     let relay = Relay::start(
         ServerKind::Icegate,
@@ -53,34 +51,16 @@ fn two_chromium_pages_call_each_other_through_icegate_relay() {
     let (min_port, max_port) = relay.ports.relay_range();
     let url = format!("http://{}/", signal.addr());
 
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .current_dir(&dir)
-        .arg("call.mjs")
-        .arg(&url)
-        .args(["--relay-ip", "127.0.0.1"])
-        .args(["--relay-ports", &format!("{min_port}-{max_port}")])
-        .args(["--timeout", &SCRIPT_TIMEOUT.as_secs().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn node tests/browser/call.mjs");
-    let stdout = drain(child.stdout.take().expect("stdout"));
-    let stderr = drain(child.stderr.take().expect("stderr"));
-    let status = wait_with_timeout(&mut child, HARD_TIMEOUT, || {});
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let elapsed = started.elapsed();
-    eprintln!("[browser] node call.mjs ran {elapsed:.1?}, {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---");
-
-    let status =
-        status.unwrap_or_else(|| panic!("call.mjs did not finish within {HARD_TIMEOUT:?}"));
-    let result: Value = stdout
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("call.mjs printed no JSON result ({status}); stderr:\n{stderr}"));
+    let run = run_script(
+        "call.mjs",
+        &url,
+        (min_port, max_port),
+        SCRIPT_TIMEOUT,
+        HARD_TIMEOUT,
+        &[],
+        || {},
+    );
+    let (status, result) = (run.status, run.result);
     assert_eq!(
         result["ok"], true,
         "the browser call failed at {}: {}",
