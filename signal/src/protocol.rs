@@ -106,44 +106,43 @@ hex_id!(
     CallId
 );
 
-/// Declares a validated name: 1 to [`MAX_NAME_LEN`] bytes of `A-Z a-z 0-9 . _ @ + -`.
-///
-/// The restriction keeps names safe inside a TURN REST username (`EXPIRY:USER`, where coturn
-/// splits on `:`), in logs and in HTML without escaping rules of their own.
-macro_rules! name {
-    ($(#[$doc:meta])* $name:ident) => {
+/// Declares a text value checked on the way in: `$valid` decides, `$error` is the refusal.
+/// Deserializing goes through the same check, so an invalid value in a message is a typed
+/// `bad_message` for that request rather than a value the hub has to re-check.
+macro_rules! checked_text {
+    ($(#[$doc:meta])* $name:ident, $error:ident, $valid:path) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
-            /// Checks and wraps a name.
-            pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
-                let name = name.into();
-                if valid_name(&name) {
-                    Ok(Self(name))
+            /// Checks and wraps the text.
+            pub fn new(text: impl Into<String>) -> Result<Self, $error> {
+                let text = text.into();
+                if $valid(&text) {
+                    Ok(Self(text))
                 } else {
-                    Err(InvalidName)
+                    Err($error)
                 }
             }
 
-            /// The name as text.
+            /// The value as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
         }
 
         impl TryFrom<String> for $name {
-            type Error = InvalidName;
-            fn try_from(name: String) -> Result<Self, InvalidName> {
-                Self::new(name)
+            type Error = $error;
+            fn try_from(text: String) -> Result<Self, $error> {
+                Self::new(text)
             }
         }
 
         impl From<$name> for String {
-            fn from(name: $name) -> String {
-                name.0
+            fn from(value: $name) -> String {
+                value.0
             }
         }
 
@@ -155,13 +154,20 @@ macro_rules! name {
     };
 }
 
-name!(
-    /// A user id: a JWT's `sub`, or the name an anonymous client picked.
-    UserId
+checked_text!(
+    /// A user id: a JWT's `sub`, or the name an anonymous client picked. 1 to
+    /// [`MAX_NAME_LEN`] bytes of `A-Z a-z 0-9 . _ @ + -`, which keeps it safe inside a TURN
+    /// REST username (`EXPIRY:USER`, where coturn splits on `:`), in logs and in HTML.
+    UserId,
+    InvalidName,
+    valid_name
 );
-name!(
-    /// A room that sessions join; a call to a room rings every other member.
-    RoomId
+checked_text!(
+    /// A room that sessions join; a call to a room rings every other member. Same rules as
+    /// [`UserId`].
+    RoomId,
+    InvalidName,
+    valid_name
 );
 
 /// A user or room name outside the allowed characters or length.
@@ -180,51 +186,20 @@ fn valid_name(name: &str) -> bool {
 /// The longest PBX extension, in bytes.
 pub const MAX_EXTENSION_LEN: usize = 32;
 
-/// A PBX extension (what a dialplan matches): 1 to [`MAX_EXTENSION_LEN`] bytes of
-/// `0-9 A-Z a-z * # + . _ -`, so it is safe inside a SIP Request-URI and an ARI query.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Extension(String);
+checked_text!(
+    /// A PBX extension (what a dialplan matches): 1 to [`MAX_EXTENSION_LEN`] bytes of
+    /// `0-9 A-Z a-z * # + . _ -`, so it is safe inside a SIP Request-URI and an ARI query.
+    Extension,
+    InvalidExtension,
+    valid_extension
+);
 
-impl Extension {
-    /// Checks and wraps an extension.
-    pub fn new(extension: impl Into<String>) -> Result<Self, InvalidExtension> {
-        let extension = extension.into();
-        let valid = !extension.is_empty()
-            && extension.len() <= MAX_EXTENSION_LEN
-            && extension.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'*' | b'#' | b'+' | b'.' | b'_' | b'-')
-            });
-        if valid {
-            Ok(Self(extension))
-        } else {
-            Err(InvalidExtension)
-        }
-    }
-
-    /// The extension as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Extension {
-    type Error = InvalidExtension;
-    fn try_from(extension: String) -> Result<Self, InvalidExtension> {
-        Self::new(extension)
-    }
-}
-
-impl From<Extension> for String {
-    fn from(extension: Extension) -> String {
-        extension.0
-    }
-}
-
-impl fmt::Display for Extension {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+fn valid_extension(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_EXTENSION_LEN
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'*' | b'#' | b'+' | b'.' | b'_' | b'-')
+        })
 }
 
 /// An extension outside the allowed characters or length.
@@ -235,44 +210,19 @@ pub struct InvalidExtension;
 /// The longest DTMF string one `dtmf` message may carry.
 pub const MAX_DTMF_LEN: usize = 32;
 
-/// DTMF digits (RFC 4733 events): 1 to [`MAX_DTMF_LEN`] of `0-9 * # A-D`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Digits(String);
+checked_text!(
+    /// DTMF digits (RFC 4733 events): 1 to [`MAX_DTMF_LEN`] of `0-9 * # A-D`.
+    Digits,
+    InvalidDigits,
+    valid_digits
+);
 
-impl Digits {
-    /// Checks and wraps DTMF digits.
-    pub fn new(digits: impl Into<String>) -> Result<Self, InvalidDigits> {
-        let digits = digits.into();
-        let valid = !digits.is_empty()
-            && digits.len() <= MAX_DTMF_LEN
-            && digits
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'A'..=b'D'));
-        if valid {
-            Ok(Self(digits))
-        } else {
-            Err(InvalidDigits)
-        }
-    }
-
-    /// The digits as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Digits {
-    type Error = InvalidDigits;
-    fn try_from(digits: String) -> Result<Self, InvalidDigits> {
-        Self::new(digits)
-    }
-}
-
-impl From<Digits> for String {
-    fn from(digits: Digits) -> String {
-        digits.0
-    }
+fn valid_digits(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_DTMF_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'A'..=b'D'))
 }
 
 /// DTMF outside `0-9 * # A-D` or longer than 32.
@@ -280,47 +230,21 @@ impl From<Digits> for String {
 #[error("DTMF digits are 1 to 32 of 0-9 * # A-D")]
 pub struct InvalidDigits;
 
-/// A sound the PBX plays into a call: `sound:NAME` or `tone:NAME` (Asterisk's media URIs),
-/// at most 128 bytes of `A-Z a-z 0-9 / _ - . : ; =`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Media(String);
+checked_text!(
+    /// A sound the PBX plays into a call: `sound:NAME` or `tone:NAME` (Asterisk's media URIs),
+    /// at most 128 bytes of `A-Z a-z 0-9 / _ - . : ; =`, never climbing out with `..`.
+    Media,
+    InvalidMedia,
+    valid_media
+);
 
-impl Media {
-    /// Checks and wraps a media URI.
-    pub fn new(media: impl Into<String>) -> Result<Self, InvalidMedia> {
-        let media = media.into();
-        let valid = (media.starts_with("sound:") || media.starts_with("tone:"))
-            && media.len() <= 128
-            && media.bytes().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(b, b'/' | b'_' | b'-' | b'.' | b':' | b';' | b'=')
-            })
-            && !media.contains("..");
-        if valid {
-            Ok(Self(media))
-        } else {
-            Err(InvalidMedia)
-        }
-    }
-
-    /// The media URI as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Media {
-    type Error = InvalidMedia;
-    fn try_from(media: String) -> Result<Self, InvalidMedia> {
-        Self::new(media)
-    }
-}
-
-impl From<Media> for String {
-    fn from(media: Media) -> String {
-        media.0
-    }
+fn valid_media(text: &str) -> bool {
+    (text.starts_with("sound:") || text.starts_with("tone:"))
+        && text.len() <= 128
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.' | b':' | b';' | b'=')
+        })
+        && !text.contains("..")
 }
 
 /// A media URI that is not `sound:NAME` or `tone:NAME`.
