@@ -332,6 +332,29 @@ impl Relay {
         last
     }
 
+    /// Waits until, since the scrape `before`, at least `allocations` UDP allocations were made
+    /// and at least `packets` packets were relayed in each direction; panics otherwise.
+    /// Returns the packet totals (client→peer, peer→client) for further checks.
+    pub fn assert_relayed(&self, before: &Metrics, allocations: f64, packets: f64) -> [f64; 2] {
+        let udp = [("transport", "udp")];
+        let min = before.sum("icegate_relay_allocations_total", &udp) + allocations;
+        let made = self.wait_metric_at_least("icegate_relay_allocations_total", &udp, min);
+        assert!(
+            made >= min,
+            "icegate_relay_allocations_total{{transport=udp}} is {made}, expected >= {min}"
+        );
+        ["client_to_peer", "peer_to_client"].map(|direction| {
+            let labels = [("direction", direction)];
+            let min = before.sum("icegate_relay_packets_total", &labels) + packets;
+            let relayed = self.wait_metric_at_least("icegate_relay_packets_total", &labels, min);
+            assert!(
+                relayed >= min,
+                "icegate_relay_packets_total{{direction={direction}}} is {relayed}, expected >= {min}"
+            );
+            relayed
+        })
+    }
+
     /// The server's combined stdout/stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -282,6 +282,32 @@ impl Signal {
         eprintln!("----- end of icegate-signal log -----");
     }
 
+    /// Waits until the Asterisk gateway holds no call and every started call has ended, then
+    /// checks that exactly one PBX call was answered and that no client got an error.
+    pub fn assert_one_pbx_call_answered_and_released(&self, wait: Duration) {
+        let clean = eventually(wait, || {
+            let m = self.metrics();
+            m.sum("icegate_signal_asterisk_calls_active", &[]) == 0.0
+                && m.sum("icegate_signal_calls_started_total", &[])
+                    == m.sum("icegate_signal_calls_ended_total", &[])
+        });
+        let metrics = self.metrics();
+        assert!(clean, "the signal server holds calls: {}", metrics.raw);
+        let answered = [("result", "answered")];
+        assert_eq!(
+            metrics.sum("icegate_signal_asterisk_calls_total", &answered),
+            1.0,
+            "{}",
+            metrics.raw
+        );
+        assert_eq!(
+            metrics.sum("icegate_signal_errors_total", &[]),
+            0.0,
+            "{}",
+            metrics.raw
+        );
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

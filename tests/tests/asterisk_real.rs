@@ -317,51 +317,8 @@ fn real_asterisk_echo_call_from_chromium() {
 
     // The relay: one allocation per end at least, the audio relayed both ways (each packet
     // crosses it twice: into the sender's allocation, out of the other end's).
-    let allocations = relay.wait_metric_at_least(
-        "icegate_relay_allocations_total",
-        &[("transport", "udp")],
-        before.sum("icegate_relay_allocations_total", &[("transport", "udp")]) + 2.0,
-    );
-    assert!(
-        allocations >= 2.0,
-        "icegate_relay_allocations_total{{transport=udp}} is {allocations}, expected one for \
-         the browser and one for Asterisk"
-    );
-    for direction in ["client_to_peer", "peer_to_client"] {
-        let min = before.sum("icegate_relay_packets_total", &[("direction", direction)]) + 100.0;
-        let packets = relay.wait_metric_at_least(
-            "icegate_relay_packets_total",
-            &[("direction", direction)],
-            min,
-        );
-        assert!(
-            packets >= min,
-            "icegate_relay_packets_total{{direction={direction}}} is {packets}, expected >= {min}"
-        );
-    }
+    relay.assert_relayed(&before, 2.0, 100.0);
 
     // The gateway: one answered call to the PBX, ended, none held.
-    let clean = eventually(WAIT, || {
-        let m = signal.metrics();
-        m.sum("icegate_signal_asterisk_calls_active", &[]) == 0.0
-            && m.sum("icegate_signal_calls_started_total", &[])
-                == m.sum("icegate_signal_calls_ended_total", &[])
-    });
-    let metrics = signal.metrics();
-    assert!(clean, "the signal server holds calls: {}", metrics.raw);
-    assert_eq!(
-        metrics.sum(
-            "icegate_signal_asterisk_calls_total",
-            &[("result", "answered")]
-        ),
-        1.0,
-        "{}",
-        metrics.raw
-    );
-    assert_eq!(
-        metrics.sum("icegate_signal_errors_total", &[]),
-        0.0,
-        "{}",
-        metrics.raw
-    );
+    signal.assert_one_pbx_call_answered_and_released(WAIT);
 }
