@@ -12,6 +12,10 @@
 //!     hub hangup ─► CANCEL (ringing) or BYE (answered); Failed{code} / BYE ─► Hangup{reason}
 //!  Asterisk → browser: INVITE ─► Output::Hub(Offer) ─► offer_result(Ok(call)) ─► browser's
 //!     ringing ─► 180, answer (gathered) ─► 200; refusals ─► 404/480/486/603
+//!  renegotiation (answered calls): browser `offer` ─ gather if ICE restarts, else keep the
+//!     previous candidates ─► re-INVITE ─ 2xx ─► Answer / failure ─► OfferFailed;
+//!     Asterisk's re-INVITE with a new offer ─► Offer ─► browser's answer (gathered) ─► 200;
+//!     the hub's OfferFailed or the renegotiation timeout ─► 488
 //!  availability: SIP registered && ARI connected ─► Output::Hub(Available); when it goes,
 //!     every call is torn down here (the hub ends them for the browsers with `unavailable`).
 //! ```
@@ -116,6 +120,36 @@ enum Phase {
     Answering,
     /// The call is answered.
     Answered,
+    /// Answered; the browser's new offer is collecting candidates before the re-INVITE.
+    Reoffering,
+    /// Answered; our re-INVITE is out.
+    Reinviting,
+    /// Answered; Asterisk's re-INVITE offer is with the browser.
+    Reoffered,
+    /// Answered; the browser's answer to Asterisk's re-INVITE is collecting candidates.
+    Reanswering,
+}
+
+impl Phase {
+    /// Whether the call was answered (a renegotiation may be going on).
+    fn is_answered(&self) -> bool {
+        matches!(
+            self,
+            Phase::Answered
+                | Phase::Reoffering
+                | Phase::Reinviting
+                | Phase::Reoffered
+                | Phase::Reanswering
+        )
+    }
+
+    /// Whether the browser's SDP is being completed with trickled candidates.
+    fn is_gathering(&self) -> bool {
+        matches!(
+            self,
+            Phase::Gathering | Phase::Answering | Phase::Reoffering | Phase::Reanswering
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -123,10 +157,13 @@ struct Call {
     hub: Option<CallId>,
     sip: sip::CallKey,
     phase: Phase,
-    /// The SDP being completed with candidates (Gathering, Answering), then ours as sent.
+    /// The SDP being completed with candidates (the gathering phases), then ours as sent.
     sdp: String,
+    /// Ours as Asterisk last accepted it, to go back to when a renegotiation fails.
+    agreed: String,
     candidates: Vec<IceCandidate>,
-    /// Gathering / Answering: the gather timeout; Offered: how long the hub may take.
+    /// Gathering phases: the gather timeout; Offered: how long the hub may take; Reoffered:
+    /// how long the browser may take to answer.
     deadline: Option<Instant>,
     extension: Option<Extension>,
 }
@@ -235,11 +272,13 @@ impl Gateway {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let offered = self
-                .calls
-                .get(&id)
-                .is_some_and(|c| c.phase == Phase::Offered);
-            if offered {
+            let phase = self.calls.get(&id).map(|c| c.phase.clone());
+            if phase == Some(Phase::Reoffered) {
+                self.log(format!(
+                    "call {id}: the browser did not answer Asterisk's new offer"
+                ));
+                self.renegotiation_failed(id, now);
+            } else if phase == Some(Phase::Offered) {
                 // The hub never said what became of the offer (its reply was lost).
                 if let Some(call) = self.calls.get(&id) {
                     let _ = self.ua.reject_incoming(call.sip, 480, now);
@@ -342,6 +381,7 @@ impl Gateway {
                 sip: sip::CallKey::Outgoing(id),
                 phase: Phase::Gathering,
                 sdp,
+                agreed: String::new(),
                 candidates: Vec::new(),
                 deadline: Some(now + self.config.gather_timeout),
                 extension: Some(extension),
@@ -366,7 +406,7 @@ impl Gateway {
                 let Some(call) = self.calls.get_mut(&id) else {
                     return;
                 };
-                if !matches!(call.phase, Phase::Gathering | Phase::Answering) {
+                if !call.phase.is_gathering() {
                     return; // Asterisk has the SDP already; late candidates cannot follow.
                 }
                 if sdp::is_end_marker(candidate.as_ref()) {
@@ -385,24 +425,77 @@ impl Gateway {
                 }
             }
             ServerMessage::Answer { sdp, .. } => {
-                let Some(call) = self.calls.get_mut(&id) else {
-                    return;
+                let next = match self.calls.get(&id).map(|c| &c.phase) {
+                    Some(Phase::Offered) => Phase::Answering,
+                    Some(Phase::Reoffered) => Phase::Reanswering,
+                    _ => return,
                 };
-                if call.phase != Phase::Offered {
-                    return;
+                self.collect(id, next, sdp, now);
+            }
+            ServerMessage::Offer { sdp, .. } => {
+                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Answered) {
+                    self.collect(id, Phase::Reoffering, sdp, now);
+                } else {
+                    // Only while Asterisk's own offer is open; the hub reports glare first.
+                    self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call: hub_call }));
                 }
-                let complete = sdp::is_complete(&sdp);
-                call.phase = Phase::Answering;
-                call.sdp = sdp;
-                call.deadline = Some(now + self.config.gather_timeout);
-                if complete {
-                    self.gathered(id, now);
+            }
+            ServerMessage::OfferFailed { .. } => {
+                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Reoffered) {
+                    self.renegotiation_failed(id, now);
                 }
             }
             ServerMessage::Hangup { reason, .. } => self.hub_hangup(id, reason, now),
             ServerMessage::Dtmf { digits, .. } => {
                 if let Err(error) = self.ari.send_dtmf(ari::CallKey(id), digits.as_str(), now) {
                     self.log(format!("DTMF in call {hub_call}: {error}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts completing the browser's `sdp` with its candidates, in `phase`. A renegotiation
+    /// without an ICE restart is complete at once: the previous candidates still hold.
+    fn collect(&mut self, id: u64, phase: Phase, sdp: String, now: Instant) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let renegotiating = matches!(phase, Phase::Reoffering | Phase::Reanswering);
+        let carried = renegotiating
+            .then(|| sdp::carry_candidates(&call.agreed, &sdp))
+            .flatten();
+        let complete = carried.is_some() || sdp::is_complete(&sdp);
+        call.phase = phase;
+        call.sdp = carried.unwrap_or(sdp);
+        call.candidates.clear();
+        call.deadline = Some(now + self.config.gather_timeout);
+        if complete {
+            self.gathered(id, now);
+        }
+    }
+
+    /// A renegotiation failed or was refused: the call goes on with the SDP agreed before.
+    fn renegotiation_failed(&mut self, id: u64, now: Instant) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut call.phase, Phase::Answered);
+        call.sdp = call.agreed.clone();
+        call.candidates.clear();
+        call.deadline = None;
+        let (key, hub) = (call.sip, call.hub);
+        match phase {
+            Phase::Reoffered | Phase::Reanswering => {
+                // Asterisk's re-INVITE waits for a final response; the hub's offer is over.
+                let _ = self.ua.reject_incoming(key, 488, now);
+                if let Some(call) = hub {
+                    self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call }));
+                }
+            }
+            Phase::Reoffering | Phase::Reinviting => {
+                if let Some(call) = hub {
+                    self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call }));
                 }
             }
             _ => {}
@@ -436,13 +529,32 @@ impl Gateway {
             }
             Phase::Answering => {
                 call.phase = Phase::Answered;
+                call.agreed = sdp.clone();
                 if self.ua.answer_incoming(key, &sdp, now).is_ok() {
                     self.result(CallResult::Answered);
                 } else {
                     self.fail(id, HangupReason::Unavailable, now);
                 }
             }
-            Phase::Inviting | Phase::Offered | Phase::Answered => {}
+            Phase::Reoffering => {
+                call.phase = Phase::Reinviting;
+                if let Err(error) = self.ua.reinvite(key, &sdp, now) {
+                    self.log(format!("re-INVITE in call {id}: {error}"));
+                    self.renegotiation_failed(id, now);
+                }
+            }
+            Phase::Reanswering => {
+                call.phase = Phase::Answered;
+                call.agreed = sdp.clone();
+                if let Err(error) = self.ua.answer_incoming(key, &sdp, now) {
+                    self.log(format!("answering the re-INVITE in call {id}: {error}"));
+                }
+            }
+            Phase::Inviting
+            | Phase::Offered
+            | Phase::Answered
+            | Phase::Reinviting
+            | Phase::Reoffered => {}
         }
     }
 
@@ -482,7 +594,11 @@ impl Gateway {
                 let _ = self.ua.reject_incoming(key, status, now);
                 self.result(CallResult::Failed(reason));
             }
-            Phase::Answered => {
+            Phase::Reoffered | Phase::Reanswering => {
+                let _ = self.ua.reject_incoming(key, 488, now);
+                let _ = self.ua.bye(key, now);
+            }
+            Phase::Answered | Phase::Reoffering | Phase::Reinviting => {
                 let _ = self.ua.bye(key, now);
             }
         }
@@ -537,6 +653,7 @@ impl Gateway {
                 };
                 if let Some(call) = self.calls.get_mut(&id) {
                     call.phase = Phase::Answered;
+                    call.agreed = call.sdp.clone();
                     if let Some(hub) = call.hub {
                         self.tell_hub(ToHub::Event(PbxEvent::Answer { call: hub, sdp }));
                         self.result(CallResult::Answered);
@@ -575,24 +692,62 @@ impl Gateway {
                 self.drop_call(id, now);
             }
             SipEvent::ReinviteOffer { call_key, sdp } => {
-                // A session refresh or Asterisk's own change: keep our side of the session.
-                let ours = self
-                    .by_sip
-                    .get(&call_key)
-                    .and_then(|id| self.calls.get(id))
-                    .map(|c| c.sdp.clone());
-                match (ours, sdp) {
-                    (Some(ours), Some(_)) => {
+                // Session refreshes never get here: the UA answers them itself.
+                let Some(&id) = self.by_sip.get(&call_key) else {
+                    let _ = self.ua.reject_incoming(call_key, 481, now);
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                match (sdp, call.hub, call.phase == Phase::Answered) {
+                    (Some(offer), Some(hub), true) => {
+                        call.phase = Phase::Reoffered;
+                        call.deadline = Some(now + RENEGOTIATION_TIMEOUT);
+                        self.tell_hub(ToHub::Event(PbxEvent::Offer {
+                            call: hub,
+                            sdp: offer,
+                        }));
+                    }
+                    (None, _, true) => {
+                        // An offerless re-INVITE asks for our offer: the one it has still holds.
+                        let ours = call.agreed.clone();
                         let _ = self.ua.answer_incoming(call_key, &ours, now);
                     }
+                    // §14.2: a renegotiation of ours is under way.
                     _ => {
-                        let _ = self.ua.reject_incoming(call_key, 488, now);
+                        let _ = self.ua.reject_incoming(call_key, 491, now);
                     }
                 }
             }
-            SipEvent::ReinviteAnswered { .. }
-            | SipEvent::ReinviteFailed { .. }
-            | SipEvent::LateAnswer { .. } => {}
+            SipEvent::ReinviteAnswered { call_key, sdp } => {
+                let Some(&id) = self.by_sip.get(&call_key) else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                if call.phase != Phase::Reinviting {
+                    return;
+                }
+                call.phase = Phase::Answered;
+                call.agreed = call.sdp.clone();
+                if let Some(hub) = call.hub {
+                    self.tell_hub(ToHub::Event(PbxEvent::Answer { call: hub, sdp }));
+                }
+            }
+            SipEvent::ReinviteFailed { call_key, code } => {
+                let Some(&id) = self.by_sip.get(&call_key) else {
+                    return;
+                };
+                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Reinviting) {
+                    self.log(format!(
+                        "Asterisk refused the re-INVITE in call {id} with {code}"
+                    ));
+                    self.renegotiation_failed(id, now);
+                }
+            }
+            SipEvent::LateAnswer { .. } => {}
         }
     }
 
@@ -635,6 +790,7 @@ impl Gateway {
                 sip: key,
                 phase: Phase::Offered,
                 sdp: String::new(),
+                agreed: String::new(),
                 candidates: Vec::new(),
                 deadline: Some(now + OFFER_TIMEOUT),
                 extension: None,
@@ -705,7 +861,7 @@ impl Gateway {
         match event {
             AriEvent::Dtmf { digit, .. } => {
                 if let (Some(hub), Ok(digits)) = (call.hub, Digits::new(digit.to_string())) {
-                    if call.phase == Phase::Answered {
+                    if call.phase.is_answered() {
                         self.tell_hub(ToHub::Event(PbxEvent::Dtmf { call: hub, digits }));
                     }
                 }
@@ -789,10 +945,16 @@ impl Gateway {
                     Phase::Gathering => Ok(()),
                     Phase::Inviting => self.ua.cancel(key, now),
                     Phase::Offered | Phase::Answering => self.ua.reject_incoming(key, 480, now),
-                    Phase::Answered => self.ua.bye(key, now),
+                    Phase::Reoffered | Phase::Reanswering => self
+                        .ua
+                        .reject_incoming(key, 488, now)
+                        .and_then(|()| self.ua.bye(key, now)),
+                    Phase::Answered | Phase::Reoffering | Phase::Reinviting => {
+                        self.ua.bye(key, now)
+                    }
                 };
             }
-            if call.phase != Phase::Answered {
+            if !call.phase.is_answered() {
                 self.result(CallResult::Failed(HangupReason::Unavailable));
             }
             self.drop_call(id, now);
@@ -839,6 +1001,10 @@ impl Gateway {
 /// How long the hub may take to say what became of an offer (it answers at once).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a browser may take to answer Asterisk's re-INVITE (it answers in milliseconds;
+/// Asterisk gives up on the transaction after 32 s).
+const RENEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Candidates kept per call while gathering; a browser has a handful.
 const MAX_CANDIDATES: usize = 64;
 
@@ -848,6 +1014,8 @@ fn message_call(message: &ServerMessage) -> Option<CallId> {
         ServerMessage::Candidate { call, .. }
         | ServerMessage::Ringing { call }
         | ServerMessage::Answer { call, .. }
+        | ServerMessage::Offer { call, .. }
+        | ServerMessage::OfferFailed { call }
         | ServerMessage::Hangup { call, .. }
         | ServerMessage::Dtmf { call, .. } => Some(*call),
         _ => None,

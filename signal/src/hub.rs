@@ -9,6 +9,8 @@
 //!                answer │   (first wins: the other legs get hangup(answered_elsewhere))
 //!                       ▼
 //!                   [answered] ── candidates flow both ways
+//!                       │   offer by either end ──► the other gets `offer`, answers with
+//!                       │   `answer`; one offer at a time (a crossing one gets `glare`)
 //!                       │ hangup by either end, or its disconnect ──► the other gets hangup
 //!                       ▼
 //!                    [ended]  (the call is forgotten)
@@ -159,6 +161,20 @@ pub enum PbxEvent {
         /// Why.
         reason: HangupReason,
     },
+    /// The PBX renegotiates an answered call (Asterisk's re-INVITE with a new offer); a
+    /// refused one comes back to the PBX as `offer-failed`.
+    Offer {
+        /// The call.
+        call: CallId,
+        /// The PBX's new SDP offer.
+        sdp: String,
+    },
+    /// The offer in progress in this call failed (the PBX refused the browser's, or the
+    /// browser never answered the PBX's); the previous session description stays.
+    OfferFailed {
+        /// The call.
+        call: CallId,
+    },
     /// DTMF from the PBX's side of an answered call.
     Dtmf {
         /// The call.
@@ -194,6 +210,8 @@ struct Call {
     callees: Vec<Leg>,
     answered: bool,
     ring_deadline: Instant,
+    /// Who made the renegotiation offer in progress, if one is.
+    offer_from: Option<Endpoint>,
 }
 
 /// The state of all sessions and calls of one signal server.
@@ -306,6 +324,7 @@ impl Hub {
             ClientMessage::Call { to, sdp } => self.call(session, to, sdp, now).map(Some),
             ClientMessage::Ringing { call } => self.ringing(me, call).map(|()| None),
             ClientMessage::Answer { call, sdp } => self.answer(me, call, sdp).map(|()| None),
+            ClientMessage::Offer { call, sdp } => self.offer(me, call, sdp).map(|()| None),
             ClientMessage::Candidate { call, candidate } => {
                 self.candidate(me, call, candidate).map(|()| None)
             }
@@ -352,6 +371,15 @@ impl Hub {
             PbxEvent::Ringing { call } => self.ringing(me, call).map(|()| None),
             PbxEvent::Answer { call, sdp } => self.answer(me, call, sdp).map(|()| None),
             PbxEvent::Hangup { call, reason } => self.leave_call(call, me, reason).map(|()| None),
+            PbxEvent::Offer { call, sdp } => {
+                let result = self.offer(me, call, sdp);
+                if result.is_err() {
+                    // The gateway holds a re-INVITE open: it needs an answer either way.
+                    self.send(me, ServerMessage::OfferFailed { call });
+                }
+                result.map(|()| None)
+            }
+            PbxEvent::OfferFailed { call } => self.offer_failed(call).map(|()| None),
             PbxEvent::Dtmf { call, digits } => self.dtmf(me, call, digits).map(|()| None),
         }
     }
@@ -522,6 +550,7 @@ impl Hub {
                     .collect(),
                 answered: false,
                 ring_deadline,
+                offer_from: None,
             },
         );
         self.deadlines.insert((ring_deadline, id));
@@ -558,6 +587,9 @@ impl Hub {
     }
 
     fn answer(&mut self, endpoint: Endpoint, call: CallId, sdp: String) -> Result<(), Refusal> {
+        if self.calls.get(&call).is_some_and(|c| c.answered) {
+            return self.answer_offer(endpoint, call, sdp);
+        }
         let (state, index) = self.callee_leg(endpoint, call)?;
         if state.answered {
             return Err((ErrorCode::InvalidState, "the call is already answered"));
@@ -585,6 +617,59 @@ impl Hub {
         }
         self.send(caller, ServerMessage::Answer { call, sdp });
         self.outputs.push_back(Output::Event(CallEvent::Answered));
+        Ok(())
+    }
+
+    /// A new offer in an answered call, for the other end.
+    fn offer(&mut self, endpoint: Endpoint, call: CallId, sdp: String) -> Result<(), Refusal> {
+        let peer = self.peer_in_answered_call(endpoint, call)?;
+        let state = self
+            .calls
+            .get_mut(&call)
+            .expect("peer_in_answered_call found it");
+        match state.offer_from {
+            Some(from) if from == endpoint => {
+                return Err((ErrorCode::InvalidState, "an offer of yours is in progress"));
+            }
+            Some(_) => return Err((ErrorCode::Glare, "the other end's offer goes first")),
+            None => state.offer_from = Some(endpoint),
+        }
+        self.send(peer, ServerMessage::Offer { call, sdp });
+        Ok(())
+    }
+
+    /// The answer to the other end's renegotiation offer.
+    fn answer_offer(
+        &mut self,
+        endpoint: Endpoint,
+        call: CallId,
+        sdp: String,
+    ) -> Result<(), Refusal> {
+        let peer = self.peer_in_answered_call(endpoint, call)?;
+        let state = self
+            .calls
+            .get_mut(&call)
+            .expect("peer_in_answered_call found it");
+        if state.offer_from != Some(peer) {
+            return Err((ErrorCode::InvalidState, "there is no offer to answer"));
+        }
+        state.offer_from = None;
+        self.send(peer, ServerMessage::Answer { call, sdp });
+        Ok(())
+    }
+
+    /// The offer in progress failed at the PBX: its maker goes back to the previous session.
+    fn offer_failed(&mut self, call: CallId) -> Result<(), Refusal> {
+        let state = self
+            .calls
+            .get_mut(&call)
+            .ok_or((ErrorCode::UnknownCall, "no such call"))?;
+        let Some(from) = state.offer_from.take() else {
+            return Err((ErrorCode::InvalidState, "there is no offer in progress"));
+        };
+        if from != Endpoint::Pbx {
+            self.send(from, ServerMessage::OfferFailed { call });
+        }
         Ok(())
     }
 

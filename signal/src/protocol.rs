@@ -368,6 +368,14 @@ pub enum ClientMessage {
         /// The SDP answer.
         sdp: String,
     },
+    /// A new offer in an answered call (ICE restart, hold, a changed media set); the other
+    /// end replies with `answer`, or the offer fails with `offer-failed`.
+    Offer {
+        /// The call.
+        call: CallId,
+        /// The SDP offer.
+        sdp: String,
+    },
     /// A trickled candidate for the other end; `null` (or absent) means end-of-candidates.
     Candidate {
         /// The call.
@@ -429,6 +437,7 @@ impl ClientMessage {
             ClientMessage::Call { .. } => "call",
             ClientMessage::Ringing { .. } => "ringing",
             ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Offer { .. } => "offer",
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::Hangup { .. } => "hangup",
             ClientMessage::Join { .. } => "join",
@@ -444,18 +453,21 @@ impl ClientMessage {
     /// The SDP the message carries, if any, for the size limit.
     pub fn sdp(&self) -> Option<&str> {
         match self {
-            ClientMessage::Call { sdp, .. } | ClientMessage::Answer { sdp, .. } => Some(sdp),
+            ClientMessage::Call { sdp, .. }
+            | ClientMessage::Answer { sdp, .. }
+            | ClientMessage::Offer { sdp, .. } => Some(sdp),
             _ => None,
         }
     }
 }
 
 /// Every `type` a client may send, for metric labels.
-pub const CLIENT_KINDS: [&str; 13] = [
+pub const CLIENT_KINDS: [&str; 14] = [
     "hello",
     "call",
     "ringing",
     "answer",
+    "offer",
     "candidate",
     "hangup",
     "join",
@@ -522,6 +534,8 @@ pub enum ErrorCode {
     TooManySessions,
     /// A call to an extension, but no PBX is configured or it cannot be reached now.
     PbxUnavailable,
+    /// An `offer` crossed one from the other end, which goes first: roll back and answer it.
+    Glare,
 }
 
 impl ErrorCode {
@@ -549,6 +563,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::PbxUnavailable => "pbx_unavailable",
+            ErrorCode::Glare => "glare",
         }
     }
 }
@@ -601,6 +616,19 @@ pub enum ServerMessage {
         call: CallId,
         /// The SDP answer.
         sdp: String,
+    },
+    /// The other end renegotiates an answered call: reply with `answer`.
+    Offer {
+        /// The call.
+        call: CallId,
+        /// The SDP offer.
+        sdp: String,
+    },
+    /// The other end refused this session's `offer`; the call goes on with the previous
+    /// session description (roll the offer back).
+    OfferFailed {
+        /// The call.
+        call: CallId,
     },
     /// A candidate from the other end; `null` is end-of-candidates.
     Candidate {
@@ -668,6 +696,8 @@ impl ServerMessage {
             ServerMessage::Incoming { .. } => "incoming",
             ServerMessage::Ringing { .. } => "ringing",
             ServerMessage::Answer { .. } => "answer",
+            ServerMessage::Offer { .. } => "offer",
+            ServerMessage::OfferFailed { .. } => "offer-failed",
             ServerMessage::Candidate { .. } => "candidate",
             ServerMessage::Hangup { .. } => "hangup",
             ServerMessage::Dtmf { .. } => "dtmf",
@@ -911,6 +941,13 @@ mod tests {
                 },
             ),
             (
+                json!({"v":1,"type":"offer","call":call,"sdp":"v=0"}),
+                ClientMessage::Offer {
+                    call: CallId(0xff),
+                    sdp: "v=0".into(),
+                },
+            ),
+            (
                 json!({"v":1,"type":"refresh-ice"}),
                 ClientMessage::RefreshIce,
             ),
@@ -1032,6 +1069,7 @@ mod tests {
             ErrorCode::UnsupportedVersion,
             ErrorCode::TooManySessions,
             ErrorCode::UnknownCall,
+            ErrorCode::Glare,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

@@ -90,6 +90,39 @@ pub fn with_candidates(sdp: &str, candidates: &[IceCandidate]) -> String {
     out
 }
 
+/// The ICE username fragment of the first m-section (or the session) that names one.
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+}
+
+/// For a renegotiation without an ICE restart: `new` completed with the candidates of
+/// `previous` (the browser does not gather again, so none will trickle). `None` when the ICE
+/// credentials changed, i.e. the browser restarts ICE and its new candidates must be awaited.
+pub fn carry_candidates(previous: &str, new: &str) -> Option<String> {
+    let ufrag = ice_ufrag(new)?;
+    if ice_ufrag(previous) != Some(ufrag) {
+        return None;
+    }
+    // By m-line index: a renegotiation keeps the m-sections in their order (JSEP §5.2.2).
+    let mut candidates = Vec::new();
+    let mut index: Option<u16> = None;
+    for line in previous.lines() {
+        if line.starts_with("m=") {
+            index = Some(index.map_or(0, |i| i.saturating_add(1)));
+        } else if let Some(candidate) = line.strip_prefix("a=candidate:") {
+            candidates.push(IceCandidate {
+                candidate: format!("candidate:{}", candidate.trim()),
+                sdp_mid: None,
+                sdp_m_line_index: index,
+                username_fragment: None,
+            });
+        }
+    }
+    Some(with_candidates(new, &candidates))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +185,38 @@ mod tests {
             ),
             sdp
         );
+    }
+
+    #[test]
+    fn renegotiations_without_an_ice_restart_keep_their_candidates() {
+        let first = with_candidates(
+            &OFFER.replace("a=mid:0\r\n", "a=mid:0\r\na=ice-ufrag:abcd\r\n"),
+            &[cand(
+                "candidate:1 1 udp 1 192.0.2.1 6000 typ relay",
+                Some("0"),
+                None,
+            )],
+        );
+        let hold = OFFER
+            .replace(
+                "a=mid:0\r\n",
+                "a=mid:0\r\na=ice-ufrag:abcd\r\na=sendonly\r\n",
+            )
+            .replace("o=- 1 2", "o=- 1 3");
+        let carried = carry_candidates(&first, &hold).expect("same ufrag");
+        assert!(carried.contains("a=sendonly"), "{carried}");
+        let audio = carried.find("m=audio").unwrap();
+        let video = carried.find("m=video").unwrap();
+        let candidate = carried.find("a=candidate:1 ").unwrap();
+        assert!(audio < candidate && candidate < video, "{carried}");
+        assert!(is_complete(&carried));
+        // An ICE restart (new ufrag) or an SDP without ICE credentials carries nothing.
+        assert_eq!(
+            carry_candidates(&first, &hold.replace("abcd", "wxyz")),
+            None
+        );
+        assert_eq!(carry_candidates(&first, OFFER), None);
+        assert_eq!(ice_ufrag(&first), Some("abcd"));
     }
 
     #[test]

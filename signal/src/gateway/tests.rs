@@ -593,6 +593,10 @@ enum Op {
     SipBack,
     Garbage(Vec<u8>),
     Wait(u16),
+    /// The browser renegotiates call N, restarting ICE or not.
+    Renegotiate(u8, bool),
+    /// The hub refuses an offer in call N.
+    OfferFailed(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -611,6 +615,8 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::SipBack),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Op::Garbage),
         (0u16..5000).prop_map(Op::Wait),
+        ((0u8..4), any::<bool>()).prop_map(|(c, restart)| Op::Renegotiate(c, restart)),
+        (0u8..4).prop_map(Op::OfferFailed),
     ]
 }
 
@@ -688,6 +694,13 @@ proptest! {
                     rig.gw.handle_timeout(rig.now);
                     rig.drain();
                 }
+                Op::Renegotiate(c, restart) => rig.hub_send(ServerMessage::Offer {
+                    call: CallId(u64::from(c)),
+                    sdp: browser_ice(if restart { "new" } else { "" }, ""),
+                }),
+                Op::OfferFailed(c) => rig.hub_send(ServerMessage::OfferFailed {
+                    call: CallId(u64::from(c)),
+                }),
             }
         }
         // The hub hangs up everything it may still hold, then time passes.
@@ -704,4 +717,161 @@ proptest! {
         prop_assert_eq!(rig.gw.ari_call_count(), 0);
         prop_assert_eq!(rig.gw.sip_call_count(), 0);
     }
+}
+
+/// The browser's SDP with ICE credentials and one relay candidate, as Asterisk got it.
+fn browser_ice(ufrag: &str, extra: &str) -> String {
+    format!("{BROWSER_SDP}a=ice-ufrag:{ufrag}\r\n{extra}")
+}
+
+/// A re-INVITE from Asterisk in the dialog of our `invite`, offering `origin`'s version.
+fn asterisk_reinvite(invite: &Message, cseq: u32, version: u32) -> Message {
+    let sdp = AST_SDP.replace("o=- 1 1", &format!("o=- 1 {version}"));
+    let text = format!(
+        "INVITE sip:icegate@h SIP/2.0\r\nVia: SIP/2.0/WS 127.0.0.1:8088;branch=z9hG4bKre{cseq}\r\n\
+         From: <sip:600@pbx.example>;tag=ast-tag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\n\
+         Contact: <sip:127.0.0.1:8088;transport=ws>\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        invite.header("From").unwrap(),
+        invite.call_id(),
+        sdp.len()
+    );
+    Message::parse(text.as_bytes()).unwrap()
+}
+
+/// Asterisk's ACK for our 2xx to its re-INVITE `cseq`.
+fn asterisk_ack(rig: &mut Rig, invite: &Message, cseq: u32) {
+    let text = format!(
+        "ACK sip:icegate@h SIP/2.0\r\nVia: SIP/2.0/WS 127.0.0.1:8088;branch=z9hG4bKack{cseq}\r\n\
+         From: <sip:600@pbx.example>;tag=ast-tag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} ACK\r\n\
+         Content-Length: 0\r\n\r\n",
+        invite.header("From").unwrap(),
+        invite.call_id(),
+    );
+    rig.gw.handle_sip(text.as_bytes(), rig.now);
+    rig.drain();
+}
+
+fn final_status(rig: &mut Rig) -> u16 {
+    let response = rig
+        .sip
+        .iter()
+        .position(|m| m.code().is_some_and(|c| c >= 200))
+        .unwrap_or_else(|| panic!("no final response in {:?}", rig.sip));
+    rig.sip.remove(response).code().unwrap()
+}
+
+#[test]
+fn browser_offers_become_reinvites_and_asterisk_reinvites_become_offers() {
+    let mut rig = Rig::up();
+    let first = browser_ice("brws", "a=candidate:7 1 udp 1 192.0.2.7 7000 typ relay\r\n");
+    rig.hub_call(CALL, "600", &sdp::with_candidates(&first, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.sip.clear();
+    rig.hub.clear();
+
+    // Hold (same ICE credentials): the re-INVITE goes at once with the candidates kept.
+    rig.hub_send(ServerMessage::Offer {
+        call: CALL,
+        sdp: browser_ice("brws", "a=sendonly\r\n"),
+    });
+    let reinvite = rig.take_sip(SipMethod::Invite);
+    let offered = reinvite.sdp().unwrap();
+    assert!(offered.contains("a=sendonly"), "{offered}");
+    assert!(offered.contains("a=candidate:7 1 udp 1 192.0.2.7 7000 typ relay"));
+    assert!(sdp::is_complete(offered));
+    let held = AST_SDP.replace("o=- 1 1", "o=- 1 2");
+    rig.reply(&reinvite, 200, Some(&held));
+    rig.take_sip(SipMethod::Ack);
+    assert_eq!(
+        rig.hub,
+        [ToHub::Event(PbxEvent::Answer {
+            call: CALL,
+            sdp: held.clone()
+        })]
+    );
+    rig.hub.clear();
+
+    // An ICE restart waits for the new candidates; Asterisk refuses it: the browser rolls back.
+    rig.hub_send(ServerMessage::Offer {
+        call: CALL,
+        sdp: browser_ice("rstr", ""),
+    });
+    assert!(rig.sip.is_empty(), "the re-INVITE waits for candidates");
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: cand("candidate:8 1 udp 1 192.0.2.8 8000 typ relay"),
+    });
+    rig.hub_send(ServerMessage::Candidate {
+        call: CALL,
+        candidate: None,
+    });
+    let restart = rig.take_sip(SipMethod::Invite);
+    let offered = restart.sdp().unwrap();
+    assert!(offered.contains("candidate:8 ") && !offered.contains("candidate:7 "));
+    rig.reply(&restart, 488, None);
+    rig.take_sip(SipMethod::Ack);
+    assert_eq!(
+        rig.hub,
+        [ToHub::Event(PbxEvent::OfferFailed { call: CALL })]
+    );
+    rig.hub.clear();
+
+    // Asterisk offers: the browser gets it and answers with the same ICE credentials, so the
+    // 200 goes at once and carries the candidates agreed before (the held offer's).
+    rig.feed_sip(&asterisk_reinvite(&invite, 10, 3));
+    let [ToHub::Event(PbxEvent::Offer { call, sdp: offer })] = &rig.hub[..] else {
+        panic!("no offer for the hub: {:?}", rig.hub);
+    };
+    assert_eq!(*call, CALL);
+    assert!(offer.contains("o=- 1 3"));
+    rig.hub.clear();
+    rig.sip.clear();
+    rig.hub_send(ServerMessage::Answer {
+        call: CALL,
+        sdp: browser_ice("brws", "a=recvonly\r\n"),
+    });
+    let ok = rig.sip.pop().expect("a 200 for the re-INVITE");
+    assert_eq!(ok.code(), Some(200));
+    let answered = ok.sdp().unwrap();
+    assert!(answered.contains("a=recvonly") && answered.contains("candidate:7 "));
+    asterisk_ack(&mut rig, &invite, 10);
+
+    // The hub refuses Asterisk's next offer (glare): 488, and the call stays up.
+    rig.feed_sip(&asterisk_reinvite(&invite, 11, 4));
+    assert!(matches!(
+        rig.hub[..],
+        [ToHub::Event(PbxEvent::Offer { .. })]
+    ));
+    rig.hub.clear();
+    rig.sip.clear();
+    rig.hub_send(ServerMessage::OfferFailed { call: CALL });
+    assert_eq!(final_status(&mut rig), 488);
+
+    // A browser that never answers: 488 after the timeout, and the hub forgets the offer.
+    rig.feed_sip(&asterisk_reinvite(&invite, 12, 5));
+    rig.hub.clear();
+    rig.sip.clear();
+    rig.now += RENEGOTIATION_TIMEOUT;
+    rig.gw.handle_timeout(rig.now);
+    rig.drain();
+    assert_eq!(final_status(&mut rig), 488);
+    assert_eq!(
+        rig.hub,
+        [ToHub::Event(PbxEvent::OfferFailed { call: CALL })]
+    );
+    assert_eq!(rig.gw.call_count(), 1, "the call goes on");
+
+    // Hanging up while Asterisk's offer is open answers it, then says BYE.
+    rig.feed_sip(&asterisk_reinvite(&invite, 13, 6));
+    rig.sip.clear();
+    rig.hub_send(ServerMessage::Hangup {
+        call: CALL,
+        reason: HangupReason::Normal,
+    });
+    assert_eq!(final_status(&mut rig), 488);
+    let bye = rig.take_sip(SipMethod::Bye);
+    rig.reply(&bye, 200, None);
+    rig.assert_empty();
 }

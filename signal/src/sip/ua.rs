@@ -283,6 +283,8 @@ struct Call {
     bye_after_ack: bool,
     ring_deadline: Option<Instant>,
     local_sdp: Option<String>,
+    /// Our re-INVITE's offer, which becomes `local_sdp` only when Asterisk accepts it.
+    offered_sdp: Option<String>,
     remote_sdp: Option<String>,
 }
 
@@ -298,6 +300,7 @@ impl Call {
             bye_after_ack: false,
             ring_deadline: None,
             local_sdp: None,
+            offered_sdp: None,
             remote_sdp: None,
         }
     }
@@ -692,7 +695,7 @@ impl UserAgent {
         m.push("Allow", ALLOW);
         m.push("User-Agent", self.local.user_agent.clone());
         m.set_body("application/sdp", sdp);
-        call.local_sdp = Some(sdp.to_owned());
+        call.offered_sdp = Some(sdp.to_owned());
         self.start_tx(Purpose::Reinvite(call_key), m, now);
         Ok(())
     }
@@ -1187,6 +1190,7 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        let offered = call.offered_sdp.take();
         if code >= 300 {
             self.send(&builder::ack_for_failure(invite, response));
             if matches!(code, 408 | 481) {
@@ -1223,6 +1227,7 @@ impl UserAgent {
         match response.sdp() {
             Some(sdp) => {
                 call.remote_sdp = Some(sdp.to_owned());
+                call.local_sdp = offered.or(call.local_sdp.take());
                 let sdp = sdp.to_owned();
                 self.event(Event::ReinviteAnswered { call_key: key, sdp });
             }
