@@ -440,10 +440,10 @@ impl Gateway {
                     self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call: hub_call }));
                 }
             }
-            ServerMessage::OfferFailed { .. } => {
-                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Reoffered) {
-                    self.renegotiation_failed(id, now);
-                }
+            ServerMessage::OfferFailed { .. }
+                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Reoffered) =>
+            {
+                self.renegotiation_failed(id, now);
             }
             ServerMessage::Hangup { reason, .. } => self.hub_hangup(id, reason, now),
             ServerMessage::Dtmf { digits, .. } => {
