@@ -399,3 +399,98 @@ fn malformed_sip_and_ari_input_changes_nothing() {
     rig.wait_available();
     rig.assert_no_leaks();
 }
+
+/// The final responses the stand-in received to INVITEs of `call_id`, in order.
+fn invite_statuses(rig: &Rig, call_id: &str) -> Vec<u16> {
+    rig.pbx
+        .sip_received()
+        .iter()
+        .filter(|m| m.call_id() == call_id && m.method() == "INVITE")
+        .filter_map(|m| m.status().filter(|s| *s >= 200))
+        .collect()
+}
+
+#[test]
+fn renegotiation_maps_to_reinvites_both_ways() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    let call = call(&mut alice, "600");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
+    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+
+    // Hold (same ICE credentials): a re-INVITE at once, with the candidates Asterisk has.
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly").replace(" 2 IN IP4", " 3 IN IP4");
+    alice.send(json!({"v":1,"type":"offer","id":"h","call":call,"sdp":hold}));
+    assert_eq!(alice.expect("ack")["id"], "h");
+    let answer = alice.expect("answer");
+    assert_eq!(answer["call"], call.as_str());
+    let invites = rig.pbx.sip_requests("INVITE");
+    let before = invites.len() - 1;
+    let reinvite = &invites[before];
+    assert_eq!(reinvite.call_id(), invite.call_id(), "in the same dialog");
+    assert!(reinvite.body.contains("a=sendonly"), "{}", reinvite.body);
+    assert!(
+        reinvite.body.contains("a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"),
+        "{}",
+        reinvite.body
+    );
+    assert!(
+        eventually(WAIT, || rig
+            .pbx
+            .sip_requests("ACK")
+            .iter()
+            .any(|a| a.cseq().map(|c| c.0) == reinvite.cseq().map(|c| c.0))),
+        "the gateway ACKs the re-INVITE's 200"
+    );
+
+    // ICE restart (new credentials): the re-INVITE waits for the new candidates.
+    let restart = OFFER
+        .replace("a=ice-ufrag:Ab12", "a=ice-ufrag:Cd34")
+        .replace(" 2 IN IP4", " 4 IN IP4");
+    alice.send(json!({"v":1,"type":"offer","call":call,"sdp":restart}));
+    std::thread::sleep(Duration::from_millis(100));
+    let waiting = rig.pbx.sip_requests("INVITE").len();
+    assert_eq!(waiting, before + 1, "waits for candidates");
+    alice.send(json!({"v":1,"type":"candidate","call":call,"candidate":{
+        "candidate":"candidate:9 1 udp 41885439 127.0.0.1 50009 typ relay raddr 0.0.0.0 rport 0",
+        "sdpMid":"0","sdpMLineIndex":0}}));
+    alice.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
+    alice.expect("answer");
+    let restarted = rig.pbx.sip_requests("INVITE").pop().unwrap();
+    assert!(restarted.body.contains("a=ice-ufrag:Cd34"));
+    assert!(restarted.body.contains("candidate:9 ") && !restarted.body.contains("candidate:1 "));
+
+    // Asterisk re-INVITEs: the browser gets an offer; its answer becomes the 200.
+    assert!(rig.pbx.reinvite(&channel));
+    let offer = alice.expect("offer");
+    assert_eq!(offer["call"], call.as_str());
+    assert!(offer["sdp"].as_str().unwrap().contains("m=audio"));
+    let browser_answer = restart.replace("a=setup:actpass", "a=setup:active");
+    alice.send(json!({"v":1,"type":"answer","call":call,"sdp":browser_answer}));
+    assert!(
+        eventually(WAIT, || invite_statuses(&rig, invite.call_id()) == [200]),
+        "{:?}",
+        rig.pbx.log()
+    );
+    let ok = rig
+        .pbx
+        .sip_received()
+        .into_iter()
+        .rfind(|m| m.status() == Some(200) && m.method() == "INVITE")
+        .unwrap();
+    assert!(ok.body.contains("a=setup:active"), "{}", ok.body);
+    assert!(ok.body.contains("candidate:9 "), "the restarted candidates: {}", ok.body);
+
+    // A browser offer crossing Asterisk's is glare; hanging up while Asterisk's offer is
+    // open answers its re-INVITE with 488, then says BYE.
+    assert!(rig.pbx.reinvite(&channel));
+    alice.expect("offer");
+    alice.send(json!({"v":1,"type":"offer","id":"x","call":call,"sdp":OFFER}));
+    let glare = alice.expect("error");
+    assert_eq!((glare["id"].as_str(), glare["code"].as_str()), (Some("x"), Some("glare")));
+    alice.send(json!({"v":1,"type":"hangup","call":call}));
+    assert!(eventually(WAIT, || invite_statuses(&rig, invite.call_id()) == [200, 488]));
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
+    rig.assert_no_leaks();
+}

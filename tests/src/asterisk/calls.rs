@@ -352,6 +352,7 @@ impl Core {
             playbacks: vec![],
             dtmf_sent: String::new(),
             cancelled: false,
+            reinvite: None,
             #[cfg(feature = "media-echo")]
             media: None,
         });
@@ -805,6 +806,7 @@ impl Core {
             playbacks: vec![],
             dtmf_sent: String::new(),
             cancelled: false,
+            reinvite: None,
             #[cfg(feature = "media-echo")]
             media: None,
         });
@@ -858,6 +860,15 @@ impl Core {
         let code = resp.status().unwrap_or(0);
         if resp.method() != "INVITE" {
             return;
+        }
+        let reinvite = self.calls.iter().position(|c| {
+            c.call_id() == resp.call_id()
+                && c.reinvite
+                    .as_ref()
+                    .is_some_and(|(r, _)| r.cseq().map(|x| x.0) == resp.cseq().map(|x| x.0))
+        });
+        if let Some(idx) = reinvite {
+            return self.on_reinvite_response(conn, idx, resp);
         }
         let Some(idx) = self
             .calls
@@ -1035,29 +1046,93 @@ impl Core {
         }
     }
 
+    /// From, To and the request URI of a request Asterisk sends in the call's dialog.
+    fn dialog_parties(&self, call: &Call) -> (String, String, String) {
+        if call.outbound {
+            (
+                call.invite.header("From").unwrap_or_default().to_string(),
+                sip::with_tag(
+                    call.invite.header("To").unwrap_or_default(),
+                    call.remote_tag.as_deref().unwrap_or_default(),
+                ),
+                self.rewritten_contact(call.peer, "ws"),
+            )
+        } else {
+            (
+                sip::with_tag(
+                    call.invite.header("To").unwrap_or_default(),
+                    &call.local_tag,
+                ),
+                call.invite.header("From").unwrap_or_default().to_string(),
+                self.rewritten_contact(call.peer, "WS"),
+            )
+        }
+    }
+
+    /// A re-INVITE from Asterisk with a changed offer (as after a bridge change or hold):
+    /// its own SDP with the next `o=` version. False when the call is not up or one is open.
+    pub fn reinvite(&mut self, idx: usize) -> bool {
+        let call = &self.calls[idx];
+        let Some(ours) = call.local_sdp.as_deref() else {
+            return false;
+        };
+        if call.phase != Phase::Up || call.reinvite.is_some() {
+            return false;
+        }
+        let offer = sdp::next_version(ours);
+        let (from, to, uri) = self.dialog_parties(call);
+        let cseq = call.local_cseq + 1;
+        let invite = self.asterisk_request(
+            "INVITE",
+            &uri,
+            None,
+            vec![
+                ("From", from),
+                ("To", to),
+                ("Call-ID", call.call_id().into()),
+                ("CSeq", format!("{cseq} INVITE")),
+            ],
+            vec![("Contact", self.own_contact()), ("Allow", ALLOW.into())],
+            Some(&offer),
+        );
+        let conn = call.conn;
+        let c = &mut self.calls[idx];
+        c.local_cseq = cseq;
+        c.reinvite = Some((invite.clone(), offer));
+        self.sip_send(conn, &invite);
+        true
+    }
+
+    /// The final response to Asterisk's re-INVITE: ACK it (§13.2.2.4 / §17.1.1.3).
+    fn on_reinvite_response(&mut self, conn: u64, idx: usize, resp: &SipMessage) {
+        let code = resp.status().unwrap_or(0);
+        if code < 200 {
+            return;
+        }
+        let Some((invite, offer)) = self.calls[idx].reinvite.take() else {
+            return;
+        };
+        let ok = code < 300;
+        let uri = if ok {
+            self.rewritten_contact(self.calls[idx].peer, "ws")
+        } else {
+            invite.request_uri().unwrap_or_default().to_string()
+        };
+        let ack = self.ack_for(&invite, resp, &uri, ok);
+        self.sip_send(conn, &ack);
+        if ok {
+            let c = &mut self.calls[idx];
+            c.local_sdp = Some(offer);
+            c.remote_sdp = Some(resp.body.clone());
+        }
+        self.note(format!("re-INVITE answered with {code}"));
+    }
+
     /// What goes out on SIP when Asterisk ends a call: BYE when up, CANCEL for its own
     /// unanswered INVITE, a final response (603 for cause 16) for the caller's.
     fn hangup_sip(&mut self, call: &Call, cause: u32) {
         if call.phase == Phase::Up {
-            let (from, to, uri) = if call.outbound {
-                (
-                    call.invite.header("From").unwrap_or_default().to_string(),
-                    sip::with_tag(
-                        call.invite.header("To").unwrap_or_default(),
-                        call.remote_tag.as_deref().unwrap_or_default(),
-                    ),
-                    self.rewritten_contact(call.peer, "ws"),
-                )
-            } else {
-                (
-                    sip::with_tag(
-                        call.invite.header("To").unwrap_or_default(),
-                        &call.local_tag,
-                    ),
-                    call.invite.header("From").unwrap_or_default().to_string(),
-                    self.rewritten_contact(call.peer, "WS"),
-                )
-            };
+            let (from, to, uri) = self.dialog_parties(call);
             let bye = self.asterisk_request(
                 "BYE",
                 &uri,

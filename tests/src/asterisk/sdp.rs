@@ -222,6 +222,25 @@ pub fn answer(offer: &str, media: &MediaParams) -> Result<String, String> {
     Ok(out.join("\r\n") + "\r\n")
 }
 
+/// `sdp` with its `o=` version one higher: the same session, changed (RFC 3264 §8), as
+/// Asterisk's re-INVITEs carry it.
+pub fn next_version(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            let Some(origin) = line.strip_prefix("o=") else {
+                return line.to_string();
+            };
+            let mut fields: Vec<String> = origin.split(' ').map(str::to_string).collect();
+            if let Some(version) = fields.get_mut(2) {
+                if let Ok(n) = version.parse::<u64>() {
+                    *version = (n + 1).to_string();
+                }
+            }
+            format!("o={}", fields.join(" "))
+        })
+        .collect()
+}
+
 /// The offer Asterisk sends when ARI originates to PJSIP/icegate (recorded shape).
 pub fn offer(media: &MediaParams) -> String {
     let id = rand::random::<u32>() / 2;

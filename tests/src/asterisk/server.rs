@@ -340,6 +340,15 @@ impl AsteriskStandIn {
         }
     }
 
+    /// Sends a re-INVITE with a changed offer in the channel's call; false when it cannot.
+    pub fn reinvite(&self, channel_id: &str) -> bool {
+        let mut c = self.lock();
+        match c.call_index_by_channel(channel_id) {
+            Some(i) => c.reinvite(i),
+            None => false,
+        }
+    }
+
     /// A `ChannelDtmfReceived` as if the caller had sent an RFC 4733 digit.
     pub fn inject_dtmf(&self, channel_id: &str, digit: &str) -> bool {
         self.lock().dtmf_received(channel_id, digit, 120)

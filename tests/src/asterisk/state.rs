@@ -200,6 +200,8 @@ pub struct Call {
     pub dtmf_sent: String,
     /// Set once CANCEL was sent for an unanswered outbound call.
     pub cancelled: bool,
+    /// The re-INVITE Asterisk sent and the offer in it, until its final response.
+    pub reinvite: Option<(SipMessage, String)>,
     /// The echoing media endpoint (MediaMode::Echo).
     #[cfg(feature = "media-echo")]
     pub media: Option<std::sync::Arc<super::media::EchoEndpoint>>,
