@@ -12,8 +12,9 @@
 // Page A signs in as alice, page B as bob; both switch "relay only" on; alice calls bob, bob
 // accepts. Checked: ICE reached "connected" on both sides; the selected local (and remote)
 // candidate is of type relay, at --relay-ip and inside --relay-ports; chat messages cross
-// the data channel both ways; audio bytes arrive on both sides and keep growing; alice
-// hangs up and bob sees the hangup.
+// the data channel both ways; audio bytes arrive on both sides and keep growing; bob
+// restarts ICE (still relayed, audio still flowing), alice holds and resumes (each a
+// renegotiation answered by the other page), alice hangs up and bob sees the hangup.
 //
 // The last line on stdout is one JSON object: {"ok":true,...} or {"ok":false,"error":...}.
 // The exit status is 0 only when every check passed.
@@ -268,6 +269,38 @@ async function run(options) {
     }
 
     mark("mediaChecked");
+    step = "bob restarts ICE";
+    const renegotiated = (n) => window.icegate.state().call.renegotiations >= n;
+    await bob.getByTestId("restart-ice").click();
+    await waitInPage(bob, "the ICE restart's answer", renegotiated, 1);
+    await waitInPage(alice, "the ICE restart offer answered", renegotiated, 1);
+    const restartedIce = () => {
+      const call = window.icegate.state().call;
+      return call.iceConnectionState === "connected" || call.iceConnectionState === "completed";
+    };
+    await waitInPage(bob, "ICE to reconnect after the restart", restartedIce, undefined, 20000);
+    const beforeHold = { alice: await stats(alice), bob: await stats(bob) };
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const afterRestart = { alice: await stats(alice), bob: await stats(bob) };
+    for (const label of ["alice", "bob"]) {
+      checkRelayed(label, afterRestart[label], options);
+      check(afterRestart[label].audio.bytesReceived > beforeHold[label].audio.bytesReceived,
+        `${label}: audio stopped after the ICE restart: ${JSON.stringify(afterRestart[label].audio)}`);
+    }
+    const restartLogged = await bob.evaluate(() => window.icegate.events.some((e) => e.text === "ICE restart: offer sent"));
+    check(restartLogged, "bob: no ICE restart offer in the log");
+    mark("iceRestarted");
+
+    step = "alice holds and resumes";
+    await alice.getByTestId("hold").click();
+    await waitInPage(alice, "the hold", () => window.icegate.state().call.held);
+    const holdLabel = await alice.getByTestId("hold").textContent();
+    check(holdLabel === "Resume", `alice: the hold button says ${JSON.stringify(holdLabel)} while held`);
+    await alice.getByTestId("hold").click();
+    await waitInPage(alice, "the resume", () => !window.icegate.state().call.held && window.icegate.state().call.renegotiations >= 3);
+    await waitInPage(bob, "both renegotiations answered", renegotiated, 3);
+    mark("heldAndResumed");
+
     step = "alice hangs up";
     await alice.getByTestId("hangup").click();
     const hungUp = await waitInPage(bob, "the hangup", ended);
