@@ -447,7 +447,17 @@ impl Gateway {
             }
             ServerMessage::Hangup { reason, .. } => self.hub_hangup(id, reason, now),
             ServerMessage::Dtmf { digits, .. } => {
-                if let Err(error) = self.ari.send_dtmf(ari::CallKey(id), digits.as_str(), now) {
+                let via_ari = self.ari.send_dtmf(ari::CallKey(id), digits.as_str(), now);
+                if let Err(ari::CommandError::UnknownCall | ari::CommandError::NoChannel) = via_ari
+                {
+                    // Not in Stasis (the dialplan runs the call): SIP INFO reaches it instead.
+                    let Some(key) = self.calls.get(&id).map(|c| c.sip) else {
+                        return;
+                    };
+                    if let Err(error) = self.ua.send_dtmf_info(key, digits.as_str(), now) {
+                        self.log(format!("DTMF in call {hub_call}: {error}"));
+                    }
+                } else if let Err(error) = via_ari {
                     self.log(format!("DTMF in call {hub_call}: {error}"));
                 }
             }

@@ -139,6 +139,23 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
         "{sdp}"
     );
     assert!(sdp.contains("a=end-of-candidates"), "{sdp}");
+    // The dialplan, not Stasis, has this channel: DTMF goes as SIP INFO.
+    alice.send(json!({"v":1,"type":"dtmf","id":"i","call":call600,"digits":"5*"}));
+    assert_eq!(alice.expect("ack")["id"], "i");
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("INFO").len() == 2));
+    let infos: Vec<String> = rig
+        .pbx
+        .sip_requests("INFO")
+        .iter()
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(
+        infos,
+        [
+            "Signal=5\r\nDuration=160\r\n",
+            "Signal=*\r\nDuration=160\r\n"
+        ]
+    );
     alice.send(json!({"v":1,"type":"hangup","call":call600}));
     assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
 
@@ -420,7 +437,9 @@ fn renegotiation_maps_to_reinvites_both_ways() {
     let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
 
     // Hold (same ICE credentials): a re-INVITE at once, with the candidates Asterisk has.
-    let hold = OFFER.replace("a=sendrecv", "a=sendonly").replace(" 2 IN IP4", " 3 IN IP4");
+    let hold = OFFER
+        .replace("a=sendrecv", "a=sendonly")
+        .replace(" 2 IN IP4", " 3 IN IP4");
     alice.send(json!({"v":1,"type":"offer","id":"h","call":call,"sdp":hold}));
     assert_eq!(alice.expect("ack")["id"], "h");
     let answer = alice.expect("answer");
@@ -431,7 +450,9 @@ fn renegotiation_maps_to_reinvites_both_ways() {
     assert_eq!(reinvite.call_id(), invite.call_id(), "in the same dialog");
     assert!(reinvite.body.contains("a=sendonly"), "{}", reinvite.body);
     assert!(
-        reinvite.body.contains("a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"),
+        reinvite
+            .body
+            .contains("a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"),
         "{}",
         reinvite.body
     );
@@ -480,7 +501,11 @@ fn renegotiation_maps_to_reinvites_both_ways() {
         .rfind(|m| m.status() == Some(200) && m.method() == "INVITE")
         .unwrap();
     assert!(ok.body.contains("a=setup:active"), "{}", ok.body);
-    assert!(ok.body.contains("candidate:9 "), "the restarted candidates: {}", ok.body);
+    assert!(
+        ok.body.contains("candidate:9 "),
+        "the restarted candidates: {}",
+        ok.body
+    );
 
     // A browser offer crossing Asterisk's is glare; hanging up while Asterisk's offer is
     // open answers its re-INVITE with 488, then says BYE.
@@ -488,9 +513,13 @@ fn renegotiation_maps_to_reinvites_both_ways() {
     alice.expect("offer");
     alice.send(json!({"v":1,"type":"offer","id":"x","call":call,"sdp":OFFER}));
     let glare = alice.expect("error");
-    assert_eq!((glare["id"].as_str(), glare["code"].as_str()), (Some("x"), Some("glare")));
+    assert_eq!(
+        (glare["id"].as_str(), glare["code"].as_str()),
+        (Some("x"), Some("glare"))
+    );
     alice.send(json!({"v":1,"type":"hangup","call":call}));
-    assert!(eventually(WAIT, || invite_statuses(&rig, invite.call_id()) == [200, 488]));
+    assert!(eventually(WAIT, || invite_statuses(&rig, invite.call_id())
+        == [200, 488]));
     assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
     rig.assert_no_leaks();
 }

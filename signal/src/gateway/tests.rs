@@ -875,3 +875,41 @@ fn browser_offers_become_reinvites_and_asterisk_reinvites_become_offers() {
     rig.reply(&bye, 200, None);
     rig.assert_empty();
 }
+
+#[test]
+fn dtmf_to_a_call_outside_stasis_goes_as_sip_info() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.sip.clear();
+    // No StasisStart: the dialplan (Echo) has the channel, ARI cannot send to it.
+    rig.hub_send(ServerMessage::Dtmf {
+        call: CALL,
+        digits: Digits::new("1#").unwrap(),
+    });
+    assert!(rig.ari.is_empty(), "{:?}", rig.ari);
+    let infos: Vec<Message> = std::mem::take(&mut rig.sip);
+    let bodies: Vec<&str> = infos.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "Signal=1\r\nDuration=160\r\n",
+            "Signal=#\r\nDuration=160\r\n"
+        ]
+    );
+    for info in &infos {
+        assert_eq!(info.method(), Some(&SipMethod::Other("INFO".into())));
+        assert_eq!(info.header("Content-Type"), Some("application/dtmf-relay"));
+        assert_eq!(info.call_id(), invite.call_id());
+    }
+    let seqs: Vec<u32> = infos.iter().map(|m| m.cseq().unwrap().0).collect();
+    assert!(seqs[0] < seqs[1], "{seqs:?}");
+    // A refused digit is counted; a 481 means the dialog is gone.
+    rig.reply(&infos[0], 415, None);
+    assert_eq!(rig.gw.sip_stats().info_refused, 1);
+    assert_eq!(rig.gw.call_count(), 1);
+    rig.reply(&infos[1], 481, None);
+    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
+    rig.assert_empty();
+}

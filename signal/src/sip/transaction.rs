@@ -23,6 +23,8 @@ pub enum Purpose {
     Reinvite(CallKey),
     /// The CANCEL of an outgoing call's INVITE.
     Cancel(CallKey),
+    /// An INFO carrying a DTMF digit (`application/dtmf-relay`).
+    Info(CallKey),
     /// A BYE; `notify` says whether its end is reported as `Ended { by: Local }`.
     Bye {
         /// The call.
@@ -74,7 +76,9 @@ impl Transactions {
     /// Drop every transaction of `call` except BYEs (their end is still reported).
     pub fn forget_call(&mut self, call: CallKey) {
         self.txs.retain(|_, tx| match tx.purpose {
-            Purpose::Invite(k) | Purpose::Reinvite(k) | Purpose::Cancel(k) => k != call,
+            Purpose::Invite(k) | Purpose::Reinvite(k) | Purpose::Cancel(k) | Purpose::Info(k) => {
+                k != call
+            }
             Purpose::Register | Purpose::Bye { .. } => true,
         });
     }

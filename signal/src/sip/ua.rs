@@ -240,7 +240,12 @@ pub struct UaStats {
     pub malformed: u64,
     /// Responses and requests that matched no transaction or dialog.
     pub unmatched: u64,
+    /// DTMF INFOs Asterisk refused (e.g. 415 from a peer without INFO DTMF).
+    pub info_refused: u64,
 }
+
+/// The duration written into DTMF INFOs: Asterisk plays each digit for this long.
+const DTMF_INFO_DURATION_MS: u32 = 160;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
@@ -667,6 +672,38 @@ impl UserAgent {
         Ok(())
     }
 
+    /// Send DTMF digits as SIP INFO (`application/dtmf-relay`, one request per digit), for
+    /// calls whose channel ARI cannot reach (the dialplan, not Stasis, handles them).
+    pub fn send_dtmf_info(
+        &mut self,
+        call_key: CallKey,
+        digits: &str,
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        let call = self.calls.get(&call_key).ok_or(CommandError::UnknownCall)?;
+        if call.state != CallState::Confirmed || call.dialog.is_none() {
+            return Err(CommandError::WrongState("only established calls"));
+        }
+        for digit in digits.chars() {
+            let branch = self.branch();
+            let Some(dialog) = self
+                .calls
+                .get_mut(&call_key)
+                .and_then(|c| c.dialog.as_mut())
+            else {
+                break;
+            };
+            let mut info = dialog.request(&self.local, Method::Other("INFO".into()), &branch);
+            info.push("User-Agent", self.local.user_agent.clone());
+            info.set_body(
+                "application/dtmf-relay",
+                format!("Signal={digit}\r\nDuration={DTMF_INFO_DURATION_MS}\r\n"),
+            );
+            self.start_tx(Purpose::Info(call_key), info, now);
+        }
+        Ok(())
+    }
+
     /// Send a re-INVITE with a new offer (ICE restart, hold).
     pub fn reinvite(
         &mut self,
@@ -950,6 +987,18 @@ impl UserAgent {
             Purpose::Invite(call) => self.on_invite_final(call, &tx.request, &response, now),
             Purpose::Reinvite(call) => self.on_reinvite_final(call, &tx.request, &response, now),
             Purpose::Cancel(_) => {}
+            Purpose::Info(call) => {
+                if matches!(code, 408 | 481) {
+                    // §12.2.1.2: the dialog is gone.
+                    self.forget(call);
+                    self.event(Event::Ended {
+                        call_key: call,
+                        by: EndedBy::Lost,
+                    });
+                } else if code >= 300 {
+                    self.stats.info_refused += 1;
+                }
+            }
             Purpose::Bye { call, notify } => {
                 if notify {
                     self.event(Event::Ended {
@@ -1033,7 +1082,10 @@ impl UserAgent {
                 self.registration.cseq = seq;
                 self.registration.in_flight = Some(branch.clone());
             }
-            Purpose::Invite(k) | Purpose::Reinvite(k) | Purpose::Bye { call: k, .. } => {
+            Purpose::Invite(k)
+            | Purpose::Reinvite(k)
+            | Purpose::Info(k)
+            | Purpose::Bye { call: k, .. } => {
                 if let Some(d) = self.calls.get_mut(&k).and_then(|c| c.dialog.as_mut()) {
                     d.local_seq = d.local_seq.max(seq);
                 }
@@ -1270,7 +1322,8 @@ impl UserAgent {
                     by: EndedBy::Lost,
                 });
             }
-            Purpose::Cancel(_) => {}
+            // A lost INFO loses a digit, not the call.
+            Purpose::Cancel(_) | Purpose::Info(_) => {}
             Purpose::Bye { call, notify } => {
                 if notify {
                     self.event(Event::Ended {
