@@ -181,6 +181,8 @@ pub struct Gateway {
     registered: bool,
     ari_up: bool,
     available: bool,
+    /// icegate-signal is stopping: no new calls, and availability stays off.
+    closing: bool,
     out: VecDeque<Output>,
 }
 
@@ -201,6 +203,7 @@ impl Gateway {
             registered: false,
             ari_up: false,
             available: false,
+            closing: false,
             out: VecDeque::new(),
         };
         gateway.pump(now);
@@ -237,6 +240,24 @@ impl Gateway {
     /// Whether the hub was told the PBX is available.
     pub fn is_available(&self) -> bool {
         self.available
+    }
+
+    /// After [`Gateway::shutdown`]: whether every BYE, CANCEL and the unregistration have been
+    /// answered (or given up on), so that the SIP WebSocket may close.
+    pub fn is_quiet(&self) -> bool {
+        self.ua.live_transactions() == 0
+    }
+
+    /// icegate-signal is stopping: end every call with Asterisk (BYE, CANCEL, a final
+    /// response) and unregister, so that Asterisk keeps no channel and routes no call to a
+    /// contact that is going away. Drive it on until [`Gateway::is_quiet`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.closing = true;
+        self.pump(now);
+        if self.sip_up && self.registered {
+            self.ua.register(0, now);
+        }
+        self.pump(now);
     }
 
     /// The SIP user agent's counters (malformed frames...).
@@ -927,7 +948,7 @@ impl Gateway {
                 }
             }
             self.ari_up = self.ari.is_connected();
-            let available = self.sip_up && self.registered && self.ari_up;
+            let available = self.sip_up && self.registered && self.ari_up && !self.closing;
             if available != self.available {
                 progressed = true;
                 self.available = available;

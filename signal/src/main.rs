@@ -161,12 +161,18 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let (stop, stopped) = watch::channel(false);
     let (hub_tx, hub_rx) = mpsc::channel(shell::hub_task::INBOX_CAPACITY);
-    let gateway = match asterisk {
-        Some(asterisk) => Some(
-            shell::gateway_task::spawn(asterisk, hub_tx.clone(), metrics.clone(), stopped.clone())
-                .map_err(StartError::Asterisk)?,
-        ),
-        None => None,
+    let (gateway, gateway_task) = match asterisk {
+        Some(asterisk) => {
+            let (inbox, task) = shell::gateway_task::spawn(
+                asterisk,
+                hub_tx.clone(),
+                metrics.clone(),
+                stopped.clone(),
+            )
+            .map_err(StartError::Asterisk)?;
+            (Some(inbox), Some(task))
+        }
+        None => (None, None),
     };
     tokio::spawn(shell::hub_task::run(
         Hub::new(hub_config, rand::random()),
@@ -223,6 +229,10 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while metrics.connections_active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(task) = gateway_task {
+        // Its BYEs and unregistration, bounded by its own wait.
+        let _ = tokio::time::timeout_at(deadline, task).await;
     }
     Ok(())
 }

@@ -523,3 +523,45 @@ fn renegotiation_maps_to_reinvites_both_ways() {
     assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
     rig.assert_no_leaks();
 }
+
+#[test]
+fn sigterm_hangs_up_calls_with_asterisk_and_unregisters() {
+    let mut rig = start();
+    let mut alice = rig.browser("alice");
+    let call = call(&mut alice, "600");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer", "{call}");
+    assert_eq!(rig.pbx.registrations().len(), 1);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rig.signal.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        eventually(WAIT, || !rig.signal.is_running()),
+        "icegate-signal still runs after SIGTERM"
+    );
+    // Before its SIP WebSocket closed, it said BYE and took its contact away: Asterisk keeps
+    // no channel and routes no call to a contact that is gone.
+    assert_eq!(rig.pbx.sip_requests("BYE").len(), 1, "{:?}", rig.pbx.log());
+    let unregister = rig.pbx.sip_requests("REGISTER").pop().unwrap();
+    assert!(
+        unregister
+            .header("Contact")
+            .is_some_and(|c| c.contains("expires=0")),
+        "{unregister:?}"
+    );
+    assert!(rig.pbx.registrations().is_empty());
+    assert!(
+        eventually(WAIT, || rig.pbx.idle()),
+        "{:?}",
+        rig.pbx.channels()
+    );
+    assert!(
+        rig.signal
+            .log()
+            .contains("Asterisk calls ended and unregistered"),
+        "{}",
+        rig.signal.log()
+    );
+}

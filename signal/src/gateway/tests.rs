@@ -913,3 +913,36 @@ fn dtmf_to_a_call_outside_stasis_goes_as_sip_info() {
     assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
     rig.assert_empty();
 }
+
+#[test]
+fn shutdown_ends_calls_and_unregisters() {
+    let mut rig = Rig::up();
+    rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.sip.clear();
+    rig.hub.clear();
+    assert!(rig.gw.is_quiet());
+
+    rig.gw.shutdown(rig.now);
+    rig.drain();
+    assert_eq!(rig.hub, [ToHub::Available(false)]);
+    let bye = rig.take_sip(SipMethod::Bye);
+    let register = rig.take_sip(SipMethod::Register);
+    assert!(
+        register.header("Contact").unwrap().contains("expires=0"),
+        "{}",
+        register.encode()
+    );
+    assert!(!rig.gw.is_quiet(), "the BYE and the REGISTER are open");
+    rig.reply(&bye, 200, None);
+    rig.reply(&register, 200, None);
+    assert!(rig.gw.is_quiet());
+    assert!(!rig.gw.is_registered());
+    rig.assert_empty();
+    // Asterisk's calls are refused from now on.
+    rig.gw
+        .handle_sip(incoming_invite("bob").as_bytes(), rig.now);
+    rig.drain();
+    assert!(rig.hub.iter().all(|m| !matches!(m, ToHub::Offer { .. })));
+}

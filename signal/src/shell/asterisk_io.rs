@@ -289,7 +289,7 @@ pub async fn sip_loop(clients: Clients, io: mpsc::Sender<Io>, mut shutdown: watc
                 if io.send(Io::SipConnected(outbox)).await.is_err() {
                     return;
                 }
-                let stop = pump_sip(ws, frames, &io, &mut shutdown).await;
+                let stop = pump_sip(ws, frames, &io).await;
                 if io.send(Io::SipClosed).await.is_err() || stop {
                     return;
                 }
@@ -313,12 +313,13 @@ pub async fn sip_loop(clients: Clients, io: mpsc::Sender<Io>, mut shutdown: watc
     }
 }
 
-/// Moves frames until the WebSocket ends; true when shutting down.
+/// Moves frames until the WebSocket ends; true when shutting down. At shutdown the gateway
+/// still says BYE and unregisters on this connection: it ends when the gateway drops the
+/// outbox.
 async fn pump_sip(
     ws: tokio_tungstenite::WebSocketStream<Box<dyn Stream>>,
     mut outbox: mpsc::Receiver<String>,
     io: &mpsc::Sender<Io>,
-    shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let (mut sink, mut stream) = ws.split();
     loop {
@@ -348,12 +349,11 @@ async fn pump_sip(
                         return false;
                     }
                 }
-                None => return false,
+                None => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return true;
+                }
             },
-            () = super::state::shutdown(shutdown) => {
-                let _ = sink.send(Message::Close(None)).await;
-                return true;
-            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //!                                                    └─► hub inbox (send, may wait)
 //! ```
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use icegate_signal::ari::controller::{ControllerConfig, RequestId};
 use icegate_signal::gateway::{CallResult, Gateway, GatewayConfig, Output};
@@ -17,6 +17,7 @@ use icegate_signal::hub::Output as HubOutput;
 use icegate_signal::protocol::{CallId, ErrorCode};
 use icegate_signal::sip::UaConfig;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::asterisk_io::{self, Clients, Io};
 use super::config::Asterisk;
@@ -60,13 +61,18 @@ fn gateway_config(settings: &Asterisk) -> GatewayConfig {
     }
 }
 
-/// Starts the gateway task and the SIP connection task; returns the gateway's inbox.
+/// How long the gateway may take at shutdown for Asterisk to answer its BYEs and the
+/// unregistration.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts the gateway task and the SIP connection task; returns the gateway's inbox and the
+/// task, which ends after its shutdown work (BYEs, unregistration) once `shutdown` is set.
 pub fn spawn(
     settings: Asterisk,
     hub: mpsc::Sender<HubInput>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
-) -> Result<mpsc::Sender<GatewayInput>, SpawnError> {
+) -> Result<(mpsc::Sender<GatewayInput>, JoinHandle<()>), SpawnError> {
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
     let (io_tx, io_rx) = mpsc::channel(asterisk_io::IO_CAPACITY);
     let clients = Clients::new(&settings, io_tx.clone())?;
@@ -76,8 +82,8 @@ pub fn spawn(
         shutdown.clone(),
     ));
     let gateway = Gateway::new(gateway_config(&settings), rand::random(), Instant::now());
-    tokio::spawn(run(gateway, rx, io_rx, clients, hub, metrics, shutdown));
-    Ok(tx)
+    let task = tokio::spawn(run(gateway, rx, io_rx, clients, hub, metrics, shutdown));
+    Ok((tx, task))
 }
 
 async fn run(
@@ -91,6 +97,8 @@ async fn run(
 ) {
     let mut sip_outbox: Option<mpsc::Sender<String>> = None;
     let mut ari_generation: u64 = 0;
+    // Set at shutdown: the gateway ends its calls and unregisters until quiet or this passes.
+    let mut closing: Option<Instant> = None;
     loop {
         // Outputs first: `new` may have queued the first ARI connect.
         while let Some(output) = gateway.poll_output() {
@@ -135,8 +143,23 @@ async fn run(
             .ari_connected
             .set(i64::from(gateway.is_ari_connected()));
         metrics.pbx_calls_active.set(gateway.call_count() as i64);
+        if let Some(give_up) = closing {
+            let quiet = gateway.is_quiet();
+            if quiet || sip_outbox.is_none() || Instant::now() >= give_up {
+                if quiet {
+                    tracing::info!("Asterisk calls ended and unregistered");
+                } else {
+                    tracing::warn!("Asterisk did not answer the shutdown BYEs or unregistration");
+                }
+                // Dropping the outbox lets the SIP connection close.
+                return;
+            }
+        }
 
-        let deadline = gateway.poll_timeout();
+        let deadline = match (gateway.poll_timeout(), closing) {
+            (Some(timer), Some(give_up)) => Some(timer.min(give_up)),
+            (timer, give_up) => timer.or(give_up),
+        };
         tokio::select! {
             input = inbox.recv() => {
                 let now = Instant::now();
@@ -185,7 +208,11 @@ async fn run(
                 }
             }
             () = sleep_until(deadline) => gateway.handle_timeout(Instant::now()),
-            () = super::state::shutdown(&mut shutdown) => return,
+            () = super::state::shutdown(&mut shutdown), if closing.is_none() => {
+                let now = Instant::now();
+                closing = Some(now + SHUTDOWN_WAIT);
+                gateway.shutdown(now);
+            }
         }
     }
 }
