@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use icegate_tests::asterisk::{AsteriskStandIn, Config, Faults};
+use icegate_tests::server::write_self_signed_cert;
 use icegate_tests::signal::{eventually, Received, Signal, SignalConfig, WsClient};
 use serde_json::{json, Value};
 
@@ -28,7 +29,11 @@ fn start() -> Rig {
 }
 
 fn start_with(extra: &[&str]) -> Rig {
-    let pbx = AsteriskStandIn::start(Config::default());
+    start_pbx(Config::default(), extra)
+}
+
+fn start_pbx(config: Config, extra: &[&str]) -> Rig {
+    let pbx = AsteriskStandIn::start(config);
     let mut args: Vec<String> = [
         "--asterisk-sip-ws",
         &pbx.sip_ws_url(),
@@ -564,4 +569,75 @@ fn sigterm_hangs_up_calls_with_asterisk_and_unregisters() {
         "{}",
         rig.signal.log()
     );
+}
+
+#[test]
+fn wss_and_https_to_asterisk_with_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_self_signed_cert(dir.path());
+    let ca = cert.to_str().unwrap().to_owned();
+    let rig = start_pbx(
+        Config {
+            tls: Some((cert, key)),
+            ..Config::default()
+        },
+        &["--asterisk-ca", &ca],
+    );
+    assert!(rig.pbx.sip_ws_url().starts_with("wss://"));
+    assert!(rig.pbx.ari_url().starts_with("https://"));
+    let mut alice = rig.browser("alice");
+    let call = call(&mut alice, "700");
+    assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    alice.send(json!({"v":1,"type":"hangup","call":call}));
+    rig.assert_no_leaks();
+    assert!(
+        !rig.pbx.ari_requests().is_empty(),
+        "ARI REST went over https"
+    );
+}
+
+#[test]
+fn wss_to_asterisk_with_the_wrong_ca_stays_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_self_signed_cert(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (wrong, _) = write_self_signed_cert(other.path());
+    let pbx = AsteriskStandIn::start(Config {
+        tls: Some((cert, key)),
+        ..Config::default()
+    });
+    let signal = Signal::start(SignalConfig {
+        args: [
+            "--asterisk-sip-ws",
+            &pbx.sip_ws_url(),
+            "--asterisk-sip-password",
+            "sip-secret",
+            "--asterisk-ari-url",
+            &pbx.ari_url(),
+            "--asterisk-ari-password",
+            "ari-secret",
+            "--asterisk-ca",
+            wrong.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..SignalConfig::default()
+    });
+    let complained = eventually(WAIT, || {
+        let log = signal.log();
+        log.contains("SIP WebSocket") && log.to_lowercase().contains("certificate")
+    });
+    assert!(complained, "{}", signal.log());
+    assert!(pbx.registrations().is_empty());
+    let metrics = signal.metrics();
+    assert_eq!(
+        metrics.sum("icegate_signal_asterisk_sip_registered", &[]),
+        0.0
+    );
+    // A browser's call to an extension is refused at once.
+    let mut alice = signal.connect("name=alice");
+    alice.expect("welcome");
+    alice.send(json!({"v":1,"type":"call","id":"c","to":{"extension":"600"},"sdp":OFFER}));
+    alice.expect_error("pbx_unavailable");
 }

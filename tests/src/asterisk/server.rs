@@ -85,20 +85,60 @@ async fn handle(
     Ok(resp)
 }
 
-async fn accept_loop(listener: TcpListener, core: Arc<Mutex<Core>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    core: Arc<Mutex<Core>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         let core = core.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, peer, core.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades()
-                .await;
+            let http = http1::Builder::new();
+            let _ = match tls {
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => {
+                        http.serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await
+                    }
+                    Err(_) => return,
+                },
+                None => {
+                    http.serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await
+                }
+            };
         });
     }
+}
+
+/// The TLS acceptor for `cfg.tls`.
+fn tls_acceptor(
+    files: &(std::path::PathBuf, std::path::PathBuf),
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let chain = rustls_pemfile::certs(&mut &read(&files.0)?[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = rustls_pemfile::private_key(&mut &read(&files.1)?[..])
+        .map_err(|e| e.to_string())?
+        .ok_or("no private key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl AsteriskStandIn {
@@ -114,6 +154,13 @@ impl AsteriskStandIn {
                     .build()
                     .expect("tokio runtime");
                 rt.block_on(async move {
+                    let tls = match cfg.tls.as_ref().map(tls_acceptor).transpose() {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("TLS: {e}")));
+                            return;
+                        }
+                    };
                     let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, cfg.port)).await {
                         Ok(l) => l,
                         Err(e) => {
@@ -130,7 +177,7 @@ impl AsteriskStandIn {
                     core.lock().expect("fresh mutex").me = Arc::downgrade(&core);
                     let _ = ready_tx.send(Ok((addr, core.clone())));
                     tokio::select! {
-                        _ = accept_loop(listener, core) => {}
+                        _ = accept_loop(listener, core, tls) => {}
                         _ = stop_rx => {}
                     }
                 });
@@ -172,13 +219,21 @@ impl AsteriskStandIn {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-    /// `ws://127.0.0.1:PORT/ws` (subprotocol `sip`).
+    /// `ws://127.0.0.1:PORT/ws` (subprotocol `sip`), `wss://` with TLS.
     pub fn sip_ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        format!("{}://{}/ws", self.scheme("ws"), self.addr)
     }
-    /// `http://127.0.0.1:PORT/ari`.
+    /// `http://127.0.0.1:PORT/ari`, `https://` with TLS.
     pub fn ari_url(&self) -> String {
-        format!("http://{}/ari", self.addr)
+        format!("{}://{}/ari", self.scheme("http"), self.addr)
+    }
+    fn scheme(&self, plain: &str) -> String {
+        let tls = self.lock().cfg.tls.is_some();
+        if tls {
+            format!("{plain}s")
+        } else {
+            plain.to_string()
+        }
     }
     /// The events URL with `api_key`, as the recordings connect.
     pub fn ari_events_url(&self, app: &str) -> String {

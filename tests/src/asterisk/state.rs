@@ -56,6 +56,9 @@ pub struct Config {
     pub playback_ms: u64,
     /// Whether an ARI originate with `timeout=N` cancels the call after N seconds.
     pub honour_originate_timeout: bool,
+    /// Serve HTTPS and `wss://` with this PEM certificate chain and key (Asterisk's
+    /// `tlsenable=yes` on 8089), instead of plain HTTP.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             relay_candidate: "127.0.0.1:45381".parse().expect("static address"),
             playback_ms: 1000,
             honour_originate_timeout: true,
+            tls: None,
         }
     }
 }
