@@ -1,0 +1,347 @@
+//! The servers under test, started with equivalent settings: icegate-relay, coturn, and the
+//! floor forwarder (this binary's `floor` subcommand).
+
+use crate::error::BenchError;
+use crate::floor;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// icegate-relay.
+    Icegate,
+    /// coturn's turnserver.
+    Coturn,
+    /// The bare UDP forwarder.
+    Floor,
+}
+
+impl Kind {
+    /// The name used in arguments and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Icegate => "icegate",
+            Kind::Coturn => "coturn",
+            Kind::Floor => "floor",
+        }
+    }
+
+    /// Parses a name given on the command line.
+    pub fn parse(s: &str) -> Result<Self, BenchError> {
+        match s {
+            "icegate" => Ok(Kind::Icegate),
+            "coturn" => Ok(Kind::Coturn),
+            "floor" => Ok(Kind::Floor),
+            _ => Err(BenchError::Config(format!(
+                "unknown contender {s:?} (icegate, coturn, floor)"
+            ))),
+        }
+    }
+}
+
+/// Settings every contender gets, translated into its own flags.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// The icegate-relay binary.
+    pub relay_bin: PathBuf,
+    /// coturn's turnserver binary.
+    pub coturn_bin: PathBuf,
+    /// This harness's binary (for the floor).
+    pub bench_bin: PathBuf,
+    /// Address the servers listen on.
+    pub listen_ip: Ipv4Addr,
+    /// Relay addresses.
+    pub relay_ips: Vec<Ipv4Addr>,
+    /// Relay port range.
+    pub min_port: u16,
+    /// Relay port range.
+    pub max_port: u16,
+    /// Worker (relay) threads.
+    pub workers: usize,
+    /// CPUs the server is pinned to (taskset list), if any.
+    pub cpus: Option<String>,
+    /// TURN REST shared secret.
+    pub secret: String,
+    /// Realm.
+    pub realm: String,
+}
+
+/// A running server.
+pub struct Contender {
+    /// Which server.
+    pub kind: Kind,
+    /// Its process id (taskset execs the server, so this is the server itself).
+    pub pid: u32,
+    /// Where clients reach it.
+    pub addr: SocketAddrV4,
+    child: Child,
+    _log: Option<PathBuf>,
+}
+
+/// A port free for UDP and TCP on `ip` (the relay listens on both).
+pub fn free_port(ip: Ipv4Addr) -> Result<u16, BenchError> {
+    for _ in 0..50 {
+        let udp =
+            UdpSocket::bind(SocketAddrV4::new(ip, 0)).map_err(|e| BenchError::io("bind", e))?;
+        let port = udp
+            .local_addr()
+            .map_err(|e| BenchError::io("bind", e))?
+            .port();
+        if std::net::TcpListener::bind(SocketAddrV4::new(ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(BenchError::Contender("no free port".into()))
+}
+
+impl Contender {
+    /// Starts `kind` and waits until it answers.
+    pub fn start(kind: Kind, spec: &ServerSpec) -> Result<Self, BenchError> {
+        let port = free_port(spec.listen_ip)?;
+        let addr = SocketAddrV4::new(spec.listen_ip, port);
+        let (program, args) = Self::command(kind, spec, port)?;
+        let mut cmd = match (&spec.cpus, Path::new("/usr/bin/taskset").exists()) {
+            (Some(cpus), true) => {
+                let mut c = Command::new("/usr/bin/taskset");
+                c.arg("-c").arg(cpus).arg(&program);
+                c
+            }
+            _ => Command::new(&program),
+        };
+        cmd.args(&args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| BenchError::Contender(format!("start {}: {e}", program.display())))?;
+        let mut me = Self {
+            kind,
+            pid: child.id(),
+            addr,
+            child,
+            _log: None,
+        };
+        me.wait_ready(Duration::from_secs(10))?;
+        Ok(me)
+    }
+
+    fn command(
+        kind: Kind,
+        spec: &ServerSpec,
+        port: u16,
+    ) -> Result<(PathBuf, Vec<String>), BenchError> {
+        let s = |v: &str| v.to_string();
+        let listen = spec.listen_ip.to_string();
+        let workers = spec.workers.to_string();
+        Ok(match kind {
+            Kind::Icegate => {
+                let mut a = vec![
+                    s("--listening-ip"),
+                    listen,
+                    s("--listening-port"),
+                    port.to_string(),
+                ];
+                for ip in &spec.relay_ips {
+                    a.extend([s("--relay-ip"), ip.to_string()]);
+                }
+                a.extend([
+                    s("--min-port"),
+                    spec.min_port.to_string(),
+                    s("--max-port"),
+                    spec.max_port.to_string(),
+                    s("--use-auth-secret"),
+                    s("--static-auth-secret"),
+                    spec.secret.clone(),
+                    s("--realm"),
+                    spec.realm.clone(),
+                    s("--allow-loopback-peers"),
+                    s("--workers"),
+                    workers,
+                    s("--user-quota"),
+                    s("0"),
+                    s("--total-quota"),
+                    s("0"),
+                    // Every client's first Allocate fails authentication by design; the
+                    // default limit of 20/s per source IP would throttle the load itself.
+                    s("--rate-limit"),
+                    s("0"),
+                    s("--no-tcp"),
+                    s("--drain-timeout"),
+                    s("0"),
+                ]);
+                (spec.relay_bin.clone(), a)
+            }
+            Kind::Coturn => {
+                if !spec.coturn_bin.exists() {
+                    return Err(BenchError::Contender(format!(
+                        "{} not found (apt-get install coturn)",
+                        spec.coturn_bin.display()
+                    )));
+                }
+                let mut a = vec![
+                    s("-n"),
+                    s("--listening-ip"),
+                    listen,
+                    s("--listening-port"),
+                    port.to_string(),
+                ];
+                for ip in &spec.relay_ips {
+                    a.extend([s("--relay-ip"), ip.to_string()]);
+                }
+                a.extend([
+                    s("--min-port"),
+                    spec.min_port.to_string(),
+                    s("--max-port"),
+                    spec.max_port.to_string(),
+                    s("--use-auth-secret"),
+                    s("--static-auth-secret"),
+                    spec.secret.clone(),
+                    s("--realm"),
+                    spec.realm.clone(),
+                    s("--allow-loopback-peers"),
+                    s("--relay-threads"),
+                    workers,
+                    s("--user-quota"),
+                    s("0"),
+                    s("--total-quota"),
+                    s("0"),
+                    s("--no-cli"),
+                    s("--no-tls"),
+                    s("--no-dtls"),
+                    s("--no-tcp"),
+                    s("--no-tcp-relay"),
+                    s("--no-multicast-peers"),
+                    s("--no-stdout-log"),
+                    s("--log-file"),
+                    s("/dev/null"),
+                    s("--pidfile"),
+                    format!("/tmp/icegate-bench-coturn-{port}.pid"),
+                ]);
+                (spec.coturn_bin.clone(), a)
+            }
+            Kind::Floor => {
+                let relay = spec.relay_ips.first().copied().unwrap_or(spec.listen_ip);
+                (
+                    spec.bench_bin.clone(),
+                    vec![
+                        s("floor"),
+                        s("--listen"),
+                        SocketAddrV4::new(spec.listen_ip, port).to_string(),
+                        s("--relay-ip"),
+                        relay.to_string(),
+                        s("--workers"),
+                        workers,
+                    ],
+                )
+            }
+        })
+    }
+
+    /// Probes until the server answers: a STUN Binding request, or a floor ping.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| BenchError::io("probe socket", e))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| BenchError::io("probe socket", e))?;
+        let probe: Vec<u8> = match self.kind {
+            Kind::Floor => {
+                floor::control(floor::OP_PING, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).to_vec()
+            }
+            _ => {
+                // Binding request: type 0x0001, length 0, magic cookie, transaction id.
+                let mut b = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+                b.extend_from_slice(b"benchprobe01");
+                b
+            }
+        };
+        let start = Instant::now();
+        let mut buf = [0u8; 1500];
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(BenchError::Contender(format!(
+                    "{} exited at start: {status}",
+                    self.kind.name()
+                )));
+            }
+            let _ = sock.send_to(&probe, SocketAddr::V4(self.addr));
+            if let Ok(n) = sock.recv(&mut buf) {
+                if n > 0 {
+                    return Ok(());
+                }
+            }
+        }
+        Err(BenchError::Contender(format!(
+            "{} did not answer on {} within {timeout:?}",
+            self.kind.name(),
+            self.addr
+        )))
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Contender {
+    fn drop(&mut self) {
+        // SIGKILL: a benchmark has nothing to drain, and coturn can take seconds to stop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.kind == Kind::Coturn {
+            let _ = std::fs::remove_file(format!(
+                "/tmp/icegate-bench-coturn-{}.pid",
+                self.addr.port()
+            ));
+        }
+    }
+}
+
+/// The workspace's target directory: `CARGO_TARGET_DIR`, else `target/` beside the
+/// workspace's Cargo.toml.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("target")
+        })
+}
+
+/// The icegate-relay binary of `profile` (`release` or `debug`): `$ICEGATE_RELAY_BIN`, or
+/// the target directory's, built with cargo when missing.
+pub fn relay_binary(profile: &str) -> Result<PathBuf, BenchError> {
+    if let Some(p) = std::env::var_os("ICEGATE_RELAY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = target_dir();
+    let bin = target.join(profile).join("icegate-relay");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["build", "-p", "icegate-relay", "--bin", "icegate-relay"])
+        .env("CARGO_TARGET_DIR", &target);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| BenchError::Contender(format!("cargo build: {e}")))?;
+    if !status.success() || !bin.exists() {
+        return Err(BenchError::Contender(format!(
+            "cargo build -p icegate-relay failed; {} missing",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}

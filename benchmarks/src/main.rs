@@ -1,0 +1,240 @@
+//! The `icegate-bench` command: `run` (the benchmark, the default) and `floor` (the bare UDP
+//! forwarder the harness starts as a contender).
+
+use clap::{Args, Parser, Subcommand};
+use icegate_bench::contender::{relay_binary, Kind, ServerSpec};
+use icegate_bench::error::BenchError;
+use icegate_bench::harness::{self, Plan};
+use icegate_bench::report::{self, RunInfo};
+use icegate_bench::scenario::{Params, Scenario};
+use icegate_bench::uclient::UclientParams;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "icegate-bench",
+    about = "Benchmarks icegate-relay against coturn and a bare UDP forwarder"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark (the default).
+    Run(Box<RunArgs>),
+    /// Be the floor: a bare UDP forwarder (started by `run`).
+    Floor(FloorArgs),
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// Address of the listener.
+    #[arg(long)]
+    listen: SocketAddrV4,
+    /// Address the per-client relay sockets bind to.
+    #[arg(long)]
+    relay_ip: Ipv4Addr,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Contenders, comma-separated: icegate, coturn, floor.
+    #[arg(long, default_value = "icegate,coturn,floor", value_delimiter = ',')]
+    contenders: Vec<String>,
+    /// Scenarios, comma-separated: calls, blast, allocations, idle.
+    #[arg(
+        long,
+        default_value = "calls,blast,allocations,idle",
+        value_delimiter = ','
+    )]
+    scenarios: Vec<String>,
+    /// Repetitions of everything; the report shows medians.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Worker threads of every server (icegate --workers, coturn --relay-threads).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// CPUs the servers are pinned to (taskset list); "none" to not pin.
+    #[arg(long, default_value = "1")]
+    server_cpus: String,
+    /// CPU the load generator is pinned to; negative to not pin.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    generator_cpu: i64,
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+    /// Measured seconds of the calls scenario.
+    #[arg(long, default_value_t = 8.0)]
+    call_secs: f64,
+    /// Allocations of the blast scenario.
+    #[arg(long, default_value_t = 4)]
+    blast_allocs: usize,
+    /// Seconds per blast step.
+    #[arg(long, default_value_t = 1.5)]
+    blast_step_secs: f64,
+    /// Offered packets/s (client → peer, echoed back) of the first blast step.
+    #[arg(long, default_value_t = 20_000.0)]
+    blast_start_pps: f64,
+    /// Seconds of allocation cycles.
+    #[arg(long, default_value_t = 4.0)]
+    alloc_secs: f64,
+    /// Clients cycling allocations at once.
+    #[arg(long, default_value_t = 32)]
+    alloc_concurrency: usize,
+    /// Allocations held by the idle scenario.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Relay addresses 127.0.0.2, 127.0.0.3, ... (16,384 ports each); more than one for
+    /// --idle above 16,000.
+    #[arg(long, default_value_t = 1)]
+    relay_ips: u8,
+    /// turnutils_uclient clients (0 to skip it).
+    #[arg(long, default_value_t = 100)]
+    uclient_clients: usize,
+    /// turnutils_uclient messages per client (20 ms apart).
+    #[arg(long, default_value_t = 500)]
+    uclient_messages: usize,
+    /// icegate-relay binary; default target/release/icegate-relay, built if missing.
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// coturn's server binary.
+    #[arg(long, default_value = "/usr/bin/turnserver")]
+    coturn_bin: PathBuf,
+    /// Where the report goes.
+    #[arg(long, default_value = "benchmarks/RESULTS.md")]
+    out: PathBuf,
+    /// A remark for the report's header (e.g. "preliminary: machine busy").
+    #[arg(long)]
+    note: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Cmd::Floor(f)) => icegate_bench::floor::serve(f.listen, f.relay_ip, f.workers),
+        Some(Cmd::Run(r)) => run(&r),
+        None => run(&cli.run),
+    };
+    if let Err(e) = result {
+        eprintln!("icegate-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: &RunArgs) -> Result<(), BenchError> {
+    let contenders = a
+        .contenders
+        .iter()
+        .map(|s| Kind::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scenarios = a
+        .scenarios
+        .iter()
+        .map(|s| Scenario::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let relay_bin = match &a.relay_bin {
+        Some(p) => p.clone(),
+        None => relay_binary("release")?,
+    };
+    let bench_bin = std::env::current_exe().map_err(|e| BenchError::io("current_exe", e))?;
+    let secret = "icegate-bench-secret".to_string();
+    let spec = ServerSpec {
+        relay_bin,
+        coturn_bin: a.coturn_bin.clone(),
+        bench_bin,
+        listen_ip: Ipv4Addr::LOCALHOST,
+        relay_ips: (0..a.relay_ips.max(1))
+            .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i))
+            .collect(),
+        min_port: 49152,
+        max_port: 65535,
+        workers: a.workers,
+        cpus: (a.server_cpus != "none").then(|| a.server_cpus.clone()),
+        secret: secret.clone(),
+        realm: "bench.icegate".into(),
+    };
+    let params = Params {
+        calls: a.calls,
+        call_pps: 50.0,
+        call_secs: a.call_secs,
+        warmup_secs: 1.0,
+        blast_allocs: a.blast_allocs,
+        blast_step_secs: a.blast_step_secs,
+        blast_start_pps: a.blast_start_pps,
+        blast_factor: 1.3,
+        blast_max_steps: 14,
+        alloc_secs: a.alloc_secs,
+        alloc_concurrency: a.alloc_concurrency,
+        idle: a.idle,
+        idle_hold_secs: 2.0,
+        setup_window: 256,
+        tick: Duration::from_micros(200),
+        secret: secret.clone(),
+    };
+    let generator_cpu = usize::try_from(a.generator_cpu).ok();
+    let plan = Plan {
+        contenders,
+        scenarios,
+        repeat: a.repeat.max(1),
+        spec: spec.clone(),
+        params: params.clone(),
+        uclient: (a.uclient_clients > 0).then(|| UclientParams {
+            clients: a.uclient_clients,
+            messages: a.uclient_messages,
+            cpus: generator_cpu.map(|c| c.to_string()),
+            secret: secret.clone(),
+        }),
+        generator_cpu,
+    };
+    let machine = report::machine();
+    let started = std::time::Instant::now();
+    let outcome = harness::run(&plan, |line| eprintln!("{line}"))?;
+    let mut notes = a.note.clone();
+    notes.extend(outcome.errors.iter().map(|e| format!("error: {e}")));
+    let info = RunInfo {
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        settings: vec![
+            format!(
+                "servers: {} worker thread(s), pinned to CPU(s) {}; generator (one thread) pinned to {}",
+                spec.workers,
+                spec.cpus.as_deref().unwrap_or("none"),
+                generator_cpu.map_or("none".into(), |c| c.to_string())
+            ),
+            format!("icegate-relay: {}", spec.relay_bin.display()),
+            format!(
+                "calls: {} allocations × {} packets/s each way, {}-byte payload over ChannelData (UDP), {} s measured after 1 s warm-up",
+                params.calls, params.call_pps, icegate_bench::generator::PAYLOAD, params.call_secs
+            ),
+            format!(
+                "blast: {} allocations, steps of {} s from {} packets/s offered (each echoed, so relayed = 2×), ×{} per step",
+                params.blast_allocs, params.blast_step_secs, params.blast_start_pps, params.blast_factor
+            ),
+            format!(
+                "allocations: {} clients cycling Allocate (401 challenge, then authenticated) + Refresh(0) for {} s, a new socket per cycle",
+                params.alloc_concurrency, params.alloc_secs
+            ),
+            format!(
+                "idle: {} allocations with a permission and a channel each, relay IPs {:?}",
+                params.idle, spec.relay_ips
+            ),
+            format!("wall time of the whole run: {:.0} s", started.elapsed().as_secs_f64()),
+        ],
+        notes,
+        repeats: plan.repeat,
+    };
+    let text = report::render(&outcome.records, &info);
+    std::fs::write(&a.out, &text).map_err(|e| BenchError::io(&a.out, e))?;
+    println!("{text}");
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! One client's control exchanges, without sockets: TURN (with the long-term 401 challenge
+//! and TURN REST credentials) or the floor's mapping requests.
+//!
+//! The driver hands a [`Session`] every datagram its socket receives and sends whatever the
+//! session returns; retransmission is driven by [`Session::on_timer`].
+
+use crate::floor;
+use icegate_common::credentials::{rest_password, Secret};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+use stun_rs::attributes::stun::{ErrorCode, MessageIntegrity, Nonce, Realm, UserName};
+use stun_rs::attributes::turn::{
+    ChannelNumber, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress,
+};
+use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, REFRESH};
+use stun_rs::{
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute,
+    StunMessageBuilder, TransactionId,
+};
+
+/// Which server protocol a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TURN over UDP.
+    Turn,
+    /// The floor forwarder's mapping requests.
+    Floor,
+}
+
+/// What a session does once allocated.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// CreatePermission and ChannelBind to `peer`, then carry data.
+    Channel {
+        /// The peer that data goes to.
+        peer: SocketAddrV4,
+        /// The channel number to bind.
+        channel: u16,
+    },
+    /// Release the allocation at once (Refresh with lifetime 0).
+    Cycle {
+        /// The peer a floor mapping names (unused by TURN).
+        peer: SocketAddrV4,
+    },
+}
+
+/// Where a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing sent yet.
+    Start,
+    /// Allocate without credentials sent, waiting for the 401.
+    Challenge,
+    /// Authenticated Allocate (or floor map) sent.
+    Allocate,
+    /// CreatePermission sent.
+    Permission,
+    /// ChannelBind sent.
+    Bind,
+    /// Ready to carry data.
+    Ready,
+    /// Refresh(0) (or floor unmap) sent.
+    Release,
+    /// Allocated and released.
+    Done,
+    /// Gave up; see [`Session::error`].
+    Failed,
+}
+
+/// The TURN REST credentials of one client.
+#[derive(Clone)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+impl Credentials {
+    /// Mints `EXPIRY:user` credentials under `secret`.
+    pub fn rest(secret: &Secret, user: &str, expiry_unix: u64) -> Self {
+        let username = format!("{expiry_unix}:{user}");
+        let password = rest_password(secret, &username);
+        Self { username, password }
+    }
+}
+
+/// Time before a request is sent again.
+const RETRANSMIT: Duration = Duration::from_millis(500);
+/// Sends of one request before giving up.
+const TRIES: u8 = 7;
+
+/// One client's control state.
+pub struct Session {
+    proto: Protocol,
+    plan: Plan,
+    creds: Credentials,
+    key: Option<HMACKey>,
+    realm: Option<String>,
+    nonce: Option<String>,
+    /// Where the session is.
+    pub phase: Phase,
+    /// The relayed address, once allocated.
+    pub relay: Option<SocketAddrV4>,
+    /// Why the session failed.
+    pub error: Option<String>,
+    request: Vec<u8>,
+    tid: [u8; 12],
+    serial: u32,
+    id: u32,
+    sent_at: Instant,
+    tries: u8,
+}
+
+impl Session {
+    /// A session for client `id`.
+    pub fn new(proto: Protocol, plan: Plan, creds: Credentials, id: u32) -> Self {
+        Self {
+            proto,
+            plan,
+            creds,
+            key: None,
+            realm: None,
+            nonce: None,
+            phase: Phase::Start,
+            relay: None,
+            error: None,
+            request: Vec::new(),
+            tid: [0; 12],
+            serial: 0,
+            id,
+            sent_at: Instant::now(),
+            tries: 0,
+        }
+    }
+
+    /// Starts over with fresh state (a new client on a new socket), keeping the credentials.
+    pub fn restart(&mut self) {
+        self.phase = Phase::Start;
+        self.relay = None;
+        self.realm = None;
+        self.nonce = None;
+        self.key = None;
+        self.error = None;
+    }
+
+    /// The first request.
+    pub fn begin(&mut self, now: Instant) -> &[u8] {
+        match self.proto {
+            Protocol::Turn => self.send_turn(Phase::Challenge, now),
+            Protocol::Floor => {
+                let peer = match self.plan {
+                    Plan::Channel { peer, .. } | Plan::Cycle { peer } => peer,
+                };
+                self.send_raw(
+                    Phase::Allocate,
+                    floor::control(floor::OP_MAP, peer).to_vec(),
+                    now,
+                )
+            }
+        }
+    }
+
+    /// Handles a datagram; returns the next request to send, if any.
+    pub fn on_datagram(&mut self, bytes: &[u8], now: Instant) -> Option<&[u8]> {
+        match self.proto {
+            Protocol::Turn => self.on_turn(bytes, now),
+            Protocol::Floor => self.on_floor(bytes, now),
+        }
+    }
+
+    /// The request to send again, if the last one is overdue; fails the session after
+    /// [`TRIES`] sends.
+    pub fn on_timer(&mut self, now: Instant) -> Option<&[u8]> {
+        if !self.waiting() || now.duration_since(self.sent_at) < RETRANSMIT {
+            return None;
+        }
+        if self.tries >= TRIES {
+            self.fail(format!("no answer in phase {:?}", self.phase));
+            return None;
+        }
+        self.tries += 1;
+        self.sent_at = now;
+        Some(&self.request)
+    }
+
+    /// Whether a request is outstanding.
+    pub fn waiting(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Challenge | Phase::Allocate | Phase::Permission | Phase::Bind | Phase::Release
+        )
+    }
+
+    fn fail(&mut self, why: String) {
+        self.phase = Phase::Failed;
+        self.error = Some(why);
+    }
+
+    fn send_raw(&mut self, phase: Phase, bytes: Vec<u8>, now: Instant) -> &[u8] {
+        self.phase = phase;
+        self.request = bytes;
+        self.sent_at = now;
+        self.tries = 1;
+        &self.request
+    }
+
+    fn next_tid(&mut self) -> [u8; 12] {
+        self.serial = self.serial.wrapping_add(1);
+        let mut t = [0u8; 12];
+        t[..4].copy_from_slice(b"ibnc");
+        t[4..8].copy_from_slice(&self.id.to_be_bytes());
+        t[8..].copy_from_slice(&self.serial.to_be_bytes());
+        t
+    }
+
+    /// Builds and records the request of `phase`.
+    fn send_turn(&mut self, phase: Phase, now: Instant) -> &[u8] {
+        let tid = self.next_tid();
+        self.tid = tid;
+        let (method, mut attrs): (MessageMethod, Vec<StunAttribute>) = match (phase, self.plan) {
+            (Phase::Challenge | Phase::Allocate, _) => (
+                ALLOCATE,
+                vec![RequestedTrasport::new(stun_rs::protocols::UDP).into()],
+            ),
+            (Phase::Permission, Plan::Channel { peer, .. }) => (
+                CREATE_PERMMISSION,
+                vec![XorPeerAddress::from(SocketAddr::V4(peer)).into()],
+            ),
+            (Phase::Bind, Plan::Channel { peer, channel }) => (
+                CHANNEL_BIND,
+                vec![
+                    ChannelNumber::new(channel).into(),
+                    XorPeerAddress::from(SocketAddr::V4(peer)).into(),
+                ],
+            ),
+            _ => (REFRESH, vec![LifeTime::new(0).into()]),
+        };
+        if phase != Phase::Challenge {
+            if let (Some(key), Some(realm), Some(nonce)) = (&self.key, &self.realm, &self.nonce) {
+                let auth: [Option<StunAttribute>; 4] = [
+                    UserName::new(&self.creds.username).ok().map(Into::into),
+                    Realm::new(realm.as_str()).ok().map(Into::into),
+                    Nonce::new(nonce.as_str()).ok().map(Into::into),
+                    Some(MessageIntegrity::new(key.clone()).into()),
+                ];
+                attrs.extend(auth.into_iter().flatten());
+            }
+        }
+        let mut b = StunMessageBuilder::new(method, MessageClass::Request)
+            .with_transaction_id(TransactionId::from(tid));
+        for a in attrs {
+            b = b.with_attribute(a);
+        }
+        let msg = b.build();
+        let mut buf = vec![0u8; 512];
+        let encoder = stun_rs::MessageEncoderBuilder::default().build();
+        let n = match encoder.encode(&mut buf, &msg) {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail(format!("encode: {e:?}"));
+                0
+            }
+        };
+        buf.truncate(n);
+        let failed = self.phase == Phase::Failed;
+        self.send_raw(if failed { Phase::Failed } else { phase }, buf, now)
+    }
+
+    fn on_turn(&mut self, bytes: &[u8], now: Instant) -> Option<&[u8]> {
+        // Cheap filters first: a STUN response (class bit set) to our outstanding request.
+        if !self.waiting() || bytes.len() < 20 || bytes[0] & 0xC0 != 0 || bytes[8..20] != self.tid {
+            return None;
+        }
+        let decoder = stun_rs::MessageDecoderBuilder::default().build();
+        let msg = match decoder.decode(bytes) {
+            Ok((msg, _)) => msg,
+            Err(e) => {
+                self.fail(format!("decode: {e:?}"));
+                return None;
+            }
+        };
+        if msg.class() == MessageClass::ErrorResponse {
+            let code = msg
+                .get::<ErrorCode>()
+                .and_then(|a| a.as_error_code().ok())
+                .map(|a| a.error_code().error_code())
+                .unwrap_or(0);
+            let realm = msg
+                .get::<Realm>()
+                .and_then(|a| a.as_realm().ok())
+                .map(|r| r.as_str().to_string());
+            let nonce = msg
+                .get::<Nonce>()
+                .and_then(|a| a.as_nonce().ok())
+                .map(|n| n.as_str().to_string());
+            let retry = match (code, self.phase) {
+                (401, Phase::Challenge) => Phase::Allocate,
+                // Stale nonce: the same request again with the new one.
+                (438, phase) => phase,
+                _ => {
+                    self.fail(format!("error {code} in phase {:?}", self.phase));
+                    return None;
+                }
+            };
+            if let Some(realm) = realm {
+                if self.realm.as_deref() != Some(realm.as_str()) {
+                    self.key = HMACKey::new_long_term(
+                        &self.creds.username,
+                        &realm,
+                        &self.creds.password,
+                        Algorithm::from(AlgorithmId::MD5),
+                    )
+                    .ok();
+                    self.realm = Some(realm);
+                }
+            }
+            self.nonce = nonce.or(self.nonce.take());
+            if self.key.is_none() || self.nonce.is_none() {
+                self.fail(format!("{code} without usable realm and nonce"));
+                return None;
+            }
+            return Some(self.send_turn(retry, now));
+        }
+        let next = match self.phase {
+            Phase::Allocate => {
+                self.relay = msg
+                    .get::<XorRelayedAddress>()
+                    .and_then(|a| a.as_xor_relayed_address().ok())
+                    .and_then(|a| match a.socket_address() {
+                        SocketAddr::V4(v4) => Some(*v4),
+                        SocketAddr::V6(_) => None,
+                    });
+                if self.relay.is_none() {
+                    self.fail("Allocate success without an IPv4 relayed address".into());
+                    return None;
+                }
+                match self.plan {
+                    Plan::Channel { .. } => Phase::Permission,
+                    Plan::Cycle { .. } => Phase::Release,
+                }
+            }
+            Phase::Permission => Phase::Bind,
+            Phase::Bind => {
+                self.phase = Phase::Ready;
+                return None;
+            }
+            Phase::Release => {
+                self.phase = Phase::Done;
+                return None;
+            }
+            _ => return None,
+        };
+        Some(self.send_turn(next, now))
+    }
+
+    fn on_floor(&mut self, bytes: &[u8], now: Instant) -> Option<&[u8]> {
+        let (op, addr) = floor::parse_control(bytes)?;
+        match (self.phase, op) {
+            (Phase::Allocate, o) if o == floor::OP_MAP | floor::REPLY => {
+                if addr.port() == 0 {
+                    self.fail("floor could not map".into());
+                    return None;
+                }
+                self.relay = Some(addr);
+                match self.plan {
+                    Plan::Channel { .. } => {
+                        self.phase = Phase::Ready;
+                        None
+                    }
+                    Plan::Cycle { peer } => Some(self.send_raw(
+                        Phase::Release,
+                        floor::control(floor::OP_UNMAP, peer).to_vec(),
+                        now,
+                    )),
+                }
+            }
+            (Phase::Release, o) if o == floor::OP_UNMAP | floor::REPLY => {
+                self.phase = Phase::Done;
+                None
+            }
+            _ => None,
+        }
+    }
+}
