@@ -17,7 +17,8 @@
 // --relay-ports (and so is the remote one: the PBX is relay-only too); inbound-rtp audio
 // bytes arrive and keep growing (the echo comes back), while outbound audio grows too; the
 // DTMF keypad shows, and digits sent with it and with window.icegate.sendDtmf are
-// acknowledged; alice hangs up.
+// acknowledged; Hold then Resume renegotiate (re-INVITEs to the PBX) and the echo comes
+// back after resuming; alice hangs up.
 //
 // The last line on stdout is one JSON object: {"ok":true,...} or {"ok":false,"error":...}.
 // The exit status is 0 only when every check passed.
@@ -226,6 +227,19 @@ async function run(options) {
     mark("dtmf");
 
     if (options.screenshot) await page.screenshot({ path: options.screenshot, fullPage: true });
+
+    step = "hold and resume (re-INVITEs)";
+    await page.getByTestId("hold").click();
+    await waitInPage(page, "the hold's answer", () => window.icegate.state().call.held);
+    await page.getByTestId("hold").click();
+    await waitInPage(page, "the resume's answer",
+      () => !window.icegate.state().call.held && window.icegate.state().call.renegotiations >= 2);
+    const resumed = await page.evaluate(() => window.icegate.pollStats());
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const afterResume = await page.evaluate(() => window.icegate.pollStats());
+    check(afterResume.audio.bytesReceived > resumed.audio.bytesReceived,
+      `the echo did not come back after resuming: ${resumed.audio.bytesReceived} -> ${afterResume.audio.bytesReceived}`);
+    mark("heldAndResumed");
 
     step = "hang up";
     // Still echoing after the DTMF.

@@ -138,7 +138,29 @@ fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
         most_echoed >= 25,
         "the stand-in echoed only {most_echoed} RTP packets"
     );
-    assert!(!pbx.sip_requests("INVITE").is_empty());
+    // The INVITE (challenged once), then Hold and Resume as re-INVITEs in its dialog, each
+    // answered by the echo endpoint; DTMF to the dialplan's Echo() went as SIP INFO.
+    let invites = pbx.sip_requests("INVITE");
+    let call_id = invites[0].call_id().to_owned();
+    let directions: Vec<&str> = invites
+        .iter()
+        .filter(|m| m.call_id() == call_id)
+        .filter_map(|m| {
+            ["a=sendonly", "a=sendrecv"]
+                .into_iter()
+                .find(|d| m.body.contains(d))
+        })
+        .collect();
+    assert_eq!(
+        directions,
+        ["a=sendrecv", "a=sendrecv", "a=sendonly", "a=sendrecv"],
+        "INVITE, its authenticated retry, hold, resume"
+    );
+    assert_eq!(
+        pbx.sip_requests("INFO").len(),
+        5,
+        "one INFO per digit of 12#*9"
+    );
     assert!(
         eventually(WAIT, || pbx.sip_requests("BYE").len() == 1),
         "the stand-in got {} BYE",

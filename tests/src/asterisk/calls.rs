@@ -461,7 +461,35 @@ impl Core {
             );
         };
         self.respond(conn, peer, req, 100, "Trying", None, vec![], vec![], None);
-        match sdp::answer(&req.body, &self.media_params()) {
+        #[cfg(feature = "media-echo")]
+        if let Some(media) = self.calls[idx].media.clone() {
+            // The echo endpoint renegotiates for real (hold, resume): answer once it has.
+            let (req, me) = (req.clone(), self.me.clone());
+            self.rt.spawn(async move {
+                let answer = media.reanswer(&req.body).await;
+                if let Some(core) = me.upgrade() {
+                    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+                    core.answer_reinvite(conn, peer, &req, answer);
+                }
+            });
+            return;
+        }
+        let answer = sdp::answer(&req.body, &self.media_params());
+        self.answer_reinvite(conn, peer, req, answer);
+    }
+
+    /// The final response to a re-INVITE: 200 with `answer`, or 488.
+    fn answer_reinvite(
+        &mut self,
+        conn: u64,
+        peer: SocketAddr,
+        req: &SipMessage,
+        answer: Result<String, String>,
+    ) {
+        let Some(idx) = self.call_index_by_call_id(req.call_id()) else {
+            return; // the call ended meanwhile
+        };
+        match answer {
             Ok(answer) => {
                 self.calls[idx].remote_sdp = Some(req.body.clone());
                 self.calls[idx].local_sdp = Some(answer.clone());

@@ -12,6 +12,7 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_PCMU};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
+use webrtc::ice_transport::ice_gathering_state::RTCIceGatheringState;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -137,6 +138,26 @@ impl EchoEndpoint {
         let answer = pc.create_answer(None).await.map_err(e)?;
         let sdp = complete_local_sdp(&pc, answer).await?;
         Ok((EchoEndpoint { pc, echoed }, sdp))
+    }
+
+    /// Answers a re-INVITE's new offer (hold, resume, ICE restart) on the same connection;
+    /// returns the complete SDP answer.
+    pub async fn reanswer(&self, offer: &str) -> Result<String, String> {
+        let e = |e: webrtc::Error| e.to_string();
+        let offer = RTCSessionDescription::offer(offer.to_string()).map_err(e)?;
+        self.pc.set_remote_description(offer).await.map_err(e)?;
+        let answer = self.pc.create_answer(None).await.map_err(e)?;
+        let restart = self.pc.ice_gathering_state() != RTCIceGatheringState::Complete;
+        if restart {
+            return complete_local_sdp(&self.pc, answer).await;
+        }
+        // Nothing new to gather: the local description already lists every candidate.
+        self.pc.set_local_description(answer).await.map_err(e)?;
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| "no local description".into())
     }
 
     /// RTP packets sent back so far.
