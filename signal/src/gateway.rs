@@ -712,8 +712,9 @@ impl Gateway {
                 call_key,
                 from,
                 to,
+                request_uri,
                 sdp,
-            } => self.incoming(call_key, &from, &to, sdp, now),
+            } => self.incoming(call_key, &from, &to, &request_uri, sdp, now),
             SipEvent::IncomingCancelled { call_key } => {
                 let Some(&id) = self.by_sip.get(&call_key) else {
                     return;
@@ -787,6 +788,7 @@ impl Gateway {
         key: sip::CallKey,
         from: &sip::Party,
         to: &sip::Party,
+        request_uri: &str,
         sdp: Option<String>,
         now: Instant,
     ) {
@@ -800,8 +802,12 @@ impl Gateway {
             self.result(CallResult::Failed(HangupReason::Unavailable));
             return;
         }
-        let user = uri_user(&to.uri)
-            .filter(|u| *u != self.config.sip.user)
+        // `Dial(PJSIP/alice@icegate)` names the user in the Request-URI and the To URI; a
+        // plain `PJSIP/icegate` names only the endpoint itself.
+        let user = [to.uri.as_str(), request_uri]
+            .into_iter()
+            .filter_map(uri_user)
+            .find(|u| *u != self.config.sip.user)
             .and_then(|u| UserId::new(u).ok());
         let Some(user) = user else {
             self.log(format!("incoming call to {} names no browser user", to.uri));

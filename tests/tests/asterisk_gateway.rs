@@ -641,3 +641,58 @@ fn wss_to_asterisk_with_the_wrong_ca_stays_unavailable() {
     alice.send(json!({"v":1,"type":"call","id":"c","to":{"extension":"600"},"sdp":OFFER}));
     alice.expect_error("pbx_unavailable");
 }
+
+#[test]
+fn asterisk_dials_a_browser_user_through_the_endpoint() {
+    let rig = start();
+    let mut bob = rig.browser("bob");
+    // Dial(PJSIP/bob@icegate), or ARI originate to that endpoint: the INVITE goes to
+    // icegate's registered contact with `bob` as the user of its Request-URI and To.
+    let channel = rig
+        .pbx
+        .lock()
+        .originate(
+            "PJSIP/bob@icegate",
+            None,
+            vec![],
+            Some("\"Reception\" <100>"),
+            None,
+        )
+        .expect("originate");
+    let invite = rig.pbx.lock().log.iter().rev().find_map(|e| {
+        e.data
+            .starts_with("INVITE sip:bob@")
+            .then(|| e.data.clone())
+    });
+    assert!(invite.is_some_and(|i| i.contains("To: <sip:bob@")));
+    let incoming = bob.expect("incoming");
+    assert_eq!(incoming["from"], "100");
+    let call = incoming["call"].as_str().unwrap().to_owned();
+    bob.send(json!({"v":1,"type":"answer","call":call,"sdp":OFFER.replace("actpass", "active")}));
+    bob.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
+    let id = channel["id"].as_str().unwrap().to_owned();
+    assert!(
+        eventually(WAIT, || rig
+            .pbx
+            .channels()
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["state"] == "Up")),
+        "{:?}",
+        rig.pbx.channels()
+    );
+    assert!(rig.pbx.hangup(&id, 16));
+    expect_hangup(&mut bob, "normal");
+    rig.assert_no_leaks();
+
+    // The endpoint alone names nobody: 404, and nobody is rung.
+    rig.pbx
+        .lock()
+        .originate("PJSIP/icegate", None, vec![], None, None)
+        .expect("originate");
+    assert!(eventually(WAIT, || rig
+        .pbx
+        .sip_received()
+        .iter()
+        .any(|m| m.status() == Some(404))));
+    bob.ping(7);
+}

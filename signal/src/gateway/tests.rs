@@ -946,3 +946,17 @@ fn shutdown_ends_calls_and_unregisters() {
     rig.drain();
     assert!(rig.hub.iter().all(|m| !matches!(m, ToHub::Offer { .. })));
 }
+
+#[test]
+fn the_browser_user_comes_from_the_to_uri_or_else_the_request_uri() {
+    let mut rig = Rig::up();
+    // To names only the endpoint; the Request-URI names the user (Dial(PJSIP/carol@icegate)
+    // on an Asterisk that leaves To alone).
+    let invite = incoming_invite("icegate").replace("INVITE sip:icegate@", "INVITE sip:carol@");
+    rig.gw.handle_sip(invite.as_bytes(), rig.now);
+    rig.drain();
+    let Some(ToHub::Offer { to, .. }) = rig.hub.pop() else {
+        panic!("no offer: {:?}", rig.hub);
+    };
+    assert_eq!(to.as_str(), "carol");
+}

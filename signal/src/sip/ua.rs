@@ -163,6 +163,8 @@ pub enum Event {
         from: Party,
         /// The callee.
         to: Party,
+        /// The Request-URI: `Dial(PJSIP/alice@icegate)` puts the user there (and in `To`).
+        request_uri: String,
         /// The SDP offer; `None` for an offerless INVITE (the answer then comes in the ACK).
         sdp: Option<String>,
     },
@@ -797,6 +799,7 @@ impl UserAgent {
             call_key: key,
             from: Party::from_header(request.header("From")),
             to: Party::from_header(request.header("To")),
+            request_uri: request.request_uri().unwrap_or_default().to_owned(),
             sdp: request.sdp().map(str::to_owned),
         };
         let mut call = Call::new(CallState::Incoming, tag);

@@ -64,6 +64,14 @@ fn with_transport_upper(uri: &str) -> String {
 }
 
 /// `Reason: Q.850;cause=N` → N.
+/// `sip:USER@host...` with another user part.
+fn with_user(uri: &str, user: &str) -> String {
+    match uri.split_once(':').zip(uri.split_once('@')) {
+        Some(((scheme, _), (_, host))) => format!("{scheme}:{user}@{host}"),
+        None => uri.to_string(),
+    }
+}
+
 fn reason_cause(msg: &SipMessage) -> Option<u32> {
     msg.header("Reason")
         .and_then(|r| sip::param(r, "cause"))
@@ -447,7 +455,7 @@ impl Core {
 
     /// A re-INVITE (ICE restart, hold): answered with a new SDP answer.
     fn on_reinvite(&mut self, conn: u64, peer: SocketAddr, req: &SipMessage) {
-        let Some(idx) = self.call_index_by_call_id(req.call_id()) else {
+        if self.call_index_by_call_id(req.call_id()).is_none() {
             return self.respond(
                 conn,
                 peer,
@@ -459,10 +467,13 @@ impl Core {
                 vec![],
                 None,
             );
-        };
+        }
         self.respond(conn, peer, req, 100, "Trying", None, vec![], vec![], None);
         #[cfg(feature = "media-echo")]
-        if let Some(media) = self.calls[idx].media.clone() {
+        if let Some(media) = self
+            .call_index_by_call_id(req.call_id())
+            .and_then(|i| self.calls[i].media.clone())
+        {
             // The echo endpoint renegotiates for real (hold, resume): answer once it has.
             let (req, me) = (req.clone(), self.me.clone());
             self.rt.spawn(async move {
@@ -746,6 +757,12 @@ impl Core {
         let resource = endpoint
             .strip_prefix("PJSIP/")
             .ok_or((400, "Invalid endpoint technology".to_string()))?;
+        // `PJSIP/alice@icegate`: the endpoint's contact, with `alice` as the user of the
+        // Request-URI and of the To URI (Asterisk's ast_sip_create_dialog_uac).
+        let (request_user, resource) = match resource.split_once('@') {
+            Some((user, endpoint)) => (Some(user), endpoint),
+            None => (None, resource),
+        };
         if resource != self.cfg.sip_user {
             return Err((404, "Endpoint not found".into()));
         }
@@ -773,14 +790,19 @@ impl Core {
             format!("\"{cname}\" <sip:{cnum}@{}>;tag={tag}", self.cfg.hostname)
         };
         let offer = sdp::offer(&self.media_params());
-        let uri = self.rewritten_contact(reg.peer, "WS");
+        let mut uri = self.rewritten_contact(reg.peer, "WS");
+        let mut to = reg.aor.clone();
+        if let Some(user) = request_user {
+            uri = with_user(&uri, user);
+            to = with_user(&to, user);
+        }
         let invite = self.asterisk_request(
             "INVITE",
             &uri,
             None,
             vec![
                 ("From", from),
-                ("To", format!("<{}>", reg.aor)),
+                ("To", format!("<{to}>")),
                 (
                     "Contact",
                     format!("<sip:asterisk@{}:5060;transport=ws>", self.cfg.hostname),
