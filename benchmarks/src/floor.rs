@@ -10,7 +10,7 @@
 //! cost of being a TURN server.
 
 use crate::error::BenchError;
-use crate::mmsg::Batch;
+use crate::mmsg::{Batch, BATCH};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -78,6 +78,9 @@ fn reuseport_socket(addr: SocketAddrV4) -> Result<UdpSocket, BenchError> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
     s.set_reuse_port(true).map_err(io)?;
     s.set_nonblocking(true).map_err(io)?;
+    // The same deep queues as icegate-relay's listeners, so buffer policy is not a difference.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&SocketAddr::V4(addr).into()).map_err(io)?;
     Ok(UdpSocket::from_std(s.into()))
 }
@@ -100,8 +103,9 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
             .map_err(|e| io("epoll_wait", e))?;
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                while inb.recv(lfd).map_err(|e| io("recvmmsg", e))? > 0 {
-                    for i in 0..inb.len() {
+                loop {
+                    let n = inb.recv(lfd).map_err(|e| io("recvmmsg", e))?;
+                    for i in 0..n {
                         let from = inb.addr(i);
                         let bytes = inb.get(i);
                         if let Some((op, addr)) = parse_control(bytes) {
@@ -126,11 +130,16 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
                             let _ = m.relay.send_to(bytes, SocketAddr::V4(m.peer));
                         }
                     }
+                    // A short batch drained the socket (edge-triggered: new packets wake us).
+                    if n < BATCH {
+                        break;
+                    }
                 }
             } else if let Some(m) = slots.get(ev.token().0).and_then(|m| m.as_ref()) {
                 let rfd = m.relay.as_raw_fd();
-                while inb.recv(rfd).map_err(|e| io("recvmmsg", e))? > 0 {
-                    for i in 0..inb.len() {
+                loop {
+                    let n = inb.recv(rfd).map_err(|e| io("recvmmsg", e))?;
+                    for i in 0..n {
                         // The permission check of the floor: only the mapped peer gets through.
                         if inb.addr(i) != m.peer {
                             continue;
@@ -139,6 +148,9 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
                             out.send(lfd, true).map_err(|e| io("sendmmsg", e))?;
                         }
                         out.push(Some(m.client), inb.get(i));
+                    }
+                    if n < BATCH {
+                        break;
                     }
                 }
             }

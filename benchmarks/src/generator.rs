@@ -4,7 +4,7 @@
 
 use crate::error::BenchError;
 use crate::measure::Histogram;
-use crate::mmsg::{Batch, SLOT};
+use crate::mmsg::{Batch, BATCH, SLOT};
 use crate::turn_client::{Credentials, Phase, Plan, Protocol, Session};
 use icegate_common::credentials::Secret;
 use mio::net::UdpSocket;
@@ -84,6 +84,7 @@ pub struct Generator {
     peer_addr: SocketAddrV4,
     timer: OwnedFd,
     batch: Batch,
+    tx: Batch,
     secret: Secret,
     expiry: u64,
     client_base: Ipv4Addr,
@@ -92,6 +93,8 @@ pub struct Generator {
     pub rtt: Histogram,
     /// Why the first failed client failed.
     pub first_error: Option<String>,
+    /// Sockets opened for allocation cycles so far (picks their address and port).
+    cycle_sockets: u32,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> BenchError + '_ {
@@ -149,12 +152,14 @@ impl Generator {
             peer_addr,
             timer,
             batch: Batch::new(),
+            tx: Batch::new(),
             secret,
             expiry,
             client_base,
             epoch: Instant::now(),
             rtt: Histogram::new(),
             first_error: None,
+            cycle_sockets: 0,
         })
     }
 
@@ -185,6 +190,27 @@ impl Generator {
         Ok(sock)
     }
 
+    /// A socket for one allocation cycle. Its address and port walk through 127.0.3.1 and
+    /// up, ports 2000-61999, so a 5-tuple comes back only after 15 million cycles: a server
+    /// that keeps some state of a released allocation for a while (coturn answers 437
+    /// Allocation Mismatch) is not charged for the kernel reusing a recent ephemeral port.
+    fn cycle_socket(&mut self) -> Result<UdpSocket, BenchError> {
+        const PORTS: u32 = 60_000;
+        loop {
+            let k = self.cycle_sockets;
+            self.cycle_sockets = self.cycle_sockets.wrapping_add(1);
+            let ip = Ipv4Addr::new(127, 0, 3, 1 + ((k / PORTS) % 250) as u8);
+            let local = SocketAddrV4::new(ip, 2000 + (k % PORTS) as u16);
+            // A port some other program holds is skipped.
+            let Ok(sock) = UdpSocket::bind(SocketAddr::V4(local)) else {
+                continue;
+            };
+            sock.connect(SocketAddr::V4(self.server))
+                .map_err(io("connect client"))?;
+            return Ok(sock);
+        }
+    }
+
     fn plan(&self, cycle: bool) -> Plan {
         if cycle {
             Plan::Cycle {
@@ -201,7 +227,11 @@ impl Generator {
     /// Adds a client and sends its first request.
     fn add_client(&mut self, cycle: bool, now: Instant) -> Result<usize, BenchError> {
         let index = self.clients.len();
-        let mut sock = self.new_socket(index)?;
+        let mut sock = if cycle {
+            self.cycle_socket()?
+        } else {
+            self.new_socket(index)?
+        };
         self.poll
             .registry()
             .register(&mut sock, Token(index), Interest::READABLE)
@@ -216,7 +246,7 @@ impl Generator {
 
     /// Gives client `i` a new socket and starts it over (a new client).
     fn renew_client(&mut self, i: usize, now: Instant) -> Result<(), BenchError> {
-        let mut sock = self.new_socket(i)?;
+        let mut sock = self.cycle_socket()?;
         self.poll
             .registry()
             .register(&mut sock, Token(i), Interest::READABLE)
@@ -426,6 +456,10 @@ impl Generator {
                 }
             }
             let _ = self.batch.echo(fd);
+            // A short batch drained the socket; the next packet raises a new edge.
+            if n < BATCH {
+                break;
+            }
         }
         mine
     }
@@ -459,6 +493,9 @@ impl Generator {
                     .record(Duration::from_nanos(now.saturating_sub(sent)));
                 got += 1;
             }
+            if n < BATCH {
+                break;
+            }
         }
         got
     }
@@ -471,8 +508,8 @@ impl Generator {
         let mut left = count;
         while left > 0 {
             let now = self.epoch.elapsed().as_nanos() as u64;
-            while left > 0 && !self.batch.is_full() {
-                self.batch.push_with(None, |slot| {
+            while left > 0 && !self.tx.is_full() {
+                self.tx.push_with(None, |slot| {
                     let at = if turn {
                         slot[..2].copy_from_slice(&CHANNEL.to_be_bytes());
                         slot[2..4].copy_from_slice(&(PAYLOAD as u16).to_be_bytes());
@@ -491,7 +528,7 @@ impl Generator {
                 });
                 left -= 1;
             }
-            drops += self.batch.send(fd, false).unwrap_or(0) as u64;
+            drops += self.tx.send(fd, false).unwrap_or(0) as u64;
         }
         drops
     }

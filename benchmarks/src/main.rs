@@ -88,7 +88,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4.0)]
     alloc_secs: f64,
     /// Clients cycling allocations at once.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     alloc_concurrency: usize,
     /// Allocations held by the idle scenario.
     #[arg(long, default_value_t = 10_000)]

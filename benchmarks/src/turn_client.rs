@@ -132,13 +132,12 @@ impl Session {
         }
     }
 
-    /// Starts over with fresh state (a new client on a new socket), keeping the credentials.
+    /// Starts over as a new client on a new socket. The long-term key (from the
+    /// credentials and the realm) is kept, as a client keeps its password; the nonce is not.
     pub fn restart(&mut self) {
         self.phase = Phase::Start;
         self.relay = None;
-        self.realm = None;
         self.nonce = None;
-        self.key = None;
         self.error = None;
     }
 

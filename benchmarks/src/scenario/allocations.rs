@@ -20,6 +20,9 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
             gen.first_error.clone().unwrap_or_default()
         )));
     }
+    if let Some(e) = &gen.first_error {
+        eprintln!("{} {}: first failure: {e}", c.kind.name(), "allocations");
+    }
     Ok(vec![
         (Metric::AllocsPerSec, per(r.ok as f64, r.secs)),
         (Metric::SetupFailures, r.failed as f64),

@@ -32,6 +32,9 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let r = gen.stream(rate, Duration::from_secs_f64(p.call_secs), drain, 2, p.tick)?;
     let wr = w.finish()?;
     let relayed = r.relayed() as f64;
+    if let Some(e) = &gen.first_error {
+        eprintln!("{} {}: first failure: {e}", c.kind.name(), "calls");
+    }
     Ok(vec![
         (Metric::Allocations, setup.ok as f64),
         (Metric::SetupFailures, setup.failed as f64),

@@ -30,6 +30,9 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let rate = 20_000f64.min(setup.ok as f64 * 10.0);
     let probe_len = Duration::from_secs_f64(setup.ok as f64 / rate);
     let probe = gen.stream(rate, probe_len, Duration::from_millis(500), 1, p.tick)?;
+    if let Some(e) = &gen.first_error {
+        eprintln!("{} {}: first failure: {e}", c.kind.name(), "idle");
+    }
     Ok(vec![
         (Metric::Allocations, setup.ok as f64),
         (Metric::SetupFailures, setup.failed as f64),

@@ -201,6 +201,18 @@ pub fn run(scenario: Scenario, c: &mut Contender, p: &Params) -> Result<Metrics,
         Scenario::Allocations => allocations::run(c, p)?,
         Scenario::Idle => idle::run(c, p)?,
     };
+    let failures = m
+        .iter()
+        .find(|(x, _)| *x == Metric::SetupFailures)
+        .map_or(0.0, |(_, v)| *v);
+    if failures > 0.0 {
+        // Kept out of the tables; the progress output shows why.
+        eprintln!(
+            "{} {}: {failures} setup failures",
+            c.kind.name(),
+            scenario.name()
+        );
+    }
     if !c.alive() {
         return Err(BenchError::Contender(format!(
             "{} died during {}",
