@@ -21,7 +21,7 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
         )));
     }
     if let Some(e) = &gen.first_error {
-        eprintln!("{} {}: first failure: {e}", c.kind.name(), "allocations");
+        eprintln!("{} allocations: first failure: {e}", c.kind.name());
     }
     Ok(vec![
         (Metric::AllocsPerSec, per(r.ok as f64, r.secs)),

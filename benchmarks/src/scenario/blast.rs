@@ -65,7 +65,7 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let step = p.blast_max_steps as u8 + 1;
     gen.stream(best_rate / 2.0, step_len, drain, step, p.tick)?;
     if let Some(e) = &gen.first_error {
-        eprintln!("{} {}: first failure: {e}", c.kind.name(), "blast");
+        eprintln!("{} blast: first failure: {e}", c.kind.name());
     }
     Ok(vec![
         (Metric::Allocations, setup.ok as f64),

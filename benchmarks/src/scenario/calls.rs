@@ -33,7 +33,7 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let wr = w.finish()?;
     let relayed = r.relayed() as f64;
     if let Some(e) = &gen.first_error {
-        eprintln!("{} {}: first failure: {e}", c.kind.name(), "calls");
+        eprintln!("{} calls: first failure: {e}", c.kind.name());
     }
     Ok(vec![
         (Metric::Allocations, setup.ok as f64),

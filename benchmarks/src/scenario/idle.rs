@@ -31,7 +31,7 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let probe_len = Duration::from_secs_f64(setup.ok as f64 / rate);
     let probe = gen.stream(rate, probe_len, Duration::from_millis(500), 1, p.tick)?;
     if let Some(e) = &gen.first_error {
-        eprintln!("{} {}: first failure: {e}", c.kind.name(), "idle");
+        eprintln!("{} idle: first failure: {e}", c.kind.name());
     }
     Ok(vec![
         (Metric::Allocations, setup.ok as f64),
