@@ -70,6 +70,9 @@ pub enum ToHub {
     },
     /// Feed to `Hub::set_pbx_available`.
     Available(bool),
+    /// Feed to `Hub::pause_pbx`: ARI is down while SIP is up, so answered calls go on but no
+    /// new call can be controlled.
+    Paused,
 }
 
 /// How a call with the PBX ended, for metrics.
@@ -180,7 +183,11 @@ pub struct Gateway {
     sip_up: bool,
     registered: bool,
     ari_up: bool,
+    /// Whether the hub was told that new calls may go to the PBX.
     available: bool,
+    /// Whether SIP was up (connected, registered, not closing) at the last check: its loss,
+    /// unlike ARI's, ends every call.
+    sip_ok: bool,
     /// icegate-signal is stopping: no new calls, and availability stays off.
     closing: bool,
     out: VecDeque<Output>,
@@ -203,6 +210,7 @@ impl Gateway {
             registered: false,
             ari_up: false,
             available: false,
+            sip_ok: false,
             closing: false,
             out: VecDeque::new(),
         };
@@ -385,6 +393,11 @@ impl Gateway {
     }
 
     fn start_outgoing(&mut self, call: CallId, extension: Extension, sdp: String, now: Instant) {
+        if self.by_hub.contains_key(&call) {
+            // The hub never reuses a call id; a second call under one would orphan the first.
+            self.log(format!("call {call} is already with the PBX; ignored"));
+            return;
+        }
         if !self.available {
             self.tell_hub(ToHub::Event(PbxEvent::Hangup {
                 call,
@@ -954,13 +967,25 @@ impl Gateway {
                 }
             }
             self.ari_up = self.ari.is_connected();
-            let available = self.sip_up && self.registered && self.ari_up && !self.closing;
-            if available != self.available {
+            let sip_ok = self.sip_up && self.registered && !self.closing;
+            let available = sip_ok && self.ari_up;
+            let sip_lost = self.sip_ok && !sip_ok;
+            self.sip_ok = sip_ok;
+            if sip_lost || available != self.available {
                 progressed = true;
-                self.available = available;
-                self.tell_hub(ToHub::Available(available));
-                if !available {
+                let was_available = std::mem::replace(&mut self.available, available);
+                if available {
+                    self.tell_hub(ToHub::Available(true));
+                } else if !sip_ok {
+                    self.tell_hub(ToHub::Available(false));
                     self.tear_down_all(now);
+                } else if was_available {
+                    // ARI alone went away: Asterisk and the SIP dialogs are up. Answered calls
+                    // go on (the controller finds their channels again after the reconnect);
+                    // calls still being set up needed Stasis and end.
+                    self.log("ARI is down: answered calls go on, new calls wait for it".into());
+                    self.tell_hub(ToHub::Paused);
+                    self.tear_down_unanswered(now);
                 }
             }
             if !progressed {
@@ -969,9 +994,28 @@ impl Gateway {
         }
     }
 
+    /// Ends the calls not yet answered, for the hub as well (`unavailable`).
+    fn tear_down_unanswered(&mut self, now: Instant) {
+        let ids: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !c.phase.is_answered())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.end_for_hub(*id, HangupReason::Unavailable);
+        }
+        self.tear_down(ids, now);
+    }
+
     /// The PBX went away: the hub ends every call with `unavailable`; end them here too.
     fn tear_down_all(&mut self, now: Instant) {
         let ids: Vec<u64> = self.calls.keys().copied().collect();
+        self.tear_down(ids, now);
+    }
+
+    /// Ends `ids` on the SIP side (while it is up) and forgets them.
+    fn tear_down(&mut self, ids: Vec<u64>, now: Instant) {
         for id in ids {
             let Some(call) = self.calls.get(&id) else {
                 continue;

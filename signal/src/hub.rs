@@ -396,6 +396,13 @@ impl Hub {
         }
     }
 
+    /// The PBX takes no new calls for now (its control connection is down) but its calls go
+    /// on: calls to extensions are refused with `pbx_unavailable` until
+    /// [`Hub::set_pbx_available`] says it is back.
+    pub fn pause_pbx(&mut self, _now: Instant) {
+        self.pbx_available = false;
+    }
+
     /// Calls that have a PBX leg now.
     pub fn pbx_call_count(&self) -> usize {
         self.pbx_calls.len()

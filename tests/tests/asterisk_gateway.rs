@@ -375,14 +375,31 @@ fn asterisk_never_answers() {
 }
 
 #[test]
-fn losing_ari_then_sip_hangs_calls_up_and_reconnects() {
+fn losing_ari_keeps_answered_calls_and_losing_sip_ends_them() {
     let rig = start();
     let mut alice = rig.browser("alice");
-    call(&mut alice, "600");
+    let call700 = call(&mut alice, "700");
     assert_eq!(after_ringing(&mut alice)["type"], "answer");
+    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
+    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
     rig.pbx.drop_ari_events(true);
-    expect_hangup(&mut alice, "unavailable");
+    assert!(eventually(WAIT, || rig
+        .signal
+        .log()
+        .contains("ARI is down: answered calls go on")));
+    // The call goes on (nothing but the pong arrives) and, once ARI is back, its channel is
+    // found again: DTMF through ARI works.
+    alice.ping(3);
     rig.wait_available();
+    alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"7"}));
+    assert_eq!(alice.expect("ack")["id"], "d");
+    assert!(
+        eventually(WAIT, || rig.pbx.dtmf_sent(&channel).as_deref() == Some("7")),
+        "{:?}",
+        rig.pbx.ari_requests()
+    );
+    alice.send(json!({"v":1,"type":"hangup","call":call700}));
+    rig.assert_no_leaks();
 
     call(&mut alice, "600");
     assert_eq!(after_ringing(&mut alice)["type"], "answer");

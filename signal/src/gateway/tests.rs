@@ -508,18 +508,33 @@ fn asterisk_cancels_an_offer_before_the_hub_took_it() {
 }
 
 #[test]
-fn losing_ari_or_sip_makes_the_pbx_unavailable_and_ends_calls() {
+fn losing_ari_pauses_new_calls_and_losing_sip_ends_them_all() {
     let mut rig = Rig::up();
     rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
     let invite = rig.take_sip(SipMethod::Invite);
     rig.reply(&invite, 200, Some(AST_SDP));
+    // A second call is still ringing.
+    rig.hub_call(CallId(9), "602", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let ringing = rig.take_sip(SipMethod::Invite);
+    rig.reply(&ringing, 180, None);
     rig.sip.clear();
     rig.hub.clear();
     rig.gw.ari_connection_lost(rig.now);
     rig.drain();
-    assert_eq!(rig.hub, [ToHub::Available(false)]);
-    rig.take_sip(SipMethod::Bye);
-    assert_eq!(rig.gw.call_count(), 0);
+    // ARI alone: the answered call goes on, the one being set up ends (CANCEL).
+    assert_eq!(
+        rig.hub,
+        [
+            ToHub::Paused,
+            ToHub::Event(PbxEvent::Hangup {
+                call: CallId(9),
+                reason: HangupReason::Unavailable
+            })
+        ]
+    );
+    rig.take_sip(SipMethod::Cancel);
+    assert!(rig.sip.iter().all(|m| m.method() != Some(&SipMethod::Bye)));
+    assert_eq!(rig.gw.call_count(), 1);
     // New calls are refused while down.
     rig.hub.clear();
     rig.hub_call(CallId(2), "600", BROWSER_SDP);
@@ -534,21 +549,45 @@ fn losing_ari_or_sip_makes_the_pbx_unavailable_and_ends_calls() {
     rig.drain();
     assert_eq!(rig.hub, [ToHub::Available(true)]);
 
-    // Now SIP goes: the UA ends its calls, the hub is told once.
+    // Now SIP goes: every call ends (the answered one too), the hub is told once.
     rig.hub.clear();
     rig.hub_call(CallId(3), "602", &sdp::with_candidates(BROWSER_SDP, &[]));
+    assert_eq!(rig.gw.call_count(), 2);
     rig.gw.sip_disconnected(rig.now);
     rig.drain();
     assert!(rig.hub.contains(&ToHub::Available(false)));
     assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
     rig.assert_empty();
-    // Reconnected: REGISTER again, available again.
+    // SIP lost while ARI is already down ends the answered calls too.
+    rig.sip.clear();
+    rig.gw.sip_connected(rig.now);
+    rig.drain();
+    let register = rig.take_sip(SipMethod::Register);
+    rig.reply(&register, 200, None);
+    rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
+    let invite = rig.take_sip(SipMethod::Invite);
+    rig.reply(&invite, 200, Some(AST_SDP));
+    rig.gw.ari_connection_lost(rig.now);
+    rig.drain();
+    assert_eq!(rig.gw.call_count(), 1);
+    rig.hub.clear();
+    rig.gw.sip_disconnected(rig.now);
+    rig.drain();
+    assert!(rig.hub.contains(&ToHub::Available(false)));
+    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
+    rig.assert_empty();
+    // SIP registers again, but new calls wait for ARI too.
     rig.sip.clear();
     rig.gw.sip_connected(rig.now);
     rig.drain();
     let register = rig.take_sip(SipMethod::Register);
     rig.hub.clear();
     rig.reply(&register, 200, None);
+    assert_eq!(rig.hub, []);
+    let retry = rig.gw.poll_timeout().unwrap();
+    rig.gw.handle_timeout(retry);
+    rig.gw.ari_connected(retry);
+    rig.drain();
     assert_eq!(rig.hub, [ToHub::Available(true)]);
 }
 

@@ -1422,3 +1422,38 @@ fn renegotiation_with_the_pbx_both_ways() {
     w.request(alice, 5, offer(call, "after"));
     assert_eq!(w.take(), vec![(alice, ack(5))]);
 }
+
+#[test]
+fn a_paused_pbx_keeps_its_calls_but_takes_no_new_ones() {
+    let mut w = with_pbx();
+    let alice = w.open("alice");
+    let call = call_extension(&mut w, alice, "700");
+    w.hub.pause_pbx(w.now);
+    w.drain();
+    assert!(w.take().is_empty(), "nothing ends");
+    assert_eq!(w.hub.pbx_call_count(), 1);
+    w.request(
+        alice,
+        2,
+        ClientMessage::Call {
+            to: extension("600"),
+            sdp: "offer".into(),
+        },
+    );
+    assert_eq!(error_code(&w.take()[0].1), Some(ErrorCode::PbxUnavailable));
+    // The PBX still answers its call; once back, new calls go through again.
+    w.hub
+        .handle_pbx(
+            PbxEvent::Answer {
+                call,
+                sdp: "answer".into(),
+            },
+            w.now,
+        )
+        .unwrap();
+    w.hub.set_pbx_available(true, w.now);
+    w.drain();
+    w.take();
+    call_extension(&mut w, alice, "600");
+    assert_eq!(w.hub.pbx_call_count(), 2);
+}

@@ -103,6 +103,7 @@ pub async fn run(
             Some(HubInput::Pbx(ToHub::Available(available))) => {
                 hub.set_pbx_available(available, now)
             }
+            Some(HubInput::Pbx(ToHub::Paused)) => hub.pause_pbx(now),
             Some(HubInput::Pbx(ToHub::Offer {
                 token,
                 from,
