@@ -19,91 +19,22 @@
 // The last line on stdout is one JSON object: {"ok":true,...} or {"ok":false,"error":...}.
 // The exit status is 0 only when every check passed.
 
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-fake-device-for-media-stream",
-  "--use-fake-ui-for-media-stream",
-];
-
-const started = Date.now();
-/** The browser, once launched: the watchdog closes it before exiting. */
-let launched = null;
-let step = "start";
-/** Milliseconds since start at which each step was reached. */
-const marks = {};
-function mark(name) { marks[name] = Date.now() - started; }
-
-/** A failed check: the message says what was expected and what was seen. */
-class CheckFailed extends Error {}
-
-function check(condition, message) {
-  if (!condition) throw new CheckFailed(message);
-}
-
-function parseArgs(argv) {
-  const options = { url: null, relayIp: null, relayPorts: null, timeout: 50, screenshots: null };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) usage(`${arg} needs a value`);
-      return argv[++i];
-    };
-    if (arg === "--relay-ip") options.relayIp = value();
-    else if (arg === "--relay-ports") {
-      const m = /^(\d+)-(\d+)$/.exec(value());
-      if (!m) usage("--relay-ports is MIN-MAX");
-      options.relayPorts = [Number(m[1]), Number(m[2])];
-    } else if (arg === "--timeout") options.timeout = Number(value());
-    else if (arg === "--screenshots") options.screenshots = value();
-    else if (arg.startsWith("--")) usage(`unknown option ${arg}`);
-    else if (options.url === null) options.url = arg;
-    else usage(`unexpected argument ${arg}`);
-  }
-  if (!options.url) usage("the signal server's URL is required");
-  const url = new URL(options.url);
-  if (!["http:", "https:"].includes(url.protocol) || !["127.0.0.1", "localhost", "[::1]"].includes(url.hostname)) {
-    usage("the URL must be http:// or https:// on loopback (https: the self-signed certificate of scripts/start is accepted)");
-  }
-  // Only a loopback server's self-signed certificate (scripts/start's) is ever accepted.
-  options.ignoreHttpsErrors = url.protocol === "https:";
-  return options;
-}
-
-function usage(message) {
-  console.error(`call.mjs: ${message}`);
-  console.error("usage: node call.mjs http://127.0.0.1:PORT/ [--relay-ip IP] [--relay-ports MIN-MAX] [--timeout S] [--screenshots DIR]");
-  process.exit(2);
-}
-
-/** Waits until `fn` (run in the page) returns a truthy value; fails with `what`. */
-async function waitInPage(page, what, fn, arg, timeout = 15000) {
-  try {
-    const handle = await page.waitForFunction(fn, arg, { timeout, polling: 100 });
-    return await handle.jsonValue();
-  } catch (error) {
-    const state = await page.evaluate(() => window.icegate && window.icegate.state()).catch(() => null);
-    throw new CheckFailed(`${page.label}: timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
-  }
-}
+import {
+  check, checkRelayed, launchChromium, main, openPage, pageLog, progress, waitInPage,
+} from "./harness.mjs";
 
 async function signIn(page, url, name) {
-  step = `${name}: sign in`;
+  progress.step = `${name}: sign in`;
   await page.goto(url, { waitUntil: "load" });
-  mark(`${name}.loaded`);
+  progress.mark(`${name}.loaded`);
   check(await page.evaluate(() => window.isSecureContext), `${page.label}: ${url} is not a secure context`);
   await page.getByTestId("name").fill(name);
   await page.getByTestId("relay-only").check();
   await page.getByTestId("connect").click();
-  mark(`${name}.clicked`);
+  progress.mark(`${name}.clicked`);
   await waitInPage(page, "signaling to connect", () => window.icegate.state().signal === "connected");
   const state = await page.evaluate(() => window.icegate.state());
   check(state.user === name, `${page.label}: signed in as ${state.user}, expected ${name}`);
@@ -116,74 +47,29 @@ async function stats(page) {
   return page.evaluate(() => window.icegate.pollStats());
 }
 
-function checkRelayed(label, s, options) {
-  check(s && s.pair, `${label}: no selected candidate pair in getStats(): ${JSON.stringify(s)}`);
-  const { local, remote } = s.pair;
-  check(local && local.type === "relay",
-    `${label}: the selected local candidate is ${JSON.stringify(local)}, expected type relay`);
-  check(remote && remote.type === "relay",
-    `${label}: the selected remote candidate is ${JSON.stringify(remote)}, expected type relay (both ends relay-only)`);
-  if (options.relayIp) {
-    check(local.address === options.relayIp,
-      `${label}: the local relay candidate is at ${local.address}, expected icegate-relay's relay IP ${options.relayIp}`);
-  }
-  if (options.relayPorts) {
-    const [min, max] = options.relayPorts;
-    check(local.port >= min && local.port <= max,
-      `${label}: the local relay candidate's port ${local.port} is outside icegate-relay's range ${min}-${max}`);
-    check(remote.port >= min && remote.port <= max,
-      `${label}: the remote relay candidate's port ${remote.port} is outside icegate-relay's range ${min}-${max}`);
-  }
-}
-
 async function run(options) {
-  const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-  check(existsSync(executablePath), `${executablePath} is missing: run scripts/install-deps (Debian package chromium)`);
-  let chromium;
-  try {
-    ({ chromium } = await import("playwright-core"));
-  } catch (error) {
-    throw new CheckFailed(`playwright-core is not installed in tests/browser/node_modules: run scripts/install-deps (${error.message})`);
-  }
-
-  // Playwright runs Chromium on a fresh temporary profile (user-data-dir) and removes it.
-  const browser = (launched = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 20000,
-  }));
-  mark("launched");
+  const browser = await launchChromium();
   const diagnostics = [];
   const pages = [];
   try {
-    const origin = new URL(options.url).origin;
-    // One context (window) per person: separate storage, and each page is in front, so that
-    // neither is throttled as a background tab.
     const open = async (label) => {
-      const context = await browser.newContext({ ignoreHTTPSErrors: options.ignoreHttpsErrors });
-      await context.grantPermissions(["camera", "microphone"], { origin });
-      const page = await context.newPage();
-      page.label = label;
-      page.on("pageerror", (error) => diagnostics.push(`${label}: uncaught ${error.message}`));
-      page.on("console", (m) => {
-        if (m.type() === "error") diagnostics.push(`${label}: console.error ${m.text()}`);
-      });
-      page.setDefaultTimeout(15000);
+      // One context (window) per person: separate storage, and each page is in front, so
+      // that neither is throttled as a background tab.
+      const page = await openPage(browser, options, label, diagnostics);
       pages.push(page);
       return page;
     };
     const alice = await open("alice");
     const bob = await open("bob");
-    mark("pages");
+    progress.mark("pages");
 
     await signIn(alice, options.url, "alice");
     await signIn(bob, options.url, "bob");
 
-    mark("signedIn");
+    progress.mark("signedIn");
 
     // Two short calls that fail, as a person would see them.
-    step = "alice calls a name nobody uses";
+    progress.step = "alice calls a name nobody uses";
     const ended = () => {
       const call = window.icegate.state().call;
       return call && call.state === "ended" && { reason: call.reason, endedBy: call.endedBy };
@@ -195,7 +81,7 @@ async function run(options) {
     const shownError = await alice.getByTestId("error").textContent();
     check(shownError.startsWith("unknown_user:"), `alice: the page shows the error as ${JSON.stringify(shownError)}`);
 
-    step = "bob declines a call";
+    progress.step = "bob declines a call";
     await alice.getByTestId("callee").fill("bob");
     await alice.getByTestId("call").click();
     await bob.getByTestId("incoming").waitFor({ state: "visible" });
@@ -204,9 +90,9 @@ async function run(options) {
     check(declined.reason === "declined" && declined.endedBy === "remote",
       `alice: the declined call ended with ${JSON.stringify(declined)}, expected declined by the remote side`);
     check(await bob.getByTestId("incoming").isHidden(), "bob: the incoming-call panel is still shown after declining");
-    mark("declined");
+    progress.mark("declined");
 
-    step = "alice calls bob";
+    progress.step = "alice calls bob";
     await alice.getByTestId("call").click();
     await bob.getByTestId("incoming").waitFor({ state: "visible" });
     const from = await bob.getByTestId("incoming-from").textContent();
@@ -216,8 +102,8 @@ async function run(options) {
       return id !== null && window.icegate.events.some((e) => e.type === "ringing" && e.call === id);
     });
 
-    mark("ringing");
-    step = "bob answers";
+    progress.mark("ringing");
+    progress.step = "bob answers";
     await bob.getByTestId("accept").click();
     const connected = () => {
       const call = window.icegate.state().call;
@@ -225,9 +111,9 @@ async function run(options) {
     };
     await waitInPage(alice, "ICE to reach connected", connected, undefined, 20000);
     await waitInPage(bob, "ICE to reach connected", connected, undefined, 20000);
-    mark("connected");
+    progress.mark("connected");
 
-    step = "data channel";
+    progress.step = "data channel";
     const dcOpen = () => window.icegate.state().call.dataChannel === "open";
     await waitInPage(alice, "the data channel to open", dcOpen);
     await waitInPage(bob, "the data channel to open", dcOpen);
@@ -242,8 +128,8 @@ async function run(options) {
     const bobChat = await bob.getByTestId("chat-log").textContent();
     check(bobChat.includes("hello bob, from alice"), `bob: the chat log does not show alice's message: ${bobChat}`);
 
-    mark("chatted");
-    step = "relayed candidates and audio";
+    progress.mark("chatted");
+    progress.step = "relayed candidates and audio";
     // Audio must keep flowing: sample twice, 1.5 s apart.
     const first = { alice: await stats(alice), bob: await stats(bob) };
     await new Promise((resolve) => setTimeout(resolve, 1500));
@@ -268,8 +154,8 @@ async function run(options) {
       await bob.screenshot({ path: join(options.screenshots, "bob.png"), fullPage: true });
     }
 
-    mark("mediaChecked");
-    step = "bob restarts ICE";
+    progress.mark("mediaChecked");
+    progress.step = "bob restarts ICE";
     const renegotiated = (n) => window.icegate.state().call.renegotiations >= n;
     await bob.getByTestId("restart-ice").click();
     await waitInPage(bob, "the ICE restart's answer", renegotiated, 1);
@@ -289,9 +175,9 @@ async function run(options) {
     }
     const restartLogged = await bob.evaluate(() => window.icegate.events.some((e) => e.text === "ICE restart: offer sent"));
     check(restartLogged, "bob: no ICE restart offer in the log");
-    mark("iceRestarted");
+    progress.mark("iceRestarted");
 
-    step = "alice holds and resumes";
+    progress.step = "alice holds and resumes";
     await alice.getByTestId("hold").click();
     await waitInPage(alice, "the hold", () => window.icegate.state().call.held);
     const holdLabel = await alice.getByTestId("hold").textContent();
@@ -299,9 +185,9 @@ async function run(options) {
     await alice.getByTestId("hold").click();
     await waitInPage(alice, "the resume", () => !window.icegate.state().call.held && window.icegate.state().call.renegotiations >= 3);
     await waitInPage(bob, "both renegotiations answered", renegotiated, 3);
-    mark("heldAndResumed");
+    progress.mark("heldAndResumed");
 
-    step = "alice hangs up";
+    progress.step = "alice hangs up";
     await alice.getByTestId("hangup").click();
     const hungUp = await waitInPage(bob, "the hangup", ended);
     check(hungUp.reason === "normal" && hungUp.endedBy === "remote",
@@ -310,7 +196,7 @@ async function run(options) {
     check(aliceEnd.state === "ended" && aliceEnd.endedBy === "local", `alice: after hanging up: ${JSON.stringify(aliceEnd)}`);
     await waitInPage(bob, "the call controls to reset", () => !document.querySelector("[data-testid=call]").disabled);
 
-    mark("hungUp");
+    progress.mark("hungUp");
     const uncaught = diagnostics.filter((d) => d.includes("uncaught"));
     check(uncaught.length === 0, `uncaught errors in the page: ${uncaught.join("; ")}`);
     const errors = {
@@ -327,16 +213,16 @@ async function run(options) {
     });
     return {
       ok: true,
-      durationMs: Date.now() - started,
-      marks,
+      durationMs: Date.now() - progress.started,
+      marks: progress.marks,
       chromium: browser.version(),
       alice: summary(second.alice),
       bob: summary(second.bob),
     };
   } catch (error) {
     for (const page of pages) {
-      const events = await page.evaluate(() => window.icegate && window.icegate.events.map((e) => e.text)).catch(() => null);
-      if (events) diagnostics.push(`${page.label} log:\n  ${events.join("\n  ")}`);
+      const log = await pageLog(page);
+      if (log) diagnostics.push(log);
     }
     error.diagnostics = diagnostics;
     throw error;
@@ -345,28 +231,10 @@ async function run(options) {
   }
 }
 
-const options = parseArgs(process.argv.slice(2));
-let timedOut = false;
-const watchdog = setTimeout(async () => {
-  timedOut = true;
-  console.error(`call.mjs: FAILED at "${step}": timed out after ${options.timeout} s`);
-  console.log(JSON.stringify({ ok: false, step, error: `timed out after ${options.timeout} s` }));
-  if (launched) await Promise.race([launched.close(), new Promise((r) => setTimeout(r, 3000))]).catch(() => {});
-  process.exit(1);
-}, options.timeout * 1000);
-
-try {
-  const result = await run(options);
-  clearTimeout(watchdog);
-  if (timedOut) await new Promise(() => {});
-  console.log(JSON.stringify(result));
-  process.exit(0);
-} catch (error) {
-  clearTimeout(watchdog);
-  if (timedOut) await new Promise(() => {}); // the watchdog reports and exits
-  for (const line of error.diagnostics || []) console.error(line);
-  const message = error instanceof CheckFailed ? error.message : `${error.name}: ${error.message}`;
-  console.error(`call.mjs: FAILED at "${step}": ${message}`);
-  console.log(JSON.stringify({ ok: false, step, error: message }));
-  process.exit(1);
-}
+await main(
+  "call.mjs",
+  "http://127.0.0.1:PORT/ [--relay-ip IP] [--relay-ports MIN-MAX] [--timeout S] [--screenshots DIR]",
+  { screenshots: null },
+  { "--screenshots": (value, options) => { options.screenshots = value; } },
+  run,
+);
