@@ -112,7 +112,7 @@ impl Metric {
             Metric::RttP50 => "round trip p50 µs",
             Metric::RttP99 => "round trip p99 µs",
             Metric::RttP999 => "round trip p99.9 µs",
-            Metric::RttAvg => "round trip average µs",
+            Metric::RttAvg => "round trip average µs (the tool's own, ms-granular)",
             Metric::ServerCpu => "server CPU s",
             Metric::CpuPerPacket => "server CPU µs/packet",
             Metric::SustainedPps => "sustained relayed packets/s (loss ≤ 0.1 %)",
