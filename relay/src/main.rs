@@ -18,6 +18,7 @@ mod config;
 mod framing;
 mod limits;
 mod metrics;
+mod mmsg;
 mod privileges;
 mod sockets;
 mod stats;

@@ -17,7 +17,14 @@ pub struct RuntimeCounters {
 impl RuntimeCounters {
     /// Counts a packet that could not be sent.
     pub fn send_failed(&self) {
-        self.send_failures.fetch_add(1, Ordering::Relaxed);
+        self.sends_failed(1);
+    }
+
+    /// Counts `n` packets that could not be sent.
+    pub fn sends_failed(&self, n: usize) {
+        if n > 0 {
+            self.send_failures.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Counts a new TCP/TLS client connection.

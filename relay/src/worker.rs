@@ -8,6 +8,10 @@
 //!
 //! Priorities inside a worker are those of tokio's scheduler; every read loop handles at most
 //! [`BUDGET`] datagrams before yielding, so one busy socket cannot starve the others.
+//!
+//! UDP data moves in batches ([`crate::mmsg`]): listeners and relay sockets are read with
+//! `recvmmsg`, and relayed datagrams for UDP clients are queued and sent with one `sendmmsg`
+//! by the flush task, which runs after the reads that readiness woke in the same round.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -30,13 +34,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{self, Frame};
+use crate::mmsg::{RecvBatch, SendBatch, BATCH};
 use crate::sockets;
 use crate::stats::RuntimeCounters;
 
 /// Datagrams one read loop handles before yielding to the worker's other tasks.
 const BUDGET: usize = 64;
-/// The largest datagram a relay socket can receive.
-const MAX_DATAGRAM: usize = u16::MAX as usize;
 /// Bytes queued for a slow TCP/TLS client before further packets to it are dropped, as UDP
 /// would drop them; keeps one stalled client from holding unbounded memory.
 const MAX_STREAM_BACKLOG: usize = 256 * 1024;
@@ -158,8 +161,15 @@ struct Worker {
     /// Relay sockets by allocation slot, then address family.
     relays: RefCell<Vec<[Option<RelaySocket>; 2]>>,
     streams: RefCell<FastMap<FiveTuple, Rc<StreamOut>>>,
-    /// One receive buffer for the whole worker: its tasks never run at once.
-    buf: RefCell<Box<[u8]>>,
+    /// One receive batch for the whole worker: its tasks never run at once. Room for a
+    /// ChannelData or Data indication header is left in front of each datagram, so that a
+    /// relay socket's datagram is framed for its client in place.
+    recv: RefCell<RecvBatch>,
+    /// Relayed datagrams for UDP clients, one batch per listener (as `udp`), sent by
+    /// [`flush_loop`].
+    to_clients: Vec<RefCell<SendBatch>>,
+    /// Wakes [`flush_loop`] when the first datagram is queued.
+    flush: Notify,
     timer: Notify,
     /// How long a TCP/TLS client may stay silent; follows `lifetime-max` across reloads.
     stream_idle: Cell<std::time::Duration>,
@@ -198,10 +208,14 @@ async fn run(setup: WorkerSetup) {
     let worker = Rc::new(Worker {
         counters,
         server: RefCell::new(server),
-        udp: udp_sockets,
         relays: RefCell::new(Vec::new()),
         streams: RefCell::new(FastMap::default()),
-        buf: RefCell::new(vec![0u8; PAYLOAD_OFFSET + MAX_DATAGRAM + 4].into_boxed_slice()),
+        recv: RefCell::new(RecvBatch::new(PAYLOAD_OFFSET)),
+        to_clients: (0..udp_sockets.len())
+            .map(|_| RefCell::new(SendBatch::default()))
+            .collect(),
+        udp: udp_sockets,
+        flush: Notify::new(),
         timer: Notify::new(),
         stream_idle: Cell::new(stream_idle(&control.borrow().config)),
         stats,
@@ -210,6 +224,7 @@ async fn run(setup: WorkerSetup) {
     for i in 0..worker.udp.len() {
         tokio::task::spawn_local(udp_listener(Rc::clone(&worker), i));
     }
+    tokio::task::spawn_local(flush_loop(Rc::clone(&worker)));
     for listener in tcp {
         spawn_acceptor(&worker, listener, None);
     }
@@ -266,23 +281,35 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
             tracing::error!(%error, %local, "UDP listener failed");
             return;
         }
-        for _ in 0..BUDGET {
-            let mut buf = worker.buf.borrow_mut();
-            match socket.try_recv_from(&mut buf[..]) {
-                Ok((len, client)) => {
-                    let from = FiveTuple {
-                        transport: Transport::Udp,
-                        client,
-                        server: local,
-                    };
-                    worker.on_client_packet(from, &buf[..len]);
+        let mut drained = false;
+        for _ in 0..BUDGET.div_ceil(BATCH) {
+            let mut batch = worker.recv.borrow_mut();
+            let n = match batch.recv(&socket, 0, BATCH) {
+                Ok((n, empty)) => {
+                    drained = empty;
+                    n
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // Errors queued by ICMP for an earlier send say nothing about this socket.
                 Err(_) => continue,
+            };
+            for i in 0..n {
+                let Some((client, len, slot)) = batch.get_mut(i) else {
+                    continue;
+                };
+                let from = FiveTuple {
+                    transport: Transport::Udp,
+                    client,
+                    server: local,
+                };
+                worker.on_client_packet(from, &slot[..len]);
+            }
+            if drained {
+                break;
             }
         }
-        tokio::task::yield_now().await;
+        if !drained {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -291,17 +318,37 @@ async fn relay_reader(worker: Rc<Worker>, relay: RelayId, socket: Rc<UdpSocket>)
         if socket.readable().await.is_err() {
             return;
         }
-        for _ in 0..BUDGET {
-            let mut buf = worker.buf.borrow_mut();
-            // Read after the room a ChannelData or Data indication header needs, so the frame
-            // is built in place around the payload.
-            match socket.try_recv_from(&mut buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + MAX_DATAGRAM]) {
-                Ok((len, peer)) => worker.on_peer_packet(relay, peer, &mut buf, len),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+        let mut drained = false;
+        for _ in 0..BUDGET.div_ceil(BATCH) {
+            let mut batch = worker.recv.borrow_mut();
+            let n = match batch.recv(&socket, PAYLOAD_OFFSET, BATCH) {
+                Ok((n, empty)) => {
+                    drained = empty;
+                    n
+                }
                 Err(_) => continue,
+            };
+            for i in 0..n {
+                if let Some((peer, len, slot)) = batch.get_mut(i) {
+                    worker.on_peer_packet(relay, peer, slot, len);
+                }
+            }
+            if drained {
+                break;
             }
         }
-        tokio::task::yield_now().await;
+        if !drained {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Sends the relayed datagrams queued for UDP clients, once the reads of this scheduling
+/// round have queued theirs.
+async fn flush_loop(worker: Rc<Worker>) {
+    loop {
+        worker.flush.notified().await;
+        worker.flush_to_clients();
     }
 }
 
@@ -498,7 +545,40 @@ impl Worker {
             }
             None => wire::write_data_indication(buf, peer, len, TransactionId::generate()),
         };
-        self.send_to_client(route.client, &buf[start..end]);
+        self.send_relayed(route.client, &buf[start..end]);
+    }
+
+    /// A relayed datagram for a client: queued for the next `sendmmsg` when it goes out of a
+    /// UDP listener, written to the stream otherwise.
+    fn send_relayed(&self, to: FiveTuple, bytes: &[u8]) {
+        if to.transport != Transport::Udp {
+            return self.send_to_client(to, bytes);
+        }
+        let Some(listener) = self.udp.iter().position(|(addr, _)| *addr == to.server) else {
+            self.stats.send_failed();
+            return;
+        };
+        let mut batch = self.to_clients[listener].borrow_mut();
+        if batch.is_full() {
+            let flushed = batch.flush(&self.udp[listener].1);
+            self.stats.sends_failed(flushed.failed);
+        }
+        if !batch.push(to.client, bytes) {
+            drop(batch);
+            return self.send_to_client(to, bytes);
+        }
+        // One wake per round: a permit is stored until the flush task runs.
+        self.flush.notify_one();
+    }
+
+    fn flush_to_clients(&self) {
+        for (batch, (_, socket)) in self.to_clients.iter().zip(&self.udp) {
+            let mut batch = batch.borrow_mut();
+            if !batch.is_empty() {
+                let flushed = batch.flush(socket);
+                self.stats.sends_failed(flushed.failed);
+            }
+        }
     }
 
     fn send_to_peer(&self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {

@@ -1,0 +1,365 @@
+//! Batched UDP I/O for the data path: `recvmmsg` takes up to [`BATCH`] datagrams from a
+//! socket in one system call, and `sendmmsg` sends a listener's queued datagrams, each to its
+//! own client, in one system call.
+//!
+//! A receive that fills fewer slots than asked drained the socket, so it tells tokio the
+//! socket is no longer readable (`try_io` with `WouldBlock`): the read loop stops without the
+//! extra system call that would only return `EAGAIN`, and the next datagram's edge wakes it.
+//!
+//! The system calls are made here with libc rather than through nix: nix's `recvmmsg` wants a
+//! fresh `IoSliceMut` per slot on every call, and its `sendmmsg` can only report how many
+//! datagrams left by reading addresses it never initialized. The headers are rebuilt for the
+//! messages of each call, so no pointer outlives the call that uses it.
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use socket2::SockAddr;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = u16::MAX as usize;
+
+/// Room in a send slot: relayed frames up to this size are queued, larger ones go at once.
+const SEND_SLOT: usize = 2048;
+
+/// Datagrams received by one [`RecvBatch::recv`], each in its own slot at the offset asked for.
+///
+/// Every slot holds a whole datagram (64 KiB): a datagram is never truncated. The slots are
+/// zeroed memory the kernel maps lazily, so only the bytes datagrams touch use RAM.
+pub struct RecvBatch {
+    slots: Box<[u8]>,
+    slot_len: usize,
+    names: Box<[libc::sockaddr_storage; BATCH]>,
+    iovs: [libc::iovec; BATCH],
+    headers: [libc::mmsghdr; BATCH],
+}
+
+impl RecvBatch {
+    /// A batch whose slots leave `headroom` bytes before each datagram (for a header to be
+    /// written in place in front of it).
+    pub fn new(headroom: usize) -> Self {
+        // Room for the 4 padding bytes a ChannelData frame may need after the payload.
+        let slot_len = (headroom + MAX_DATAGRAM + 4).next_multiple_of(64);
+        RecvBatch {
+            slots: vec![0u8; slot_len * BATCH].into_boxed_slice(),
+            slot_len,
+            // SAFETY (all three): plain C structs, for which all-zero is a valid value.
+            names: Box::new(unsafe { mem::zeroed() }),
+            iovs: unsafe { mem::zeroed() },
+            headers: unsafe { mem::zeroed() },
+        }
+    }
+
+    /// Receives up to `max` (at most [`BATCH`]) datagrams into the slots, each `offset` bytes
+    /// in. Returns how many came and whether the socket is drained (fewer than `max`: stop
+    /// reading until it is readable again). An error is the first datagram's (an ICMP error
+    /// queued for an earlier send, say); the caller may read again.
+    pub fn recv(
+        &mut self,
+        socket: &UdpSocket,
+        offset: usize,
+        max: usize,
+    ) -> io::Result<(usize, bool)> {
+        let max = max.clamp(1, BATCH);
+        let offset = offset.min(self.slot_len);
+        let fd = socket.as_raw_fd();
+        let mut count = 0;
+        let result = socket.try_io(Interest::READABLE, || {
+            for i in 0..max {
+                let slot = &mut self.slots[i * self.slot_len..(i + 1) * self.slot_len];
+                self.iovs[i] = libc::iovec {
+                    iov_base: slot[offset..].as_mut_ptr().cast(),
+                    iov_len: self.slot_len - offset,
+                };
+                let header = &mut self.headers[i];
+                header.msg_len = 0;
+                header.msg_hdr.msg_iov = &mut self.iovs[i];
+                header.msg_hdr.msg_iovlen = 1;
+                header.msg_hdr.msg_name =
+                    (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as _;
+                header.msg_hdr.msg_control = std::ptr::null_mut();
+                header.msg_hdr.msg_controllen = 0;
+                header.msg_hdr.msg_flags = 0;
+            }
+            // SAFETY: headers `0..max` point at `max` distinct slots and address buffers that
+            // live in `self` for the whole call, with their true lengths.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.headers.as_mut_ptr(),
+                    max as libc::c_uint,
+                    0,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            count = n as usize;
+            if count < max {
+                // Drained: have tokio wait for the next readiness edge instead of a recv
+                // that would only say EAGAIN.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok((count, false)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((count, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Datagram `i` of the last receive: its sender, and its slot with the datagram at
+    /// `offset..offset + len`. `None` when the kernel gave no usable sender address.
+    pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, usize, &mut [u8])> {
+        let header = self.headers.get(i)?;
+        let len = header.msg_len as usize;
+        let from = from_storage(&self.names[i], header.msg_hdr.msg_namelen)?;
+        let slot = &mut self.slots[i * self.slot_len..(i + 1) * self.slot_len];
+        Some((from, len, slot))
+    }
+}
+
+/// The socket address the kernel wrote into `storage`.
+fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in; sockaddr_storage is
+            // large and aligned enough for any socket address.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Relayed datagrams for the clients of one listener, queued until [`SendBatch::flush`] sends
+/// them with one `sendmmsg`.
+pub struct SendBatch {
+    slots: Box<[u8]>,
+    lens: [usize; BATCH],
+    to: Vec<SockAddr>,
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Datagrams the kernel took.
+    pub sent: usize,
+    /// Datagrams dropped: a full socket buffer or an unreachable destination, as UDP drops.
+    pub failed: usize,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        SendBatch {
+            slots: vec![0u8; SEND_SLOT * BATCH].into_boxed_slice(),
+            lens: [0; BATCH],
+            to: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+impl SendBatch {
+    /// Nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.to.is_empty()
+    }
+
+    /// No room for another datagram: flush first.
+    pub fn is_full(&self) -> bool {
+        self.to.len() == BATCH
+    }
+
+    /// Queues `bytes` for `to`; false (nothing queued) when the datagram is too large for a
+    /// slot or the batch is full.
+    pub fn push(&mut self, to: SocketAddr, bytes: &[u8]) -> bool {
+        let i = self.to.len();
+        if i == BATCH || bytes.len() > SEND_SLOT {
+            return false;
+        }
+        self.slots[i * SEND_SLOT..i * SEND_SLOT + bytes.len()].copy_from_slice(bytes);
+        self.lens[i] = bytes.len();
+        self.to.push(SockAddr::from(to));
+        true
+    }
+
+    /// Sends everything queued from `socket` and empties the batch. After a partial send the
+    /// rest is sent again; a datagram the kernel refuses is skipped.
+    pub fn flush(&mut self, socket: &UdpSocket) -> Flushed {
+        let mut done = Flushed::default();
+        let total = self.to.len();
+        let mut start = 0;
+        while start < total {
+            match socket.try_io(Interest::WRITABLE, || self.send_range(socket, start, total)) {
+                Ok(0) => {
+                    done.failed += total - start;
+                    break;
+                }
+                Ok(k) => {
+                    done.sent += k;
+                    start += k;
+                }
+                // The socket buffer is full: the rest is dropped, as UDP would drop it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    done.failed += total - start;
+                    break;
+                }
+                // The first datagram was refused (an ICMP error, an unroutable address): drop
+                // it and send the others.
+                Err(_) => {
+                    done.failed += 1;
+                    start += 1;
+                }
+            }
+        }
+        self.to.clear();
+        done
+    }
+
+    /// One `sendmmsg` of datagrams `start..end`; how many the kernel took.
+    fn send_range(&self, socket: &UdpSocket, start: usize, end: usize) -> io::Result<usize> {
+        let n = end - start;
+        // SAFETY (both): plain C structs, for which all-zero is a valid value.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        for k in 0..n {
+            let i = start + k;
+            iovs[k] = libc::iovec {
+                // The kernel only reads through it: sendmmsg does not write the data.
+                iov_base: self.slots[i * SEND_SLOT..].as_ptr().cast_mut().cast(),
+                iov_len: self.lens[i],
+            };
+            let header = &mut headers[k].msg_hdr;
+            header.msg_iov = &mut iovs[k];
+            header.msg_iovlen = 1;
+            header.msg_name = self.to[i].as_ptr().cast_mut().cast();
+            header.msg_namelen = self.to[i].len();
+        }
+        // SAFETY: headers `0..n` point at slots, lengths and addresses that live in `self` or
+        // on this stack frame for the whole call.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    /// A sending socket (writable, as tokio sees it) and a receiving one.
+    async fn pair() -> (Rc<UdpSocket>, UdpSocket) {
+        let a = Rc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        a.writable().await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn batches_go_out_and_come_in_with_their_addresses() {
+        let (listener, client) = pair().await;
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to_client = client.local_addr().unwrap();
+        let to_other = other.local_addr().unwrap();
+        let listener_addr = listener.local_addr().unwrap();
+        let mut out = SendBatch::default();
+        for i in 0..40u8 {
+            if out.is_full() {
+                assert_eq!(out.flush(&listener).sent, BATCH);
+            }
+            let to = if i % 2 == 0 { to_client } else { to_other };
+            assert!(out.push(to, &[i; 100]));
+        }
+        assert!(
+            !out.push(to_client, &[0; SEND_SLOT + 1]),
+            "too big for a slot"
+        );
+        assert_eq!(out.flush(&listener), Flushed { sent: 8, failed: 0 });
+        assert!(out.is_empty());
+
+        // The client got the even ones, in order, all from the listener.
+        client.readable().await.unwrap();
+        let mut batch = RecvBatch::new(36);
+        let mut got = Vec::new();
+        loop {
+            let (n, drained) = batch.recv(&client, 36, BATCH).unwrap();
+            for i in 0..n {
+                let (from, len, slot) = batch.get_mut(i).unwrap();
+                assert_eq!(from, listener_addr);
+                assert_eq!(len, 100);
+                got.push(slot[36]);
+            }
+            if drained {
+                break;
+            }
+        }
+        let even: Vec<u8> = (0..40).step_by(2).collect();
+        assert_eq!(got, even);
+        // Drained: nothing more, and no error.
+        assert_eq!(batch.recv(&client, 36, BATCH).unwrap(), (0, true));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_datagram_of_64_kib_is_received_whole() {
+        let (a, b) = pair().await;
+        let big = vec![7u8; 65_000];
+        a.send_to(&big, b.local_addr().unwrap()).await.unwrap();
+        b.readable().await.unwrap();
+        let mut batch = RecvBatch::new(0);
+        let (n, _) = batch.recv(&b, 0, 4).unwrap();
+        assert_eq!(n, 1);
+        let (_, len, slot) = batch.get_mut(0).unwrap();
+        assert_eq!(len, 65_000);
+        assert!(slot[..len].iter().all(|&x| x == 7));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_destination_drops_one_datagram_not_the_batch() {
+        let (listener, client) = pair().await;
+        let mut out = SendBatch::default();
+        // Port 0 is not a destination: the kernel refuses that one datagram.
+        assert!(out.push("127.0.0.1:0".parse().unwrap(), b"x"));
+        assert!(out.push(client.local_addr().unwrap(), b"y"));
+        assert_eq!(out.flush(&listener), Flushed { sent: 1, failed: 1 });
+        let mut buf = [0u8; 8];
+        let (n, _) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"y");
+    }
+}
