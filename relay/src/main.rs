@@ -20,6 +20,7 @@ mod limits;
 mod metrics;
 mod mmsg;
 mod privileges;
+mod relay_set;
 mod sockets;
 mod stats;
 mod worker;

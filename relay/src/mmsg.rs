@@ -14,7 +14,7 @@
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::SockAddr;
 use tokio::io::Interest;
@@ -68,10 +68,35 @@ impl RecvBatch {
         max: usize,
     ) -> io::Result<(usize, bool)> {
         let max = max.clamp(1, BATCH);
-        let offset = offset.min(self.slot_len);
-        let fd = socket.as_raw_fd();
         let mut count = 0;
         let result = socket.try_io(Interest::READABLE, || {
+            count = self.recvmmsg(socket.as_raw_fd(), offset, max)?;
+            if count < max {
+                // Drained: have tokio wait for the next readiness edge instead of a recv
+                // that would only say EAGAIN.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok((count, false)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((count, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receives up to `max` datagrams from a non-blocking socket tokio does not watch; 0 when
+    /// none is waiting.
+    pub fn recv_fd(&mut self, fd: RawFd, offset: usize, max: usize) -> io::Result<usize> {
+        match self.recvmmsg(fd, offset, max.clamp(1, BATCH)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+
+    fn recvmmsg(&mut self, fd: RawFd, offset: usize, max: usize) -> io::Result<usize> {
+        let offset = offset.min(self.slot_len);
+        {
             for i in 0..max {
                 let slot = &mut self.slots[i * self.slot_len..(i + 1) * self.slot_len];
                 self.iovs[i] = libc::iovec {
@@ -103,18 +128,7 @@ impl RecvBatch {
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            count = n as usize;
-            if count < max {
-                // Drained: have tokio wait for the next readiness edge instead of a recv
-                // that would only say EAGAIN.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok((count, false)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((count, true)),
-            Err(e) => Err(e),
+            Ok(n as usize)
         }
     }
 

@@ -10,8 +10,9 @@
 //! [`BUDGET`] datagrams before yielding, so one busy socket cannot starve the others.
 //!
 //! UDP data moves in batches ([`crate::mmsg`]): listeners and relay sockets are read with
-//! `recvmmsg`, and relayed datagrams for UDP clients are queued and sent with one `sendmmsg`
-//! by the flush task, which runs after the reads that readiness woke in the same round.
+//! `recvmmsg`. The relay sockets sit in one epoll set of the worker's ([`RelaySet`]), read by
+//! one task per round rather than one task per socket, and the datagrams a round relays to
+//! UDP clients leave with one `sendmmsg` per listener at the end of the round.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,20 +27,23 @@ use icegate_relay_proto::wire::{self, PAYLOAD_OFFSET};
 use icegate_relay_proto::{
     ClientOutcome, Command, FiveTuple, RelayId, Server, ServerConfig, Transport,
 };
+use nix::sys::epoll::EpollEvent;
 use stun_types::message::TransactionId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{self, Frame};
 use crate::mmsg::{RecvBatch, SendBatch, BATCH};
+use crate::relay_set::{self, RelaySet};
 use crate::sockets;
 use crate::stats::RuntimeCounters;
 
 /// Datagrams one read loop handles before yielding to the worker's other tasks.
 const BUDGET: usize = 64;
+/// Readable relay sockets taken from the epoll set at a time.
+const RELAY_EVENTS: usize = 256;
 /// Bytes queued for a slow TCP/TLS client before further packets to it are dropped, as UDP
 /// would drop them; keeps one stalled client from holding unbounded memory.
 const MAX_STREAM_BACKLOG: usize = 256 * 1024;
@@ -107,13 +111,6 @@ pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<()>> {
         })
 }
 
-/// A relay socket and the task reading it.
-struct RelaySocket {
-    generation: u32,
-    socket: Rc<UdpSocket>,
-    reader: JoinHandle<()>,
-}
-
 /// Bytes waiting to be written to a TCP/TLS client.
 struct StreamOut {
     pending: RefCell<Vec<u8>>,
@@ -158,18 +155,16 @@ impl StreamOut {
 struct Worker {
     server: RefCell<Server>,
     udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
-    /// Relay sockets by allocation slot, then address family.
-    relays: RefCell<Vec<[Option<RelaySocket>; 2]>>,
+    /// The relay sockets of this worker's allocations.
+    relays: RelaySet,
     streams: RefCell<FastMap<FiveTuple, Rc<StreamOut>>>,
     /// One receive batch for the whole worker: its tasks never run at once. Room for a
     /// ChannelData or Data indication header is left in front of each datagram, so that a
     /// relay socket's datagram is framed for its client in place.
     recv: RefCell<RecvBatch>,
-    /// Relayed datagrams for UDP clients, one batch per listener (as `udp`), sent by
-    /// [`flush_loop`].
+    /// Relayed datagrams for UDP clients, one batch per listener (as `udp`), sent at the end
+    /// of each round of [`relay_loop`].
     to_clients: Vec<RefCell<SendBatch>>,
-    /// Wakes [`flush_loop`] when the first datagram is queued.
-    flush: Notify,
     timer: Notify,
     /// How long a TCP/TLS client may stay silent; follows `lifetime-max` across reloads.
     stream_idle: Cell<std::time::Duration>,
@@ -205,17 +200,23 @@ async fn run(setup: WorkerSetup) {
             }
         }
     }
+    let relays = match RelaySet::new() {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::error!(%error, "worker {index}: cannot create the relay epoll set");
+            return;
+        }
+    };
     let worker = Rc::new(Worker {
         counters,
         server: RefCell::new(server),
-        relays: RefCell::new(Vec::new()),
+        relays,
         streams: RefCell::new(FastMap::default()),
         recv: RefCell::new(RecvBatch::new(PAYLOAD_OFFSET)),
         to_clients: (0..udp_sockets.len())
             .map(|_| RefCell::new(SendBatch::default()))
             .collect(),
         udp: udp_sockets,
-        flush: Notify::new(),
         timer: Notify::new(),
         stream_idle: Cell::new(stream_idle(&control.borrow().config)),
         stats,
@@ -224,7 +225,7 @@ async fn run(setup: WorkerSetup) {
     for i in 0..worker.udp.len() {
         tokio::task::spawn_local(udp_listener(Rc::clone(&worker), i));
     }
-    tokio::task::spawn_local(flush_loop(Rc::clone(&worker)));
+    tokio::task::spawn_local(relay_loop(Rc::clone(&worker)));
     for listener in tcp {
         spawn_acceptor(&worker, listener, None);
     }
@@ -313,42 +314,50 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
     }
 }
 
-async fn relay_reader(worker: Rc<Worker>, relay: RelayId, socket: Rc<UdpSocket>) {
+/// Reads the relay sockets that have datagrams, a round at a time: the epoll set says which,
+/// each is read with `recvmmsg`, and what goes to UDP clients leaves at the end of the round.
+async fn relay_loop(worker: Rc<Worker>) {
+    let mut events = vec![EpollEvent::empty(); RELAY_EVENTS];
     loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        let mut drained = false;
-        for _ in 0..BUDGET.div_ceil(BATCH) {
-            let mut batch = worker.recv.borrow_mut();
-            let n = match batch.recv(&socket, PAYLOAD_OFFSET, BATCH) {
-                Ok((n, empty)) => {
-                    drained = empty;
-                    n
-                }
-                Err(_) => continue,
-            };
-            for i in 0..n {
-                if let Some((peer, len, slot)) = batch.get_mut(i) {
-                    worker.on_peer_packet(relay, peer, slot, len);
-                }
+        let mut guard = match worker.relays.watcher().readable().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!(%error, "relay epoll set failed");
+                return;
             }
+        };
+        let mut handled = 0;
+        let mut idle = false;
+        while handled < BUDGET * 4 {
+            let n = match worker.relays.ready(&mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    tracing::error!(%error, "relay epoll set failed");
+                    return;
+                }
+            };
+            let mut drained = n < events.len();
+            for event in &events[..n] {
+                let (count, empty) = worker.read_relay(relay_set::relay_of(event));
+                handled += count;
+                drained &= empty;
+            }
+            worker.flush_to_clients();
             if drained {
+                // Every readable socket was read empty. A datagram arriving since woke the
+                // set again (the set signals tokio on each arrival), so waiting for the next
+                // readiness edge loses nothing and saves asking the set once more.
+                guard.clear_ready();
+                idle = true;
                 break;
             }
         }
-        if !drained {
+        drop(guard);
+        if !idle {
+            // Busy sockets (level-triggered, still readable) wait while the others run.
             tokio::task::yield_now().await;
         }
-    }
-}
-
-/// Sends the relayed datagrams queued for UDP clients, once the reads of this scheduling
-/// round have queued theirs.
-async fn flush_loop(worker: Rc<Worker>) {
-    loop {
-        worker.flush.notified().await;
-        worker.flush_to_clients();
     }
 }
 
@@ -565,10 +574,8 @@ impl Worker {
         }
         if !batch.push(to.client, bytes) {
             drop(batch);
-            return self.send_to_client(to, bytes);
+            self.send_to_client(to, bytes);
         }
-        // One wake per round: a permit is stored until the flush task runs.
-        self.flush.notify_one();
     }
 
     fn flush_to_clients(&self) {
@@ -582,19 +589,44 @@ impl Worker {
     }
 
     fn send_to_peer(&self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
-        let relays = self.relays.borrow();
-        let socket = relays
-            .get(relay.slot as usize)
-            .and_then(|r| r[relay.family as usize].as_ref())
-            .filter(|r| r.generation == relay.generation);
-        match socket {
-            Some(r) => {
-                if r.socket.try_send_to(payload, peer).is_err() {
-                    self.stats.send_failed();
+        // A full socket buffer drops the datagram, as UDP does.
+        if !matches!(self.relays.send_to(relay, payload, peer), Some(Ok(_))) {
+            self.stats.send_failed();
+        }
+    }
+
+    /// Reads one relay socket: up to [`BUDGET`] datagrams, relayed to its client. Returns how
+    /// many, and whether the socket was read empty (if not, the set reports it again).
+    fn read_relay(&self, relay: RelayId) -> (usize, bool) {
+        let mut handled = 0;
+        let mut empty = false;
+        while handled < BUDGET {
+            // Looked up each time: nothing here closes it, but it costs nothing to be sure.
+            let Some(fd) = self.relays.fd(relay) else {
+                empty = true;
+                break;
+            };
+            let mut batch = self.recv.borrow_mut();
+            let n = match batch.recv_fd(fd, PAYLOAD_OFFSET, BATCH) {
+                Ok(n) => n,
+                // An ICMP error for an earlier send: the next read gets the datagrams.
+                Err(_) => {
+                    handled += 1;
+                    continue;
+                }
+            };
+            for i in 0..n {
+                if let Some((peer, len, slot)) = batch.get_mut(i) {
+                    self.on_peer_packet(relay, peer, slot, len);
                 }
             }
-            None => self.stats.send_failed(),
+            handled += n;
+            if n < BATCH {
+                empty = true;
+                break;
+            }
         }
+        (handled, empty)
     }
 
     fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
@@ -637,48 +669,18 @@ impl Worker {
         self.timer.notify_one();
     }
 
-    fn open_relay(self: &Rc<Self>, relay: RelayId, addr: SocketAddr, dont_fragment: bool) -> bool {
-        let socket = match sockets::relay_socket(addr, dont_fragment).and_then(UdpSocket::from_std)
-        {
-            Ok(s) => Rc::new(s),
-            Err(error) => {
-                // Another process may hold the port; the core tries another one.
-                tracing::debug!(%error, %addr, "cannot bind relay socket");
-                return false;
-            }
-        };
-        let reader =
-            tokio::task::spawn_local(relay_reader(Rc::clone(self), relay, Rc::clone(&socket)));
-        let mut relays = self.relays.borrow_mut();
-        let slot = relay.slot as usize;
-        if relays.len() <= slot {
-            relays.resize_with(slot + 1, Default::default);
-        }
-        if let Some(old) = relays[slot][relay.family as usize].replace(RelaySocket {
-            generation: relay.generation,
-            socket,
-            reader,
-        }) {
-            old.reader.abort();
+    fn open_relay(&self, relay: RelayId, addr: SocketAddr, dont_fragment: bool) -> bool {
+        let opened = sockets::relay_socket(addr, dont_fragment)
+            .and_then(|socket| self.relays.insert(relay, socket));
+        if let Err(error) = opened {
+            // Another process may hold the port; the core tries another one.
+            tracing::debug!(%error, %addr, "cannot bind relay socket");
+            return false;
         }
         true
     }
 
     fn close_relay(&self, relay: RelayId) {
-        let mut relays = self.relays.borrow_mut();
-        let Some(entry) = relays.get_mut(relay.slot as usize) else {
-            return;
-        };
-        let family = relay.family as usize;
-        if entry[family]
-            .as_ref()
-            .is_some_and(|r| r.generation == relay.generation)
-        {
-            if let Some(r) = entry[family].take() {
-                // The reader holds the other reference to the socket; once aborted, the
-                // socket closes and its port is free for the next allocation.
-                r.reader.abort();
-            }
-        }
+        self.relays.remove(relay);
     }
 }
