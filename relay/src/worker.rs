@@ -293,6 +293,8 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
                 // Errors queued by ICMP for an earlier send say nothing about this socket.
                 Err(_) => continue,
             };
+            // One clock reading per batch: its datagrams arrived together.
+            let now = Instant::now();
             for i in 0..n {
                 let Some((client, len, slot)) = batch.get_mut(i) else {
                     continue;
@@ -302,7 +304,7 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
                     client,
                     server: local,
                 };
-                worker.on_client_packet(from, &slot[..len]);
+                worker.on_client_packet(from, &slot[..len], now);
             }
             if drained {
                 break;
@@ -338,8 +340,10 @@ async fn relay_loop(worker: Rc<Worker>) {
                 }
             };
             let mut drained = n < events.len();
+            // One clock reading per round: the datagrams of a round arrived together.
+            let now = Instant::now();
             for event in &events[..n] {
-                let (count, empty) = worker.read_relay(relay_set::relay_of(event));
+                let (count, empty) = worker.read_relay(relay_set::relay_of(event), now);
                 handled += count;
                 drained &= empty;
             }
@@ -450,7 +454,7 @@ where
                     break 'read;
                 }
                 frame @ Frame::Complete { len, .. } => {
-                    worker.on_client_packet(from, &buf[start..start + len]);
+                    worker.on_client_packet(from, &buf[start..start + len], Instant::now());
                     start += frame.stream_len().unwrap_or(len);
                 }
             }
@@ -515,8 +519,8 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 impl Worker {
-    fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8]) {
-        let now = Instant::now();
+    /// A datagram or frame from a client; `now` may be shared by a batch read at once.
+    fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8], now: Instant) {
         let outcome = self
             .server
             .borrow_mut()
@@ -532,8 +536,15 @@ impl Worker {
         }
     }
 
-    fn on_peer_packet(&self, relay: RelayId, peer: SocketAddr, buf: &mut [u8], len: usize) {
-        let now = Instant::now();
+    /// A datagram from a peer, at `PAYLOAD_OFFSET` in `buf`; `now` may be shared by a batch.
+    fn on_peer_packet(
+        &self,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) {
         let Some(route) = self
             .server
             .borrow_mut()
@@ -597,7 +608,7 @@ impl Worker {
 
     /// Reads one relay socket: up to [`BUDGET`] datagrams, relayed to its client. Returns how
     /// many, and whether the socket was read empty (if not, the set reports it again).
-    fn read_relay(&self, relay: RelayId) -> (usize, bool) {
+    fn read_relay(&self, relay: RelayId, now: Instant) -> (usize, bool) {
         let mut handled = 0;
         let mut empty = false;
         while handled < BUDGET {
@@ -617,7 +628,7 @@ impl Worker {
             };
             for i in 0..n {
                 if let Some((peer, len, slot)) = batch.get_mut(i) {
-                    self.on_peer_packet(relay, peer, slot, len);
+                    self.on_peer_packet(relay, peer, slot, len, now);
                 }
             }
             handled += n;
