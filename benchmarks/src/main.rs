@@ -84,6 +84,13 @@ struct RunArgs {
     /// Offered packets/s (client → peer, echoed back) of the first blast step.
     #[arg(long, default_value_t = 20_000.0)]
     blast_start_pps: f64,
+    /// Offered packets/s (each echoed) at which every contender's blast latency is measured;
+    /// the default is about half of icegate-relay's sustained rate on a 2-core VM.
+    #[arg(long, default_value_t = 60_000.0)]
+    latency_pps: f64,
+    /// Steps narrowing the blast's sustained rate down after the first lossy step.
+    #[arg(long, default_value_t = 4)]
+    blast_refine: usize,
     /// Seconds of allocation cycles.
     #[arg(long, default_value_t = 4.0)]
     alloc_secs: f64,
@@ -172,6 +179,8 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
         blast_start_pps: a.blast_start_pps,
         blast_factor: 1.3,
         blast_max_steps: 14,
+        blast_refine: a.blast_refine,
+        latency_pps: a.latency_pps,
         alloc_secs: a.alloc_secs,
         alloc_concurrency: a.alloc_concurrency,
         idle: a.idle,
@@ -216,8 +225,8 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
                 params.calls, params.call_pps, icegate_bench::generator::PAYLOAD, params.call_secs
             ),
             format!(
-                "blast: {} allocations, steps of {} s from {} packets/s offered (each echoed, so relayed = 2×), ×{} per step",
-                params.blast_allocs, params.blast_step_secs, params.blast_start_pps, params.blast_factor
+                "blast: {} allocations, steps of {} s from {} packets/s offered (each echoed, so relayed = 2×), ×{} per step, then {} steps narrowing the sustained rate down; latency at {} packets/s offered for every contender",
+                params.blast_allocs, params.blast_step_secs, params.blast_start_pps, params.blast_factor, params.blast_refine, params.latency_pps
             ),
             format!(
                 "allocations: {} clients cycling Allocate (401 challenge, then authenticated) + Refresh(0) for {} s, a new socket per cycle",

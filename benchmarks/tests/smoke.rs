@@ -46,6 +46,8 @@ fn every_scenario_against_every_contender() {
             blast_start_pps: 2_000.0,
             blast_factor: 1.5,
             blast_max_steps: 3,
+            blast_refine: 1,
+            latency_pps: 1_000.0,
             alloc_secs: 0.5,
             alloc_concurrency: 4,
             idle: 200,

@@ -1,6 +1,7 @@
 //! blast: a few allocations, the offered rate stepped up until more than 0.1 % of round
-//! trips are lost (or the generator cannot offer more); then one step at half the highest
-//! clean rate for latency under load.
+//! trips are lost (or the generator cannot offer more), then narrowed down between the last
+//! clean step and the first lossy one; then one step at the latency rate, the same for every
+//! contender, for latency under load.
 
 use super::{pct, per, Metric, Metrics, Params};
 use crate::contender::Contender;
@@ -33,27 +34,42 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let mut best: Option<(f64, f64, f64, f64)> = None;
     let mut last_loss = f64::NAN;
     let mut generator_limited = 0.0;
-    for step in 0..p.blast_max_steps {
+    // The first offered rate that lost too much, once one did.
+    let mut lossy: Option<f64> = None;
+    let mut step: u8 = 0;
+    let mut refined = 0;
+    for _ in 0..p.blast_max_steps + p.blast_refine {
+        step = step.wrapping_add(1).max(1);
         let w = Window::start(c.pid)?;
-        let r = gen.stream(rate, step_len, drain, step as u8 + 1, p.tick)?;
+        let r = gen.stream(rate, step_len, drain, step, p.tick)?;
         let wr = w.finish()?;
         last_loss = r.loss();
         let offered = per(r.sent as f64, r.send_secs);
         if last_loss > MAX_LOSS {
-            break;
+            lossy = Some(rate);
+        } else {
+            best = Some((
+                rate,
+                per(r.relayed() as f64, r.send_secs),
+                per(wr.server_cpu * 1e6, r.relayed() as f64),
+                wr.own_cpu,
+            ));
+            // Sends came late: the generator, not the server, is the limit from here on.
+            if offered < 0.95 * rate || r.send_secs > 1.1 * p.blast_step_secs {
+                generator_limited = 1.0;
+                break;
+            }
         }
-        best = Some((
-            rate,
-            per(r.relayed() as f64, r.send_secs),
-            per(wr.server_cpu * 1e6, r.relayed() as f64),
-            wr.own_cpu,
-        ));
-        // Sends came late: the generator, not the server, is the limit from here on.
-        if offered < 0.95 * rate || r.send_secs > 1.1 * p.blast_step_secs {
-            generator_limited = 1.0;
-            break;
-        }
-        rate *= p.blast_factor;
+        rate = match (lossy, best) {
+            // Still climbing.
+            (None, _) => rate * p.blast_factor,
+            // Narrowing: halfway (geometrically) between the best clean and the first lossy.
+            (Some(bad), Some((good, ..))) if refined < p.blast_refine && bad / good > 1.02 => {
+                refined += 1;
+                (good * bad).sqrt()
+            }
+            _ => break,
+        };
     }
     let Some((best_rate, sustained, cpu_per_packet, own_cpu)) = best else {
         return Ok(vec![
@@ -61,9 +77,15 @@ pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
             (Metric::LossPct, pct(last_loss)),
         ]);
     };
+    let _ = best_rate;
     gen.rtt.reset();
-    let step = p.blast_max_steps as u8 + 1;
-    gen.stream(best_rate / 2.0, step_len, drain, step, p.tick)?;
+    gen.stream(
+        p.latency_pps,
+        step_len,
+        drain,
+        step.wrapping_add(1).max(1),
+        p.tick,
+    )?;
     if let Some(e) = &gen.first_error {
         eprintln!("{} blast: first failure: {e}", c.kind.name());
     }

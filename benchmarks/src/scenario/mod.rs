@@ -117,8 +117,8 @@ impl Metric {
             Metric::CpuPerPacket => "server CPU µs/packet",
             Metric::SustainedPps => "sustained relayed packets/s (loss ≤ 0.1 %)",
             Metric::GeneratorLimited => "stopped by the generator (1 = yes)",
-            Metric::HalfRateP50 => "p50 at half that rate µs",
-            Metric::HalfRateP99 => "p99 at half that rate µs",
+            Metric::HalfRateP50 => "p50 at the latency rate µs",
+            Metric::HalfRateP99 => "p99 at the latency rate µs",
             Metric::AllocsPerSec => "allocations/s",
             Metric::CpuPerAlloc => "server CPU µs/allocation",
             Metric::RssDeltaMib => "server RSS growth MiB",
@@ -154,6 +154,11 @@ pub struct Params {
     pub blast_factor: f64,
     /// Most steps.
     pub blast_max_steps: usize,
+    /// Steps that narrow the sustained rate down between the last clean and the first lossy
+    /// step (each halves the gap, geometrically).
+    pub blast_refine: usize,
+    /// Offered packets/s (each echoed) of the latency step, the same for every contender.
+    pub latency_pps: f64,
     /// Seconds of Allocate/Refresh cycles.
     pub alloc_secs: f64,
     /// Clients cycling at once.
