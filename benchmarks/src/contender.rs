@@ -138,39 +138,47 @@ impl Contender {
         let s = |v: &str| v.to_string();
         let listen = spec.listen_ip.to_string();
         let workers = spec.workers.to_string();
+        // The settings both TURN servers share, under the names both take (icegate-relay
+        // reads coturn's); then each one's thread flag and its own extras.
+        let turn_args = |threads: &str| {
+            let mut a = vec![
+                s("--listening-ip"),
+                listen.clone(),
+                s("--listening-port"),
+                port.to_string(),
+            ];
+            for ip in &spec.relay_ips {
+                a.extend([s("--relay-ip"), ip.to_string()]);
+            }
+            a.extend([
+                s("--min-port"),
+                spec.min_port.to_string(),
+                s("--max-port"),
+                spec.max_port.to_string(),
+                s("--use-auth-secret"),
+                s("--static-auth-secret"),
+                spec.secret.clone(),
+                s("--realm"),
+                spec.realm.clone(),
+                s("--allow-loopback-peers"),
+                s(threads),
+                workers.clone(),
+                s("--user-quota"),
+                s("0"),
+                s("--total-quota"),
+                s("0"),
+                s("--no-tcp"),
+            ]);
+            a
+        };
         Ok(match kind {
             Kind::Icegate => {
-                let mut a = vec![
-                    s("--listening-ip"),
-                    listen,
-                    s("--listening-port"),
-                    port.to_string(),
-                ];
-                for ip in &spec.relay_ips {
-                    a.extend([s("--relay-ip"), ip.to_string()]);
-                }
+                let mut a = turn_args("--workers");
                 a.extend([
-                    s("--min-port"),
-                    spec.min_port.to_string(),
-                    s("--max-port"),
-                    spec.max_port.to_string(),
-                    s("--use-auth-secret"),
-                    s("--static-auth-secret"),
-                    spec.secret.clone(),
-                    s("--realm"),
-                    spec.realm.clone(),
-                    s("--allow-loopback-peers"),
-                    s("--workers"),
-                    workers,
-                    s("--user-quota"),
-                    s("0"),
-                    s("--total-quota"),
-                    s("0"),
                     // Every client's first Allocate fails authentication by design; the
                     // default limit of 20/s per source IP would throttle the load itself.
                     s("--rate-limit"),
                     s("0"),
-                    s("--no-tcp"),
                     s("--drain-timeout"),
                     s("0"),
                 ]);
@@ -183,37 +191,12 @@ impl Contender {
                         spec.coturn_bin.display()
                     )));
                 }
-                let mut a = vec![
-                    s("-n"),
-                    s("--listening-ip"),
-                    listen,
-                    s("--listening-port"),
-                    port.to_string(),
-                ];
-                for ip in &spec.relay_ips {
-                    a.extend([s("--relay-ip"), ip.to_string()]);
-                }
+                let mut a = vec![s("-n")];
+                a.extend(turn_args("--relay-threads"));
                 a.extend([
-                    s("--min-port"),
-                    spec.min_port.to_string(),
-                    s("--max-port"),
-                    spec.max_port.to_string(),
-                    s("--use-auth-secret"),
-                    s("--static-auth-secret"),
-                    spec.secret.clone(),
-                    s("--realm"),
-                    spec.realm.clone(),
-                    s("--allow-loopback-peers"),
-                    s("--relay-threads"),
-                    workers,
-                    s("--user-quota"),
-                    s("0"),
-                    s("--total-quota"),
-                    s("0"),
                     s("--no-cli"),
                     s("--no-tls"),
                     s("--no-dtls"),
-                    s("--no-tcp"),
                     s("--no-tcp-relay"),
                     s("--no-multicast-peers"),
                     s("--no-stdout-log"),

@@ -70,19 +70,7 @@ fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
         static_auth_secret: Some(SECRET.into()),
         relays: vec![turn_url],
         tls: false,
-        args: [
-            "--asterisk-sip-ws",
-            &pbx.sip_ws_url(),
-            "--asterisk-sip-password",
-            "sip-secret",
-            "--asterisk-ari-url",
-            &pbx.ari_url(),
-            "--asterisk-ari-password",
-            "ari-secret",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        args: pbx.gateway_args(),
         ..SignalConfig::default()
     });
     let gauge = |name: &str| signal.metrics().sum(name, &[]);

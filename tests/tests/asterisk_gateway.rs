@@ -34,21 +34,8 @@ fn start_with(extra: &[&str]) -> Rig {
 
 fn start_pbx(config: Config, extra: &[&str]) -> Rig {
     let pbx = AsteriskStandIn::start(config);
-    let mut args: Vec<String> = [
-        "--asterisk-sip-ws",
-        &pbx.sip_ws_url(),
-        "--asterisk-sip-password",
-        "sip-secret",
-        "--asterisk-ari-url",
-        &pbx.ari_url(),
-        "--asterisk-ari-password",
-        "ari-secret",
-        "--candidate-gather-timeout",
-        "300",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = pbx.gateway_args();
+    args.extend(["--candidate-gather-timeout".into(), "300".into()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let signal = Signal::start(SignalConfig {
         args,
@@ -623,22 +610,10 @@ fn wss_to_asterisk_with_the_wrong_ca_stays_unavailable() {
         tls: Some((cert, key)),
         ..Config::default()
     });
+    let mut args = pbx.gateway_args();
+    args.extend(["--asterisk-ca".into(), wrong.to_str().unwrap().into()]);
     let signal = Signal::start(SignalConfig {
-        args: [
-            "--asterisk-sip-ws",
-            &pbx.sip_ws_url(),
-            "--asterisk-sip-password",
-            "sip-secret",
-            "--asterisk-ari-url",
-            &pbx.ari_url(),
-            "--asterisk-ari-password",
-            "ari-secret",
-            "--asterisk-ca",
-            wrong.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        args,
         ..SignalConfig::default()
     });
     let complained = eventually(WAIT, || {

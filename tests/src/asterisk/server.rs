@@ -235,6 +235,25 @@ impl AsteriskStandIn {
             plain.to_string()
         }
     }
+    /// icegate-signal's flags for a gateway to this stand-in: its SIP WebSocket and ARI URLs
+    /// and the passwords of its configuration.
+    pub fn gateway_args(&self) -> Vec<String> {
+        let (sip_password, ari_password) = {
+            let c = self.lock();
+            (c.cfg.sip_password.clone(), c.cfg.ari_password.clone())
+        };
+        vec![
+            "--asterisk-sip-ws".into(),
+            self.sip_ws_url(),
+            "--asterisk-sip-password".into(),
+            sip_password,
+            "--asterisk-ari-url".into(),
+            self.ari_url(),
+            "--asterisk-ari-password".into(),
+            ari_password,
+        ]
+    }
+
     /// The events URL with `api_key`, as the recordings connect.
     pub fn ari_events_url(&self, app: &str) -> String {
         let c = self.lock();
