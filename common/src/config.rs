@@ -183,6 +183,26 @@ impl FloorCharBoundary for str {
     }
 }
 
+/// What `--check-config` does for either binary, once the settings loaded: the configured
+/// certificate and key must load too, then the summary goes to stdout. Returns the exit
+/// status; errors go to stderr, prefixed with `program`.
+pub fn check_config(
+    program: &str,
+    tls: Option<(&Path, &Path)>,
+    summary: &str,
+) -> std::process::ExitCode {
+    use std::io::Write;
+    if let Some((cert, key)) = tls {
+        if let Err(error) = crate::tls::load_certified_key(cert, key) {
+            eprintln!("{program}: configuration error: TLS: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    // `--check-config | head` closes the pipe early; that is not an error worth a panic.
+    let _ = writeln!(std::io::stdout(), "{summary}");
+    std::process::ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,6 @@ mod sockets;
 mod stats;
 mod worker;
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -33,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use icegate_common::config::check_config;
 use icegate_common::logging;
 use icegate_common::metrics_http::{self, Health};
 use icegate_common::signals::{control_signals, ControlSignal};
@@ -76,15 +76,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        if let Some((cert, key)) = &settings.tls {
-            if let Err(error) = tls::load_certified_key(cert, key) {
-                eprintln!("icegate-relay: configuration error: TLS: {error}");
-                return ExitCode::from(2);
-            }
-        }
-        // `--check-config | head` closes the pipe early; that is not an error worth a panic.
-        let _ = writeln!(std::io::stdout(), "{}", settings.summary());
-        return ExitCode::SUCCESS;
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        return check_config("icegate-relay", tls, &settings.summary());
     }
     if let Err(error) = logging::init(settings.log_format, "info") {
         eprintln!("icegate-relay: {error}");

@@ -23,13 +23,13 @@ mod shell {
     pub mod ws;
 }
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use icegate_common::config::check_config;
 use icegate_common::logging;
 use icegate_common::metrics_http::{self, Health};
 use icegate_common::signals::{control_signals, ControlSignal};
@@ -73,15 +73,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        if let TlsMode::Files { cert, key } = &settings.tls {
-            if let Err(error) = tls::load_certified_key(cert, key) {
-                eprintln!("icegate-signal: configuration error: TLS: {error}");
-                return ExitCode::from(2);
-            }
-        }
-        // `--check-config | head` closes the pipe early; that is not an error worth a panic.
-        let _ = writeln!(std::io::stdout(), "{}", settings.summary());
-        return ExitCode::SUCCESS;
+        let tls = match &settings.tls {
+            TlsMode::Files { cert, key } => Some((cert.as_path(), key.as_path())),
+            _ => None,
+        };
+        return check_config("icegate-signal", tls, &settings.summary());
     }
     if let Err(error) = logging::init(settings.log_format, "info") {
         eprintln!("icegate-signal: {error}");
