@@ -85,6 +85,34 @@ pub struct ScriptRun {
     pub stderr: String,
 }
 
+impl ScriptRun {
+    /// For `pbx.mjs` calling an echo extension: the script passed, the call's selected pair
+    /// was relay to relay through the relay at 127.0.0.1, and the echo came back (at least
+    /// half a second of 50-packet/s audio). Dumps `signal`'s log first when the script failed.
+    pub fn assert_echo_call_relayed(&self, signal: &crate::signal::Signal) {
+        let (status, result) = (self.status, &self.result);
+        if result["ok"] != true {
+            signal.dump_log(60);
+        }
+        assert_eq!(
+            result["ok"], true,
+            "the browser's call to 600 failed at {}: {}",
+            result["step"], result["error"]
+        );
+        assert!(
+            status.success(),
+            "pbx.mjs reported ok but exited with {status}"
+        );
+        assert_eq!(result["local"]["type"], "relay", "{result}");
+        assert_eq!(result["local"]["address"], "127.0.0.1", "{result}");
+        assert_eq!(result["remote"]["type"], "relay", "{result}");
+        assert!(
+            result["audioPacketsReceived"].as_u64().unwrap_or(0) >= 25,
+            "{result}"
+        );
+    }
+}
+
 /// Runs `node SCRIPT URL --relay-ip 127.0.0.1 --relay-ports MIN-MAX --timeout S EXTRA...` in
 /// `tests/browser/`, calling `poll` every 50 ms while it runs, and kills it after
 /// `hard_timeout`. Panics when it does not finish or prints no JSON result; the caller asserts

@@ -99,26 +99,7 @@ fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
             most_echoed = most_echoed.max(echoed(&pbx));
         },
     );
-    let (status, result) = (run.status, run.result);
-    if result["ok"] != true {
-        signal.dump_log(60);
-    }
-    assert_eq!(
-        result["ok"], true,
-        "the browser's call to 600 failed at {}: {}",
-        result["step"], result["error"]
-    );
-    assert!(
-        status.success(),
-        "pbx.mjs reported ok but exited with {status}"
-    );
-    assert_eq!(result["local"]["type"], "relay", "{result}");
-    assert_eq!(result["local"]["address"], "127.0.0.1", "{result}");
-    assert_eq!(result["remote"]["type"], "relay", "{result}");
-    assert!(
-        result["audioPacketsReceived"].as_u64().unwrap_or(0) >= 25,
-        "{result}"
-    );
+    run.assert_echo_call_relayed(&signal);
 
     // The stand-in: a real endpoint echoed the audio, and the call ended with the BYE the
     // gateway sent for the browser's hangup; nothing is left.

@@ -284,26 +284,7 @@ fn real_asterisk_echo_call_from_chromium() {
         &["--extension", "600"],
         || {},
     );
-    let (status, result) = (run.status, run.result);
-    if result["ok"] != true {
-        signal.dump_log(60);
-    }
-    assert_eq!(
-        result["ok"], true,
-        "the browser's call to 600 failed at {}: {}",
-        result["step"], result["error"]
-    );
-    assert!(
-        status.success(),
-        "pbx.mjs reported ok but exited with {status}"
-    );
-    assert_eq!(result["local"]["type"], "relay", "{result}");
-    assert_eq!(result["local"]["address"], "127.0.0.1", "{result}");
-    assert_eq!(result["remote"]["type"], "relay", "{result}");
-    assert!(
-        result["audioPacketsReceived"].as_u64().unwrap_or(0) >= 25,
-        "{result}"
-    );
+    run.assert_echo_call_relayed(&signal);
 
     // --- Asterisk-specific: the browser's hangup ended the call there too; no channel left.
     let mut channels = Value::Null;
