@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use icegate_tests::asterisk::sip::SipMessage;
 use icegate_tests::asterisk::{AsteriskStandIn, Config, Faults};
 use icegate_tests::server::write_self_signed_cert;
 use icegate_tests::signal::{eventually, Received, Signal, SignalConfig, WsClient};
@@ -97,6 +98,24 @@ fn call(browser: &mut WsClient, extension: &str) -> String {
     call
 }
 
+/// Calls `extension`, expects the answer, and returns the call id, the INVITE Asterisk got
+/// (the last one: digest auth sends two) and the channel Asterisk made for it.
+fn answered_call(
+    rig: &Rig,
+    browser: &mut WsClient,
+    extension: &str,
+) -> (String, SipMessage, String) {
+    let call = call(browser, extension);
+    let answer = after_ringing(browser);
+    assert_eq!(answer["type"], "answer", "{answer}");
+    let invite = rig.pbx.sip_requests("INVITE").pop().expect("an INVITE");
+    let channel = rig
+        .pbx
+        .channel_for_call_id(invite.call_id())
+        .expect("a channel");
+    (call, invite, channel)
+}
+
 /// The next message that is not a `ringing`.
 fn after_ringing(browser: &mut WsClient) -> Value {
     loop {
@@ -152,14 +171,7 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
     assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
 
     // 700: into Stasis, where the gateway's ARI controller rings and answers it.
-    let call700 = call(&mut alice, "700");
-    let answer = after_ringing(&mut alice);
-    assert_eq!(answer["type"], "answer", "{answer}");
-    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
-    let channel = rig
-        .pbx
-        .channel_for_call_id(invite.call_id())
-        .expect("a channel");
+    let (call700, _, channel) = answered_call(&rig, &mut alice, "700");
     alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"12#"}));
     assert_eq!(alice.expect("ack")["id"], "d");
     assert!(
@@ -185,10 +197,7 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
 fn play_and_transfer_go_to_ari() {
     let rig = start();
     let mut alice = rig.browser("alice");
-    let call700 = call(&mut alice, "700");
-    assert_eq!(after_ringing(&mut alice)["type"], "answer");
-    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
-    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+    let (call700, _, channel) = answered_call(&rig, &mut alice, "700");
     alice
         .send(json!({"v":1,"type":"play","id":"p","call":call700,"media":"tone:ring;tonezone=us"}));
     assert_eq!(alice.expect("ack")["id"], "p");
@@ -243,10 +252,7 @@ fn busy_unknown_and_cancel_while_ringing() {
 fn asterisk_hangs_up() {
     let rig = start();
     let mut alice = rig.browser("alice");
-    call(&mut alice, "700");
-    assert_eq!(after_ringing(&mut alice)["type"], "answer");
-    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
-    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+    let (_, _, channel) = answered_call(&rig, &mut alice, "700");
     assert!(rig.pbx.hangup(&channel, 16));
     expect_hangup(&mut alice, "normal");
     rig.assert_no_leaks();
@@ -365,10 +371,7 @@ fn asterisk_never_answers() {
 fn losing_ari_keeps_answered_calls_and_losing_sip_ends_them() {
     let rig = start();
     let mut alice = rig.browser("alice");
-    let call700 = call(&mut alice, "700");
-    assert_eq!(after_ringing(&mut alice)["type"], "answer");
-    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
-    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+    let (call700, _, channel) = answered_call(&rig, &mut alice, "700");
     rig.pbx.drop_ari_events(true);
     assert!(eventually(WAIT, || rig
         .signal
@@ -440,10 +443,7 @@ fn invite_statuses(rig: &Rig, call_id: &str) -> Vec<u16> {
 fn renegotiation_maps_to_reinvites_both_ways() {
     let rig = start();
     let mut alice = rig.browser("alice");
-    let call = call(&mut alice, "600");
-    assert_eq!(after_ringing(&mut alice)["type"], "answer");
-    let invite = rig.pbx.sip_requests("INVITE").pop().unwrap();
-    let channel = rig.pbx.channel_for_call_id(invite.call_id()).unwrap();
+    let (call, invite, channel) = answered_call(&rig, &mut alice, "600");
 
     // Hold (same ICE credentials): a re-INVITE at once, with the candidates Asterisk has.
     let hold = OFFER

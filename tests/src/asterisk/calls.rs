@@ -150,6 +150,21 @@ impl Core {
     }
 
     /// Our own Contact, as in Asterisk's 200 OK: `<sip:127.0.0.1:8088;transport=ws>`.
+    /// 481 for an in-dialog request that names no call Asterisk knows.
+    fn no_such_call(&mut self, conn: u64, peer: SocketAddr, req: &SipMessage) {
+        self.respond(
+            conn,
+            peer,
+            req,
+            481,
+            "Call/Transaction Does Not Exist",
+            None,
+            vec![],
+            vec![],
+            None,
+        );
+    }
+
     fn own_contact(&self) -> String {
         format!("<sip:{};transport=ws>", self.listen)
     }
@@ -456,17 +471,7 @@ impl Core {
     /// A re-INVITE (ICE restart, hold): answered with a new SDP answer.
     fn on_reinvite(&mut self, conn: u64, peer: SocketAddr, req: &SipMessage) {
         if self.call_index_by_call_id(req.call_id()).is_none() {
-            return self.respond(
-                conn,
-                peer,
-                req,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                vec![],
-                vec![],
-                None,
-            );
+            return self.no_such_call(conn, peer, req);
         }
         self.respond(conn, peer, req, 100, "Trying", None, vec![], vec![], None);
         #[cfg(feature = "media-echo")]
@@ -576,17 +581,7 @@ impl Core {
 
     fn on_bye(&mut self, conn: u64, peer: SocketAddr, req: &SipMessage) {
         let Some(idx) = self.call_index_by_call_id(req.call_id()) else {
-            return self.respond(
-                conn,
-                peer,
-                req,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                vec![],
-                vec![],
-                None,
-            );
+            return self.no_such_call(conn, peer, req);
         };
         self.respond(conn, peer, req, 200, "OK", None, vec![], vec![], None);
         let cause = reason_cause(req).unwrap_or(0);
@@ -601,17 +596,7 @@ impl Core {
                 && c.invite.branch() == req.branch()
         });
         let Some(idx) = found else {
-            return self.respond(
-                conn,
-                peer,
-                req,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                vec![],
-                vec![],
-                None,
-            );
+            return self.no_such_call(conn, peer, req);
         };
         let (invite, tag) = (
             self.calls[idx].invite.clone(),
@@ -635,17 +620,7 @@ impl Core {
     /// SIP INFO with `application/dtmf-relay` (`Signal=5`): a DTMF digit.
     fn on_info(&mut self, conn: u64, peer: SocketAddr, req: &SipMessage) {
         let Some(idx) = self.call_index_by_call_id(req.call_id()) else {
-            return self.respond(
-                conn,
-                peer,
-                req,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                vec![],
-                vec![],
-                None,
-            );
+            return self.no_such_call(conn, peer, req);
         };
         self.respond(conn, peer, req, 200, "OK", None, vec![], vec![], None);
         let digit = req.body.lines().find_map(|l| {
