@@ -574,7 +574,7 @@ impl Worker {
         if to.transport != Transport::Udp {
             return self.send_to_client(to, bytes);
         }
-        let Some(listener) = self.udp.iter().position(|(addr, _)| *addr == to.server) else {
+        let Some(listener) = self.listener(to.server) else {
             self.stats.send_failed();
             return;
         };
@@ -640,13 +640,16 @@ impl Worker {
         (handled, empty)
     }
 
+    /// The index of the UDP listener bound to `server` (a client's 5-tuple names it).
+    fn listener(&self, server: SocketAddr) -> Option<usize> {
+        self.udp.iter().position(|(addr, _)| *addr == server)
+    }
+
     fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
         if to.transport == Transport::Udp {
             let sent = self
-                .udp
-                .iter()
-                .find(|(addr, _)| *addr == to.server)
-                .map(|(_, socket)| socket.try_send_to(bytes, to.client).is_ok());
+                .listener(to.server)
+                .map(|i| self.udp[i].1.try_send_to(bytes, to.client).is_ok());
             if sent != Some(true) {
                 self.stats.send_failed();
             }

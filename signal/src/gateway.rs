@@ -529,20 +529,13 @@ impl Gateway {
         call.candidates.clear();
         call.deadline = None;
         let (key, hub) = (call.sip, call.hub);
-        match phase {
-            Phase::Reoffered | Phase::Reanswering => {
-                // Asterisk's re-INVITE waits for a final response; the hub's offer is over.
-                let _ = self.ua.reject_incoming(key, 488, now);
-                if let Some(call) = hub {
-                    self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call }));
-                }
-            }
-            Phase::Reoffering | Phase::Reinviting => {
-                if let Some(call) = hub {
-                    self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call }));
-                }
-            }
-            _ => {}
+        if matches!(phase, Phase::Reoffered | Phase::Reanswering) {
+            // Asterisk's re-INVITE waits for a final response.
+            let _ = self.ua.reject_incoming(key, 488, now);
+        }
+        // Whichever end offered, the hub's offer in progress is over.
+        if let Some(call) = hub.filter(|_| phase.is_answered() && phase != Phase::Answered) {
+            self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call }));
         }
     }
 
