@@ -1,6 +1,8 @@
 //! Batched UDP I/O for the data path: `recvmmsg` takes up to [`BATCH`] datagrams from a
 //! socket in one system call, and `sendmmsg` sends a listener's queued datagrams, each to its
-//! own client, in one system call.
+//! own client, in one system call (a relay's for its peers likewise). Consecutive datagrams of one size to one client (a burst
+//! of one stream) leave as a single UDP GSO message (`UDP_SEGMENT`), which the kernel splits
+//! again for a fraction of the per-datagram cost.
 //!
 //! A receive that fills fewer slots than asked drained the socket, so it tells tokio the
 //! socket is no longer readable (`try_io` with `WouldBlock`): the read loop stops without the
@@ -173,13 +175,19 @@ fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Optio
     }
 }
 
-/// Relayed datagrams for the clients of one listener, queued until [`SendBatch::flush`] sends
-/// them with one `sendmmsg`.
+/// Relayed datagrams leaving one socket (a listener's for its clients, or a relay's for its
+/// peers), queued until a flush sends them with one `sendmmsg`.
 pub struct SendBatch {
     slots: Box<[u8]>,
     lens: [usize; BATCH],
     to: Vec<SockAddr>,
+    /// Whether runs are merged into GSO messages: off after the kernel refused one.
+    gso: bool,
 }
+
+/// The kernel's limits on one GSO message: segments, and bytes of payload in all.
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +204,7 @@ impl Default for SendBatch {
             slots: vec![0u8; SEND_SLOT * BATCH].into_boxed_slice(),
             lens: [0; BATCH],
             to: Vec::with_capacity(BATCH),
+            gso: true,
         }
     }
 }
@@ -224,14 +233,34 @@ impl SendBatch {
         true
     }
 
-    /// Sends everything queued from `socket` and empties the batch. After a partial send the
-    /// rest is sent again; a datagram the kernel refuses is skipped.
+    /// Sends everything queued from `socket` (a listener tokio watches) and empties the
+    /// batch. After a partial send the rest is sent again; a message the kernel refuses is
+    /// skipped.
     pub fn flush(&mut self, socket: &UdpSocket) -> Flushed {
+        let fd = socket.as_raw_fd();
+        self.flush_with(|batch, start| {
+            socket.try_io(Interest::WRITABLE, || batch.send_from(fd, start))
+        })
+    }
+
+    /// [`SendBatch::flush`] from a socket tokio does not watch (a relay socket).
+    pub fn flush_fd(&mut self, fd: RawFd) -> Flushed {
+        self.flush_with(|batch, start| batch.send_from(fd, start))
+    }
+
+    /// Drops everything queued, counting it as failed.
+    pub fn discard(&mut self) -> Flushed {
+        let failed = self.to.len();
+        self.to.clear();
+        Flushed { sent: 0, failed }
+    }
+
+    fn flush_with(&mut self, send: impl Fn(&Self, usize) -> io::Result<usize>) -> Flushed {
         let mut done = Flushed::default();
         let total = self.to.len();
         let mut start = 0;
         while start < total {
-            match socket.try_io(Interest::WRITABLE, || self.send_range(socket, start, total)) {
+            match send(self, start) {
                 Ok(0) => {
                     done.failed += total - start;
                     break;
@@ -245,11 +274,17 @@ impl SendBatch {
                     done.failed += total - start;
                     break;
                 }
-                // The first datagram was refused (an ICMP error, an unroutable address): drop
-                // it and send the others.
+                // A kernel or device without UDP GSO refused a merged run: send datagram by
+                // datagram from now on.
+                Err(e) if gso_unsupported(&e) && self.run_end(start) - start > 1 => {
+                    self.gso = false;
+                }
+                // The first message was refused (an ICMP error, an unroutable address): drop
+                // its datagrams and send the others.
                 Err(_) => {
-                    done.failed += 1;
-                    start += 1;
+                    let skipped = self.run_end(start) - start;
+                    done.failed += skipped;
+                    start += skipped;
                 }
             }
         }
@@ -257,40 +292,96 @@ impl SendBatch {
         done
     }
 
-    /// One `sendmmsg` of datagrams `start..end`; how many the kernel took.
-    fn send_range(&self, socket: &UdpSocket, start: usize, end: usize) -> io::Result<usize> {
-        let n = end - start;
-        // SAFETY (both): plain C structs, for which all-zero is a valid value.
+    /// Where the run of datagrams starting at `start` ends: those after it that go to the same
+    /// address with the same length (the last may be shorter), as one GSO message can carry.
+    fn run_end(&self, start: usize) -> usize {
+        let total = self.to.len();
+        let size = self.lens[start];
+        let mut end = start + 1;
+        if !self.gso || size == 0 {
+            return end;
+        }
+        while end < total
+            && end - start < GSO_MAX_SEGMENTS
+            && (end - start + 1) * size <= GSO_MAX_BYTES
+            && self.lens[end] <= size
+            && self.to[end] == self.to[start]
+        {
+            end += 1;
+            if self.lens[end - 1] < size {
+                break;
+            }
+        }
+        end
+    }
+
+    /// One `sendmmsg` of the datagrams from `start` on, a message per run; how many
+    /// datagrams the messages the kernel took carried.
+    fn send_from(&self, fd: RawFd, start: usize) -> io::Result<usize> {
+        // SAFETY (all three): plain C structs and bytes, for which all-zero is a valid value.
         let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        for k in 0..n {
-            let i = start + k;
-            iovs[k] = libc::iovec {
-                // The kernel only reads through it: sendmmsg does not write the data.
-                iov_base: self.slots[i * SEND_SLOT..].as_ptr().cast_mut().cast(),
-                iov_len: self.lens[i],
+        // One `cmsghdr` and a u16 per message (CMSG_SPACE(2) is 24 bytes), 8-byte aligned.
+        let mut controls: [[u64; 3]; BATCH] = [[0; 3]; BATCH];
+        let mut counts = [0usize; BATCH];
+        let queued = start..self.to.len();
+        for ((iov, slot), &len) in iovs[queued.clone()]
+            .iter_mut()
+            .zip(self.slots.chunks_exact(SEND_SLOT).skip(start))
+            .zip(&self.lens[queued])
+        {
+            // The kernel only reads through it: sendmmsg does not write the data.
+            *iov = libc::iovec {
+                iov_base: slot.as_ptr().cast_mut().cast(),
+                iov_len: len,
             };
-            let header = &mut headers[k].msg_hdr;
-            header.msg_iov = &mut iovs[k];
-            header.msg_iovlen = 1;
+        }
+        let mut messages = 0;
+        let mut i = start;
+        while i < self.to.len() {
+            let end = self.run_end(i);
+            let header = &mut headers[messages].msg_hdr;
+            header.msg_iov = &mut iovs[i];
+            header.msg_iovlen = end - i;
             header.msg_name = self.to[i].as_ptr().cast_mut().cast();
             header.msg_namelen = self.to[i].len();
+            if end - i > 1 {
+                // SAFETY: the control buffer has room for CMSG_SPACE(2) bytes and outlives
+                // the call; CMSG_FIRSTHDR of a header with that buffer points into it.
+                unsafe {
+                    header.msg_control = controls[messages].as_mut_ptr().cast();
+                    header.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                    let c = libc::CMSG_FIRSTHDR(header);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(c).cast::<u16>(),
+                        self.lens[i] as u16,
+                    );
+                }
+            }
+            counts[messages] = end - i;
+            messages += 1;
+            i = end;
         }
-        // SAFETY: headers `0..n` point at slots, lengths and addresses that live in `self` or
-        // on this stack frame for the whole call.
-        let sent = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                n as libc::c_uint,
-                0,
-            )
-        };
+        // SAFETY: headers `0..messages` point at slots, lengths, addresses and control
+        // buffers that live in `self` or on this stack frame for the whole call.
+        let sent = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), messages as libc::c_uint, 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(sent as usize)
+        Ok(counts[..sent as usize].iter().sum())
     }
+}
+
+/// Whether a send failed because UDP GSO is not available (old kernel, or a device without
+/// checksum offload), rather than because of the destination.
+fn gso_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+    )
 }
 
 #[cfg(test)]
@@ -375,5 +466,40 @@ mod tests {
         let mut buf = [0u8; 8];
         let (n, _) = client.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"y");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runs_to_one_client_arrive_as_the_datagrams_queued() {
+        let (listener, client) = pair().await;
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (c, o) = (client.local_addr().unwrap(), other.local_addr().unwrap());
+        let mut out = SendBatch::default();
+        // Runs: four to the client (the last shorter, so the run ends there), two more of
+        // another size, one to the other socket, then one to the client again.
+        let queued = [
+            (c, 100, 0u8),
+            (c, 100, 1),
+            (c, 100, 2),
+            (c, 30, 3),
+            (c, 100, 4),
+            (c, 100, 5),
+            (o, 100, 6),
+            (c, 100, 7),
+        ];
+        for (to, len, tag) in queued {
+            assert!(out.push(to, &vec![tag; len]));
+        }
+        assert_eq!(out.run_end(0), 4);
+        assert_eq!(out.run_end(4), 6);
+        assert_eq!(out.flush(&listener), Flushed { sent: 8, failed: 0 });
+        let mut buf = [0u8; 2048];
+        for (to, len, tag) in queued {
+            let socket = if to == c { &client } else { &other };
+            let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+            assert_eq!(
+                (n, buf[0], from),
+                (len, tag, listener.local_addr().unwrap())
+            );
+        }
     }
 }

@@ -165,11 +165,22 @@ struct Worker {
     /// Relayed datagrams for UDP clients, one batch per listener (as `udp`), sent at the end
     /// of each round of [`relay_loop`].
     to_clients: Vec<RefCell<SendBatch>>,
+    /// Datagrams for peers from the relay that sent the last one, queued while a batch of
+    /// client packets keeps naming that relay (a burst of one stream), so that they leave in
+    /// one `sendmmsg`.
+    to_peers: RefCell<PeerSends>,
     timer: Notify,
     /// How long a TCP/TLS client may stay silent; follows `lifetime-max` across reloads.
     stream_idle: Cell<std::time::Duration>,
     counters: Arc<Counters>,
     stats: Arc<RuntimeCounters>,
+}
+
+/// Datagrams queued for peers, all from one relay socket.
+#[derive(Default)]
+struct PeerSends {
+    relay: Option<RelayId>,
+    batch: SendBatch,
 }
 
 async fn run(setup: WorkerSetup) {
@@ -216,6 +227,7 @@ async fn run(setup: WorkerSetup) {
         to_clients: (0..udp_sockets.len())
             .map(|_| RefCell::new(SendBatch::default()))
             .collect(),
+        to_peers: RefCell::new(PeerSends::default()),
         udp: udp_sockets,
         timer: Notify::new(),
         stream_idle: Cell::new(stream_idle(&control.borrow().config)),
@@ -306,6 +318,7 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
                 };
                 worker.on_client_packet(from, &slot[..len], now);
             }
+            worker.flush_to_peers();
             if drained {
                 break;
             }
@@ -459,10 +472,13 @@ where
                 }
             }
         }
+        worker.flush_to_peers();
         buf.copy_within(start..filled, 0);
         filled -= start;
     }
 
+    // A malformed frame ends the loop before the flush at the end of its read.
+    worker.flush_to_peers();
     worker.streams.borrow_mut().remove(&from);
     worker.server.borrow_mut().handle_disconnect(from);
     worker.drain(Instant::now());
@@ -531,7 +547,11 @@ impl Worker {
                 peer,
                 payload,
             } => self.send_to_peer(relay, peer, &packet[payload]),
-            ClientOutcome::Handled => self.drain(now),
+            ClientOutcome::Handled => {
+                // What the core does next may close a relay: what went before goes first.
+                self.flush_to_peers();
+                self.drain(now);
+            }
             ClientOutcome::Dropped => {}
         }
     }
@@ -599,11 +619,38 @@ impl Worker {
         }
     }
 
+    /// Queues a datagram for `peer` from `relay`, sending what was queued for another relay
+    /// first; [`Worker::flush_to_peers`] sends the rest at the end of the batch.
     fn send_to_peer(&self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
-        // A full socket buffer drops the datagram, as UDP does.
-        if !matches!(self.relays.send_to(relay, payload, peer), Some(Ok(_))) {
-            self.stats.send_failed();
+        let mut pending = self.to_peers.borrow_mut();
+        if pending.relay != Some(relay) || pending.batch.is_full() {
+            self.send_pending(&mut pending);
+            pending.relay = Some(relay);
         }
+        if !pending.batch.push(peer, payload) {
+            // Too large for a slot: after the ones queued before it, at once.
+            self.send_pending(&mut pending);
+            // A full socket buffer drops the datagram, as UDP does.
+            if !matches!(self.relays.send_to(relay, payload, peer), Some(Ok(_))) {
+                self.stats.send_failed();
+            }
+        }
+    }
+
+    /// Sends the datagrams queued for peers.
+    fn flush_to_peers(&self) {
+        self.send_pending(&mut self.to_peers.borrow_mut());
+    }
+
+    fn send_pending(&self, pending: &mut PeerSends) {
+        if pending.batch.is_empty() {
+            return;
+        }
+        let flushed = match pending.relay.and_then(|relay| self.relays.fd(relay)) {
+            Some(fd) => pending.batch.flush_fd(fd),
+            None => pending.batch.discard(),
+        };
+        self.stats.sends_failed(flushed.failed);
     }
 
     /// Reads one relay socket: up to [`BUDGET`] datagrams, relayed to its client. Returns how
