@@ -581,3 +581,86 @@ fn rules_are_read_from_the_rule_file() {
         "a rule without expr"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// The dashboard's shape: what makes an import into another Grafana fail or look broken.
+
+#[test]
+fn dashboard_imports_anywhere_through_its_datasource_variable() {
+    let dashboard: Value = serde_json::from_str(&read("grafana-dashboard.json"))
+        .unwrap_or_else(|e| panic!("grafana-dashboard.json is not JSON: {e}"));
+    let mut problems = Vec::new();
+    for key in ["title", "uid"] {
+        if !dashboard[key].is_string() {
+            problems.push(format!("no {key}"));
+        }
+    }
+    // Grafana 10 exports schemaVersion 37-39; older ones get migrated, newer ones may not load.
+    match dashboard["schemaVersion"].as_u64() {
+        Some(36..=39) => {}
+        other => problems.push(format!("schemaVersion {other:?}, expected 36..=39")),
+    }
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let has_datasource_variable = variables.iter().any(|v| {
+        v["type"] == "datasource" && v["name"] == "datasource" && v["query"] == "prometheus"
+    });
+    if !has_datasource_variable {
+        problems.push("no `datasource` variable of type datasource (prometheus)".into());
+    }
+    // Every datasource reference is the variable: a uid from one Grafana breaks the import
+    // into another (the built-in annotation source excepted).
+    fn datasources<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(ds) = map.get("datasource") {
+                    out.push(ds);
+                }
+                map.values().for_each(|v| datasources(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| datasources(v, out)),
+            _ => {}
+        }
+    }
+    let mut refs = Vec::new();
+    datasources(&dashboard["panels"], &mut refs);
+    datasources(&dashboard["templating"], &mut refs);
+    for ds in refs {
+        if ds["uid"] != "${datasource}" {
+            problems.push(format!(
+                "datasource {ds} is not the ${{datasource}} variable"
+            ));
+        }
+    }
+    // Panels: unique ids, on the 24-column grid, not overlapping, each with a query.
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    let mut ids = BTreeSet::new();
+    let mut cells = std::collections::BTreeMap::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or("?").to_string();
+        if !ids.insert(panel["id"].as_u64()) {
+            problems.push(format!("panel {title:?}: duplicate id {}", panel["id"]));
+        }
+        let pos = |k: &str| panel["gridPos"][k].as_u64().unwrap_or(0);
+        let (x, y, w, h) = (pos("x"), pos("y"), pos("w"), pos("h"));
+        if w == 0 || h == 0 || x + w > 24 {
+            problems.push(format!("panel {title:?}: gridPos {}", panel["gridPos"]));
+        }
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            if let Some(other) = cells.insert(cell, title.clone()) {
+                problems.push(format!("panel {title:?} overlaps {other:?}"));
+                break;
+            }
+        }
+        if panel["type"] != "row" && panel["targets"].as_array().is_none_or(Vec::is_empty) {
+            problems.push(format!("panel {title:?} has no query"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "grafana-dashboard.json:\n  {}",
+        problems.join("\n  ")
+    );
+}
