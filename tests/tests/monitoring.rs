@@ -33,19 +33,10 @@ const SYNTHETIC: &[&str] = &[
 // PromQL: the metric names an expression selects.
 
 /// Aggregation operators of PromQL: followed by `(` or by `by`/`without`.
+#[rustfmt::skip]
 const AGGREGATIONS: &[&str] = &[
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+    "topk", "quantile",
 ];
 
 /// Functions of PromQL (Prometheus 2.x), and `start`/`end` of the `@` modifier.
