@@ -23,6 +23,10 @@ pub mod metrics_http;
 #[cfg(feature = "runtime")]
 pub mod signals;
 
+/// systemd notifications: readiness, reload, stop, status and watchdog.
+#[cfg(feature = "runtime")]
+pub mod systemd;
+
 /// TLS server setup: PEM loading, reloadable certificates, self-signed certificates.
 #[cfg(feature = "runtime")]
 pub mod tls;

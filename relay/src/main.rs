@@ -7,6 +7,7 @@
 //!   bind listeners (SO_REUSEPORT) ──────▶  its UDP/TCP/TLS listeners
 //!   drop privileges                        one proto::Server (no locks)
 //!   /metrics /healthz /readyz              the relay sockets of its allocations
+//!   sd_notify: READY, STATUS, WATCHDOG
 //!   SIGHUP → new config ── watch ───────▶  set_config
 //!   SIGTERM → drain     ── watch ───────▶  set_draining
 //! ```
@@ -36,6 +37,7 @@ use icegate_common::config::check_config;
 use icegate_common::logging;
 use icegate_common::metrics_http::{self, Health};
 use icegate_common::signals::{control_signals, ControlSignal};
+use icegate_common::systemd;
 use icegate_common::tls::{self, ReloadableCert};
 use icegate_relay_proto::metrics::{Counters, PeerDenials};
 use icegate_relay_proto::nonce::NonceKey;
@@ -214,6 +216,7 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let mut shards = Vec::new();
     let mut denials = Vec::new();
     let mut stats = Vec::new();
+    let mut threads = Vec::new();
     for (index, l) in listeners.into_iter().enumerate() {
         let counters = Arc::new(Counters::default());
         let denied = Arc::new(PeerDenials::default());
@@ -226,7 +229,7 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
             rand::random(),
             Instant::now(),
         );
-        worker::spawn(WorkerSetup {
+        let thread = worker::spawn(WorkerSetup {
             index,
             server,
             udp: l.udp,
@@ -241,6 +244,7 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
             what: "cannot start worker thread",
             source,
         })?;
+        threads.push(thread);
         shards.push(counters);
         denials.push(denied);
         stats.push(runtime_stats);
@@ -279,6 +283,15 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
             source,
         })?;
         health.set_ready(true);
+        // Every listener was bound before the workers started, so the kernel already queues
+        // what clients send: READY=1 cannot come too early.
+        systemd::ready(&status_line(&shards, false));
+        systemd::spawn_watchdog(workers_alive(threads));
+        let status_shards = shards.clone();
+        let status_control = control_tx.subscribe();
+        systemd::spawn_status(STATUS_PERIOD, move || {
+            status_line(&status_shards, status_control.borrow().draining)
+        });
         tracing::info!(
             workers = settings.workers,
             listening = ?settings.listening_ips,
@@ -291,16 +304,52 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
             "icegate-relay ready"
         );
         while let Some(ControlSignal::Reload) = signals.recv().await {
+            systemd::reloading();
             reload(&cli, &settings, &control_tx, cert.as_deref());
+            systemd::ready(&status_line(&shards, false));
         }
         health.set_ready(false);
         control_tx.send_modify(|c| c.draining = true);
+        systemd::stopping(&status_line(&shards, true));
         drain(&shards, settings.drain_timeout, &mut signals).await;
         let _ = stop_metrics.send(());
         Ok::<(), StartError>(())
     })?;
     // Workers hold sockets and run forever; the process ending closes them all.
     std::process::exit(0);
+}
+
+/// How often `systemctl status` learns the allocation count.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+
+/// Allocations now open on all workers.
+fn active_allocations(shards: &[Arc<Counters>]) -> i64 {
+    shards
+        .iter()
+        .flat_map(|s| s.allocations_active.iter().flatten())
+        .map(|a| a.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// The `STATUS=` line for systemd.
+fn status_line(shards: &[Arc<Counters>], draining: bool) -> String {
+    let verb = if draining { "draining" } else { "relaying" };
+    format!("{verb}: {} allocations", active_allocations(shards))
+}
+
+/// The watchdog's health check: every worker thread still runs.
+///
+/// A worker that exits (its runtime or epoll set failed, or it panicked) stops the pings, so
+/// systemd restarts the relay instead of leaving its share of clients unanswered. A worker
+/// that is alive but stuck is not detected: that needs a heartbeat from inside the worker.
+fn workers_alive(threads: Vec<std::thread::JoinHandle<()>>) -> impl FnMut() -> bool + Send {
+    move || match threads.iter().position(|t| t.is_finished()) {
+        Some(index) => {
+            tracing::error!(worker = index, "relay worker thread ended");
+            false
+        }
+        None => true,
+    }
 }
 
 /// Re-reads the configuration and certificates; a broken file keeps the running setup.
@@ -347,13 +396,7 @@ async fn drain(
     timeout: Duration,
     signals: &mut tokio::sync::mpsc::Receiver<ControlSignal>,
 ) {
-    let active = || -> i64 {
-        shards
-            .iter()
-            .flat_map(|s| s.allocations_active.iter().flatten())
-            .map(|a| a.load(Ordering::Relaxed))
-            .sum()
-    };
+    let active = || active_allocations(shards);
     let deadline = tokio::time::Instant::now() + timeout;
     tracing::info!(
         allocations = active(),

@@ -33,6 +33,7 @@ use icegate_common::config::check_config;
 use icegate_common::logging;
 use icegate_common::metrics_http::{self, Health};
 use icegate_common::signals::{control_signals, ControlSignal};
+use icegate_common::systemd;
 use icegate_common::tls::{self, ReloadableCert};
 use icegate_signal::hub::Hub;
 use tokio::net::TcpListener;
@@ -45,6 +46,9 @@ use shell::state::Shared;
 
 /// How long connections get to send their close frames at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How often `systemctl status` learns the connection count.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
 
 /// A failure that stops the server at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +212,14 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
 
     let mut signals = control_signals().map_err(StartError::Signals)?;
     health.set_ready(true);
+    // Both listeners were bound above, so the kernel already queues connections.
+    systemd::ready(&status_line(&metrics, false));
+    // A task on the runtime that serves every connection: pings stop when it stops.
+    systemd::spawn_watchdog(|| true);
+    let (status_metrics, status_stopped) = (metrics.clone(), stopped.clone());
+    systemd::spawn_status(STATUS_PERIOD, move || {
+        status_line(&status_metrics, *status_stopped.borrow())
+    });
     let scheme = if cert.is_some() { "https" } else { "http" };
     tracing::info!(
         url = %format!("{scheme}://{listen}/"),
@@ -216,10 +228,13 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         "icegate-signal ready"
     );
     while let Some(ControlSignal::Reload) = signals.recv().await {
+        systemd::reloading();
         reload(&cli, &shared, cert.as_deref());
+        systemd::ready(&status_line(&metrics, false));
     }
 
     tracing::info!("shutting down: closing connections");
+    systemd::stopping(&status_line(&metrics, true));
     health.set_ready(false);
     let _ = stop.send(true);
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -231,6 +246,16 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         let _ = tokio::time::timeout_at(deadline, task).await;
     }
     Ok(())
+}
+
+/// The `STATUS=` line for systemd.
+fn status_line(metrics: &Metrics, stopping: bool) -> String {
+    let connections = metrics.connections_active.get();
+    if stopping {
+        format!("closing {connections} connections")
+    } else {
+        format!("serving: {connections} connections")
+    }
 }
 
 /// Re-reads the certificate and the keys; a broken file keeps what is running.
