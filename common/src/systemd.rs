@@ -56,7 +56,8 @@ pub fn watchdog_period() -> Option<Duration> {
 }
 
 /// Pings the watchdog every [`watchdog_period`] from a task on the current tokio runtime, as
-/// long as `healthy()` says so; does nothing when the watchdog is off.
+/// long as `healthy()` says so; does nothing when the watchdog is off. Must be called inside a
+/// runtime.
 ///
 /// The pings prove that this runtime still runs tasks; `healthy` lets the caller add what
 /// else must be alive. Once it returns `false` the pings stop and systemd, after
@@ -82,7 +83,7 @@ pub fn spawn_watchdog(mut healthy: impl FnMut() -> bool + Send + 'static) {
 }
 
 /// Sends `status()` as `STATUS=` every `period` when it changed, from a task on the current
-/// tokio runtime; does nothing outside systemd.
+/// tokio runtime; does nothing outside systemd. Must be called inside a runtime.
 pub fn spawn_status(period: Duration, mut status: impl FnMut() -> String + Send + 'static) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
