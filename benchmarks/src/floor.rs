@@ -15,7 +15,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// First bytes of every control datagram; data never starts with 0xFF.
 pub const MAGIC: [u8; 3] = [0xFF, b'F', b'L'];
@@ -98,6 +98,10 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
     let mut inb = Batch::new();
     // Client-bound datagrams leave as icegate-relay's do: runs merged by UDP GSO.
     let mut out = Batch::segmenting();
+    // Peer-bound datagrams of one burst (consecutive ones of a client), as icegate-relay
+    // queues them: one sendmmsg from their relay socket.
+    let mut to_peer = Batch::segmenting();
+    let mut to_peer_fd: RawFd = -1;
     let lfd = listener.as_raw_fd();
     loop {
         poll.poll(&mut events, None)
@@ -110,6 +114,8 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
                         let from = inb.addr(i);
                         let bytes = inb.get(i);
                         if let Some((op, addr)) = parse_control(bytes) {
+                            // A control op may close the socket the queue is for.
+                            flush_to_peer(&mut to_peer, to_peer_fd);
                             let reply = control_op(
                                 op,
                                 addr,
@@ -127,10 +133,15 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
                         } else if let Some(m) =
                             by_client.get(&from).and_then(|&s| slots[s].as_ref())
                         {
-                            // A full relay socket drops the packet, as a relay would.
-                            let _ = m.relay.send_to(bytes, SocketAddr::V4(m.peer));
+                            let rfd = m.relay.as_raw_fd();
+                            if rfd != to_peer_fd || to_peer.is_full() {
+                                flush_to_peer(&mut to_peer, to_peer_fd);
+                                to_peer_fd = rfd;
+                            }
+                            to_peer.push(Some(m.peer), bytes);
                         }
                     }
+                    flush_to_peer(&mut to_peer, to_peer_fd);
                     // A short batch drained the socket (edge-triggered: new packets wake us).
                     if n < BATCH {
                         break;
@@ -159,6 +170,15 @@ fn worker(mut listener: UdpSocket, relay_ip: Ipv4Addr) -> Result<(), BenchError>
         if !out.is_empty() {
             out.send(lfd, true).map_err(|e| io("sendmmsg", e))?;
         }
+    }
+}
+
+/// Sends what is queued for peers from relay socket `fd`.
+fn flush_to_peer(batch: &mut Batch, fd: RawFd) {
+    if !batch.is_empty() {
+        // A full relay socket drops the packets, as a relay would.
+        let _ = batch.send(fd, true);
+        batch.clear();
     }
 }
 
