@@ -64,6 +64,10 @@ pub struct Cli {
     /// A TURN REST API shared secret (repeatable, for rotation).
     #[arg(long = "static-auth-secret")]
     pub static_auth_secret: Vec<String>,
+    /// A file holding one more TURN REST API secret, e.g. a generated one shared with
+    /// icegate-signal; accepted alongside static-auth-secret.
+    #[arg(long)]
+    pub static_auth_secret_file: Option<PathBuf>,
     /// Allocations per user; 0 = unlimited.
     #[arg(long)]
     pub user_quota: Option<u32>,
@@ -141,6 +145,7 @@ pub struct FileConfig {
     user: Option<Vec<String>>,
     use_auth_secret: Option<bool>,
     static_auth_secret: Option<Vec<String>>,
+    static_auth_secret_file: Option<PathBuf>,
     user_quota: Option<u32>,
     total_quota: Option<u32>,
     max_bps: Option<u64>,
@@ -338,11 +343,16 @@ impl Settings {
         }
         let use_secret = cli.use_auth_secret || f.use_auth_secret.unwrap_or(false);
         let (secrets, secrets_cli) = pick_vec(&cli.static_auth_secret, f.static_auth_secret);
-        if use_secret && secrets.is_empty() {
+        let (secret_file, secret_file_cli) = pick(
+            cli.static_auth_secret_file.clone(),
+            f.static_auth_secret_file,
+        );
+        if use_secret && secrets.is_empty() && secret_file.is_none() {
             return Err(invalid(
                 secrets_cli,
                 "static-auth-secret",
-                "use-auth-secret is on but no static-auth-secret is set".into(),
+                "use-auth-secret is on but no static-auth-secret or static-auth-secret-file is set"
+                    .into(),
             ));
         }
         if use_secret {
@@ -355,6 +365,11 @@ impl Settings {
                     ));
                 }
                 credentials.add_rest_secret(Secret::new(s));
+            }
+            if let Some(file) = &secret_file {
+                let secret = read_secret_file(file)
+                    .map_err(|msg| invalid(secret_file_cli, "static-auth-secret-file", msg))?;
+                credentials.add_rest_secret(Secret::new(secret));
             }
         }
         if credentials.is_empty() {
@@ -505,6 +520,26 @@ impl Settings {
     }
 }
 
+/// Reads a secret kept in a file of its own: the whole file, without surrounding whitespace
+/// (so the newline `openssl rand -hex 32 >FILE` ends it with is not part of the secret).
+/// Errors never quote the file's content.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    // One secret per file: a second line is more likely a mistake than a second secret.
+    if secret.contains(['\n', '\r']) {
+        return Err(format!(
+            "{}: the file must hold one secret on one line",
+            path.display()
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +620,49 @@ mod tests {
             text.contains(&path) && text.contains("listening-port"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn secret_from_a_file_is_accepted_alongside_listed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let config = dir.path().join("relay.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listening-ip = [\"127.0.0.1\"]\nuse-auth-secret = true\n\
+                 static-auth-secret = [\"listed\"]\nstatic-auth-secret-file = {:?}\n",
+                secret.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let path = config.to_str().unwrap().to_owned();
+        let s = Settings::load(&cli(&["--config", &path])).unwrap();
+        // Both secrets sign credentials the relay accepts; the file's newline is not part of it.
+        use icegate_common::credentials::rest_password;
+        use icegate_relay_proto::integrity::{KeyAlgorithm, LongTermKey};
+        let keys = s
+            .server
+            .credentials
+            .candidate_keys("2000000000:u", "icegate", KeyAlgorithm::Md5, 0)
+            .unwrap();
+        for listed in ["listed", "from-file"] {
+            let password = rest_password(&Secret::new(listed), "2000000000:u");
+            let key = LongTermKey::derive(KeyAlgorithm::Md5, "2000000000:u", "icegate", &password);
+            assert!(keys.contains(&key), "no key for the secret {listed:?}");
+        }
+
+        // Empty, multi-line and missing files are errors naming the key, never the content.
+        std::fs::write(&secret, "\n").unwrap();
+        let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
+        assert_eq!(e.key(), Some("static-auth-secret-file"), "{e}");
+        std::fs::write(&secret, "one\ntwo\n").unwrap();
+        let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
+        assert!(!e.to_string().contains("two"), "{e}");
+        std::fs::remove_file(&secret).unwrap();
+        let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
     }
 
     #[test]

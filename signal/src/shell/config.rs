@@ -56,6 +56,9 @@ pub struct Cli {
     /// The TURN REST API shared secret of the relays (signs TURN credentials).
     #[arg(long)]
     pub static_auth_secret: Option<String>,
+    /// A file holding that secret instead, e.g. one generated and shared with icegate-relay.
+    #[arg(long)]
+    pub static_auth_secret_file: Option<PathBuf>,
     /// A stun:, turn: or turns: URI handed to clients (repeatable).
     #[arg(long = "relay")]
     pub relay: Vec<String>,
@@ -155,6 +158,7 @@ pub struct FileConfig {
     plain_http: Option<bool>,
     state_dir: Option<PathBuf>,
     static_auth_secret: Option<String>,
+    static_auth_secret_file: Option<PathBuf>,
     relay: Option<Vec<String>>,
     relay_health: Option<Vec<String>>,
     relay_health_interval: Option<u64>,
@@ -522,6 +526,28 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
             "empty secret".into(),
         ));
     }
+    let (secret_file, secret_file_cli) = pick(
+        cli.static_auth_secret_file.clone(),
+        f.static_auth_secret_file,
+    );
+    let secret = match (secret, secret_file) {
+        // The server signs with one secret: two sources would leave a doubt which one.
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                secret_file_cli,
+                "static-auth-secret-file",
+                "cannot be combined with static-auth-secret: set one of them".into(),
+            ))
+        }
+        (None, Some(file)) => Some(
+            read_secret_file(&file)
+                .map_err(|message| invalid(secret_file_cli, "static-auth-secret-file", message))?,
+        ),
+        (secret, None) => secret,
+    };
+    // A missing secret is reported under the key that would hold it: the file key when that
+    // was what the operator used.
+    let secret_cli = secret_cli || secret_file_cli;
     let turn_secret = secret.map(Secret::new);
     let (uris, uris_cli) = pick_vec(&cli.relay, f.relay);
     let (health, health_cli) = pick_vec(&cli.relay_health, f.relay_health);
@@ -785,6 +811,26 @@ fn asterisk(
     }))
 }
 
+/// Reads a secret kept in a file of its own: the whole file, without surrounding whitespace
+/// (so the newline `openssl rand -hex 32 >FILE` ends it with is not part of the secret).
+/// Errors never quote the file's content.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    // One secret per file: a second line is more likely a mistake than a second secret.
+    if secret.contains(['\n', '\r']) {
+        return Err(format!(
+            "{}: the file must hold one secret on one line",
+            path.display()
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,6 +846,35 @@ mod tests {
         let mut cli = cli(args);
         cli.config = Some(path);
         Settings::load(&cli)
+    }
+
+    #[test]
+    fn turn_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let file_key = format!(
+            "anonymous = true\nstatic-auth-secret-file = {:?}\nrelay = [\"turn:127.0.0.1:3478\"]\n",
+            secret.to_str().unwrap()
+        );
+        let settings = load_file(&file_key, &[]).unwrap();
+        let turn_secret = settings.keys.turn_secret.expect("the file's secret");
+        assert_eq!(turn_secret.expose(), b"from-file");
+
+        let both = format!("{file_key}static-auth-secret = \"s\"\n");
+        let error = load_file(&both, &[]).unwrap_err();
+        assert_eq!(error.key(), Some("static-auth-secret-file"), "{error}");
+
+        // Empty, multi-line and missing files are errors naming the key, never the content.
+        std::fs::write(&secret, " \n").unwrap();
+        let error = load_file(&file_key, &[]).unwrap_err();
+        assert_eq!(error.key(), Some("static-auth-secret-file"), "{error}");
+        std::fs::write(&secret, "one\ntwo\n").unwrap();
+        let error = load_file(&file_key, &[]).unwrap_err();
+        assert!(!error.to_string().contains("two"), "{error}");
+        std::fs::remove_file(&secret).unwrap();
+        let error = load_file(&file_key, &[]).unwrap_err();
+        assert!(error.to_string().contains("cannot read"), "{error}");
     }
 
     #[test]
