@@ -45,7 +45,7 @@ use icegate_relay_proto::{Ledger, Server};
 use tokio::sync::watch;
 
 use crate::config::{Cli, Settings};
-use crate::stats::RuntimeCounters;
+use crate::stats::{HeartbeatWatch, RuntimeCounters};
 use crate::worker::{Control, WorkerSetup};
 
 /// A failure that stops the relay at start-up, with what it was doing.
@@ -252,7 +252,8 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
 
     let registry = prometheus::Registry::new();
     let collector =
-        metrics::RelayCollector::new(shards.clone(), denials, stats, Arc::clone(&ledger));
+        metrics::RelayCollector::new(shards.clone(), denials, stats.clone(), Arc::clone(&ledger));
+    let stats_for_watchdog = stats;
     registry
         .register(Box::new(collector))
         .expect("the relay collector registers once");
@@ -286,7 +287,7 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         // Every listener was bound before the workers started, so the kernel already queues
         // what clients send: READY=1 cannot come too early.
         systemd::ready(&status_line(&shards, false));
-        systemd::spawn_watchdog(workers_alive(threads));
+        systemd::spawn_watchdog(workers_alive(threads, stats_for_watchdog));
         let status_shards = shards.clone();
         let status_control = control_tx.subscribe();
         systemd::spawn_status(STATUS_PERIOD, move || {
@@ -321,6 +322,9 @@ fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
 
 /// How often `systemctl status` learns the allocation count.
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
+/// How long a worker may go without a heartbeat (it beats every second) before the watchdog
+/// pings stop: long enough that a slow moment under load is not a stall.
+const WORKER_STALL: Duration = Duration::from_secs(10);
 
 /// Allocations now open on all workers.
 fn active_allocations(shards: &[Arc<Counters>]) -> i64 {
@@ -337,18 +341,27 @@ fn status_line(shards: &[Arc<Counters>], draining: bool) -> String {
     format!("{verb}: {} allocations", active_allocations(shards))
 }
 
-/// The watchdog's health check: every worker thread still runs.
+/// The watchdog's health check: every worker thread still runs, and its event loop still
+/// beats.
 ///
-/// A worker that exits (its runtime or epoll set failed, or it panicked) stops the pings, so
-/// systemd restarts the relay instead of leaving its share of clients unanswered. A worker
-/// that is alive but stuck is not detected: that needs a heartbeat from inside the worker.
-fn workers_alive(threads: Vec<std::thread::JoinHandle<()>>) -> impl FnMut() -> bool + Send {
-    move || match threads.iter().position(|t| t.is_finished()) {
-        Some(index) => {
+/// A worker that exits (its runtime or epoll set failed, or it panicked) or whose event loop
+/// is stuck (a task that never yields, a blocking call) stops the pings, so systemd restarts
+/// the relay instead of leaving its share of clients unanswered.
+fn workers_alive(
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stats: Vec<Arc<RuntimeCounters>>,
+) -> impl FnMut() -> bool + Send {
+    let mut heartbeats = HeartbeatWatch::new(stats, WORKER_STALL, Instant::now());
+    move || {
+        if let Some(index) = threads.iter().position(|t| t.is_finished()) {
             tracing::error!(worker = index, "relay worker thread ended");
-            false
+            return false;
         }
-        None => true,
+        if let Some((index, stalled)) = heartbeats.stalled(Instant::now()) {
+            tracing::error!(worker = index, ?stalled, "relay worker stopped beating");
+            return false;
+        }
+        true
     }
 }
 

@@ -56,6 +56,8 @@ const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a worker's heartbeat task beats (see [`RuntimeCounters::heartbeats`]).
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -248,6 +250,7 @@ async fn run(setup: WorkerSetup) {
         }
     }
     tokio::task::spawn_local(control_loop(Rc::clone(&worker), control));
+    tokio::task::spawn_local(heartbeat(Arc::clone(&worker.stats)));
     timer_loop(worker).await;
 }
 
@@ -257,6 +260,15 @@ fn spawn_acceptor(worker: &Rc<Worker>, listener: std::net::TcpListener, tls: Opt
             tokio::task::spawn_local(accept_loop(Rc::clone(worker), l, tls));
         }
         Err(error) => tracing::error!(%error, "cannot register TCP listener"),
+    }
+}
+
+/// Beats every [`HEARTBEAT`] while the worker's event loop runs its tasks.
+async fn heartbeat(stats: Arc<RuntimeCounters>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    loop {
+        ticks.tick().await;
+        stats.beat();
     }
 }
 
