@@ -82,6 +82,7 @@ pub fn spawn(
         shutdown.clone(),
     ));
     let gateway = Gateway::new(gateway_config(&settings), rand::random(), Instant::now());
+    metrics.asterisk_configured.set(1);
     let task = tokio::spawn(run(gateway, rx, io_rx, clients, hub, metrics, shutdown));
     Ok((tx, task))
 }

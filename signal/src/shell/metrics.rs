@@ -42,6 +42,8 @@ pub struct Metrics {
     pub relay_up: IntGaugeVec,
     /// 1 when the Asterisk gateway's SIP registration is in place.
     pub sip_registered: IntGauge,
+    /// 1 when an Asterisk gateway is configured (`asterisk-*` settings), else 0.
+    pub asterisk_configured: IntGauge,
     /// 1 when the Asterisk gateway's ARI events connection is up.
     pub ari_connected: IntGauge,
     /// Calls with Asterisk, by result (answered, or the hangup reason of a failed one).
@@ -143,6 +145,10 @@ impl Metrics {
                     .expect("registered once");
                 metric
             },
+            asterisk_configured: gauge(
+                "icegate_signal_asterisk_configured",
+                "1 when an Asterisk gateway is configured: then the two gauges below should be 1.",
+            ),
             sip_registered: gauge(
                 "icegate_signal_asterisk_sip_registered",
                 "1 when the SIP registration with Asterisk is in place.",
