@@ -80,6 +80,9 @@ pub struct Cli {
     /// Accept clients without a token; each picks its name (demos and local tests).
     #[arg(long)]
     pub anonymous: bool,
+    /// Allow `anonymous` on a listen address that is not loopback.
+    #[arg(long)]
+    pub anonymous_public: bool,
     /// Address of the Prometheus /metrics, /healthz, /readyz listener.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -166,6 +169,7 @@ pub struct FileConfig {
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
     anonymous: Option<bool>,
+    anonymous_public: Option<bool>,
     metrics_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     max_message_rate: Option<u32>,
@@ -509,6 +513,19 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         ),
     })?;
     let anonymous = cli.anonymous || f.anonymous.unwrap_or(false);
+    let anonymous_public = cli.anonymous_public || f.anonymous_public.unwrap_or(false);
+    if anonymous && !anonymous_public && !listen.ip().is_loopback() {
+        // Anonymous clients get TURN credentials: on a public address, anyone could relay
+        // through the relays. A demo is meant to be reached from loopback (or a tunnel).
+        return Err(invalid(
+            cli.anonymous || path.is_none(),
+            "anonymous",
+            format!(
+                "{listen} is not a loopback address, and anonymous clients get TURN credentials: \
+                 set jwt-secret or jwt-public-key (or anonymous-public = true to allow it)"
+            ),
+        ));
+    }
     if !anonymous && !auth.is_configured() {
         // Nothing set anywhere: name the file when there is one, as that is where it belongs.
         return Err(invalid(
@@ -892,12 +909,44 @@ mod tests {
         assert_eq!(error.key(), Some("cert"));
         let settings = Settings::load(&cli(&[
             "--anonymous",
+            "--anonymous-public",
             "--listen",
             "0.0.0.0:80",
             "--plain-http",
         ]))
         .unwrap();
         assert_eq!(settings.tls, TlsMode::Plain);
+    }
+
+    #[test]
+    fn anonymous_clients_only_on_loopback_unless_allowed() {
+        let public = ["--anonymous", "--listen", "0.0.0.0:80", "--plain-http"];
+        let error = Settings::load(&cli(&public)).unwrap_err();
+        assert_eq!(error.key(), Some("anonymous"));
+        assert!(
+            error.to_string().contains("not a loopback address"),
+            "{error}"
+        );
+        let error = load_file(
+            "anonymous = true\nlisten = \"[::]:8443\"\nplain-http = true\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), Some("anonymous"));
+        assert!(
+            load_file(
+                "anonymous = true\nanonymous-public = true\nlisten = \"[::]:8443\"\nplain-http = true\n",
+                &[]
+            )
+            .is_ok()
+        );
+        // With a JWT key as well, anonymous is still what a stranger would use.
+        let error = load_file(
+            "anonymous = true\njwt-secret = \"k\"\nlisten = \"10.0.0.5:8443\"\nplain-http = true\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), Some("anonymous"));
         let error = Settings::load(&cli(&["--anonymous", "--cert", "c.pem"])).unwrap_err();
         assert_eq!(error.key(), Some("pkey"));
     }
