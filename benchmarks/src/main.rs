@@ -85,8 +85,9 @@ struct RunArgs {
     #[arg(long, default_value_t = 20_000.0)]
     blast_start_pps: f64,
     /// Offered packets/s (each echoed) at which every contender's blast latency is measured;
-    /// the default is about half of icegate-relay's sustained rate on a 2-core VM.
-    #[arg(long, default_value_t = 60_000.0)]
+    /// the default (210,000 relayed/s) is about half of icegate-relay's and the floor's
+    /// sustained rate on a 2-core VM.
+    #[arg(long, default_value_t = 105_000.0)]
     latency_pps: f64,
     /// Steps narrowing the blast's sustained rate down after the first lossy step.
     #[arg(long, default_value_t = 4)]
