@@ -9,6 +9,7 @@
 
 pub mod asterisk;
 pub mod browser;
+pub mod debian;
 pub mod http;
 pub mod metrics;
 pub mod ports;

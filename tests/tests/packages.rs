@@ -15,15 +15,15 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use icegate_tests::debian::{self, run, PACKAGES};
 use icegate_tests::stun::{assert_success, TurnClient};
 use icegate_tests::{http, server::stun_binding_probe, wait_for, workspace_root, PortBlock};
 
-const PACKAGES: [&str; 2] = ["icegate-relay", "icegate-signal"];
 const ETC: &str = "/etc/icegate";
 const SECRET: &str = "/etc/icegate/rest-secret";
 const CERT: &str = "/etc/icegate/tls/self-signed.pem";
@@ -60,9 +60,8 @@ fn debian_packages_install_run_reinstall_and_purge() {
         "{ETC} exists (an installation by hand?); this test's purge would remove files in \
          it, so it refuses to run"
     );
-    let status = Command::new(cargo()).args(["deb", "--version"]).output();
     assert!(
-        status.is_ok_and(|o| o.status.success()),
+        debian::cargo_deb_available(),
         "cargo-deb is missing: scripts/install-deps installs it (cargo install cargo-deb --locked)"
     );
 
@@ -81,23 +80,7 @@ fn debian_packages_install_run_reinstall_and_purge() {
             (p.to_string(), text)
         })
         .collect();
-    let started = Instant::now();
-    // One release build of both binaries (the command scripts/start runs, so its artifacts
-    // are shared): built together, their common dependencies compile once, with one feature
-    // set. Then cargo deb packages them without building again.
-    output(
-        Command::new(cargo())
-            .args(["build", "--release", "--quiet"])
-            .args(PACKAGES.iter().flat_map(|p| ["-p", p, "--bin", p]))
-            .current_dir(workspace_root())
-            .stdin(Stdio::null()),
-    );
-    eprintln!("[packages] release build: {:.0?}", started.elapsed());
-    let debs: Vec<PathBuf> = PACKAGES.iter().map(|p| package(p, out.path())).collect();
-    eprintln!(
-        "[packages] release build and both packages: {:.0?}",
-        started.elapsed()
-    );
+    let debs = debian::build_packages(out.path(), "packages");
 
     let user_existed = run_status(Command::new("getent").args(["passwd", "icegate"]));
     let _cleanup = Cleanup { user_existed };
@@ -286,7 +269,7 @@ impl Drop for Service {
 
 /// The `icegate` account as the packages made it: (uid, gid).
 fn check_user() -> (u32, u32) {
-    let passwd = output(Command::new("getent").args(["passwd", "icegate"]));
+    let passwd = run(Command::new("getent").args(["passwd", "icegate"]));
     let fields: Vec<&str> = passwd.trim().split(':').collect();
     assert_eq!(fields.len(), 7, "getent passwd icegate: {passwd:?}");
     let uid: u32 = fields[2].parse().unwrap();
@@ -297,7 +280,7 @@ fn check_user() -> (u32, u32) {
         "icegate is no system user: uid {uid}"
     );
     assert_eq!(fields[6], "/usr/sbin/nologin", "icegate's shell");
-    let group = output(Command::new("getent").args(["group", "icegate"]));
+    let group = run(Command::new("getent").args(["group", "icegate"]));
     assert_eq!(
         group.split(':').nth(2).and_then(|g| g.parse::<u32>().ok()),
         Some(gid),
@@ -354,14 +337,14 @@ fn check_installed(&(_, gid): &(u32, u32), units: &[(String, String)]) {
 
     for (package, unit) in units {
         let conffiles =
-            output(Command::new("dpkg-query").args(["--control-show", package, "conffiles"]));
+            run(Command::new("dpkg-query").args(["--control-show", package, "conffiles"]));
         let name = package.trim_start_matches("icegate-");
         assert_eq!(
             conffiles.trim(),
             format!("{ETC}/{name}.toml"),
             "{package}'s conffiles"
         );
-        let listed = output(Command::new("dpkg").args(["-L", package]));
+        let listed = run(Command::new("dpkg").args(["-L", package]));
         let path = listed
             .lines()
             .find(|l| l.ends_with(&format!("/systemd/system/{package}.service")))
@@ -390,7 +373,7 @@ fn check_as_icegate(secret: &str, logs: &Path) {
         ("icegate-relay", RELAY_TOML),
         ("icegate-signal", SIGNAL_TOML),
     ] {
-        let out = output(Command::new("setpriv").args(AS_ICEGATE).args([
+        let out = run(Command::new("setpriv").args(AS_ICEGATE).args([
             &format!("/usr/bin/{name}"),
             "--check-config",
             "--config",
@@ -487,7 +470,7 @@ fn check_as_icegate(secret: &str, logs: &Path) {
         "the signal server does not run as icegate"
     );
     // curl checks the generated certificate: it must be valid for 127.0.0.1.
-    let body = output(Command::new("curl").args([
+    let body = run(Command::new("curl").args([
         "-sS",
         "--fail",
         "--max-time",
@@ -517,47 +500,13 @@ fn check_as_icegate(secret: &str, logs: &Path) {
     assert!(relay.running() && signal.running());
 }
 
-/// `cargo deb -p PACKAGE --no-build` into `out`; the .deb's path.
-fn package(package: &str, out: &Path) -> PathBuf {
-    let started = Instant::now();
-    let result = Command::new(cargo())
-        .args(["deb", "-p", package, "--no-build", "--output"])
-        .arg(out)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cargo deb");
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "cargo deb -p {package} failed:\n{stdout}{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    eprintln!(
-        "[packages] cargo deb -p {package}: {:.0?}",
-        started.elapsed()
-    );
-    let deb = PathBuf::from(stdout.trim().lines().last().unwrap_or_default());
-    assert!(
-        deb.extension().is_some_and(|e| e == "deb") && deb.is_file(),
-        "cargo deb -p {package} printed no .deb path: {stdout}"
-    );
-    deb
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
 /// Runs dpkg without a terminal, asserting success: a conffile question it cannot ask fails
 /// the test rather than being answered for it.
 fn dpkg(args: &[&str]) {
-    output(
-        Command::new("dpkg")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null()),
-    );
+    run(Command::new("dpkg")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null()));
 }
 
 /// `dpkg -i` of both packages at once, as `apt install ./A.deb ./B.deb` does it.
@@ -575,24 +524,6 @@ fn dpkg_status(package: &str) -> String {
         .output()
         .expect("run dpkg-query");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Runs `command`, asserting success; its stdout.
-fn output(command: &mut Command) -> String {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    assert!(
-        status.success(),
-        "{command:?} failed ({status}):\n{stdout}{}",
-        String::from_utf8_lossy(&stderr)
-    );
-    stdout
 }
 
 fn run_status(command: &mut Command) -> bool {

@@ -1,0 +1,78 @@
+//! The Debian packages, built for the tests that install them: a release build of both
+//! binaries, then `cargo deb --no-build` for each (tests/packages.rs, tests/systemd_boot.rs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use crate::workspace_root;
+
+/// The two packages, named as their binaries.
+pub const PACKAGES: [&str; 2] = ["icegate-relay", "icegate-signal"];
+
+/// The cargo that runs the tests (`$CARGO`), else the one on PATH.
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Whether `cargo deb` is installed (scripts/install-deps installs it).
+pub fn cargo_deb_available() -> bool {
+    Command::new(cargo())
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Builds both packages into `out`; their paths, in the order of [`PACKAGES`]. `tag` prefixes
+/// the timing lines.
+pub fn build_packages(out: &Path, tag: &str) -> Vec<PathBuf> {
+    let started = Instant::now();
+    // One release build of both binaries (the command scripts/start runs, so its artifacts
+    // are shared): built together, their common dependencies compile once, with one feature
+    // set. Then cargo deb packages them without building again.
+    run(Command::new(cargo())
+        .args(["build", "--release", "--quiet"])
+        .args(PACKAGES.iter().flat_map(|p| ["-p", p, "--bin", p]))
+        .current_dir(workspace_root())
+        .stdin(Stdio::null()));
+    eprintln!("[{tag}] release build: {:.0?}", started.elapsed());
+    let debs = PACKAGES.iter().map(|p| package(p, out)).collect();
+    eprintln!(
+        "[{tag}] release build and both packages: {:.0?}",
+        started.elapsed()
+    );
+    debs
+}
+
+/// `cargo deb -p PACKAGE --no-build` into `out`; the .deb's path.
+fn package(package: &str, out: &Path) -> PathBuf {
+    let stdout = run(Command::new(cargo())
+        .args(["deb", "-p", package, "--no-build", "--output"])
+        .arg(out)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null()));
+    let deb = PathBuf::from(stdout.trim().lines().last().unwrap_or_default());
+    assert!(
+        deb.extension().is_some_and(|e| e == "deb") && deb.is_file(),
+        "cargo deb -p {package} printed no .deb path: {stdout}"
+    );
+    deb
+}
+
+/// Runs `command`, asserting success; its stdout.
+pub fn run(command: &mut Command) -> String {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    assert!(
+        status.success(),
+        "{command:?} failed ({status}):\n{stdout}{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    stdout
+}
