@@ -162,6 +162,26 @@ pub fn verify(
     }
 }
 
+/// Reads a secret kept in a file of its own: the whole file, without surrounding whitespace
+/// (so the newline `openssl rand -hex 32 >FILE` ends it with is not part of the secret).
+/// Errors never quote the file's content.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    // One secret per file: a second line is more likely a mistake than a second secret.
+    if secret.contains(['\n', '\r']) {
+        return Err(format!(
+            "{}: the file must hold one secret on one line",
+            path.display()
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use icegate_common::config::{load_toml, ConfigError};
-use icegate_common::credentials::Secret;
+use icegate_common::credentials::{self, Secret};
 use icegate_common::logging::LogFormat;
 use icegate_signal::ari::controller::Routing;
 use icegate_signal::auth::Authenticator;
@@ -557,7 +557,7 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
             ))
         }
         (None, Some(file)) => Some(
-            read_secret_file(&file)
+            credentials::read_secret_file(&file)
                 .map_err(|message| invalid(secret_file_cli, "static-auth-secret-file", message))?,
         ),
         (secret, None) => secret,
@@ -826,26 +826,6 @@ fn asterisk(
         ca,
         gather_timeout: gather,
     }))
-}
-
-/// Reads a secret kept in a file of its own: the whole file, without surrounding whitespace
-/// (so the newline `openssl rand -hex 32 >FILE` ends it with is not part of the secret).
-/// Errors never quote the file's content.
-fn read_secret_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(format!("{}: the file is empty", path.display()));
-    }
-    // One secret per file: a second line is more likely a mistake than a second secret.
-    if secret.contains(['\n', '\r']) {
-        return Err(format!(
-            "{}: the file must hold one secret on one line",
-            path.display()
-        ));
-    }
-    Ok(secret.to_owned())
 }
 
 #[cfg(test)]
