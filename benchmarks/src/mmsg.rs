@@ -49,6 +49,21 @@ fn to_raw(addr: SocketAddrV4) -> libc::sockaddr_in {
     raw
 }
 
+/// Points `hdr` at `addr` (a send's destination, a receive's source), or at none on a
+/// connected socket.
+fn set_name(hdr: &mut libc::msghdr, addr: Option<&mut libc::sockaddr_in>) {
+    match addr {
+        Some(addr) => {
+            hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+            hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        }
+        None => {
+            hdr.msg_name = std::ptr::null_mut();
+            hdr.msg_namelen = 0;
+        }
+    }
+}
+
 fn same_addr(a: &libc::sockaddr_in, b: &libc::sockaddr_in) -> bool {
     a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr
 }
@@ -152,13 +167,7 @@ impl Batch {
             let hdr = &mut self.hdrs[i].msg_hdr;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            if named {
-                hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-                hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            } else {
-                hdr.msg_name = std::ptr::null_mut();
-                hdr.msg_namelen = 0;
-            }
+            set_name(hdr, named.then_some(&mut self.addrs[i]));
             hdr.msg_control = std::ptr::null_mut();
             hdr.msg_controllen = 0;
             hdr.msg_flags = 0;
@@ -280,13 +289,7 @@ impl Batch {
             let hdr = &mut self.hdrs[m].msg_hdr;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = j - i;
-            if named {
-                hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-                hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            } else {
-                hdr.msg_name = std::ptr::null_mut();
-                hdr.msg_namelen = 0;
-            }
+            set_name(hdr, named.then_some(&mut self.addrs[i]));
             if j - i > 1 {
                 let ctrl = &mut self.ctrl[m];
                 // SAFETY: ctrl is 24 bytes, 8-aligned: room for one cmsghdr and a u16 (the
