@@ -498,7 +498,7 @@ impl Settings {
             })
             .collect();
         format!(
-            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {:?}\n  quotas: user {}, total {}\n  metrics: {}\n  workers: {}",
+            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
             self.udp,

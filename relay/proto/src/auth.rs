@@ -23,6 +23,22 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// What `--check-config` prints: the static users by name and how many REST secrets, never a
+/// password or a secret.
+impl std::fmt::Display for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let secrets = self.rest_secrets.len();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        write!(f, "{} static user{}", names.len(), plural(names.len()))?;
+        if !names.is_empty() {
+            write!(f, " ({})", names.join(", "))?;
+        }
+        write!(f, ", {secrets} REST secret{}", plural(secrets))
+    }
+}
+
 impl Credentials {
     /// No users, no secrets: every request is refused.
     pub fn new() -> Self {
@@ -80,6 +96,18 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_names_users_and_counts_secrets_without_showing_them() {
+        let mut c = Credentials::new();
+        assert_eq!(c.to_string(), "0 static users, 0 REST secrets");
+        c.add_user("bob", "pw-b");
+        c.add_user("alice", "pw-a");
+        c.add_rest_secret(Secret::new("s3cr3t"));
+        let text = c.to_string();
+        assert_eq!(text, "2 static users (alice, bob), 1 REST secret");
+        assert!(!text.contains("pw-") && !text.contains("s3cr3t"));
+    }
 
     #[test]
     fn static_user_and_rest_keys() {
