@@ -58,10 +58,7 @@ impl Rig {
     fn up() -> Rig {
         let mut rig = Rig::new();
         assert_eq!(rig.connects, 1);
-        rig.gw.sip_connected(rig.now);
-        rig.drain();
-        let register = rig.take_sip(SipMethod::Register);
-        rig.reply(&register, 200, None);
+        rig.register();
         assert!(rig.gw.is_registered());
         assert!(!rig.gw.is_available(), "ARI is not connected yet");
         rig.gw.ari_connected(rig.now);
@@ -69,6 +66,24 @@ impl Rig {
         assert_eq!(rig.hub, [ToHub::Available(true)]);
         rig.hub.clear();
         rig
+    }
+
+    /// The SIP WebSocket connects and Asterisk accepts the REGISTER.
+    fn register(&mut self) {
+        self.gw.sip_connected(self.now);
+        self.drain();
+        let register = self.take_sip(SipMethod::Register);
+        self.reply(&register, 200, None);
+    }
+
+    /// The SIP WebSocket is lost: the hub hears once that the PBX is unavailable, and every
+    /// call ends with `Unavailable`, leaving nothing behind.
+    fn lose_sip(&mut self) {
+        self.gw.sip_disconnected(self.now);
+        self.drain();
+        assert!(self.hub.contains(&ToHub::Available(false)));
+        assert_eq!(hangup_of(&self.hub), Some(HangupReason::Unavailable));
+        self.assert_empty();
     }
 
     fn drain(&mut self) {
@@ -553,17 +568,10 @@ fn losing_ari_pauses_new_calls_and_losing_sip_ends_them_all() {
     rig.hub.clear();
     rig.hub_call(CallId(3), "602", &sdp::with_candidates(BROWSER_SDP, &[]));
     assert_eq!(rig.gw.call_count(), 2);
-    rig.gw.sip_disconnected(rig.now);
-    rig.drain();
-    assert!(rig.hub.contains(&ToHub::Available(false)));
-    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
-    rig.assert_empty();
+    rig.lose_sip();
     // SIP lost while ARI is already down ends the answered calls too.
     rig.sip.clear();
-    rig.gw.sip_connected(rig.now);
-    rig.drain();
-    let register = rig.take_sip(SipMethod::Register);
-    rig.reply(&register, 200, None);
+    rig.register();
     rig.hub_call(CALL, "600", &sdp::with_candidates(BROWSER_SDP, &[]));
     let invite = rig.take_sip(SipMethod::Invite);
     rig.reply(&invite, 200, Some(AST_SDP));
@@ -571,18 +579,11 @@ fn losing_ari_pauses_new_calls_and_losing_sip_ends_them_all() {
     rig.drain();
     assert_eq!(rig.gw.call_count(), 1);
     rig.hub.clear();
-    rig.gw.sip_disconnected(rig.now);
-    rig.drain();
-    assert!(rig.hub.contains(&ToHub::Available(false)));
-    assert_eq!(hangup_of(&rig.hub), Some(HangupReason::Unavailable));
-    rig.assert_empty();
+    rig.lose_sip();
     // SIP registers again, but new calls wait for ARI too.
     rig.sip.clear();
-    rig.gw.sip_connected(rig.now);
-    rig.drain();
-    let register = rig.take_sip(SipMethod::Register);
     rig.hub.clear();
-    rig.reply(&register, 200, None);
+    rig.register();
     assert_eq!(rig.hub, []);
     let retry = rig.gw.poll_timeout().unwrap();
     rig.gw.handle_timeout(retry);

@@ -57,6 +57,19 @@ impl World {
         self.drain();
     }
 
+    /// The PBX answers `call` with `sdp`.
+    fn pbx_answer(&mut self, call: CallId, sdp: &str) {
+        self.hub
+            .handle_pbx(
+                PbxEvent::Answer {
+                    call,
+                    sdp: sdp.into(),
+                },
+                self.now,
+            )
+            .unwrap();
+    }
+
     /// Everything sent since the last call, in order.
     fn take(&mut self) -> Vec<(SessionId, ServerMessage)> {
         std::mem::take(&mut self.sent)
@@ -765,15 +778,7 @@ fn a_call_to_an_extension_goes_to_the_pbx_and_back() {
     w.take();
 
     w.hub.handle_pbx(PbxEvent::Ringing { call }, w.now).unwrap();
-    w.hub
-        .handle_pbx(
-            PbxEvent::Answer {
-                call,
-                sdp: "answer".into(),
-            },
-            w.now,
-        )
-        .unwrap();
+    w.pbx_answer(call, "answer");
     w.drain();
     assert_eq!(
         w.take(),
@@ -1012,15 +1017,7 @@ fn losing_the_pbx_ends_its_calls_and_pbx_requests_need_a_pbx_call() {
     let bob = w.open("bob");
     let ringing = call_extension(&mut w, alice, "602");
     let answered = call_extension(&mut w, bob, "600");
-    w.hub
-        .handle_pbx(
-            PbxEvent::Answer {
-                call: answered,
-                sdp: "a".into(),
-            },
-            w.now,
-        )
-        .unwrap();
+    w.pbx_answer(answered, "a");
     w.drain();
     w.take();
     w.pbx.clear();
@@ -1278,15 +1275,7 @@ fn renegotiation_with_the_pbx_both_ways() {
     let mut w = with_pbx();
     let alice = w.open("alice");
     let call = call_extension(&mut w, alice, "600");
-    w.hub
-        .handle_pbx(
-            PbxEvent::Answer {
-                call,
-                sdp: "answer".into(),
-            },
-            w.now,
-        )
-        .unwrap();
+    w.pbx_answer(call, "answer");
     w.drain();
     w.take();
     w.pbx.clear();
@@ -1304,15 +1293,7 @@ fn renegotiation_with_the_pbx_both_ways() {
             }
         }]
     );
-    w.hub
-        .handle_pbx(
-            PbxEvent::Answer {
-                call,
-                sdp: "restarted".into(),
-            },
-            w.now,
-        )
-        .unwrap();
+    w.pbx_answer(call, "restarted");
     w.drain();
     assert_eq!(
         w.take(),
@@ -1442,15 +1423,7 @@ fn a_paused_pbx_keeps_its_calls_but_takes_no_new_ones() {
     );
     assert_eq!(error_code(&w.take()[0].1), Some(ErrorCode::PbxUnavailable));
     // The PBX still answers its call; once back, new calls go through again.
-    w.hub
-        .handle_pbx(
-            PbxEvent::Answer {
-                call,
-                sdp: "answer".into(),
-            },
-            w.now,
-        )
-        .unwrap();
+    w.pbx_answer(call, "answer");
     w.hub.set_pbx_available(true, w.now);
     w.drain();
     w.take();
