@@ -336,6 +336,20 @@ fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
+/// After `ready` (the READY=1 notification, with its STATUS=), `/readyz` on `metrics`
+/// answers 200 and the status is `status`.
+fn assert_ready(daemon: &str, metrics: SocketAddr, ready: &str, status: &str) {
+    let readyz = http::get(metrics, "/readyz", Duration::from_secs(2));
+    assert!(
+        matches!(&readyz, Ok(r) if r.status == 200),
+        "{daemon} said READY=1 but /readyz answers {readyz:?}"
+    );
+    assert!(
+        ready.lines().any(|l| l == format!("STATUS={status}")),
+        "READY=1 without the status {status:?}: {ready:?}"
+    );
+}
+
 fn assert_accepts(name: &str, what: &str, addr: SocketAddr) {
     if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
         panic!("{name} said READY=1 but its {what} listener {addr} refuses: {e}");
@@ -406,18 +420,11 @@ fn relay_notifies_ready_watchdog_reload_and_stop() {
     );
     assert_accepts("icegate-relay", "TCP", localhost(ports.listen()));
     assert_accepts("icegate-relay", "TLS", localhost(ports.tls()));
-    let readyz = http::get(
+    assert_ready(
+        "icegate-relay",
         localhost(ports.metrics()),
-        "/readyz",
-        Duration::from_secs(2),
-    );
-    assert!(
-        matches!(&readyz, Ok(r) if r.status == 200),
-        "icegate-relay said READY=1 but /readyz answers {readyz:?}"
-    );
-    assert!(
-        ready.lines().any(|l| l == "STATUS=relaying: 0 allocations"),
-        "READY=1 without the expected status: {ready:?}"
+        &ready,
+        "relaying: 0 allocations",
     );
 
     assert_watchdog_pings(&mut notify, "icegate-relay");
@@ -475,15 +482,7 @@ fn signal_notifies_ready_watchdog_reload_and_stop() {
         matches!(&ice, Ok(r) if r.status == 200),
         "icegate-signal said READY=1 but GET /v1/ice-servers gives {ice:?}"
     );
-    let readyz = http::get(metrics, "/readyz", Duration::from_secs(2));
-    assert!(
-        matches!(&readyz, Ok(r) if r.status == 200),
-        "icegate-signal said READY=1 but /readyz answers {readyz:?}"
-    );
-    assert!(
-        ready.lines().any(|l| l == "STATUS=serving: 0 connections"),
-        "READY=1 without the expected status: {ready:?}"
-    );
+    assert_ready("icegate-signal", metrics, &ready, "serving: 0 connections");
 
     assert_watchdog_pings(&mut notify, "icegate-signal");
     assert_reload_notified(&mut notify, &mut signal);
