@@ -112,6 +112,26 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Polls `/readyz` on `metrics` every `every` until it answers 200 (true), `running()` says
+/// the process is gone (false), or `timeout` passes (false).
+pub fn wait_ready(
+    metrics: SocketAddr,
+    timeout: Duration,
+    every: Duration,
+    mut running: impl FnMut() -> bool,
+) -> bool {
+    let ready = crate::wait_for(timeout, every, || {
+        if !running() {
+            return Some(false);
+        }
+        match get(metrics, "/readyz", Duration::from_secs(1)) {
+            Ok(response) if response.status == 200 => Some(true),
+            _ => None,
+        }
+    });
+    ready == Some(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,6 +294,18 @@ impl Relay {
         self.kind == ServerKind::Icegate
     }
 
+    /// A Binding and an Allocate (by the first static user), so that the metric series created
+    /// on first use exist; the client holds the allocation while it lives.
+    pub fn first_traffic(&self) -> crate::stun::TurnClient {
+        use crate::stun::{assert_success, request, StunUdp, TurnClient, BINDING};
+        let udp = StunUdp::new(self.udp_addr());
+        assert_success(&udp.transact(&request(BINDING, &[]), None), "Binding");
+        let (user, password) = self.config.users[0].clone();
+        let mut client = TurnClient::new(self.udp_addr(), &user, &password);
+        assert_success(&client.allocate(), "Allocate");
+        client
+    }
+
     pub fn http_get(&self, path: &str) -> Result<http::Response, String> {
         http::get(self.metrics_addr(), path, Duration::from_secs(2))
     }

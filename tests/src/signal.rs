@@ -1,9 +1,9 @@
 //! Starting icegate-signal for one test, and a blocking WebSocket client (tungstenite) that
 //! speaks its JSON protocol, over plain HTTP or TLS.
 
+use crate::http;
 use crate::metrics::Metrics;
 use crate::ports::PortBlock;
-use crate::{http, wait_for};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -155,16 +155,10 @@ impl Signal {
 
     fn wait_ready(&mut self) {
         let metrics = self.metrics_addr();
-        let ready = wait_for(READY_TIMEOUT, Duration::from_millis(50), || {
-            if !self.is_running() {
-                return Some(false);
-            }
-            match http::get(metrics, "/readyz", Duration::from_secs(1)) {
-                Ok(response) if response.status == 200 => Some(true),
-                _ => None,
-            }
+        let ready = http::wait_ready(metrics, READY_TIMEOUT, Duration::from_millis(50), || {
+            self.is_running()
         });
-        if ready != Some(true) {
+        if !ready {
             self.dump_log(100);
             panic!("icegate-signal did not become ready within {READY_TIMEOUT:?}");
         }

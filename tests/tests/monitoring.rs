@@ -3,7 +3,6 @@
 //! configuration, the rules and their unit tests (docs/monitoring/alerts_test.yml).
 
 use icegate_tests::signal::{eventually, Received, Signal, SignalConfig};
-use icegate_tests::stun::{assert_success, request, StunUdp, TurnClient, BINDING};
 use icegate_tests::{have_tool, workspace_root, Relay, RelayConfig, ServerKind};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -354,11 +353,8 @@ fn selected_jobs(exprs: &[(String, String)]) -> BTreeSet<String> {
 /// first use exist, and returns the metric names of both scrapes.
 fn live_metric_names() -> BTreeSet<String> {
     let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
-    let udp = StunUdp::new(relay.udp_addr());
-    assert_success(&udp.transact(&request(BINDING, &[]), None), "Binding");
-    let (user, password) = relay.config.users[0].clone();
-    let mut client = TurnClient::new(relay.udp_addr(), &user, &password);
-    assert_success(&client.allocate(), "Allocate");
+    // Held to the end, so the allocation is open while both are scraped.
+    let _client = relay.first_traffic();
 
     let signal = Signal::start(SignalConfig {
         args: ["--max-connections-per-ip", "2", "--max-message-rate", "5"]

@@ -3,7 +3,7 @@
 //! are icegate's own interfaces, coturn has no equivalent to validate against.
 
 use icegate_tests::server::run_icegate_once;
-use icegate_tests::stun::{assert_success, request, StunUdp, TurnClient, BINDING};
+use icegate_tests::stun::{assert_success, TurnClient};
 use icegate_tests::{Relay, RelayConfig, ServerKind};
 use std::time::{Duration, Instant};
 
@@ -166,11 +166,7 @@ fn sigterm_exits_within_the_drain_timeout() {
 fn metrics_has_the_relay_families() {
     let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
     // Some traffic, so that label sets created on first use exist too.
-    let udp = StunUdp::new(relay.udp_addr());
-    assert_success(&udp.transact(&request(BINDING, &[]), None), "Binding");
-    let (u, p) = relay.config.users[0].clone();
-    let mut c = TurnClient::new(relay.udp_addr(), &u, &p);
-    assert_success(&c.allocate(), "Allocate");
+    let _allocation = relay.first_traffic();
 
     let resp = relay.http_get("/metrics").expect("GET /metrics");
     assert_eq!(resp.status, 200, "{}", resp.body);

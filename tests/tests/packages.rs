@@ -227,18 +227,11 @@ impl Service {
 
     /// Waits for `/readyz` on `metrics` to answer 200.
     fn wait_ready(&mut self, metrics: SocketAddr) {
-        let ready = wait_for(READY, Duration::from_millis(100), || {
-            if !self.running() {
-                return Some(false);
-            }
-            match http::get(metrics, "/readyz", Duration::from_secs(1)) {
-                Ok(response) if response.status == 200 => Some(true),
-                _ => None,
-            }
+        let ready = http::wait_ready(metrics, READY, Duration::from_millis(100), || {
+            self.running()
         });
-        assert_eq!(
+        assert!(
             ready,
-            Some(true),
             "{} did not become ready within {READY:?} (exited: {:?})",
             self.name,
             self.child.try_wait()
