@@ -12,7 +12,8 @@
 //! UDP data moves in batches ([`crate::mmsg`]): listeners and relay sockets are read with
 //! `recvmmsg`. The relay sockets sit in one epoll set of the worker's ([`RelaySet`]), read by
 //! one task per round rather than one task per socket, and the datagrams a round relays to
-//! UDP clients leave with one `sendmmsg` per listener at the end of the round.
+//! UDP clients leave with one `sendmmsg` per listener at the end of the round. Towards peers,
+//! consecutive datagrams for one relay socket (a client's burst) leave in one `sendmmsg`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -57,7 +58,7 @@ const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(6
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often a worker's heartbeat task beats (see [`RuntimeCounters::heartbeats`]).
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
