@@ -4,7 +4,7 @@
 // "relay"); the PBX side relays through the same TURN server and echoes the audio.
 //
 //   node pbx.mjs SIGNAL_URL [--extension 600] [--relay-ip IP] [--relay-ports MIN-MAX]
-//                [--timeout SECONDS] [--screenshot FILE]
+//                [--timeout SECONDS] [--screenshot FILE] [--end-with hangup|hash]
 //
 // SIGNAL_URL is the demo page over plain HTTP on loopback (a secure context, so
 // getUserMedia works), e.g. http://127.0.0.1:8080/; its signal server must have an Asterisk
@@ -17,8 +17,10 @@
 // --relay-ports (and so is the remote one: the PBX is relay-only too); inbound-rtp audio
 // bytes arrive and keep growing (the echo comes back), while outbound audio grows too; the
 // DTMF keypad shows, and digits sent with it and with window.icegate.sendDtmf are
-// acknowledged; Hold then Resume renegotiate (re-INVITEs to the PBX) and the echo comes
-// back after resuming; alice hangs up.
+// acknowledged (none of them `#`: Asterisk's Echo() ends on `#`); Hold then Resume
+// renegotiate (re-INVITEs to the PBX) and the echo comes back after resuming; alice hangs
+// up. With --end-with hash, alice presses `#` on the keypad instead of hanging up, and the
+// PBX ends the call: the page shows it ended by the remote side, reason "normal".
 //
 // The last line on stdout is one JSON object: {"ok":true,...} or {"ok":false,"error":...}.
 // The exit status is 0 only when every check passed.
@@ -102,13 +104,13 @@ async function run(options) {
     progress.mark("mediaChecked");
 
     progress.step = "DTMF";
-    for (const key of ["1", "2", "hash"]) await page.getByTestId(`dtmf-${key}`).click();
-    await waitInPage(page, "the keypad's digits to be acknowledged", () => window.icegate.state().call.dtmfSent === "12#");
-    check(await page.evaluate(() => window.icegate.sendDtmf("*9")), "window.icegate.sendDtmf refused");
+    for (const key of ["1", "2", "star"]) await page.getByTestId(`dtmf-${key}`).click();
+    await waitInPage(page, "the keypad's digits to be acknowledged", () => window.icegate.state().call.dtmfSent === "12*");
+    check(await page.evaluate(() => window.icegate.sendDtmf("09")), "window.icegate.sendDtmf refused");
     const dtmfSent = await page.evaluate(() => window.icegate.state().call.dtmfSent);
-    check(dtmfSent === "12#*9", `DTMF sent: ${JSON.stringify(dtmfSent)}, expected "12#*9"`);
+    check(dtmfSent === "12*09", `DTMF sent: ${JSON.stringify(dtmfSent)}, expected "12*09"`);
     const dtmfShown = await page.getByTestId("dtmf-sent").textContent();
-    check(dtmfShown === "12#*9", `the page shows DTMF sent as ${JSON.stringify(dtmfShown)}`);
+    check(dtmfShown === "12*09", `the page shows DTMF sent as ${JSON.stringify(dtmfShown)}`);
     progress.mark("dtmf");
 
     if (options.screenshot) await page.screenshot({ path: options.screenshot, fullPage: true });
@@ -131,12 +133,15 @@ async function run(options) {
     const third = await page.evaluate(() => window.icegate.pollStats());
     check(third.audio.bytesReceived > b.bytesReceived,
       `the echo stopped after DTMF: ${b.bytesReceived} -> ${third.audio.bytesReceived}`);
-    await page.getByTestId("hangup").click();
+    const ender = options.hashEndsCall ? "dtmf-hash" : "hangup";
+    await page.getByTestId(ender).click();
     const end = await waitInPage(page, "the call to end", () => {
       const call = window.icegate.state().call;
       return call && call.state === "ended" && call;
     });
-    check(end.reason === "normal" && end.endedBy === "local", `after hanging up: ${JSON.stringify(end)}`);
+    const endedBy = options.hashEndsCall ? "remote" : "local";
+    check(end.reason === "normal" && end.endedBy === endedBy,
+      `after ${options.hashEndsCall ? "pressing #" : "hanging up"}: ${JSON.stringify(end)}, expected reason normal, ended by ${endedBy}`);
     check(await page.getByTestId("keypad").isHidden(), "the DTMF keypad still shows after the call");
     await waitInPage(page, "the call controls to reset", () => !document.querySelector("[data-testid=call]").disabled);
     progress.mark("hungUp");
@@ -160,6 +165,7 @@ async function run(options) {
       audioPacketsReceived: third.audio.packetsReceived,
       audioBytesSent: third.audio.bytesSent,
       dtmfSent,
+      endedBy: end.endedBy,
     };
   } catch (error) {
     const log = page && (await pageLog(page));
@@ -173,8 +179,8 @@ async function run(options) {
 
 await main(
   "pbx.mjs",
-  "http://127.0.0.1:PORT/ [--extension 600] [--relay-ip IP] [--relay-ports MIN-MAX] [--timeout S] [--screenshot FILE]",
-  { extension: "600", screenshot: null },
+  "http://127.0.0.1:PORT/ [--extension 600] [--relay-ip IP] [--relay-ports MIN-MAX] [--timeout S] [--screenshot FILE] [--end-with hangup|hash]",
+  { extension: "600", screenshot: null, hashEndsCall: false },
   {
     "--extension": (value, options) => {
       if (!/^[0-9A-Za-z*#+._-]{1,32}$/.test(value)) return "--extension is 1 to 32 of 0-9 A-Z a-z * # + . _ -";
@@ -182,6 +188,11 @@ await main(
       return null;
     },
     "--screenshot": (value, options) => { options.screenshot = value; },
+    "--end-with": (value, options) => {
+      if (!["hangup", "hash"].includes(value)) return "--end-with is hangup or hash";
+      options.hashEndsCall = value === "hash";
+      return null;
+    },
   },
   run,
 );

@@ -25,6 +25,8 @@ const OFF_TLS: u16 = 1;
 const OFF_METRICS: u16 = 2;
 /// `turnutils_peer` listens on its port and the next one.
 const OFF_PEER: u16 = 3;
+/// A real Asterisk's HTTPS port; shares the peer's second port, as no test runs both.
+const OFF_ASTERISK_TLS: u16 = 4;
 /// icegate-signal's HTTP(S) listener.
 const OFF_SIGNAL: u16 = 5;
 /// icegate-signal's metrics listener.
@@ -104,6 +106,10 @@ impl PortBlock {
     /// The Asterisk stand-in's HTTP (SIP WebSocket + ARI) port.
     pub fn asterisk(&self) -> u16 {
         self.base + OFF_ASTERISK
+    }
+    /// A real Asterisk's HTTPS (`wss://`, `https://`) port (tests/src/asterisk/real.rs).
+    pub fn asterisk_tls(&self) -> u16 {
+        self.base + OFF_ASTERISK_TLS
     }
     /// The default relay port range, inclusive.
     pub fn relay_range(&self) -> (u16, u16) {

@@ -27,6 +27,9 @@ pub enum Hangup {
     Ari { cause: u32 },
     /// The client's BYE or CANCEL, already answered.
     Remote { cause: u32 },
+    /// The dialplan application ended and the dialplan hung up (`Echo()` on `#`): a BYE
+    /// with the cause, as from ARI, but no soft hangup.
+    Dialplan { cause: u32 },
     /// The client rejected an Asterisk-originated INVITE.
     Rejected { code: u16 },
     /// An originate's timeout ran out: CANCEL.
@@ -630,6 +633,11 @@ impl Core {
         if let Some(d) = digit {
             let id = self.calls[idx].channel.id.clone();
             self.dtmf_received(&id, &d, 120);
+            // Asterisk's Echo() returns when it reads `#`, and the dialplan's next step,
+            // Hangup(), ends the call with a BYE (cause 16, normal clearing).
+            if d == "#" && self.calls[idx].route == Some(Route::Echo) {
+                self.hangup(idx, Hangup::Dialplan { cause: 16 });
+            }
         }
     }
 
@@ -978,7 +986,7 @@ impl Core {
     pub fn hangup(&mut self, idx: usize, how: Hangup) {
         let call = self.calls[idx].clone();
         match how {
-            Hangup::Ari { cause } => self.hangup_sip(&call, cause),
+            Hangup::Ari { cause } | Hangup::Dialplan { cause } => self.hangup_sip(&call, cause),
             Hangup::NoAnswer => self.hangup_sip(&call, 19),
             Hangup::Remote { .. } | Hangup::Rejected { .. } | Hangup::TransportLost => {}
         }
@@ -1005,7 +1013,7 @@ impl Core {
                 );
                 (cause, None)
             }
-            Hangup::Remote { cause } => {
+            Hangup::Remote { cause } | Hangup::Dialplan { cause } => {
                 self.emit_channel(idx, "ChannelHangupRequest", vec![]);
                 (cause, None)
             }
@@ -1343,6 +1351,7 @@ impl Core {
                 let c = &mut self.calls[idx];
                 c.channel.app_name = "Echo".into();
                 c.channel.app_data = String::new();
+                c.route = Some(Route::Echo);
                 if c.phase == Phase::Early && !c.outbound {
                     self.with_answer(idx, |core, i, answer| match answer {
                         Ok(answer) => core.send_answer(i, answer),

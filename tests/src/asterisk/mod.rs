@@ -36,6 +36,7 @@ pub mod digest;
 #[cfg(feature = "media-echo")]
 pub mod media;
 pub mod real;
+pub mod real_rig;
 pub mod recording;
 pub mod sdp;
 pub mod server;
