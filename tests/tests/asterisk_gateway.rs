@@ -688,3 +688,27 @@ fn asterisk_dials_a_browser_user_through_the_endpoint() {
         .any(|m| m.status() == Some(404))));
     bob.ping(7);
 }
+
+/// As Asterisk's `Echo()` does (asterisk_real_calls.rs checks the real one): `#` ends the
+/// echo test, the dialplan hangs up with a BYE (cause 16), and the browser hears `normal`.
+#[test]
+fn hash_ends_the_echo_test_with_a_normal_hangup() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    let (call600, invite, _) = answered_call(&rig, &mut alice, "600");
+    alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call600,"digits":"1#"}));
+    assert_eq!(alice.expect("ack")["id"], "d");
+    let hangup = alice.expect("hangup");
+    assert_eq!(hangup["call"], call600.as_str(), "{hangup}");
+    assert_eq!(hangup["reason"], "normal", "{hangup}");
+    // The BYE came from the stand-in, in the call's dialog; the gateway sent none.
+    assert_eq!(rig.pbx.sip_requests("BYE").len(), 0);
+    let sent_bye = rig
+        .pbx
+        .lock()
+        .log
+        .iter()
+        .any(|e| e.data.starts_with("BYE ") && e.data.contains(invite.call_id()));
+    assert!(sent_bye, "the stand-in sent no BYE");
+    rig.assert_no_leaks();
+}
