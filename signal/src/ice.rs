@@ -5,10 +5,12 @@
 //! `--relay-health` URL belongs to the relay with its host. One relay becomes one
 //! `RTCIceServer` entry, so a browser that finds a relay unreachable drops all its URIs at once.
 
+use std::time::{Duration, Instant};
+
 use icegate_common::credentials::{self, Secret};
 use serde::Serialize;
 
-/// How many failed checks in a row mark a relay down (after its first check), so that one
+/// How many failed checks in a row mark a relay down once it has passed a check, so that one
 /// lost probe does not take a working relay out of every new call.
 pub const FAILURES_TO_DOWN: u32 = 2;
 
@@ -189,46 +191,94 @@ pub fn group_relays(
 }
 
 /// What the health checks have said about one relay.
+///
+/// A relay that has never passed a check is *unconfirmed*: it is handed out, because a
+/// signal server that starts together with its relays (a boot, `systemctl start` of both)
+/// would otherwise take them out at checks made before they listen, and hand browsers no
+/// TURN server. It stays handed out while its checks fail until the start-up grace period
+/// has run out; the first check that fails after that takes it out. Once a check has
+/// passed, it goes down after [`FAILURES_TO_DOWN`] failed checks in a row, and any passing
+/// check brings it back.
+///
+/// Time is an input: [`Health::new`] and [`Health::record`] take `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
-    up: bool,
-    checked: bool,
+    state: State,
     failures: u32,
 }
 
-impl Default for Health {
-    /// Unchecked relays count as up: a signal server started just before its relays should
-    /// not hand out empty ICE server lists until the first check.
-    fn default() -> Self {
-        Health {
-            up: true,
-            checked: false,
-            failures: 0,
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No check has passed yet. Handed out until the first failed check at or after
+    /// `grace_end` (never, when the grace period reaches past what `Instant` can hold).
+    Unconfirmed { grace_end: Option<Instant> },
+    /// A check has passed, and fewer than [`FAILURES_TO_DOWN`] have failed since.
+    Up,
+    /// Left out of the ICE servers.
+    Down,
+}
+
+/// What a check changed, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    /// The first check that passed: the relay is confirmed (it was handed out already).
+    Answered,
+    /// The grace period ran out without a passing check: left out from now on.
+    NeverAnswered {
+        /// Failed checks so far.
+        failures: u32,
+    },
+    /// A relay that had passed checks failed [`FAILURES_TO_DOWN`] in a row: left out.
+    Down,
+    /// A relay that was left out passed a check: handed out again.
+    Up,
 }
 
 impl Health {
-    /// Records one check; returns whether up/down changed.
-    pub fn record(&mut self, ok: bool) -> bool {
-        let was_up = self.up;
-        if ok {
-            self.failures = 0;
-            self.up = true;
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            // The first check decides on its own: there is no earlier evidence of health.
-            if !self.checked || self.failures >= FAILURES_TO_DOWN {
-                self.up = false;
-            }
+    /// A relay not checked yet, at `now` (the server's start), with a start-up grace period.
+    pub fn new(now: Instant, grace: Duration) -> Self {
+        Health {
+            state: State::Unconfirmed {
+                grace_end: now.checked_add(grace),
+            },
+            failures: 0,
         }
-        self.checked = true;
-        was_up != self.up
     }
 
-    /// Whether the relay is handed out.
+    /// Records the result of a check made at `now`; returns what changed, if anything.
+    pub fn record(&mut self, ok: bool, now: Instant) -> Option<HealthChange> {
+        if ok {
+            self.failures = 0;
+            let change = match self.state {
+                State::Unconfirmed { .. } => Some(HealthChange::Answered),
+                State::Down => Some(HealthChange::Up),
+                State::Up => None,
+            };
+            self.state = State::Up;
+            return change;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let change = match self.state {
+            State::Unconfirmed { grace_end } if grace_end.is_some_and(|end| now >= end) => {
+                HealthChange::NeverAnswered {
+                    failures: self.failures,
+                }
+            }
+            State::Up if self.failures >= FAILURES_TO_DOWN => HealthChange::Down,
+            State::Unconfirmed { .. } | State::Up | State::Down => return None,
+        };
+        self.state = State::Down;
+        Some(change)
+    }
+
+    /// Whether the relay is handed out: up, or unconfirmed within its grace period.
     pub fn is_up(&self) -> bool {
-        self.up
+        self.state != State::Down
+    }
+
+    /// Whether it is handed out without a check of it having passed yet.
+    pub fn is_unconfirmed(&self) -> bool {
+        matches!(self.state, State::Unconfirmed { .. })
     }
 }
 
@@ -396,20 +446,94 @@ mod tests {
         assert_eq!(servers.ice_servers[1].username, None);
     }
 
+    /// A fake clock: the start, and `secs` after it.
+    fn at(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
     #[test]
     fn health_goes_down_after_repeated_failures_and_up_at_once() {
-        let mut health = Health::default();
+        let start = Instant::now();
+        let mut health = Health::new(start, Duration::from_secs(30));
         assert!(health.is_up(), "unchecked relays are handed out");
-        assert!(!health.record(true));
-        assert!(!health.record(false), "one lost probe is tolerated");
+        assert!(health.is_unconfirmed());
+        assert_eq!(health.record(true, start), Some(HealthChange::Answered));
+        assert!(health.is_up() && !health.is_unconfirmed());
+        assert_eq!(health.record(true, at(start, 5)), None);
+        assert_eq!(
+            health.record(false, at(start, 10)),
+            None,
+            "one lost probe is tolerated"
+        );
         assert!(health.is_up());
-        assert!(health.record(false));
+        assert_eq!(
+            health.record(false, at(start, 15)),
+            Some(HealthChange::Down)
+        );
         assert!(!health.is_up());
-        assert!(health.record(true));
-        assert!(health.is_up());
+        assert_eq!(health.record(false, at(start, 20)), None);
+        assert_eq!(health.record(true, at(start, 25)), Some(HealthChange::Up));
+        assert!(health.is_up() && !health.is_unconfirmed());
+    }
 
-        let mut first = Health::default();
-        assert!(first.record(false), "a failed first check decides at once");
+    #[test]
+    fn a_relay_that_never_answered_is_handed_out_for_the_grace_period() {
+        let start = Instant::now();
+        let mut health = Health::new(start, Duration::from_secs(30));
+        // Checks every 5 s from the start fail: still handed out, however many fail.
+        for secs in (0..30).step_by(5) {
+            assert_eq!(health.record(false, at(start, secs)), None, "at {secs} s");
+            assert!(health.is_up() && health.is_unconfirmed(), "at {secs} s");
+        }
+        // The first failure once the grace period has run out takes it out, once.
+        assert_eq!(
+            health.record(false, at(start, 30)),
+            Some(HealthChange::NeverAnswered { failures: 7 })
+        );
+        assert!(!health.is_up() && !health.is_unconfirmed());
+        assert_eq!(health.record(false, at(start, 35)), None);
+        // It comes up with its first passing check, and then counts as any relay.
+        assert_eq!(health.record(true, at(start, 40)), Some(HealthChange::Up));
+        assert_eq!(health.record(false, at(start, 45)), None);
+        assert_eq!(
+            health.record(false, at(start, 50)),
+            Some(HealthChange::Down)
+        );
+    }
+
+    #[test]
+    fn a_relay_that_answers_late_in_the_grace_period_is_confirmed() {
+        let start = Instant::now();
+        let mut health = Health::new(start, Duration::from_secs(30));
+        assert_eq!(health.record(false, start), None);
+        assert_eq!(health.record(false, at(start, 5)), None);
+        assert_eq!(
+            health.record(true, at(start, 10)),
+            Some(HealthChange::Answered)
+        );
+        // From now on two failures in a row take it out, grace period or not.
+        assert_eq!(health.record(false, at(start, 15)), None);
+        assert_eq!(
+            health.record(false, at(start, 20)),
+            Some(HealthChange::Down)
+        );
+        assert!(!health.is_up());
+    }
+
+    #[test]
+    fn without_a_grace_period_a_failed_first_check_decides_at_once() {
+        let start = Instant::now();
+        let mut first = Health::new(start, Duration::ZERO);
+        assert!(first.is_up(), "handed out until its first check");
+        assert_eq!(
+            first.record(false, start),
+            Some(HealthChange::NeverAnswered { failures: 1 })
+        );
         assert!(!first.is_up());
+
+        // A grace period past what Instant can hold never runs out.
+        let mut forever = Health::new(start, Duration::MAX);
+        assert_eq!(forever.record(false, at(start, 1_000_000)), None);
+        assert!(forever.is_up());
     }
 }

@@ -114,6 +114,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         keys,
         relays,
         health_interval,
+        health_grace,
         credential_ttl,
         anonymous,
         metrics_listen,
@@ -190,7 +191,13 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         metrics.clone(),
         stopped.clone(),
     ));
-    shell::relay_health::spawn(&shared, health_interval);
+    shell::relay_health::spawn(
+        &shared,
+        shell::relay_health::Timing {
+            interval: health_interval,
+            grace: health_grace,
+        },
+    );
 
     let health = Health::new();
     if let Some(listener) = metrics_listener {

@@ -1,5 +1,6 @@
 //! ICE servers from icegate-signal: their shape, their credentials (checked by HMAC here and
-//! by a real icegate-relay), and relays left out while their health check fails.
+//! by a real icegate-relay), relays left out while their health check fails, and relays that
+//! have not answered yet handed out for the start-up grace period.
 
 use icegate_tests::signal::{eventually, rest_password, unix_now, Signal, SignalConfig};
 use icegate_tests::stun::{assert_success, TurnClient};
@@ -9,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "shared-rest-secret";
 
@@ -168,6 +169,71 @@ fn relays_failing_their_health_check_are_left_out() {
         ) == both),
         "the recovered relay is not handed out again"
     );
+}
+
+#[test]
+fn a_relay_that_has_not_answered_yet_is_handed_out_for_the_grace_period() {
+    // The relay is not ready yet (a boot, both units started at once): its checks fail.
+    let status = Arc::new(AtomicU16::new(503));
+    let port = fake_health_server(Arc::clone(&status));
+    let grace = Duration::from_secs(5);
+    let started = Instant::now();
+    let signal = Signal::start(SignalConfig {
+        relays: vec!["stun:127.0.0.1:3478".into()],
+        relay_health: vec![format!("http://127.0.0.1:{port}/readyz")],
+        args: vec![
+            "--relay-health-interval".into(),
+            "1".into(),
+            "--relay-health-grace".into(),
+            grace.as_secs().to_string(),
+        ],
+        ..SignalConfig::default()
+    });
+    let relay = vec!["stun:127.0.0.1:3478".to_string()];
+    let up = |metric: &str| signal.metrics().sum(metric, &[("relay", "127.0.0.1")]);
+    let (hosts, relay_up, unconfirmed) = (
+        relay_hosts(&signal.ice_servers(&[])),
+        up("icegate_signal_relay_up"),
+        up("icegate_signal_relay_unconfirmed"),
+    );
+    // The server's grace period began after `started`: asked before `started + grace`, it
+    // had not ended. (A machine so busy that the start took longer cannot tell.)
+    if started.elapsed() < grace {
+        assert_eq!(
+            hosts, relay,
+            "a relay that has not answered yet is left out within the grace period"
+        );
+        assert_eq!((relay_up, unconfirmed), (1.0, 1.0), "up, but unconfirmed");
+    } else {
+        eprintln!("the start took longer than the grace period; its first half is not checked");
+    }
+
+    assert!(
+        eventually(Duration::from_secs(15), || relay_hosts(
+            &signal.ice_servers(&[])
+        )
+        .is_empty()),
+        "a relay that never answered is still handed out after the grace period"
+    );
+    assert!(
+        started.elapsed() >= grace,
+        "left out after {:?}, within the grace period",
+        started.elapsed()
+    );
+    assert_eq!(up("icegate_signal_relay_up"), 0.0);
+    assert_eq!(up("icegate_signal_relay_unconfirmed"), 0.0);
+    let warning = "relay has not answered a health check within the start-up grace period";
+    assert_eq!(signal.log().matches(warning).count(), 1, "{}", signal.log());
+
+    // Its first passing check hands it out.
+    status.store(200, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(10), || relay_hosts(
+            &signal.ice_servers(&[])
+        ) == relay),
+        "the relay is not handed out once it answers"
+    );
+    assert_eq!(up("icegate_signal_relay_unconfirmed"), 0.0);
 }
 
 #[test]

@@ -120,6 +120,37 @@ fn units_start_the_packaged_binaries_as_notify_services() {
     }
 }
 
+/// Started together (a boot, `systemctl start icegate-relay icegate-signal`), the signal
+/// server waits for the relay's READY=1, so that its first health check finds the relay
+/// answering; but neither needs the other, since relays usually run on other hosts.
+#[test]
+fn signal_unit_is_ordered_after_the_relay_without_needing_it() {
+    let signal = UNITS[1].text();
+    let relay = UNITS[0].file;
+    assert!(
+        signal.lines().any(|l| l == format!("After={relay}")),
+        "{} lacks After={relay}",
+        UNITS[1].file
+    );
+    for unit in &UNITS {
+        let other = UNITS
+            .iter()
+            .find(|u| u.file != unit.file)
+            .expect("two units");
+        for line in unit.text().lines().filter(|l| !l.starts_with('#')) {
+            let needs = ["Requires=", "Wants=", "BindsTo=", "Requisite=", "PartOf="]
+                .iter()
+                .any(|key| line.starts_with(key));
+            assert!(
+                !(needs && line.contains(other.file)),
+                "{} must not need {}: {line}",
+                unit.file,
+                other.file
+            );
+        }
+    }
+}
+
 /// `systemd-analyze verify` checks that every `Exec*=` program exists, and no package is
 /// installed here: the unit is verified as it is, except that its binary's installed path
 /// points at the one just built (the test above checks the installed path itself).

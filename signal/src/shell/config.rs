@@ -22,6 +22,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// for any call, since an allocation is refreshed with the credential it was made with.
 const DEFAULT_CREDENTIAL_TTL: u64 = 86_400;
 const DEFAULT_HEALTH_INTERVAL: u64 = 5;
+/// A relay that has not passed a health check yet is handed out for this long from the
+/// start: enough for relays started at the same time (a boot, a restart of both, a relay
+/// that takes a `RestartSec=` or two to come up) to answer, six checks at the default
+/// interval; short enough that a relay that is really missing is out within half a minute.
+const DEFAULT_HEALTH_GRACE: u64 = 30;
 
 /// Command-line flags.
 #[derive(Debug, Default, Parser)]
@@ -68,6 +73,10 @@ pub struct Cli {
     /// Seconds between relay health checks. Default: 5.
     #[arg(long)]
     pub relay_health_interval: Option<u64>,
+    /// Seconds from the start that a relay whose health checks have never passed is still
+    /// handed out; 0 leaves it out at its first failed check. Default: 30.
+    #[arg(long)]
+    pub relay_health_grace: Option<u64>,
     /// Lifetime of TURN credentials in seconds. Default: 86400.
     #[arg(long)]
     pub credential_ttl: Option<u64>,
@@ -165,6 +174,7 @@ pub struct FileConfig {
     relay: Option<Vec<String>>,
     relay_health: Option<Vec<String>>,
     relay_health_interval: Option<u64>,
+    relay_health_grace: Option<u64>,
     credential_ttl: Option<u64>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
@@ -231,6 +241,8 @@ pub struct Settings {
     pub relays: Vec<Relay>,
     /// Between health checks.
     pub health_interval: Duration,
+    /// How long a relay that has never passed a check is handed out, from the start.
+    pub health_grace: Duration,
     /// TURN credential lifetime, seconds.
     pub credential_ttl: u64,
     /// Whether clients may connect without a token.
@@ -586,6 +598,9 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         "relay-health-interval",
         DEFAULT_HEALTH_INTERVAL,
     )?;
+    let health_grace = pick(cli.relay_health_grace, f.relay_health_grace)
+        .0
+        .unwrap_or(DEFAULT_HEALTH_GRACE);
     let credential_ttl = positive(
         pick(cli.credential_ttl, f.credential_ttl),
         "credential-ttl",
@@ -649,6 +664,7 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         keys: Keys { auth, turn_secret },
         relays,
         health_interval: Duration::from_secs(health_interval),
+        health_grace: Duration::from_secs(health_grace),
         credential_ttl,
         anonymous,
         metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
@@ -880,6 +896,7 @@ mod tests {
         assert_eq!(settings.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(settings.tls, TlsMode::SelfSigned(PathBuf::from("run/tls")));
         assert!(settings.relays.is_empty());
+        assert_eq!(settings.health_grace, Duration::from_secs(30));
         assert!(settings.summary().contains("anonymous"));
     }
 
@@ -957,11 +974,17 @@ mod tests {
         let settings = load_file(
             "jwt-secret = \"file-secret\"\nstatic-auth-secret = \"s\"\ncredential-ttl = 10\n\
              relay = [\"turn:10.0.0.1?transport=udp\", \"turns:10.0.0.1:5349?transport=tcp\"]\n\
-             relay-health = [\"http://10.0.0.1:9641/readyz\"]\n",
+             relay-health = [\"http://10.0.0.1:9641/readyz\"]\nrelay-health-grace = 0\n",
             &["--credential-ttl", "20"],
         )
         .unwrap();
         assert_eq!(settings.credential_ttl, 20);
+        assert_eq!(settings.health_interval, Duration::from_secs(5));
+        assert_eq!(
+            settings.health_grace,
+            Duration::ZERO,
+            "0 is allowed: no grace"
+        );
         assert_eq!(settings.relays.len(), 1);
         assert!(settings.relays[0].health_url.is_some());
         let summary = settings.summary();

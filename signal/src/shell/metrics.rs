@@ -34,12 +34,15 @@ pub struct Metrics {
     pub calls_answered: IntCounter,
     /// Calls ended, by reason.
     pub calls_ended: IntCounterVec,
-    /// Relays handed out now (up, or not health-checked).
+    /// Relays handed out now (up, unconfirmed in the start-up grace period, or not
+    /// health-checked).
     pub relays_healthy: IntGauge,
     /// Relays configured.
     pub relays_configured: IntGauge,
-    /// Per relay host: 1 when up.
+    /// Per relay host: 1 while handed out.
     pub relay_up: IntGaugeVec,
+    /// Per relay host: 1 while handed out in its start-up grace period, no check passed yet.
+    pub relay_unconfirmed: IntGaugeVec,
     /// 1 when the Asterisk gateway's SIP registration is in place.
     pub sip_registered: IntGauge,
     /// 1 when an Asterisk gateway is configured (`asterisk-*` settings), else 0.
@@ -76,6 +79,13 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let metric = IntGauge::with_opts(opts(name, help)).expect("static definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("registered once");
+            metric
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(opts(name, help), labels).expect("static definition");
             registry
                 .register(Box::new(metric.clone()))
                 .expect("registered once");
@@ -128,23 +138,19 @@ impl Metrics {
             ),
             relays_healthy: gauge(
                 "icegate_signal_relays_healthy",
-                "Relays handed out now: up, or not health-checked.",
+                "Relays handed out now: up, unconfirmed within the start-up grace period, or not health-checked.",
             ),
             relays_configured: gauge("icegate_signal_relays_configured", "Relays configured."),
-            relay_up: {
-                let metric = IntGaugeVec::new(
-                    opts(
-                        "icegate_signal_relay_up",
-                        "1 when the relay's health check passes.",
-                    ),
-                    &["relay"],
-                )
-                .expect("static definition");
-                registry
-                    .register(Box::new(metric.clone()))
-                    .expect("registered once");
-                metric
-            },
+            relay_up: gauge_vec(
+                "icegate_signal_relay_up",
+                "1 while the relay is handed out, 0 while its health checks say it is down.",
+                &["relay"],
+            ),
+            relay_unconfirmed: gauge_vec(
+                "icegate_signal_relay_unconfirmed",
+                "1 while the relay is handed out in its start-up grace period, before any health check of it has passed.",
+                &["relay"],
+            ),
             asterisk_configured: gauge(
                 "icegate_signal_asterisk_configured",
                 "1 when an Asterisk gateway is configured: then the two gauges below should be 1.",
