@@ -76,3 +76,27 @@ pub fn run(command: &mut Command) -> String {
     );
     stdout
 }
+
+/// Holds this machine's `name` lock until dropped, waiting for it: tests that change the
+/// machine itself (dpkg, a shared debootstrap root) take one, so that two test runs at once
+/// take turns instead of tripping over each other's installation. The kernel drops the lock
+/// when the holder dies.
+pub fn machine_lock(name: &str) -> nix::fcntl::Flock<std::fs::File> {
+    let path = Path::new("/var/lock").join(format!("icegate-tests-{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let started = Instant::now();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("lock {}: {e}", path.display()));
+    if started.elapsed() > std::time::Duration::from_secs(1) {
+        eprintln!(
+            "[{name}] waited {:.0?} for another test run to finish with this machine",
+            started.elapsed()
+        );
+    }
+    lock
+}

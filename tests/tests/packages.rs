@@ -46,6 +46,8 @@ fn debian_packages_install_run_reinstall_and_purge() {
         eprintln!("SKIPPED packages: no dpkg here, so this is no Debian system");
         return;
     }
+    // Another test run on this machine may be installing them right now: wait for it.
+    let _machine = debian::machine_lock("dpkg");
     for package in PACKAGES {
         let status = dpkg_status(package);
         assert!(

@@ -133,6 +133,8 @@ fn packaged_units_start_reload_watchdog_and_stop_under_systemd() {
 
 /// The Debian root, made with debootstrap on first use.
 fn debian_root() -> PathBuf {
+    // Another test run may be making it right now: wait for it, then use what it made.
+    let _machine = debian::machine_lock("debian-root");
     let root = PathBuf::from(ROOT);
     let done = root.join(".icegate-complete");
     if done.exists() {
