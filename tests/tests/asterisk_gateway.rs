@@ -150,6 +150,16 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
         "{sdp}"
     );
     assert!(sdp.contains("a=end-of-candidates"), "{sdp}");
+    // The browser's placeholder address (it trickles) gives way to its candidate: Asterisk
+    // takes `c=0.0.0.0` for hold and would answer `a=recvonly`.
+    assert!(
+        sdp.contains("m=audio 50000 ") && sdp.contains("c=IN IP4 127.0.0.1\r\n"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=rtcp:50000 IN IP4 127.0.0.1\r\n"), "{sdp}");
+    assert!(!sdp.contains("0.0.0.0\r\n"), "{sdp}");
+    let answer_sdp = answer["sdp"].as_str().unwrap();
+    assert!(answer_sdp.contains("a=sendrecv"), "{answer_sdp}");
     // The dialplan, not Stasis, has this channel: DTMF goes as SIP INFO.
     alice.send(json!({"v":1,"type":"dtmf","id":"i","call":call600,"digits":"5*"}));
     assert_eq!(alice.expect("ack")["id"], "i");
@@ -172,6 +182,13 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
 
     // 700: into Stasis, where the gateway's ARI controller rings and answers it.
     let (call700, _, channel) = answered_call(&rig, &mut alice, "700");
+    let holds: Vec<Value> = rig
+        .pbx
+        .events_sent()
+        .into_iter()
+        .filter(|e| e["type"] == "ChannelHold")
+        .collect();
+    assert!(holds.is_empty(), "not on hold: {holds:?}");
     alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"12#"}));
     assert_eq!(alice.expect("ack")["id"], "d");
     assert!(

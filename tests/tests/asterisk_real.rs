@@ -195,6 +195,22 @@ fn chromium_calls_echo(test: &str, end_with: &str) {
         [Value::from("Up")],
         "channel states after the first"
     );
+    // On hold once, by the Hold button (a=sendonly), and off it once, by Resume. The page
+    // trickles, so its SDP has the placeholder `c=IN IP4 0.0.0.0`, which Asterisk takes for
+    // hold; the gateway writes the default candidate in, or the call would be held from the
+    // start and never resumed.
+    let count = |kind: &str| {
+        rig.observer
+            .of_type(kind)
+            .iter()
+            .filter(|e| e["channel"]["id"] == id.as_str())
+            .count()
+    };
+    assert_eq!(
+        (count("ChannelHold"), count("ChannelUnhold")),
+        (1, 1),
+        "hold events"
+    );
     rig.assert_no_leaks();
 
     // The relay: Asterisk allocates over TCP (res_rtp_asterisk's TURN client does), the

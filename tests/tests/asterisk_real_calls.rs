@@ -42,6 +42,11 @@ fn asterisk_real_browser_calls_echo_sends_dtmf_and_hangs_up() {
     // and its one relayed candidate on the test's icegate-relay (rtp.conf's ice_deny).
     assert!(sdp.contains("a=rtpmap:0 PCMU/8000"), "{sdp}");
     assert!(sdp.contains("a=setup:active"), "{sdp}");
+    // OFFER has a trickling browser's placeholder `c=IN IP4 0.0.0.0` and port 9, which
+    // Asterisk takes for hold (`a=recvonly`, ChannelHold); the gateway sends its candidate's
+    // address instead, so Asterisk's answer is sendrecv.
+    assert!(sdp.contains("a=sendrecv"), "{sdp}");
+    assert!(!sdp.contains("a=recvonly"), "{sdp}");
     let candidates: Vec<&str> = sdp
         .lines()
         .filter(|l| l.starts_with("a=candidate:"))
@@ -93,9 +98,16 @@ fn asterisk_real_browser_calls_echo_sends_dtmf_and_hangs_up() {
         "Asterisk received DTMF {:?}",
         dtmf_received(&rig, &id)
     );
-    // Still up: Echo() goes on.
+    // Still up: Echo() goes on, and never on hold.
     let (status, ch) = rig.ast.ari("GET", &format!("/ari/channels/{id}"));
     assert_eq!((status, &ch["state"]), (200, &Value::from("Up")), "{ch}");
+    let holds: Vec<Value> = rig
+        .observer
+        .of_type("ChannelHold")
+        .into_iter()
+        .filter(|e| e["channel"]["id"] == id.as_str())
+        .collect();
+    assert!(holds.is_empty(), "{holds:#?}");
 
     alice.send(json!({"v":1,"type":"hangup","call":call600}));
     let destroyed = rig

@@ -280,19 +280,12 @@ fn asterisk_real_stasis_rings_answers_plays_and_transfers_to_echo() {
     );
 }
 
-/// [`OFFER`] with its connection address set: Asterisk takes `c=IN IP4 0.0.0.0` for hold
-/// (RFC 2543), answers `a=recvonly` and raises ChannelHold. Real browsers' offers have a
-/// real address once their candidates are gathered.
-fn offer_with_address() -> String {
-    OFFER
-        .replace("c=IN IP4 0.0.0.0", "c=IN IP4 127.0.0.1")
-        .replace("m=audio 9 ", "m=audio 50000 ")
-}
-
 /// The browser's answer to Asterisk's offer: PCMU, the DTLS client, the same ICE
-/// credentials as its first offer (no ICE restart).
+/// credentials as its first offer (no ICE restart). Its placeholder `c=IN IP4 0.0.0.0` and
+/// port 9 are a trickling browser's; the gateway writes its candidate's address in, or
+/// Asterisk would take the answer for hold (RFC 2543) and raise ChannelHold.
 fn answer_sdp() -> String {
-    offer_with_address()
+    OFFER
         .replace("a=setup:actpass", "a=setup:active")
         .replace("o=- 4611731400430051336 2 ", "o=- 4611731400430051336 3 ")
         .replace(" 111 0 8\r\n", " 0\r\n")
@@ -326,7 +319,7 @@ fn asterisk_real_stasis_reinvite_from_asterisk_reaches_the_browser_as_an_offer()
     let mut alice = rig.browser("alice");
     alice.send(
         json!({"v":1,"type":"call","id":"c","to":{"extension":"700"},
-        "sdp":offer_with_address()}),
+        "sdp":OFFER}),
     );
     let call700 = alice.expect("ack")["call"].as_str().unwrap().to_owned();
     alice.send(json!({"v":1,"type":"candidate","call":call700,"candidate":{

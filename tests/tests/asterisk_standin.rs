@@ -417,9 +417,10 @@ fn asterisk_every_recording_is_replayed() {
 
 // ---- What the recordings do not show: scripted behaviour and faults. ----
 
-fn invite_text(exten: &str, call_id: &str, cseq: u32, auth: Option<String>) -> String {
+/// The offer of the recorded browser call (real addresses, `a=sendrecv`).
+fn recorded_offer() -> String {
     let rec = recording::load("browser-calls-echo");
-    let offer = SipMessage::parse(
+    SipMessage::parse(
         rec.messages
             .iter()
             .find(|m| m.dir == "to-asterisk")
@@ -427,7 +428,20 @@ fn invite_text(exten: &str, call_id: &str, cseq: u32, auth: Option<String>) -> S
             .text(),
     )
     .unwrap()
-    .body;
+    .body
+}
+
+fn invite_text(exten: &str, call_id: &str, cseq: u32, auth: Option<String>) -> String {
+    invite_text_with(exten, call_id, cseq, auth, &recorded_offer())
+}
+
+fn invite_text_with(
+    exten: &str,
+    call_id: &str,
+    cseq: u32,
+    auth: Option<String>,
+    offer: &str,
+) -> String {
     let mut m = format!(
         "INVITE sip:{exten}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:{exten}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:icegate@c.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n",
         rand::random::<u64>()
@@ -440,10 +454,17 @@ fn invite_text(exten: &str, call_id: &str, cseq: u32, auth: Option<String>) -> S
 
 /// INVITE with the digest round (401, then credentials); returns the call id.
 async fn invite(ws: &mut Ws, exten: &str) -> String {
+    invite_offer(ws, exten, &recorded_offer()).await
+}
+
+/// [`invite`] with `offer` as the SDP.
+async fn invite_offer(ws: &mut Ws, exten: &str, offer: &str) -> String {
     let call_id = format!("inv{}", rand::random::<u32>());
-    ws.send(Message::text(invite_text(exten, &call_id, 1, None)))
-        .await
-        .unwrap();
+    ws.send(Message::text(invite_text_with(
+        exten, &call_id, 1, None, offer,
+    )))
+    .await
+    .unwrap();
     let challenge = recv_sip(ws).await;
     assert_eq!(challenge.status(), Some(401));
     let auth = digest::authorization(
@@ -453,10 +474,63 @@ async fn invite(ws: &mut Ws, exten: &str) -> String {
         "icegate",
         "sip-secret",
     );
-    ws.send(Message::text(invite_text(exten, &call_id, 2, auth)))
-        .await
-        .unwrap();
+    ws.send(Message::text(invite_text_with(
+        exten, &call_id, 2, auth, offer,
+    )))
+    .await
+    .unwrap();
     call_id
+}
+
+/// As the real Asterisk does (asterisk_real_calls): an offer with `c=IN IP4 0.0.0.0` (a
+/// trickling browser's placeholder, RFC 2543 hold) is answered `a=recvonly` and raises
+/// ChannelHold; a re-INVITE with an address takes the hold off (ChannelUnhold).
+#[tokio::test]
+async fn asterisk_standin_zero_address_offer_is_hold() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    let offer = recorded_offer();
+    let zero = offer.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
+    assert_ne!(zero, offer);
+    invite_offer(&mut ws, "700", &zero).await;
+    let start = recv_event(&mut events).await;
+    let id = start["channel"]["id"].as_str().unwrap().to_string();
+    let answer = http(
+        pbx.addr(),
+        "POST",
+        &format!("/ari/channels/{id}/answer"),
+        Some(("icegate", "ari-secret")),
+    )
+    .await;
+    assert_eq!(answer.status, 204);
+    let mut ok = recv_sip(&mut ws).await;
+    while ok.status() != Some(200) {
+        ok = recv_sip(&mut ws).await;
+    }
+    assert!(ok.body.contains("a=recvonly\r\n"), "{}", ok.body);
+    assert!(!ok.body.contains("a=sendrecv"), "{}", ok.body);
+    let mut kinds = Vec::new();
+    while let Some(text) = client::recv_text(&mut events, Duration::from_millis(300)).await {
+        let event: Value = serde_json::from_str(&text).unwrap();
+        kinds.push(event["type"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(kinds.iter().any(|k| k == "ChannelHold"), "{kinds:?}");
+    // The recorded offer (a real address, sendrecv) is no hold.
+    let pbx2 = AsteriskStandIn::start(Config::default());
+    let mut ws2 = ws_connect(pbx2.addr(), "/ws", Some("sip")).await.unwrap();
+    invite(&mut ws2, "600").await;
+    let mut ok = recv_sip(&mut ws2).await;
+    while ok.status() != Some(200) {
+        ok = recv_sip(&mut ws2).await;
+    }
+    assert!(ok.body.contains("a=sendrecv\r\n"), "{}", ok.body);
 }
 
 #[tokio::test]
@@ -1005,6 +1079,19 @@ mod echo {
         format!("{m}Content-Length: {}\r\n\r\n{sdp}", sdp.len())
     }
 
+    /// `sdp` with its `c=` address and `m=` port those of its first candidate.
+    fn at_first_candidate(sdp: &str) -> String {
+        let fields: Vec<&str> = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=candidate:"))
+            .expect("a candidate")
+            .split(' ')
+            .collect();
+        let (ip, port) = (fields[4], fields[5]);
+        sdp.replace("c=IN IP4 0.0.0.0", &format!("c=IN IP4 {ip}"))
+            .replace("m=audio 9 ", &format!("m=audio {port} "))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn asterisk_standin_echo_media_through_icegate_relay() {
         let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
@@ -1048,6 +1135,9 @@ mod echo {
         let offer = pc.create_offer(None).await.unwrap();
         let offer = media::complete_local_sdp(&pc, offer).await.unwrap();
         assert!(offer.contains("typ relay"), "{offer}");
+        // webrtc-rs leaves the placeholder `c=0.0.0.0` and port 9 with its candidates; Asterisk
+        // reads that as hold. The gateway writes the default candidate in; so does this test.
+        let offer = at_first_candidate(&offer);
 
         let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
         let call_id = format!("echo{}", rand::random::<u32>());

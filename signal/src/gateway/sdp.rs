@@ -1,6 +1,15 @@
 //! Puts trickled ICE candidates into an SDP, for a peer that does not trickle (Asterisk over
 //! SIP): each `a=candidate:` goes at the end of the m-section it names (by `sdpMid`, else by
 //! `sdpMLineIndex`), and every m-section ends with `a=end-of-candidates` (RFC 8840 §4.1).
+//!
+//! A browser that trickles sends its SDP before gathering, with the placeholder `c=IN IP4
+//! 0.0.0.0` and port 9. A peer that does not trickle reads that as the address of the media,
+//! and Asterisk reads `0.0.0.0` as hold (it answers `a=recvonly` and raises `ChannelHold`). So
+//! where candidates are written in, each m-section's `c=`, `m=` port and `a=rtcp` also name its
+//! default candidate, as a non-trickling agent's SDP would (RFC 8839 §4.2.1.2, RFC 8829
+//! §5.3.1).
+
+use std::net::IpAddr;
 
 use crate::protocol::IceCandidate;
 
@@ -73,11 +82,32 @@ pub fn with_candidates(sdp: &str, candidates: &[IceCandidate]) -> String {
         out.push_str(eol);
     }
     for (lines, extra) in media.iter().zip(&added) {
+        let all = lines
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str));
+        let rtp = default_candidate(all.clone(), 1);
+        // RTCP on its own component if the browser gathered one, else muxed with RTP.
+        let rtcp = default_candidate(all, 2).or(rtp);
+        let has_c = lines.iter().any(|l| l.starts_with("c="));
         for line in lines {
             if *line == "a=end-of-candidates" {
                 continue;
             }
-            out.push_str(line);
+            match (rtp, rtcp) {
+                (Some(rtp), _) if line.starts_with("m=") => {
+                    out.push_str(&with_port(line, rtp.1));
+                    if !has_c {
+                        out.push_str(eol);
+                        out.push_str(&connection(rtp.0));
+                    }
+                }
+                (Some(rtp), _) if line.starts_with("c=") => out.push_str(&connection(rtp.0)),
+                (_, Some((ip, port))) if line.starts_with("a=rtcp:") => {
+                    out.push_str(&format!("a=rtcp:{port} {}", address(ip)));
+                }
+                _ => out.push_str(line),
+            }
             out.push_str(eol);
         }
         for line in extra {
@@ -88,6 +118,60 @@ pub fn with_candidates(sdp: &str, candidates: &[IceCandidate]) -> String {
         out.push_str(eol);
     }
     out
+}
+
+/// The default candidate of `component` among the `a=candidate:` lines: the one of highest
+/// priority (JSEP's choice; a relay-only browser gathers relay candidates only). Candidates
+/// without an IP address (mDNS `.local` names) cannot be a `c=` address and are passed over.
+fn default_candidate<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    component: u32,
+) -> Option<(IpAddr, u16)> {
+    lines
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            // foundation component transport priority address port typ type ...
+            let fields: Vec<&str> = c.split_whitespace().collect();
+            let (Some(comp), Some(priority), Some(ip), Some(port)) =
+                (fields.get(1), fields.get(3), fields.get(4), fields.get(5))
+            else {
+                return None;
+            };
+            if comp.parse::<u32>().ok()? != component {
+                return None;
+            }
+            let priority: u32 = priority.parse().ok()?;
+            let ip: IpAddr = ip.parse().ok()?;
+            let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+            Some((priority, ip, port))
+        })
+        .max_by_key(|(priority, ..)| *priority)
+        .map(|(_, ip, port)| (ip, port))
+}
+
+/// `nettype addrtype address` of an `c=` line or `a=rtcp`.
+fn address(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("IN IP4 {v4}"),
+        IpAddr::V6(v6) => format!("IN IP6 {v6}"),
+    }
+}
+
+fn connection(ip: IpAddr) -> String {
+    format!("c={}", address(ip))
+}
+
+/// An `m=` line with its port (`m=<media> <port>[/<count>] <proto> <fmt>...`) replaced.
+fn with_port(line: &str, port: u16) -> String {
+    let mut fields: Vec<String> = line.split(' ').map(str::to_owned).collect();
+    if let Some(field) = fields.get_mut(1) {
+        let count = field
+            .find('/')
+            .map(|i| field[i..].to_owned())
+            .unwrap_or_default();
+        *field = format!("{port}{count}");
+    }
+    fields.join(" ")
 }
 
 /// The ICE username fragment of the first m-section (or the session) that names one.
@@ -217,6 +301,79 @@ mod tests {
         );
         assert_eq!(carry_candidates(&first, OFFER), None);
         assert_eq!(ice_ufrag(&first), Some("abcd"));
+    }
+
+    #[test]
+    fn sections_name_their_default_candidate_instead_of_the_placeholder() {
+        let offer = OFFER.replace("a=mid:0\r\n", "a=mid:0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n");
+        let sdp = with_candidates(
+            &offer,
+            &[
+                cand(
+                    "candidate:1 1 udp 2122260223 abcd.local 5000 typ host",
+                    Some("0"),
+                    None,
+                ),
+                cand(
+                    "candidate:2 1 udp 41885439 192.0.2.1 6000 typ relay raddr 0.0.0.0 rport 0",
+                    Some("0"),
+                    None,
+                ),
+                cand(
+                    "candidate:3 1 udp 1686052607 198.51.100.7 7000 typ srflx",
+                    Some("0"),
+                    None,
+                ),
+                cand(
+                    "candidate:4 2 udp 1686052606 198.51.100.7 7001 typ srflx",
+                    Some("0"),
+                    None,
+                ),
+                cand(
+                    "candidate:5 1 udp 7 2001:db8::1 8000 typ relay",
+                    Some("1"),
+                    None,
+                ),
+            ],
+        );
+        // The mDNS host candidate has no address; srflx outranks relay.
+        assert!(
+            sdp.contains("m=audio 7000 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 198.51.100.7\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=rtcp:7001 IN IP4 198.51.100.7\r\n"), "{sdp}");
+        assert!(
+            sdp.contains("m=video 8000 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP6 2001:db8::1\r\n"),
+            "{sdp}"
+        );
+        assert!(!sdp.contains("0.0.0.0\r\n"), "{sdp}");
+        // Written in again, nothing changes; a section without candidates keeps its placeholder.
+        assert_eq!(with_candidates(&sdp, &[]), sdp);
+        assert_eq!(
+            with_candidates(OFFER, &[])
+                .matches("c=IN IP4 0.0.0.0")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_relay_only_section_without_c_gets_one_and_rtcp_follows_rtp_when_muxed() {
+        let offer =
+            "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 9/2 RTP/AVP 0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n";
+        let sdp = with_candidates(
+            offer,
+            &[cand(
+                "candidate:1 1 udp 5 192.0.2.1 6000 typ relay",
+                None,
+                Some(0),
+            )],
+        );
+        assert!(
+            sdp.contains("m=audio 6000/2 RTP/AVP 0\r\nc=IN IP4 192.0.2.1\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=rtcp:6000 IN IP4 192.0.2.1\r\n"), "{sdp}");
     }
 
     #[test]

@@ -378,6 +378,7 @@ impl Core {
             playbacks: vec![],
             dtmf_sent: String::new(),
             cancelled: false,
+            held: false,
             reinvite: None,
             #[cfg(feature = "media-echo")]
             media: None,
@@ -510,6 +511,7 @@ impl Core {
         };
         match answer {
             Ok(answer) => {
+                let answer = sdp::with_direction_for(&answer, &req.body);
                 self.calls[idx].remote_sdp = Some(req.body.clone());
                 self.calls[idx].local_sdp = Some(answer.clone());
                 let contact = self.own_contact();
@@ -524,6 +526,7 @@ impl Core {
                     vec![("Contact", contact), ("Allow", ALLOW.into())],
                     Some(&answer),
                 );
+                self.remote_hold(idx, &req.body);
             }
             Err(_) => self.respond(
                 conn,
@@ -559,6 +562,8 @@ impl Core {
 
     /// 200 OK with the SDP answer for an inbound call.
     fn send_answer(&mut self, idx: usize, answer: String) {
+        let offer = self.calls[idx].invite.body.clone();
+        let answer = sdp::with_direction_for(&answer, &offer);
         let contact = self.own_contact();
         let c = &mut self.calls[idx];
         c.phase = Phase::Up;
@@ -580,6 +585,23 @@ impl Core {
             ],
             Some(&answer),
         );
+        self.remote_hold(idx, &offer);
+    }
+
+    /// The caller's SDP `sdp` was accepted: ChannelHold when it puts the channel on hold
+    /// (`c=0.0.0.0`, `sendonly`, `inactive`), ChannelUnhold when it takes it off.
+    fn remote_hold(&mut self, idx: usize, sdp: &str) {
+        let held = sdp::held(sdp);
+        if self.calls[idx].held == held {
+            return;
+        }
+        self.calls[idx].held = held;
+        self.note(format!(
+            "channel {} held: {held}",
+            self.calls[idx].channel.id
+        ));
+        let kind = if held { "ChannelHold" } else { "ChannelUnhold" };
+        self.emit_channel(idx, kind, vec![]);
     }
 
     fn on_bye(&mut self, conn: u64, peer: SocketAddr, req: &SipMessage) {
@@ -839,6 +861,7 @@ impl Core {
             playbacks: vec![],
             dtmf_sent: String::new(),
             cancelled: false,
+            held: false,
             reinvite: None,
             #[cfg(feature = "media-echo")]
             media: None,
@@ -943,6 +966,7 @@ impl Core {
                 c.phase = Phase::Up;
                 c.channel.state = "Up".into();
                 self.emit_channel(idx, "ChannelStateChange", vec![]);
+                self.remote_hold(idx, &resp.body);
                 self.dial_event(idx, "ANSWER");
                 let Some(app) = self.calls[idx].events_app.clone() else {
                     return;
@@ -1157,6 +1181,7 @@ impl Core {
             let c = &mut self.calls[idx];
             c.local_sdp = Some(offer);
             c.remote_sdp = Some(resp.body.clone());
+            self.remote_hold(idx, &resp.body);
         }
         self.note(format!("re-INVITE answered with {code}"));
     }

@@ -108,14 +108,81 @@ fn candidate_line(relay: SocketAddr) -> String {
     )
 }
 
+/// Whether `offer` puts the call on hold as chan_pjsip reads it: a connection address of
+/// `0.0.0.0` (RFC 2543 hold, which a trickling browser's placeholder `c=` also is) or a
+/// `sendonly`/`inactive` audio stream. Asterisk then answers `a=recvonly` (or `inactive`) and
+/// raises ARI `ChannelHold`.
+pub fn held(offer: &str) -> bool {
+    matches!(answer_direction(offer), "recvonly" | "inactive")
+}
+
+/// `answer` with its audio direction set as Asterisk answers `offer` (for the echo
+/// endpoint's answers, which webrtc-rs writes without regard to the offer's address).
+pub fn with_direction_for(answer: &str, offer: &str) -> String {
+    let direction = format!("a={}", answer_direction(offer));
+    answer
+        .split_inclusive('\n')
+        .map(|line| {
+            let attr = line.trim_end();
+            match attr {
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive" => {
+                    line.replacen(attr, &direction, 1)
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The direction Asterisk answers `offer`'s (first) audio stream with.
+fn answer_direction(offer: &str) -> &'static str {
+    let mut session_c = None;
+    let mut in_audio = false;
+    let mut audio_c = None;
+    let mut direction = "sendrecv";
+    for line in offer.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_audio {
+                break; // the first audio stream is the one that counts
+            }
+            in_audio = m.starts_with("audio ");
+        } else if let Some(c) = line.strip_prefix("c=") {
+            if in_audio {
+                audio_c = Some(c);
+            } else if audio_c.is_none() {
+                session_c = Some(c);
+            }
+        } else if in_audio {
+            if let Some(d) = line
+                .strip_prefix("a=")
+                .filter(|a| ["sendrecv", "sendonly", "recvonly", "inactive"].contains(a))
+            {
+                direction = d;
+            }
+        }
+    }
+    let zero = audio_c
+        .or(session_c)
+        .is_some_and(|c| c.split(' ').nth(2) == Some("0.0.0.0"));
+    match direction {
+        "inactive" => "inactive",
+        "recvonly" if zero => "inactive",
+        "recvonly" => "sendonly",
+        _ if zero => "recvonly",
+        "sendonly" => "recvonly",
+        _ => "sendrecv",
+    }
+}
+
 /// The answer to a WebRTC offer, or why Asterisk would refuse it (→ 488).
-pub fn answer(offer: &str, media: &MediaParams) -> Result<String, String> {
-    let offer = Sdp::parse(offer)?;
+pub fn answer(text: &str, media: &MediaParams) -> Result<String, String> {
+    let offer = Sdp::parse(text)?;
     let (sess_id, version) = {
         let o: Vec<&str> = offer.origin.split(' ').collect();
         let v: u64 = o.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
         (o.get(1).copied().unwrap_or("0").to_string(), v + 2)
     };
+    let direction = answer_direction(text);
     let mids: Vec<&str> = offer
         .media
         .iter()
@@ -201,7 +268,7 @@ pub fn answer(offer: &str, media: &MediaParams) -> Result<String, String> {
         }
         out.push("a=ptime:20".into());
         out.push("a=maxptime:60".into());
-        out.push("a=sendrecv".into());
+        out.push(format!("a={direction}"));
         out.push("a=rtcp-mux".into());
         out.push(format!(
             "a=ssrc:{} cname:{}",

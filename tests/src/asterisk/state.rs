@@ -204,6 +204,8 @@ pub struct Call {
     pub dtmf_sent: String,
     /// Set once CANCEL was sent for an unanswered outbound call.
     pub cancelled: bool,
+    /// Whether the caller's last SDP put the channel on hold (ChannelHold raised).
+    pub held: bool,
     /// The re-INVITE Asterisk sent and the offer in it, until its final response.
     pub reinvite: Option<(SipMessage, String)>,
     /// The echoing media endpoint (MediaMode::Echo).
