@@ -100,15 +100,22 @@ fn uncomment(text: &str, key: &str) -> String {
         + "\n"
 }
 
-/// [`uncomment`] for the first commented line starting with `key` after the commented
-/// line `anchor` (a section header).
+/// [`uncomment`] for the first commented line starting with `key` after the line `anchor`
+/// (a section header, commented or already uncommented by an earlier call).
 fn uncomment_after(text: &str, anchor: &str, key: &str) -> String {
-    let Some(at) = text.find(&format!(";{anchor}")) else {
+    // The anchor line, still commented or already uncommented by an earlier call.
+    let at = text
+        .find(&format!(";{anchor}"))
+        .or_else(|| text.find(&format!("\n{anchor}")).map(|i| i + 1));
+    let Some(at) = at else {
         return text.to_string();
     };
     let (head, tail) = text.split_at(at);
     if key == anchor {
-        return format!("{head}{}", tail.replacen(';', "", 1));
+        return match tail.strip_prefix(';') {
+            Some(rest) => format!("{head}{rest}"),
+            None => text.to_string(),
+        };
     }
     format!("{head}{}", uncomment(tail, key))
         .trim_end()
@@ -487,6 +494,33 @@ mod tests {
         assert_eq!(
             set_value("astlogdir => /var/log\n", "astlogdir", "/tmp/x"),
             "astlogdir => /tmp/x\n"
+        );
+    }
+
+    #[test]
+    fn tls_config_uncomments_the_https_server_and_the_wss_transport() {
+        let ports = PortBlock::claim();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let options = Options {
+            tls: Some((cert.clone(), key)),
+        };
+        write_config_with(dir.path(), &ports, &options).unwrap();
+        let read = |f: &str| fs::read_to_string(dir.path().join(f)).unwrap();
+        let http = read("http.conf");
+        assert!(http.contains("\ntlsenable = yes\n"), "{http}");
+        let bind = format!("\ntlsbindaddr = 127.0.0.1:{}\n", ports.asterisk_tls());
+        assert!(http.contains(&bind), "{http}");
+        assert!(http.contains(&format!("\ntlscertfile = {}\n", cert.display())));
+        let pjsip = read("pjsip.conf");
+        assert!(
+            pjsip.contains("\n[transport-wss]\ntype = transport\nprotocol = wss\nbind = "),
+            "{pjsip}"
+        );
+        // The ws transport before it is untouched.
+        assert!(
+            pjsip.contains("[transport-ws]\ntype = transport\nprotocol = ws\n"),
+            "{pjsip}"
         );
     }
 }
