@@ -26,7 +26,16 @@ pub struct Registration {
     pub refresh_at: Option<Instant>,
     /// Whether the binding is in place.
     pub registered: bool,
+    /// How long to wait before the next retry of a failed REGISTER; doubles with each
+    /// failure up to [`RETRY_MAX`], back to [`RETRY_FIRST`] after a success.
+    retry_delay: Duration,
 }
+
+/// The first retry of a failed REGISTER: Asterisk that is still loading drops requests, and is
+/// usually ready within a second or two.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between REGISTER retries on an open connection.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Registration {
     /// A binding not yet registered.
@@ -40,6 +49,7 @@ impl Registration {
             queued: None,
             refresh_at: None,
             registered: false,
+            retry_delay: RETRY_FIRST,
         }
     }
 
@@ -81,6 +91,7 @@ impl Registration {
         self.in_flight = None;
         let granted = granted_expires(response, contact).unwrap_or(self.expires);
         self.registered = granted > 0 && self.expires > 0;
+        self.retry_delay = RETRY_FIRST;
         self.refresh_at = self.registered.then(|| {
             // Refresh at 90% of the granted time so the binding never lapses on a slow reply.
             let secs = (u64::from(granted) * 9 / 10).max(1);
@@ -93,11 +104,23 @@ impl Registration {
         }
     }
 
-    /// The REGISTER failed or timed out: no binding, no refresh.
+    /// The connection is gone: no binding, no refresh (a new connection registers anew).
     pub fn on_failure(&mut self) {
         self.in_flight = None;
         self.registered = false;
         self.refresh_at = None;
+    }
+
+    /// The REGISTER was refused or timed out on a connection that stays open: no binding,
+    /// and the same REGISTER again after a backoff, so that a registrar that was briefly
+    /// unable to answer (still starting, overloaded, reconfigured) gets us back without
+    /// waiting for the connection to drop. An unregistration is not retried.
+    pub fn on_rejected(&mut self, now: Instant) {
+        self.on_failure();
+        if self.expires > 0 {
+            self.refresh_at = Some(now + self.retry_delay);
+            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+        }
     }
 }
 
@@ -149,5 +172,43 @@ mod tests {
         assert_eq!(unreg.header("Expires"), Some("0"));
         assert_eq!(reg.on_success(&ok, &local.contact, now), 0);
         assert!(!reg.registered && reg.refresh_at.is_none());
+    }
+
+    #[test]
+    fn a_refused_register_is_retried_with_backoff_until_one_succeeds() {
+        let local = Local {
+            via_host: "h.invalid".into(),
+            contact: "sip:icegate@h.invalid;transport=ws".into(),
+            user_agent: "t".into(),
+        };
+        let mut reg = Registration::new("c".into(), "f".into());
+        let now = Instant::now();
+        let mut waits = vec![];
+        for i in 0..9 {
+            let req = reg.request(&local, "sip:icegate@pbx", "sip:pbx", 600, &format!("b{i}"));
+            reg.on_rejected(now);
+            assert!(!reg.registered && reg.in_flight.is_none());
+            waits.push(reg.refresh_at.expect("a retry") - now);
+            assert_eq!(req.cseq().map(|c| c.0), Some(i + 1));
+        }
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+
+        // A success resets the backoff.
+        let req = reg.request(&local, "sip:icegate@pbx", "sip:pbx", 600, "ok");
+        let mut ok = crate::sip::builder::response(&req, 200, Some("t"));
+        ok.push("Expires", "600");
+        reg.on_success(&ok, &local.contact, now);
+        reg.request(&local, "sip:icegate@pbx", "sip:pbx", 600, "again");
+        reg.on_rejected(now);
+        assert_eq!(reg.refresh_at, Some(now + RETRY_FIRST));
+
+        // An unregistration that fails is not retried, and a lost connection retries nothing.
+        reg.request(&local, "sip:icegate@pbx", "sip:pbx", 0, "unreg");
+        reg.on_rejected(now);
+        assert_eq!(reg.refresh_at, None);
+        reg.request(&local, "sip:icegate@pbx", "sip:pbx", 600, "lost");
+        reg.on_failure();
+        assert_eq!(reg.refresh_at, None);
     }
 }

@@ -43,6 +43,11 @@ pub struct UaConfig {
     pub t1: Duration,
     /// T2, the cap of the 2xx retransmission interval (§13.3.1.4).
     pub t2: Duration,
+    /// How long a REGISTER waits for its final response before it counts as failed and is
+    /// retried. Shorter than Timer F (64·T1 = 32 s): Asterisk that is still loading accepts
+    /// the WebSocket but drops the REGISTER unanswered, and a registrar on a reliable
+    /// transport that has not answered in seconds will not.
+    pub register_timeout: Duration,
     /// How long an outgoing call may stay unanswered after a provisional before the UA
     /// cancels it itself (RFC 3261 leaves this to the TU; without it an INVITE that got only
     /// `100 Trying` would live forever).
@@ -62,6 +67,7 @@ impl UaConfig {
             user_agent: concat!("icegate-signal/", env!("CARGO_PKG_VERSION")).to_owned(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
+            register_timeout: Duration::from_secs(5),
             max_ring: Duration::from_secs(180),
             max_calls: 64,
         }
@@ -1127,10 +1133,10 @@ impl UserAgent {
                 self.send_register(min, now);
                 return;
             }
-            self.registration.on_failure();
+            self.registration.on_rejected(now);
             Event::RegistrationFailed { code }
         } else {
-            self.registration.on_failure();
+            self.registration.on_rejected(now);
             Event::RegistrationFailed { code }
         };
         self.event(event);
@@ -1301,7 +1307,7 @@ impl UserAgent {
     fn on_tx_timeout(&mut self, tx: ClientTx, now: Instant) {
         match tx.purpose {
             Purpose::Register => {
-                self.registration.on_failure();
+                self.registration.on_rejected(now);
                 self.event(Event::RegistrationFailed { code: 408 });
                 if let Some(expires) = self.registration.queued.take() {
                     self.send_register(expires, now);
@@ -1414,10 +1420,14 @@ impl UserAgent {
 
     fn start_tx(&mut self, purpose: Purpose, request: Message, now: Instant) {
         self.send(&request);
+        let timeout = match purpose {
+            Purpose::Register => self.config.register_timeout.min(64 * self.config.t1),
+            _ => 64 * self.config.t1,
+        };
         self.txs.insert(ClientTx {
             purpose,
             request,
-            deadline: Some(now + 64 * self.config.t1),
+            deadline: Some(now + timeout),
             auth_tries: 0,
         });
     }

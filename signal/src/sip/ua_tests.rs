@@ -382,3 +382,48 @@ proptest! {
         prop_assert_eq!((ua.live_calls(), ua.live_transactions()), (0, 0));
     }
 }
+
+/// Asterisk still loading accepts the WebSocket and drops the REGISTER: after
+/// `register_timeout` (not Timer F's 32 s) it fails with 408 and goes again a second later
+/// on the same connection, and again with a longer wait if that is refused too.
+#[test]
+fn an_unanswered_register_times_out_early_and_is_retried_with_backoff() {
+    let now = Instant::now();
+    let mut ua = ua();
+    ua.register(600, now);
+    let (sent, _) = drain(&mut ua);
+    assert_eq!(sent[0].method(), Some(&Method::Register));
+    assert_eq!(ua.poll_timeout(), Some(now + Duration::from_secs(5)));
+    ua.handle_timeout(now + Duration::from_secs(5));
+    let (sent, events) = drain(&mut ua);
+    assert!(sent.is_empty());
+    assert!(matches!(
+        events[..],
+        [Event::RegistrationFailed { code: 408 }]
+    ));
+
+    let retry = now + Duration::from_secs(6);
+    assert_eq!(ua.poll_timeout(), Some(retry));
+    ua.handle_timeout(retry);
+    let (sent, _) = drain(&mut ua);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method(), Some(&Method::Register));
+    assert_eq!(sent[0].cseq().map(|c| c.0), Some(2));
+
+    // Refused outright (Asterisk's 503 while it loads): the next try waits twice as long.
+    let (_, events) = feed(&mut ua, &asterisk_reply(&sent[0], 503), retry);
+    assert!(matches!(
+        events[..],
+        [Event::RegistrationFailed { code: 503 }]
+    ));
+    assert_eq!(ua.poll_timeout(), Some(retry + Duration::from_secs(2)));
+    ua.handle_timeout(retry + Duration::from_secs(2));
+    let (sent, _) = drain(&mut ua);
+    let (_, events) = feed(&mut ua, &asterisk_reply(&sent[0], 200), retry);
+    assert!(matches!(events[..], [Event::Registered { .. }]));
+
+    // A lost connection retries nothing by itself: the next connection registers.
+    ua.handle_disconnect();
+    drain(&mut ua);
+    assert_eq!(ua.poll_timeout(), None);
+}
