@@ -248,6 +248,58 @@ fn play_and_transfer_go_to_ari() {
     rig.assert_no_leaks();
 }
 
+/// docs/signal-protocol.md's own example: a transfer to an extension that runs
+/// `Stasis(icegate,...)` again brings the channel back into the application, where it is the
+/// same browser call (ARI controls it again), not a stranger hung up after the claim timeout.
+#[test]
+fn a_transfer_back_into_stasis_keeps_the_call() {
+    let rig = start();
+    let mut alice = rig.browser("alice");
+    let (call700, _, channel) = answered_call(&rig, &mut alice, "700");
+    alice.send(json!({"v":1,"type":"transfer","id":"t","call":call700,"to":"701"}));
+    assert_eq!(alice.expect("ack")["id"], "t");
+    let starts = |rig: &Rig| {
+        rig.pbx
+            .events_sent()
+            .iter()
+            .filter(|e| e["type"] == "StasisStart" && e["channel"]["id"] == channel.as_str())
+            .count()
+    };
+    assert!(
+        eventually(WAIT, || starts(&rig) == 2),
+        "{:?}",
+        rig.pbx.log()
+    );
+    // DTMF goes over ARI again (not as SIP INFO): the gateway has the channel back.
+    alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"4"}));
+    assert_eq!(alice.expect("ack")["id"], "d");
+    assert!(
+        eventually(WAIT, || rig.pbx.dtmf_sent(&channel).as_deref() == Some("4")),
+        "{:?}",
+        rig.pbx.ari_requests()
+    );
+    assert!(rig.pbx.sip_requests("INFO").is_empty());
+    // Answered already: no second answer, and nothing hangs it up.
+    let answers = rig
+        .pbx
+        .ari_requests()
+        .iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/answer"))
+        .count();
+    assert_eq!(answers, 1, "{:?}", rig.pbx.ari_requests());
+    alice.ping(1);
+    alice.send(json!({"v":1,"type":"hangup","call":call700}));
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));
+    let deletes = rig
+        .pbx
+        .ari_requests()
+        .iter()
+        .filter(|(m, _)| m == "DELETE")
+        .count();
+    assert_eq!(deletes, 0, "{:?}", rig.pbx.ari_requests());
+    rig.assert_no_leaks();
+}
+
 #[test]
 fn busy_unknown_and_cancel_while_ringing() {
     let rig = start();

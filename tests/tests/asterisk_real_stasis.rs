@@ -280,6 +280,53 @@ fn asterisk_real_stasis_rings_answers_plays_and_transfers_to_echo() {
     );
 }
 
+/// docs/signal-protocol.md's example transfers to 700: with the sample dialplan that runs
+/// `Stasis(icegate,...)` again, so the channel comes back into the application. It is the
+/// same browser call: it stays up past the gateway's claim timeout for strangers (5 s).
+#[test]
+fn asterisk_real_stasis_transfer_back_into_stasis_keeps_the_call() {
+    let Some(rig) = start("asterisk_real_stasis_transfer_back_into_stasis_keeps_the_call") else {
+        return;
+    };
+    let mut alice = rig.browser("alice");
+    let call700 = call(&mut alice, "700");
+    let (answer, _) = after_ringing(&mut alice);
+    assert_eq!(answer["type"], "answer", "{answer}");
+    let id = rig.newest_channel(0)["id"].as_str().unwrap().to_owned();
+    expect_up(&rig, &id);
+
+    alice.send(json!({"v":1,"type":"transfer","id":"t","call":call700,"to":"701"}));
+    assert_eq!(alice.expect("ack")["id"], "t");
+    let again = rig
+        .observer
+        .wait_for(WAIT, |e| {
+            e["type"] == "ChannelDialplan"
+                && e["channel"]["id"] == id.as_str()
+                && e["dialplan_app_data"] == "icegate,701"
+        })
+        .unwrap_or_else(|| panic!("never back in Stasis: {:#?}", rig.observer.events()));
+    assert_eq!(again["dialplan_app"], "Stasis", "{again}");
+    assert!(eventually(WAIT, || in_icegate_app(&rig, &id)));
+    // Past the claim timeout: still up, still in icegate, and the browser heard nothing.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let ch = expect_up(&rig, &id);
+    assert_eq!(ch["dialplan"]["app_data"], "icegate,701", "{ch}");
+    assert!(in_icegate_app(&rig, &id));
+    alice.ping(1);
+    // The gateway controls it again: DTMF goes over ARI, which Asterisk sends rather than
+    // receives (no ChannelDtmfReceived, unlike SIP INFO).
+    send_dtmf(&mut alice, &call700, "3");
+    alice.ping(2);
+    assert_eq!(dtmf_received(&rig, &id), "");
+
+    alice.send(json!({"v":1,"type":"hangup","call":call700}));
+    let destroyed = rig
+        .observer
+        .expect_channel_event("ChannelDestroyed", &id, WAIT);
+    assert_eq!(destroyed["cause"], 0, "{destroyed}");
+    rig.assert_no_leaks();
+}
+
 /// The browser's answer to Asterisk's offer: PCMU, the DTLS client, the same ICE
 /// credentials as its first offer (no ICE restart). Its placeholder `c=IN IP4 0.0.0.0` and
 /// port 9 are a trickling browser's; the gateway writes its candidate's address in, or

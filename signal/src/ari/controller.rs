@@ -11,6 +11,8 @@
 //!  call to a browser: originate(key) ─► Linked (its protocol_id is the Call-ID of the INVITE
 //!                   Asterisk sends to icegate's SIP UA) ─► Ringing ─► Answered
 //!  any call:      hangup / send_dtmf / play / transfer ─► REST requests
+//!  released call: its channel's StasisStart again (a transfer to an extension that runs
+//!                   Stasis) ─► Linked again under the same key, routed as a new one
 //!                 ends with exactly one HungUp{cause} or Released, after which nothing of it
 //!                 is left here and every peer channel and bridge it made is deleted in Asterisk
 //! ```
@@ -286,6 +288,10 @@ pub struct Controller {
     channels: HashMap<String, (CallKey, Leg)>,
     expected: HashMap<String, CallKey>,
     unclaimed: BTreeMap<String, Unclaimed>,
+    /// Channels of calls released into the dialplan whose SIP dialog still goes on: one may
+    /// come back into the application (a transfer to an extension that runs `Stasis()`), and
+    /// is then the same call again, not a stranger to hang up. Gone when the call is forgotten.
+    released: HashMap<String, CallKey>,
     bridges: BTreeSet<String>,
     pending: BTreeMap<RequestId, Pending>,
     outputs: VecDeque<Output>,
@@ -308,6 +314,7 @@ impl Controller {
             channels: HashMap::new(),
             expected: HashMap::new(),
             unclaimed: BTreeMap::new(),
+            released: HashMap::new(),
             bridges: BTreeSet::new(),
             pending: BTreeMap::new(),
             outputs: VecDeque::from([Output::Connect]),
@@ -564,6 +571,7 @@ impl Controller {
     /// Forgets a call the SIP side ended, without an event: its peer channel and bridge are
     /// deleted; its own channel is left to the SIP dialog's end.
     pub fn forget(&mut self, call: CallKey, now: Instant) {
+        self.released.retain(|_, key| *key != call);
         if self.calls.contains_key(&call) {
             self.end(call, None, None, now);
         }
@@ -726,6 +734,19 @@ impl Controller {
             }
             Some((key, Leg::Peer)) => self.peer_answered(key, now),
             None => {
+                if let Some(key) = self.released.remove(&channel.id) {
+                    if !self.calls.contains_key(&key) {
+                        self.calls.insert(
+                            key,
+                            Call {
+                                protocol_id: channel.protocol_id.clone(),
+                                ..Call::default()
+                            },
+                        );
+                        self.link_and_route(key, &channel, &args, now);
+                        return;
+                    }
+                }
                 let expected = channel
                     .protocol_id
                     .as_deref()
@@ -773,7 +794,10 @@ impl Controller {
             .or_else(|| channel.dialplan.as_ref().map(|d| d.exten.clone()))
             .unwrap_or_default();
         let id = channel.id.clone();
+        let up = channel.state == ChannelState::Up;
         match self.config.routing.clone() {
+            // Back from a transfer, already answered: nothing to ring or answer.
+            Routing::Answer if up => {}
             Routing::Answer => self.send(
                 Request::Ring { channel: id },
                 Purpose::Call(key, Step::Ring { then_answer: true }),
@@ -893,6 +917,7 @@ impl Controller {
         };
         call.in_stasis = false;
         if call.continuing {
+            self.released.insert(channel.to_owned(), key);
             self.end(key, Some(CallEvent::Released), None, now);
         } else if call.hangup_requested || call.hanging_up {
             if call.originated {
@@ -904,6 +929,7 @@ impl Controller {
             self.end(key, Some(event), None, now);
         } else {
             // Something else took the channel out of the application.
+            self.released.insert(channel.to_owned(), key);
             self.end(key, Some(CallEvent::Released), None, now);
         }
     }

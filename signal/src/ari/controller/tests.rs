@@ -420,6 +420,58 @@ fn transfer_continues_in_the_dialplan_and_releases_the_call() {
 }
 
 #[test]
+fn a_transferred_call_that_enters_stasis_again_is_the_same_call() {
+    let now = t0();
+    let mut c = connected(ControllerConfig::default(), now);
+    answered_call(&mut c, now);
+    c.transfer(K, "701", now).unwrap();
+    let outs = drain(&mut c);
+    answer_all(&mut c, &outs, 204, "", now);
+    let up = channel("c1", "Up", "sip-1");
+    c.handle_event(&event("StasisEnd", up.clone(), json!({})), now)
+        .unwrap();
+    assert_eq!(events(&drain(&mut c)), [CallEvent::Released]);
+    // 701 runs Stasis(icegate,701): the channel is back, up, and is the call again.
+    c.handle_event(
+        &event("StasisStart", up.clone(), json!({"args": ["701"]})),
+        now,
+    )
+    .unwrap();
+    let outs = drain(&mut c);
+    assert_eq!(
+        events(&outs)[0],
+        CallEvent::Linked {
+            channel: "c1".into(),
+            protocol_id: Some("sip-1".into())
+        }
+    );
+    assert!(paths(&outs).is_empty(), "answered already: {outs:?}");
+    assert_eq!((c.call_count(), c.channel_count()), (1, 1));
+    // Not an unclaimed channel: nothing is hung up after the claim timeout.
+    c.handle_timeout(now + Duration::from_secs(60));
+    assert!(drain(&mut c).is_empty());
+    c.send_dtmf(K, "1", now).unwrap();
+    assert_eq!(paths(&drain(&mut c)), ["POST /channels/c1/dtmf?dtmf=1"]);
+
+    // Transferred again and the SIP side ends: a later StasisStart of the channel is a
+    // stranger's, held unclaimed and then hung up.
+    let mut c = connected(ControllerConfig::default(), now);
+    answered_call(&mut c, now);
+    c.transfer(K, "701", now).unwrap();
+    let outs = drain(&mut c);
+    answer_all(&mut c, &outs, 204, "", now);
+    c.handle_event(&event("StasisEnd", up.clone(), json!({})), now)
+        .unwrap();
+    drain(&mut c);
+    c.forget(K, now);
+    c.handle_event(&event("StasisStart", up, json!({"args": ["701"]})), now)
+        .unwrap();
+    assert!(drain(&mut c).is_empty());
+    c.handle_timeout(now + Duration::from_secs(60));
+    assert_eq!(paths(&drain(&mut c)), ["DELETE /channels/c1?reason=normal"]);
+}
+
+#[test]
 fn routing_continue_sends_the_call_on_at_once() {
     let now = t0();
     let config = ControllerConfig {
