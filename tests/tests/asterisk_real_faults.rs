@@ -19,8 +19,9 @@
 //!   accepts the SIP WebSocket before pjsip takes requests: a REGISTER sent then is ignored
 //!   without an answer (pjsip leaves it to a retransmission, which a WebSocket never has),
 //!   and Asterisk closes the idle transport after 32 s ("no request was received in 32
-//!   seconds"). The gateway then reconnects and registers; until then it is unavailable. The
-//!   restart test accepts that path, and only that one, when registering takes long.
+//!   seconds"). The gateway gives a REGISTER 5 s (`register_timeout`) and then sends it
+//!   again on the same connection, so it is back within seconds; the restart test holds it
+//!   to that (it took 33 s before that fix, in about a third of the runs).
 //! - An ARI `tone:` playback lasts until stopped and holds the channel's Stasis commands:
 //!   a `transfer` after a `play` of a tone waits behind it, so the test stops its tones.
 //! - Over `wss://` the contact is stored with `transport=ws` (what the gateway sends), and
@@ -368,17 +369,15 @@ fn asterisk_real_restarted_mid_call_hangs_up_and_registers_again() {
     let closed = logged(&rig, "SIP WebSocket to Asterisk closed");
     let opened = logged(&rig, "SIP WebSocket to Asterisk open; registering");
     assert!(closed >= 1 && opened == closed + 1, "{}", rig.signal.log());
-    if back_after > Duration::from_secs(10) {
-        // The one known cause (see the module doc): the gateway's WebSocket opened while
-        // Asterisk was still booting, pjsip ignored its REGISTER, and nothing happened until
-        // Asterisk closed the idle transport after 32 s and the gateway reconnected.
-        let messages = rig.ast.messages();
-        assert!(
-            messages.contains("since no request was received in 32 seconds") && closed == 2,
-            "registering again took {back_after:?}:\n{messages}\n{}",
-            rig.signal.log()
-        );
-    }
+    // Even when the gateway's REGISTER reached an Asterisk that was still booting and was
+    // dropped unanswered (see the module doc), it times out after a few seconds and goes
+    // again on the same connection: never the 32 s until Asterisk closes the idle transport.
+    assert!(
+        back_after < Duration::from_secs(12),
+        "registering again took {back_after:?}:\n{}\n{}",
+        rig.ast.messages(),
+        rig.signal.log()
+    );
     // Asterisk (the new process): the contact is there, no channel is left.
     let contacts = rig.ast.cli("pjsip show contacts");
     assert!(contacts.contains("icegate/"), "{contacts}");
