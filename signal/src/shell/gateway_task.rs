@@ -48,7 +48,10 @@ pub type SpawnError = asterisk_io::IoError;
 fn gateway_config(settings: &Asterisk) -> GatewayConfig {
     let password = String::from_utf8_lossy(settings.sip_password.expose()).into_owned();
     GatewayConfig {
-        sip: UaConfig::new(&settings.sip_user, &password, &settings.sip_domain),
+        sip: UaConfig {
+            secure: settings.sip_ws.tls,
+            ..UaConfig::new(&settings.sip_user, &password, &settings.sip_domain)
+        },
         ari: ControllerConfig {
             app: settings.app.clone(),
             routing: settings.routing.clone(),

@@ -16,8 +16,11 @@ pub const BRANCH_COOKIE: &str = "z9hG4bK";
 pub struct Local {
     /// The host in our Via: a random `.invalid` name, as RFC 7118 §5.2 allows.
     pub via_host: String,
-    /// Our Contact URI (`sip:user@host.invalid;transport=ws`).
+    /// Our Contact URI (`sip:user@host.invalid;transport=ws`; `ws` also over TLS, RFC 7118
+    /// §5.2).
     pub contact: String,
+    /// The Via transport: `WS`, or `WSS` over TLS (RFC 7118 §5.2).
+    pub via_transport: &'static str,
     /// The User-Agent value.
     pub user_agent: String,
 }
@@ -39,7 +42,10 @@ impl Local {
         let mut m = Message::request(method, uri);
         m.push(
             "Via",
-            format!("SIP/2.0/WS {};branch={branch};rport", self.via_host),
+            format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                self.via_transport, self.via_host
+            ),
         );
         m.push("Max-Forwards", MAX_FORWARDS);
         m.push("From", from.to_string());
@@ -143,6 +149,7 @@ mod tests {
     fn invite() -> Message {
         let local = Local {
             via_host: "h.invalid".into(),
+            via_transport: "WS",
             contact: "sip:icegate@h.invalid;transport=ws".into(),
             user_agent: "test".into(),
         };

@@ -127,6 +127,7 @@ mod tests {
     fn local() -> Local {
         Local {
             via_host: "h.invalid".into(),
+            via_transport: "WS",
             contact: "sip:icegate@h.invalid;transport=ws".into(),
             user_agent: "t".into(),
         }

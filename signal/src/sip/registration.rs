@@ -145,6 +145,7 @@ mod tests {
     fn granted_expiry_prefers_our_contact_and_sets_the_refresh() {
         let local = Local {
             via_host: "h.invalid".into(),
+            via_transport: "WS",
             contact: "sip:icegate@h.invalid;transport=ws".into(),
             user_agent: "t".into(),
         };
@@ -178,6 +179,7 @@ mod tests {
     fn a_refused_register_is_retried_with_backoff_until_one_succeeds() {
         let local = Local {
             via_host: "h.invalid".into(),
+            via_transport: "WS",
             contact: "sip:icegate@h.invalid;transport=ws".into(),
             user_agent: "t".into(),
         };

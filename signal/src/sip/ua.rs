@@ -54,6 +54,8 @@ pub struct UaConfig {
     pub max_ring: Duration,
     /// Calls at once; more incoming INVITEs get 486.
     pub max_calls: usize,
+    /// Whether the WebSocket runs over TLS (`wss://`): the Via says `WSS` then.
+    pub secure: bool,
 }
 
 impl UaConfig {
@@ -70,6 +72,7 @@ impl UaConfig {
             register_timeout: Duration::from_secs(5),
             max_ring: Duration::from_secs(180),
             max_calls: 64,
+            secure: false,
         }
     }
 }
@@ -344,6 +347,7 @@ impl UserAgent {
         let local = Local {
             contact: format!("sip:{}@{host};transport=ws", config.user),
             via_host: host,
+            via_transport: if config.secure { "WSS" } else { "WS" },
             user_agent: config.user_agent.clone(),
         };
         let registration = Registration::new(hex(&mut rng, 12), hex(&mut rng, 8));

@@ -427,3 +427,26 @@ fn an_unanswered_register_times_out_early_and_is_retried_with_backoff() {
     drain(&mut ua);
     assert_eq!(ua.poll_timeout(), None);
 }
+
+/// RFC 7118 §5.2: over `wss://` the Via transport is WSS; the Contact keeps `transport=ws`.
+#[test]
+fn over_tls_the_via_says_wss() {
+    let now = Instant::now();
+    let config = UaConfig {
+        secure: true,
+        ..UaConfig::new("icegate", "sip-secret", "pbx.example")
+    };
+    let mut ua = UserAgent::new(config, 1);
+    ua.register(600, now);
+    let (sent, _) = drain(&mut ua);
+    let via = sent[0].header("Via").unwrap();
+    assert!(via.starts_with("SIP/2.0/WSS "), "{via}");
+    assert!(sent[0]
+        .header("Contact")
+        .unwrap()
+        .contains(";transport=ws>"));
+    let mut plain = UserAgent::new(UaConfig::new("icegate", "sip-secret", "pbx.example"), 1);
+    plain.register(600, now);
+    let (sent, _) = drain(&mut plain);
+    assert!(sent[0].header("Via").unwrap().starts_with("SIP/2.0/WS "));
+}

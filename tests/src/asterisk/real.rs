@@ -185,8 +185,8 @@ pub fn write_config_with(
         }
         fs::write(dir.join(&name), text)?;
     }
-    // `dtmf`: Asterisk logs each digit it receives or sends on a channel, which is the only
-    // trace of DTMF sent with ARI.
+    // `dtmf`: Asterisk logs each digit it receives on a channel ("DTMF end '5' received on
+    // PJSIP/..."); digits it sends leave no line there.
     fs::write(
         dir.join("logger.conf"),
         "[logfiles]\nmessages.log => notice,warning,error,verbose,dtmf\n",
@@ -311,7 +311,7 @@ impl RealAsterisk {
             .join("\n")
     }
 
-    /// The messages log only (verbose, dtmf, warnings and errors).
+    /// The messages log only (dtmf, warnings, errors and start-up's verbose lines).
     pub fn messages(&self) -> String {
         fs::read_to_string(self.dir.path().join("log/messages.log")).unwrap_or_default()
     }
