@@ -242,6 +242,34 @@ fn play_and_transfer_go_to_ari() {
         "{:?}",
         rig.pbx.ari_requests()
     );
+    // The tone plays until stopped and `continue` waits behind it (as in Asterisk): the
+    // gateway stops it first, and the channel leaves Stasis for Echo().
+    let stopped = eventually(WAIT, || {
+        rig.pbx
+            .ari_requests()
+            .iter()
+            .any(|(m, p)| m == "DELETE" && p.starts_with("/playbacks/"))
+    });
+    assert!(stopped, "{:?}", rig.pbx.ari_requests());
+    assert!(
+        eventually(WAIT, || rig.pbx.events_sent().iter().any(|e| e["type"]
+            == "StasisEnd"
+            && e["channel"]["id"] == channel.as_str())),
+        "{:?}",
+        rig.pbx.log()
+    );
+    let finished: Vec<Value> = rig
+        .pbx
+        .events_sent()
+        .into_iter()
+        .filter(|e| e["type"] == "PlaybackFinished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0]["playback"]["state"], "done");
+    // Out of Stasis, DTMF goes as SIP INFO.
+    alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"5"}));
+    assert_eq!(alice.expect("ack")["id"], "d");
+    assert!(eventually(WAIT, || rig.pbx.sip_requests("INFO").len() == 1));
     // The SIP call goes on in the dialplan until the browser hangs up.
     alice.send(json!({"v":1,"type":"hangup","call":call700}));
     assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 1));

@@ -16,7 +16,7 @@
 //!   log level, which only logs digits *received* ("DTMF end '5' received on …"), and raise no
 //!   ARI event. With RFC 4733 negotiated they are RTP; the media test receives them.
 //! - A `tone:` playback never ends by itself, and the channel's ARI `continue` (a transfer)
-//!   waits behind it until it is stopped.
+//!   waits behind it until it is stopped: the gateway stops it (`DELETE /playbacks/{id}`).
 //!
 //! The media test (real RTP through icegate-relay, webrtc-rs) needs the `media-echo` feature,
 //! as scripts/test builds it. Each test starts its own Asterisk (about 2 s). Without an Asterisk (`ASTERISK_BIN`), each
@@ -189,13 +189,10 @@ fn asterisk_real_stasis_rings_answers_plays_and_transfers_to_echo() {
     assert_eq!((status, &pb["state"]), (200, &json!("playing")), "{pb}");
 
     // A tone plays until it is stopped, and Asterisk runs the channel's later ARI commands
-    // (the transfer's `continue`) only after it: the signal protocol cannot stop it, and
-    // the gateway does not stop it before transferring. So the test stops it here, as an
-    // ARI client would have to.
-    let (status, _) = rig
-        .ast
-        .ari("DELETE", &format!("/ari/playbacks/{playback_id}"));
-    assert_eq!(status, 204);
+    // (the transfer's `continue`) only after it. The gateway stops the call's playbacks
+    // before it transfers: PlaybackFinished (`done`), then the channel leaves for 600.
+    alice.send(json!({"v":1,"type":"transfer","id":"t","call":call700,"to":"600"}));
+    assert_eq!(alice.expect("ack")["id"], "t");
     let finished = rig
         .observer
         .wait_for(WAIT, |e| {
@@ -203,11 +200,11 @@ fn asterisk_real_stasis_rings_answers_plays_and_transfers_to_echo() {
         })
         .expect("PlaybackFinished");
     assert_eq!(finished["playback"]["state"], "done", "{finished}");
+    let (status, _) = rig.ast.ari("GET", &format!("/ari/playbacks/{playback_id}"));
+    assert_eq!(status, 404, "the tone still plays");
 
     // transfer: ARI `continue` to from-icegate,600,1: the channel leaves icegate's Stasis
     // and runs Answer() and Echo() there, and the browser's call goes on.
-    alice.send(json!({"v":1,"type":"transfer","id":"t","call":call700,"to":"600"}));
-    assert_eq!(alice.expect("ack")["id"], "t");
     let echo = expect_dialplan_app(&rig, &id, "Echo");
     assert_eq!(echo["channel"]["dialplan"]["exten"], "600", "{echo}");
     let ch = channel(&rig, &id);

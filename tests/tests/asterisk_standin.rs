@@ -778,6 +778,56 @@ async fn asterisk_standin_stasis_answer_play_dtmf_continue() {
     );
 }
 
+/// As the real Asterisk does (asterisk_real_stasis): a `tone:` plays until stopped, and a
+/// `continue` is answered at once but runs only after it; `DELETE /playbacks/{id}` stops it
+/// (PlaybackFinished, state `done`), and then the channel leaves Stasis.
+#[tokio::test]
+async fn asterisk_standin_continue_waits_for_the_playback() {
+    let pbx = AsteriskStandIn::start(Config::default());
+    let mut events = ws_connect(
+        pbx.addr(),
+        "/ari/events?app=icegate&api_key=icegate:ari-secret",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
+    invite(&mut ws, "700").await;
+    let start = recv_event(&mut events).await;
+    let id = start["channel"]["id"].as_str().unwrap().to_string();
+    let auth = Some(("icegate", "ari-secret"));
+    let addr = pbx.addr();
+    let request =
+        |method: &'static str, path: String| async move { http(addr, method, &path, auth).await };
+    let played = request("POST", format!("/ari/channels/{id}/play?media=tone:ring")).await;
+    assert_eq!(played.status, 201);
+    let playback: Value = serde_json::from_str(&played.body).unwrap();
+    let pb = playback["id"].as_str().unwrap().to_string();
+    assert_eq!(recv_event(&mut events).await["type"], "PlaybackStarted");
+    let cont = format!("/ari/channels/{id}/continue?context=from-icegate&extension=600&priority=1");
+    assert_eq!(request("POST", cont).await.status, 204);
+    assert_quiet(&mut events, "continue waits behind the tone").await;
+    assert_eq!(
+        request("DELETE", format!("/ari/playbacks/{pb}"))
+            .await
+            .status,
+        204
+    );
+    let done = recv_event(&mut events).await;
+    assert_eq!(
+        (done["type"].as_str(), done["playback"]["state"].as_str()),
+        (Some("PlaybackFinished"), Some("done"))
+    );
+    assert_eq!(recv_event(&mut events).await["type"], "StasisEnd");
+    assert_eq!(
+        request("DELETE", format!("/ari/playbacks/{pb}"))
+            .await
+            .status,
+        404,
+        "stopped already"
+    );
+}
+
 /// Answers every INVITE from the stand-in with 180 only; returns the INVITE.
 async fn ring_only(ws: &mut Ws) -> SipMessage {
     let inv = recv_sip(ws).await;

@@ -10,7 +10,9 @@
 //!                                     peer StasisStart ─► answer + bridge both ─► Answered
 //!  call to a browser: originate(key) ─► Linked (its protocol_id is the Call-ID of the INVITE
 //!                   Asterisk sends to icegate's SIP UA) ─► Ringing ─► Answered
-//!  any call:      hangup / send_dtmf / play / transfer ─► REST requests
+//!  any call:      hangup / send_dtmf / play / transfer ─► REST requests; a transfer first
+//!                   stops the call's playbacks (a tone plays until stopped, and Asterisk runs
+//!                   the `continue` only after it)
 //!  released call: its channel's StasisStart again (a transfer to an extension that runs
 //!                   Stasis) ─► Linked again under the same key, routed as a new one
 //!                 ends with exactly one HungUp{cause} or Released, after which nothing of it
@@ -39,6 +41,10 @@ use rand::{Rng, SeedableRng};
 use crate::ari::backoff::reconnect_delay;
 use crate::ari::events::{self, Channel, ChannelState, Event, EventError};
 use crate::ari::rest::{HangupReason, Method, Originate, Reply, Request, RestError};
+
+/// Playbacks remembered per call; a browser playing more at once than this is not stopped
+/// from them all on a transfer (Asterisk queues them, so the first ones finish first anyway).
+const MAX_PLAYBACKS: usize = 16;
 
 /// The caller's name for a call; the controller never makes one up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -235,6 +241,8 @@ struct Call {
     cause: Option<i32>,
     hanging_up: bool,
     continuing: bool,
+    /// Playbacks started on the primary channel and not known to be finished.
+    playbacks: Vec<String>,
     /// Kept through an events-connection loss, not yet reconciled.
     stale: bool,
 }
@@ -554,6 +562,7 @@ impl Controller {
             None => return Err(CommandError::UnknownCall),
         };
         self.release_peer_and_bridge(peer, bridge, HangupReason::Normal, now);
+        self.stop_playbacks(call, now);
         let request = Request::Continue {
             channel,
             context: self.config.transfer_context.clone(),
@@ -667,9 +676,9 @@ impl Controller {
                 }
             }
             Event::ApplicationReplaced => self.outputs.push_back(Output::ApplicationReplaced),
+            Event::PlaybackStarted(p) => self.on_playback(p.playback, true, now),
+            Event::PlaybackFinished(p) => self.on_playback(p.playback, false, now),
             Event::ChannelVarset(_)
-            | Event::PlaybackStarted(_)
-            | Event::PlaybackFinished(_)
             | Event::Dial(_)
             | Event::ChannelEnteredBridge(_)
             | Event::ChannelLeftBridge(_)
@@ -1002,6 +1011,10 @@ impl Controller {
                             },
                         );
                     }
+                    (Step::Play, Reply::Playback(p)) => {
+                        let playing = !matches!(p.state.as_str(), "done" | "failed");
+                        self.on_playback(p, playing, now);
+                    }
                     (Step::Hangup, _) if !in_stasis && !originated => {
                         // No StasisEnd will come for a channel outside the application.
                         let event = hung_up(cause, None);
@@ -1109,6 +1122,48 @@ impl Controller {
                 let event = hung_up(None, Some(format!("bridging failed: {error}")));
                 self.end(key, Some(event), Some(HangupReason::Failure), now);
             }
+        }
+    }
+
+    /// A playback of `playback.target_uri` started (from the play reply or PlaybackStarted)
+    /// or finished. One that starts on a call being transferred is stopped at once: its
+    /// `continue` waits behind it.
+    fn on_playback(&mut self, playback: events::Playback, playing: bool, now: Instant) {
+        let Some(channel) = playback.target_uri.strip_prefix("channel:") else {
+            return;
+        };
+        let Some((key, Leg::Primary)) = self.channels.get(channel).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let known = call.playbacks.contains(&playback.id);
+        if !playing {
+            call.playbacks.retain(|id| *id != playback.id);
+        } else if call.continuing {
+            if !known {
+                self.send_best_effort(
+                    Request::StopPlayback {
+                        playback: playback.id,
+                    },
+                    now,
+                );
+            }
+        } else if !known && call.playbacks.len() < MAX_PLAYBACKS {
+            call.playbacks.push(playback.id);
+        }
+    }
+
+    /// Stops every playback of `call` (a 404 for one that just finished changes nothing).
+    fn stop_playbacks(&mut self, call: CallKey, now: Instant) {
+        let playbacks = self
+            .calls
+            .get_mut(&call)
+            .map(|c| std::mem::take(&mut c.playbacks))
+            .unwrap_or_default();
+        for playback in playbacks {
+            self.send_best_effort(Request::StopPlayback { playback }, now);
         }
     }
 

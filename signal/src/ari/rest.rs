@@ -150,6 +150,11 @@ pub enum Request {
         /// A media URI: `sound:NAME`, `tone:NAME;tonezone=ZONE`, `digits:123`, ...
         media: String,
     },
+    /// `DELETE /playbacks/{id}`: stop a playback (a `tone:` plays until stopped).
+    StopPlayback {
+        /// The playback.
+        playback: String,
+    },
     /// `POST /channels/{id}/dtmf?dtmf=...`.
     SendDtmf {
         /// The channel.
@@ -221,6 +226,9 @@ impl Request {
                 Method::Post,
                 with_query(channel_path(channel, "/play"), &[("media", media)]),
             ),
+            Request::StopPlayback { playback } => {
+                (Method::Delete, format!("/playbacks/{}", segment(playback)))
+            }
             Request::SendDtmf { channel, dtmf } => (
                 Method::Post,
                 with_query(channel_path(channel, "/dtmf"), &[("dtmf", dtmf)]),
@@ -580,6 +588,14 @@ mod tests {
                 channels: vec!["c1".into(), "c2".into()]
             }),
             "/bridges/b1/addChannel?channel=c1,c2"
+        );
+        let stop = Request::StopPlayback {
+            playback: "a b".into(),
+        }
+        .to_http();
+        assert_eq!(
+            (stop.method, stop.path.as_str()),
+            (Method::Delete, "/playbacks/a%20b")
         );
         let destroy = Request::DestroyBridge {
             bridge: "b1".into(),

@@ -250,6 +250,21 @@ impl Core {
                 };
                 self.bridge_op(method, bi, rest, params)
             }
+            ("DELETE", ["playbacks", id]) => {
+                let found = self.calls.iter().enumerate().find_map(|(i, c)| {
+                    c.playbacks
+                        .iter()
+                        .any(|pb| pb.id == *id && pb.state == "playing")
+                        .then_some(i)
+                });
+                match found {
+                    Some(idx) => {
+                        self.playback_done(idx, id);
+                        (204, None)
+                    }
+                    None => err(404, "Playback not found"),
+                }
+            }
             ("GET", ["playbacks", id]) => self
                 .calls
                 .iter()
@@ -336,7 +351,18 @@ impl Core {
             }
             ("POST", ["continue"]) => {
                 let ext = p("extension");
-                self.ari_continue(idx, ext.as_deref());
+                if self.calls[idx]
+                    .playbacks
+                    .iter()
+                    .any(|pb| pb.state == "playing")
+                {
+                    // Queued behind the playback (a tone never ends by itself), as Asterisk's
+                    // control queue does; answered at once all the same.
+                    self.note("continue waits for the playback to end");
+                    self.calls[idx].queued_continue = Some(ext);
+                } else {
+                    self.ari_continue(idx, ext.as_deref());
+                }
                 (204, None)
             }
             ("POST", [op]) | ("DELETE", [op])
@@ -358,21 +384,31 @@ impl Core {
             let Some(idx) = core.call_index_by_channel(&channel) else {
                 return;
             };
-            let Some(pb) = core.calls[idx]
-                .playbacks
-                .iter_mut()
-                .find(|p| p.id == playback)
-            else {
-                return;
-            };
-            if pb.state != "playing" {
-                return;
-            }
-            pb.state = "done".into();
-            let pb = pb.clone();
-            let call = core.calls[idx].clone();
-            core.emit_playback(&call, "PlaybackFinished", &pb);
+            core.playback_done(idx, &playback);
         });
+    }
+
+    /// Playback `playback` of call `idx` ended (played out, or stopped by `DELETE
+    /// /playbacks/{id}`): PlaybackFinished with state `done`, and a `continue` that waited for
+    /// it runs once nothing plays any more.
+    fn playback_done(&mut self, idx: usize, playback: &str) {
+        let Some(pb) = self.calls[idx]
+            .playbacks
+            .iter_mut()
+            .find(|p| p.id == playback && p.state == "playing")
+        else {
+            return;
+        };
+        pb.state = "done".into();
+        let pb = pb.clone();
+        let call = self.calls[idx].clone();
+        self.emit_playback(&call, "PlaybackFinished", &pb);
+        let playing = call.playbacks.iter().any(|p| p.state == "playing");
+        if !playing {
+            if let Some(extension) = self.calls[idx].queued_continue.take() {
+                self.ari_continue(idx, extension.as_deref());
+            }
+        }
     }
 
     fn bridge_op(

@@ -379,6 +379,7 @@ impl Core {
             dtmf_sent: String::new(),
             cancelled: false,
             held: false,
+            queued_continue: None,
             reinvite: None,
             #[cfg(feature = "media-echo")]
             media: None,
@@ -862,6 +863,7 @@ impl Core {
             dtmf_sent: String::new(),
             cancelled: false,
             held: false,
+            queued_continue: None,
             reinvite: None,
             #[cfg(feature = "media-echo")]
             media: None,

@@ -200,6 +200,9 @@ pub struct Call {
     pub local_sdp: Option<String>,
     pub remote_sdp: Option<String>,
     pub playbacks: Vec<Playback>,
+    /// An ARI `continue` (its extension) waiting for the playing playbacks to end: Asterisk
+    /// runs a channel's commands in order, after the playback in progress.
+    pub queued_continue: Option<Option<String>>,
     /// Digits ARI asked to send to the caller (`POST .../dtmf`).
     pub dtmf_sent: String,
     /// Set once CANCEL was sent for an unanswered outbound call.

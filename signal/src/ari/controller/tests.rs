@@ -419,6 +419,63 @@ fn transfer_continues_in_the_dialplan_and_releases_the_call() {
     assert_nothing_left(&c);
 }
 
+fn playback(id: &str, state: &str) -> String {
+    json!({"id": id, "media_uri": "tone:ring;tonezone=us", "target_uri": "channel:c1",
+           "language": "en", "state": state})
+    .to_string()
+}
+
+/// A tone plays until stopped and Asterisk runs `continue` only after it: a transfer stops the
+/// call's playbacks first, those known from the play reply or PlaybackStarted, and one whose
+/// reply comes after the transfer at once. Finished ones are not stopped.
+#[test]
+fn a_transfer_stops_the_playbacks_first() {
+    let now = t0();
+    let mut c = connected(ControllerConfig::default(), now);
+    answered_call(&mut c, now);
+    c.play(K, "tone:ring;tonezone=us", now).unwrap();
+    c.play(K, "sound:hello", now).unwrap();
+    let outs = drain(&mut c);
+    answer_all(&mut c, &outs[..1], 201, &playback("pb1", "queued"), now);
+    answer_all(&mut c, &outs[1..], 201, &playback("pb2", "queued"), now);
+    let started = |id: &str, kind: &str, state: &str| {
+        let mut e: serde_json::Value =
+            serde_json::from_str(&event(kind, json!({}), json!({}))).unwrap();
+        e.as_object_mut().unwrap().remove("channel");
+        e["playback"] = serde_json::from_str(&playback(id, state)).unwrap();
+        e.to_string()
+    };
+    // pb3 was started by someone else on this channel; pb2 is over.
+    for text in [
+        started("pb1", "PlaybackStarted", "playing"),
+        started("pb3", "PlaybackStarted", "playing"),
+        started("pb2", "PlaybackFinished", "done"),
+    ] {
+        c.handle_event(&text, now).unwrap();
+    }
+    assert!(drain(&mut c).is_empty());
+    c.transfer(K, "600", now).unwrap();
+    assert_eq!(
+        paths(&drain(&mut c)),
+        [
+            "DELETE /playbacks/pb1",
+            "DELETE /playbacks/pb3",
+            "POST /channels/c1/continue?context=from-icegate&extension=600&priority=1"
+        ]
+    );
+
+    // A play whose reply comes after the transfer is stopped then.
+    let mut c = connected(ControllerConfig::default(), now);
+    answered_call(&mut c, now);
+    c.play(K, "tone:ring;tonezone=us", now).unwrap();
+    let play = drain(&mut c);
+    c.transfer(K, "600", now).unwrap();
+    let transfer = drain(&mut c);
+    assert_eq!(paths(&transfer).len(), 1, "{transfer:?}");
+    answer_all(&mut c, &play, 201, &playback("pb9", "queued"), now);
+    assert_eq!(paths(&drain(&mut c)), ["DELETE /playbacks/pb9"]);
+}
+
 #[test]
 fn a_transferred_call_that_enters_stasis_again_is_the_same_call() {
     let now = t0();
