@@ -483,6 +483,23 @@ impl Settings {
         })
     }
 
+    /// What is allowed but risky in this configuration, one sentence each, for the start-up
+    /// log and `--check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            // The listener has no authentication: whoever reaches it learns the load, the
+            // traffic and what the peer filter refuses, and can scrape it as often as it likes.
+            warnings.push(format!(
+                "metrics-listen {addr} is not a loopback address and has no access control: \
+                 /metrics, /healthz and /readyz answer anyone who reaches it; bind it to \
+                 127.0.0.1 or a management network, firewall it, or put an authenticating \
+                 reverse proxy in front (docs/operations.md, \"Health checks\")"
+            ));
+        }
+        warnings
+    }
+
     /// A one-screen summary for `--check-config`, without secrets.
     pub fn summary(&self) -> String {
         let relays: Vec<String> = self
@@ -497,7 +514,7 @@ impl Settings {
                 }
             })
             .collect();
-        format!(
+        let mut summary = format!(
             "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
@@ -516,7 +533,12 @@ impl Settings {
             self.server.total_quota,
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.workers,
-        )
+        );
+        for warning in self.warnings() {
+            summary.push_str("\n  warning: ");
+            summary.push_str(&warning);
+        }
+        summary
     }
 }
 
@@ -643,6 +665,37 @@ mod tests {
         std::fs::remove_file(&secret).unwrap();
         let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_metrics_listener_off_loopback_is_warned_about() {
+        let base = ["--listening-ip", "127.0.0.1", "--user", "a:b"];
+        let with = |metrics: &str| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(&["--metrics-listen", metrics]);
+            Settings::load(&cli(&args)).unwrap()
+        };
+        for quiet in ["127.0.0.1:9641", "[::1]:9641"] {
+            let s = with(quiet);
+            assert!(s.warnings().is_empty(), "{quiet}: {:?}", s.warnings());
+            assert!(!s.summary().contains("warning"), "{}", s.summary());
+        }
+        assert!(Settings::load(&cli(&base)).unwrap().warnings().is_empty());
+        for open in ["0.0.0.0:9641", "[::]:9641", "10.0.0.5:9641"] {
+            let s = with(open);
+            let warnings = s.warnings();
+            assert_eq!(warnings.len(), 1, "{open}: {warnings:?}");
+            assert!(
+                warnings[0].contains("metrics-listen") && warnings[0].contains("access control"),
+                "{}",
+                warnings[0]
+            );
+            assert!(
+                s.summary().contains("warning: metrics-listen"),
+                "{}",
+                s.summary()
+            );
+        }
     }
 
     #[test]

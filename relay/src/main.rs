@@ -145,6 +145,9 @@ fn unix_now() -> u64 {
 }
 
 fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let relay_ips: Vec<IpAddr> = settings
         .server
         .relay_addresses

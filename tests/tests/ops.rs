@@ -52,6 +52,34 @@ fn check_config_prints_a_summary_and_exits_0() {
     );
 }
 
+#[test]
+fn check_config_warns_about_a_metrics_listener_off_loopback() {
+    let check = |metrics: &str| {
+        let (status, out) = run_icegate_once(
+            &[
+                "--check-config",
+                "--listening-ip",
+                "127.0.0.1",
+                "--user",
+                "carol:pw",
+                "--metrics-listen",
+                metrics,
+            ],
+            RUN_ONCE,
+        );
+        // A warning, not an error: a management network is a legitimate place for it.
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{metrics}:\n{out}");
+        out
+    };
+    let out = check("0.0.0.0:9641");
+    assert!(
+        out.contains("warning: metrics-listen 0.0.0.0:9641") && out.contains("access control"),
+        "no warning for 0.0.0.0:\n{out}"
+    );
+    let out = check("127.0.0.1:9641");
+    assert!(!out.contains("warning"), "warning for loopback:\n{out}");
+}
+
 /// Runs `--check-config` and a real start on a config file with `body`; both must fail,
 /// naming the file and `key`.
 fn assert_config_rejected(body: &str, key: &str) {
