@@ -90,6 +90,9 @@ pub struct Allocation {
     pub five_tuple: FiveTuple,
     /// The user who made it; other users get 441 on it.
     pub username: String,
+    /// What it counts against in `user-quota` ([`crate::auth::Credentials::quota_key`]), kept
+    /// so that a reload changing the users releases the count it took.
+    pub quota_key: String,
     /// Relayed addresses, indexed by [`Family`].
     pub relays: [Option<Relay>; 2],
     /// When it expires unless refreshed.

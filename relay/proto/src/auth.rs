@@ -60,6 +60,27 @@ impl Credentials {
         self.users.is_empty() && self.rest_secrets.is_empty()
     }
 
+    /// Whom an allocation of `username` counts against for `user-quota`: the user, not the
+    /// credential.
+    ///
+    /// A static user is itself. A TURN REST username (`EXPIRY:USER` or `USER:EXPIRY`) is its
+    /// `USER`, so that one user cannot multiply the quota by asking for a fresh credential a
+    /// second later. A REST username without a user (`EXPIRY`, or an empty `USER`) names no
+    /// one but itself, so it is counted as itself. Static users take precedence, as in
+    /// [`Self::candidate_keys`], so a static user and a REST user of the same name share one
+    /// count.
+    pub fn quota_key<'a>(&self, username: &'a str) -> &'a str {
+        if self.users.contains_key(username) || self.rest_secrets.is_empty() {
+            return username;
+        }
+        match RestUsername::parse(username) {
+            Some(RestUsername {
+                user: Some(user), ..
+            }) if !user.is_empty() => user,
+            _ => username,
+        }
+    }
+
     /// The keys a request from `username` may be signed with: one for a static user, one per
     /// REST secret for an ephemeral username. Static users take precedence, as in coturn.
     pub fn candidate_keys(
@@ -141,6 +162,30 @@ mod tests {
             creds.candidate_keys("mallory", "r", KeyAlgorithm::Md5, 0),
             Err(AuthFailure::UnknownUser)
         );
+    }
+
+    #[test]
+    fn the_quota_key_of_a_rest_username_is_its_user() {
+        let mut creds = Credentials::new();
+        creds.add_user("alice", "pw");
+        creds.add_user("1700000000:static", "pw");
+        // Without REST secrets a username is only ever a static user's (or unknown).
+        assert_eq!(creds.quota_key("1700000000:bob"), "1700000000:bob");
+        creds.add_rest_secret(Secret::new("s1"));
+        assert_eq!(creds.quota_key("alice"), "alice");
+        // Both orders coturn accepts, and a user id with the separator in it.
+        assert_eq!(creds.quota_key("1700000000:bob"), "bob");
+        assert_eq!(creds.quota_key("1700000001:bob"), "bob");
+        assert_eq!(creds.quota_key("bob:1700000002"), "bob");
+        assert_eq!(creds.quota_key("1700000000:a:b"), "a:b");
+        assert_eq!(creds.quota_key("a:b:1700000000"), "a:b");
+        // No user in the username: the credential is all there is to count.
+        assert_eq!(creds.quota_key("1700000000"), "1700000000");
+        assert_eq!(creds.quota_key("1700000000:"), "1700000000:");
+        // A static user whose name looks like a REST username stays itself.
+        assert_eq!(creds.quota_key("1700000000:static"), "1700000000:static");
+        // Not a REST username at all (it fails authentication anyway).
+        assert_eq!(creds.quota_key("mallory"), "mallory");
     }
 
     #[test]

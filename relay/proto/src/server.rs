@@ -606,9 +606,10 @@ impl Server {
         let additional_family_refused = want_v6_too && !self.has_relay_family(Family::V6);
 
         let config = Arc::clone(&self.config);
-        if let Err(kind) =
-            self.ledger
-                .admit(&authed.username, config.user_quota, config.total_quota)
+        let quota_key = config.credentials.quota_key(&authed.username).to_owned();
+        if let Err(kind) = self
+            .ledger
+            .admit(&quota_key, config.user_quota, config.total_quota)
         {
             self.counters.quota(kind);
             let code = match kind {
@@ -652,7 +653,7 @@ impl Server {
             for r in relays.iter().flatten() {
                 self.ledger.release_port(r.local.ip(), r.local.port());
             }
-            self.ledger.release(&authed.username);
+            self.ledger.release(&quota_key);
             let code = if token.is_some() {
                 ErrorCode::INSUFFICIENT_CAPACITY
             } else {
@@ -673,6 +674,7 @@ impl Server {
         let allocation = Allocation {
             five_tuple: from,
             username: authed.username,
+            quota_key,
             relays,
             expires: now + lifetime,
             permissions: Default::default(),
@@ -916,7 +918,7 @@ impl Server {
                 });
             }
         }
-        self.ledger.release(&a.username);
+        self.ledger.release(&a.quota_key);
         if a.pending.is_none() {
             self.counters
                 .allocation_closed(a.five_tuple.transport, a.primary_family());

@@ -1199,6 +1199,49 @@ fn user_quota_gives_486_and_frees_with_the_allocation() {
 }
 
 #[test]
+fn user_quota_counts_a_rest_user_not_each_credential() {
+    let mut config = base_config();
+    config.user_quota = 1;
+    let mut h = Harness::with(config);
+    let secret = Secret::new(REST_SECRET);
+    let now = h.unix_now();
+    // One user with three credentials a second apart, in both username forms.
+    let first = rest::issue(&secret, Some("carol"), now, 60);
+    let mut carol = Client::new(udp_client(1), &first.username, &first.password);
+    let allocated = h.allocate(&mut carol, vec![]);
+    let second = rest::issue(&secret, Some("carol"), now + 1, 60);
+    let reversed = format!("carol:{}", now + 62);
+    let reversed_pw = rest::rest_password(&secret, &reversed);
+    for (n, (user, password)) in [
+        (second.username.as_str(), second.password.as_str()),
+        (reversed.as_str(), reversed_pw.as_str()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut again = Client::new(udp_client(2 + n as u8), user, password);
+        assert_eq!(
+            h.allocate_error(&mut again, vec![udp_transport()]),
+            486,
+            "{user}"
+        );
+    }
+    assert_eq!(h.quota_rejections(QuotaKind::User), 2);
+    // Another REST user has a quota of their own.
+    let dave = rest::issue(&secret, Some("dave"), now, 60);
+    h.allocate(
+        &mut Client::new(udp_client(5), &dave.username, &dave.password),
+        vec![],
+    );
+    // Freeing carol's allocation frees carol's quota, whichever credential comes next.
+    h.delete(&carol, &allocated.relays);
+    h.allocate(
+        &mut Client::new(udp_client(6), &second.username, &second.password),
+        vec![],
+    );
+}
+
+#[test]
 fn total_quota_ports_and_draining_give_508() {
     let mut config = base_config();
     config.total_quota = 1;
