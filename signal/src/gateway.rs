@@ -721,6 +721,13 @@ impl Gateway {
                 request_uri,
                 sdp,
             } => self.incoming(call_key, &from, &to, &request_uri, sdp, now),
+            SipEvent::Dtmf {
+                call_key, digit, ..
+            } => {
+                if let Some(&id) = self.by_sip.get(&call_key) {
+                    self.pbx_digit(id, digit);
+                }
+            }
             SipEvent::IncomingCancelled { call_key } => {
                 let Some(&id) = self.by_sip.get(&call_key) else {
                     return;
@@ -898,17 +905,11 @@ impl Gateway {
     }
 
     fn on_ari(&mut self, key: ari::CallKey, event: AriEvent) {
-        let Some(call) = self.calls.get(&key.0) else {
+        if !self.calls.contains_key(&key.0) {
             return;
-        };
+        }
         match event {
-            AriEvent::Dtmf { digit, .. } => {
-                if let (Some(hub), Ok(digits)) = (call.hub, Digits::new(digit.to_string())) {
-                    if call.phase.is_answered() {
-                        self.tell_hub(ToHub::Event(PbxEvent::Dtmf { call: hub, digits }));
-                    }
-                }
-            }
+            AriEvent::Dtmf { digit, .. } => self.pbx_digit(key.0, digit),
             AriEvent::CommandFailed { command, error } => {
                 self.log(format!("ARI {command} failed: {error}"));
             }
@@ -919,6 +920,19 @@ impl Gateway {
             | AriEvent::StateChanged(_)
             | AriEvent::HungUp { .. }
             | AriEvent::Released => {}
+        }
+    }
+
+    /// A key pressed on the PBX side (ARI, from the dialed peer; or a SIP INFO): the browser
+    /// gets it as `dtmf` once the call is answered.
+    fn pbx_digit(&mut self, id: u64, digit: char) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if let (Some(hub), Ok(digits)) = (call.hub, Digits::new(digit.to_string())) {
+            if call.phase.is_answered() {
+                self.tell_hub(ToHub::Event(PbxEvent::Dtmf { call: hub, digits }));
+            }
         }
     }
 

@@ -197,9 +197,19 @@ fn browser_calls_echo_and_stasis_with_dtmf_then_hangs_up() {
         "{:?}",
         rig.pbx.ari_requests()
     );
+    // A digit Asterisk receives on the browser's channel came from the browser: it is not
+    // sent back. A key pressed on the PBX side, as SIP INFO, is.
     assert!(rig.pbx.inject_dtmf(&channel, "5"));
+    assert!(rig.pbx.send_dtmf_info(&channel, "7"));
     let dtmf = alice.expect("dtmf");
-    assert_eq!(dtmf["digits"], "5");
+    assert_eq!(dtmf["digits"], "7");
+    let info_ok = eventually(WAIT, || {
+        rig.pbx
+            .sip_received()
+            .iter()
+            .any(|m| m.status() == Some(200) && m.method() == "INFO")
+    });
+    assert!(info_ok, "the gateway answers the INFO 200");
     alice.send(json!({"v":1,"type":"hangup","call":call700}));
     assert!(eventually(WAIT, || rig.pbx.sip_requests("BYE").len() == 2));
     rig.assert_no_leaks();

@@ -818,14 +818,10 @@ fn asterisk_real_stasis_dtmf_travels_in_the_media_both_ways() {
         "{}",
         rig.ast.messages()
     );
-    // ... and the gateway, which takes every ChannelDtmfReceived of the call's channel for
-    // keys pressed on the PBX side, sends the browser its own digit back as `dtmf`.
-    let dtmf = alice.expect("dtmf");
-    assert_eq!(
-        (&dtmf["call"], &dtmf["digits"]),
-        (&json!(call700), &json!("5")),
-        "{dtmf}"
-    );
+    // ... and it is the browser's own digit: the gateway does not send it back as `dtmf`
+    // (the gateway had the observer's event as long; the ping's pong is the next message).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    alice.ping(2);
 
     alice.send(json!({"v":1,"type":"hangup","call":call700}));
     rig.observer

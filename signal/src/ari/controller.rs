@@ -138,7 +138,9 @@ pub enum CallEvent {
     Ringing,
     /// The call is answered.
     Answered,
-    /// A DTMF digit from the call's channel.
+    /// A DTMF digit pressed on the PBX side: received on the channel dialed for the call
+    /// (routing `Dial`). Digits received on the call's own channel are the browser's, sent to
+    /// Asterisk, and are not reported back.
     Dtmf {
         /// The digit.
         digit: char,
@@ -644,7 +646,9 @@ impl Controller {
             Event::StasisEnd(e) => self.on_stasis_end(&e.channel.id, now),
             Event::ChannelStateChange(e) => self.on_state(e.channel),
             Event::ChannelDtmfReceived(d) => {
-                if let (Some((call, Leg::Primary)), Some(digit)) =
+                // `Received` is from Asterisk's view: on the primary channel these are the
+                // browser's own digits; keys pressed on the far side arrive on the peer.
+                if let (Some((call, Leg::Peer)), Some(digit)) =
                     (self.channels.get(&d.channel.id), d.digit.chars().next())
                 {
                     self.emit(
@@ -744,14 +748,12 @@ impl Controller {
             Some((key, Leg::Peer)) => self.peer_answered(key, now),
             None => {
                 if let Some(key) = self.released.remove(&channel.id) {
-                    if !self.calls.contains_key(&key) {
-                        self.calls.insert(
-                            key,
-                            Call {
-                                protocol_id: channel.protocol_id.clone(),
-                                ..Call::default()
-                            },
-                        );
+                    if let std::collections::btree_map::Entry::Vacant(slot) = self.calls.entry(key)
+                    {
+                        slot.insert(Call {
+                            protocol_id: channel.protocol_id.clone(),
+                            ..Call::default()
+                        });
                         self.link_and_route(key, &channel, &args, now);
                         return;
                     }

@@ -256,13 +256,43 @@ fn candidates_are_gathered_into_the_invite_then_ring_answer_dtmf_bye() {
         "channel": channel("ch1", "Up", invite.call_id())});
     rig.gw.handle_ari_event(&dtmf.to_string(), rig.now);
     rig.drain();
+    // Digits Asterisk received on the call's own channel are the browser's: not echoed back.
+    assert_eq!(rig.hub, []);
+    // A key pressed on the PBX side as SIP INFO (dtmf_mode=info) reaches the browser; INFO of
+    // another kind is refused.
+    let info = |content_type: &str, body: &str, cseq: u32| {
+        let text = format!(
+            "INFO sip:icegate@h SIP/2.0\r\nVia: SIP/2.0/WS 127.0.0.1:8088;branch=z9hG4bKinfo{cseq}\r\n\
+             From: {};tag=ast-tag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INFO\r\n\
+             Content-Type: {content_type}\r\n\r\n{body}",
+            invite.header("To").unwrap(),
+            invite.header("From").unwrap(),
+            invite.call_id()
+        );
+        Message::parse(text.as_bytes()).unwrap()
+    };
+    rig.feed_sip(&info(
+        "application/dtmf-relay",
+        "Signal=7\r\nDuration=100\r\n",
+        20,
+    ));
+    assert_eq!(rig.sip.pop().and_then(|m| m.code()), Some(200));
     assert_eq!(
         rig.hub,
         [ToHub::Event(PbxEvent::Dtmf {
             call: CALL,
-            digits: Digits::new("5").unwrap()
+            digits: Digits::new("7").unwrap()
         })]
     );
+    rig.hub.clear();
+    rig.feed_sip(&info("application/media_control+xml", "<x/>", 21));
+    let refused = rig.sip.pop().unwrap();
+    assert_eq!(refused.code(), Some(415));
+    assert_eq!(
+        refused.header("Accept"),
+        Some("application/dtmf-relay, application/dtmf")
+    );
+    assert_eq!(rig.hub, []);
 
     // The browser hangs up: BYE.
     rig.hub_send(ServerMessage::Hangup {

@@ -7,7 +7,7 @@ use crate::sip::message::{Message, Method};
 /// RFC 3261 §8.1.1.6.
 const MAX_FORWARDS: &str = "70";
 /// The methods the UA answers; sent in Allow on INVITEs, 2xx and 405 (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
 /// RFC 3261 §8.1.1.7: branches start with this magic cookie.
 pub const BRANCH_COOKIE: &str = "z9hG4bK";
 

@@ -8,6 +8,7 @@
 //!   message.rs parse/encode · header.rs name-addr, Via, CSeq · digest.rs 401/407 answers
 //!   transaction.rs client transactions (Timer B/F) · dialog.rs in-dialog requests
 //!   registration.rs the binding and its refresh · builder.rs headers of our messages
+//!   info.rs DTMF in INFO requests from Asterisk
 //! ```
 //!
 //! # Crate evaluation (why this is written by hand)
@@ -41,6 +42,7 @@ pub mod builder;
 pub mod dialog;
 pub mod digest;
 pub mod header;
+pub mod info;
 pub mod message;
 pub mod registration;
 pub mod transaction;

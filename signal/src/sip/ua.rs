@@ -22,6 +22,7 @@ use crate::sip::builder::{self, Local, ALLOW, BRANCH_COOKIE};
 use crate::sip::dialog::Dialog;
 use crate::sip::digest::Challenge;
 use crate::sip::header::NameAddr;
+use crate::sip::info;
 use crate::sip::message::{is_token_byte, Message, Method, ParseError, StartLine};
 use crate::sip::registration::Registration;
 use crate::sip::transaction::{key_of, ClientTx, Purpose, Transactions};
@@ -202,6 +203,15 @@ pub enum Event {
         call_key: CallKey,
         /// The status.
         code: u16,
+    },
+    /// A DTMF digit in an INFO from Asterisk (a key pressed on the PBX side; 200 is sent).
+    Dtmf {
+        /// The call.
+        call_key: CallKey,
+        /// The digit (`0-9 * # A-D`).
+        digit: char,
+        /// How long it was pressed, if the INFO says.
+        duration_ms: Option<u32>,
     },
     /// The SDP answer in an ACK, after we offered in a 2xx to an offerless INVITE.
     LateAnswer {
@@ -774,6 +784,7 @@ impl UserAgent {
                 ok.push("Allow", ALLOW);
                 self.send(&ok);
             }
+            Method::Other(name) if name.eq_ignore_ascii_case("INFO") => self.on_info(&request),
             Method::Register | Method::Other(_) => {
                 let mut refused = builder::response(&request, 405, Some(&hex(&mut self.rng, 8)));
                 refused.push("Allow", ALLOW);
@@ -957,6 +968,32 @@ impl UserAgent {
             call_key: key,
             by: EndedBy::Remote,
         });
+    }
+
+    /// An INFO in a dialog: DTMF is reported (200), other bodies are refused (415).
+    fn on_info(&mut self, request: &Message) {
+        let Some(key) = self.call_of_request(request) else {
+            self.stats.unmatched += 1;
+            self.send(&builder::response(request, 481, None));
+            return;
+        };
+        match info::parse(request.header("Content-Type"), &request.body) {
+            Ok(parsed) => {
+                self.send(&builder::response(request, 200, None));
+                if let info::Info::Dtmf { digit, duration_ms } = parsed {
+                    self.event(Event::Dtmf {
+                        call_key: key,
+                        digit,
+                        duration_ms,
+                    });
+                }
+            }
+            Err(_) => {
+                let mut refused = builder::response(request, 415, None);
+                refused.push("Accept", info::ACCEPT);
+                self.send(&refused);
+            }
+        }
     }
 
     /// The call whose dialog `request` (from Asterisk) belongs to.

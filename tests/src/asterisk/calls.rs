@@ -1162,6 +1162,41 @@ impl Core {
         true
     }
 
+    /// A key pressed on the PBX side, sent as res_pjsip_dtmf_info does for an endpoint with
+    /// `dtmf_mode=info`: an INFO in the call's dialog (`application/dtmf-relay`). Its response
+    /// needs nothing more. False when the call is not up.
+    pub fn send_dtmf_info(&mut self, idx: usize, digit: &str) -> bool {
+        let call = &self.calls[idx];
+        if call.phase != Phase::Up {
+            return false;
+        }
+        let (from, to, uri) = self.dialog_parties(call);
+        let cseq = call.local_cseq + 1;
+        let body = format!("Signal={digit}\r\nDuration=100\r\n");
+        let mut info = self.asterisk_request(
+            "INFO",
+            &uri,
+            None,
+            vec![
+                ("From", from),
+                ("To", to),
+                ("Call-ID", call.call_id().into()),
+                ("CSeq", format!("{cseq} INFO")),
+            ],
+            vec![("Contact", self.own_contact())],
+            Some(&body),
+        );
+        for (name, value) in &mut info.headers {
+            if name.eq_ignore_ascii_case("Content-Type") {
+                *value = "application/dtmf-relay".into();
+            }
+        }
+        let conn = call.conn;
+        self.calls[idx].local_cseq = cseq;
+        self.sip_send(conn, &info);
+        true
+    }
+
     /// The final response to Asterisk's re-INVITE: ACK it (§13.2.2.4 / §17.1.1.3).
     fn on_reinvite_response(&mut self, conn: u64, idx: usize, resp: &SipMessage) {
         let code = resp.status().unwrap_or(0);

@@ -423,7 +423,18 @@ impl AsteriskStandIn {
         }
     }
 
-    /// A `ChannelDtmfReceived` as if the caller had sent an RFC 4733 digit.
+    /// A key pressed on the PBX side, as a SIP INFO in the channel's dialog (an endpoint with
+    /// `dtmf_mode=info`); false when the call is not up.
+    pub fn send_dtmf_info(&self, channel_id: &str, digit: &str) -> bool {
+        let mut c = self.lock();
+        match c.call_index_by_channel(channel_id) {
+            Some(i) => c.send_dtmf_info(i, digit),
+            None => false,
+        }
+    }
+
+    /// A `ChannelDtmfReceived` as if the caller had sent an RFC 4733 digit: digits Asterisk
+    /// received from the browser, which the gateway does not send back to it.
     pub fn inject_dtmf(&self, channel_id: &str, digit: &str) -> bool {
         self.lock().dtmf_received(channel_id, digit, 120)
     }

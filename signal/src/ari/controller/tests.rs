@@ -184,10 +184,8 @@ fn replays_a_browser_call_answered_in_stasis() {
         &["/channels/1795551895.1"],
         now,
     );
-    let dtmf = |d: char| CallEvent::Dtmf {
-        digit: d,
-        duration_ms: 120,
-    };
+    // The recorded ChannelDtmfReceived (1, 2, #) are the SIP client's own digits, received by
+    // Asterisk on the call's channel: not reported back to the caller.
     assert_eq!(
         seen,
         vec![
@@ -198,9 +196,6 @@ fn replays_a_browser_call_answered_in_stasis() {
             CallEvent::StateChanged(ChannelState::Ring),
             CallEvent::Answered,
             CallEvent::StateChanged(ChannelState::Up),
-            dtmf('1'),
-            dtmf('2'),
-            dtmf('#'),
             CallEvent::HungUp {
                 cause: Some(32),
                 cause_txt: None
@@ -659,6 +654,24 @@ fn routing_dial_bridges_the_answered_peer_and_cleans_up_on_hangup() {
     )
     .unwrap();
     assert!(events(&drain(&mut c)).contains(&CallEvent::Answered));
+
+    // Keys pressed on the dialed side are the call's DTMF; the browser's own (received on its
+    // channel) are not sent back to it.
+    for id in ["c1", peer.as_str()] {
+        let dtmf = event(
+            "ChannelDtmfReceived",
+            channel(id, "Up", "sip-x"),
+            json!({"digit": "7", "duration_ms": 100}),
+        );
+        c.handle_event(&dtmf, now).unwrap();
+    }
+    assert_eq!(
+        events(&drain(&mut c)),
+        [CallEvent::Dtmf {
+            digit: '7',
+            duration_ms: 100
+        }]
+    );
 
     // The browser hangs up (SIP BYE): its channel leaves; the peer and the bridge go too.
     c.handle_event(
