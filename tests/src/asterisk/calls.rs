@@ -649,13 +649,20 @@ impl Core {
             return self.no_such_call(conn, peer, req);
         };
         self.respond(conn, peer, req, 200, "OK", None, vec![], vec![], None);
-        let digit = req.body.lines().find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim().eq_ignore_ascii_case("Signal")).then(|| v.trim().to_string())
-        });
-        if let Some(d) = digit {
+        let field = |name: &str| {
+            req.body.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_string())
+            })
+        };
+        if let Some(d) = field("Signal") {
+            // Asterisk reports the INFO's own Duration (160 ms from the gateway), as the real
+            // runs show; 100 ms (the stand-in's choice) when there is none.
+            let duration = field("Duration")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
             let id = self.calls[idx].channel.id.clone();
-            self.dtmf_received(&id, &d, 120);
+            self.dtmf_received(&id, &d, duration);
             // Asterisk's Echo() returns when it reads `#`, and the dialplan's next step,
             // Hangup(), ends the call with a BYE (cause 16, normal clearing).
             if d == "#" && self.calls[idx].route == Some(Route::Echo) {
