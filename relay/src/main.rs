@@ -20,6 +20,7 @@ mod framing;
 mod limits;
 mod metrics;
 mod mmsg;
+mod own_addresses;
 mod privileges;
 mod relay_set;
 mod sockets;
@@ -41,6 +42,7 @@ use icegate_common::systemd;
 use icegate_common::tls::{self, ReloadableCert};
 use icegate_relay_proto::metrics::{Counters, PeerDenials};
 use icegate_relay_proto::nonce::NonceKey;
+use icegate_relay_proto::peer_filter::PeerFilter;
 use icegate_relay_proto::{Ledger, Server};
 use tokio::sync::watch;
 
@@ -144,10 +146,11 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
+fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
     for warning in settings.warnings() {
         tracing::warn!("{warning}");
     }
+    settings.server.peer_filter = refuse_own_addresses(&settings, &settings.server.peer_filter);
     let relay_ips: Vec<IpAddr> = settings
         .server
         .relay_addresses
@@ -368,6 +371,19 @@ fn workers_alive(
     }
 }
 
+/// `filter`, also refusing the listening addresses of `settings` as peers.
+fn refuse_own_addresses(settings: &Settings, filter: &PeerFilter) -> PeerFilter {
+    let (own, error) = own_addresses::own_addresses(settings);
+    if let Some(error) = error {
+        tracing::warn!(
+            %error,
+            "cannot list the local addresses; a wildcard listener is refused as a peer on \
+             loopback only"
+        );
+    }
+    filter.clone().with_self_addresses(own)
+}
+
 /// Re-reads the configuration and certificates; a broken file keeps the running setup.
 fn reload(
     cli: &Cli,
@@ -388,6 +404,8 @@ fn reload(
                 );
             }
             fresh.server.relay_addresses = running.server.relay_addresses.clone();
+            // The listeners are the running ones; the local addresses are listed again.
+            fresh.server.peer_filter = refuse_own_addresses(running, &fresh.server.peer_filter);
             let config = Arc::new(fresh.server);
             control.send_modify(|c| c.config = config);
             tracing::info!("configuration reloaded (users, secrets, peer filter, quotas, timers)");

@@ -617,3 +617,110 @@ fn malformed_packets_are_dropped_and_server_survives(kind: ServerKind) {
         garbage.len() as f64,
     );
 }
+
+/// A Send indication carrying `payload` to `peer`, as a client sends it (no integrity).
+fn send_indication(c: &TurnClient, peer: SocketAddr, payload: &[u8]) {
+    let msg = StunMessageBuilder::new(SEND, MessageClass::Indication)
+        .with_attribute(XorPeerAddress::from(peer))
+        .with_attribute(Data::new(payload))
+        .build();
+    c.udp.send_raw(&encode(&msg));
+}
+
+/// The next Data indication `c` receives within `timeout`, as (peer, payload).
+fn data_indication(c: &TurnClient, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+    let (bytes, _) = c.udp.recv_raw(timeout)?;
+    let msg = decode(&bytes, None).ok()?;
+    let peer = msg.get::<XorPeerAddress>()?.as_xor_peer_address().ok()?;
+    let data = msg.get::<Data>()?.as_data().ok()?;
+    Some((*peer.socket_address(), data.as_bytes().to_vec()))
+}
+
+/// icegate only (coturn has no such rule): the relay's own listening addresses are never
+/// peers, even when `allowed-peer-ip` and `allow-loopback-peers` cover them, while the
+/// relayed address of another allocation on the same IP stays a peer.
+#[test]
+fn the_relays_own_listeners_are_403_and_never_relayed_to() {
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            tls: true,
+            icegate_args: vec!["--allowed-peer-ip".into(), "127.0.0.0/8".into()],
+            ..RelayConfig::default()
+        },
+    );
+    let denied_before = counter(
+        &relay,
+        "icegate_relay_peer_denied_total",
+        &[("reason", "self")],
+    );
+    let mut a = alice(&relay);
+    let resp = a.allocate();
+    assert_success(&resp, "allocation A");
+    let a_relayed = xor_relayed(&resp).expect("XOR-RELAYED-ADDRESS");
+    let mut b = alice(&relay);
+    let resp = b.allocate();
+    assert_success(&resp, "allocation B");
+    let b_relayed = xor_relayed(&resp).expect("XOR-RELAYED-ADDRESS");
+
+    let own = [
+        relay.udp_addr(),
+        relay.tls_addr(),
+        relay.metrics_addr(),
+        // The wildcard address reaches the same sockets.
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), relay.udp_addr().port()),
+    ];
+    for peer in own {
+        assert_error(
+            &a.create_permission(peer),
+            403,
+            &format!("CreatePermission for {peer}"),
+        );
+        assert_error(
+            &a.channel_bind(0x4000, peer),
+            403,
+            &format!("ChannelBind to {peer}"),
+        );
+    }
+    assert_grew(
+        &relay,
+        denied_before,
+        "icegate_relay_peer_denied_total",
+        &[("reason", "self")],
+        2.0 * own.len() as f64,
+    );
+
+    // Another allocation's relayed address is a peer: A and B reach each other.
+    assert_success(&a.create_permission(b_relayed), "A permits B");
+    assert_success(&b.create_permission(a_relayed), "B permits A");
+    let before = relay.metrics();
+    send_indication(&a, b_relayed, b"hello B");
+    assert_eq!(
+        data_indication(&b, Duration::from_secs(2)),
+        Some((a_relayed, b"hello B".to_vec())),
+        "B did not get A's data"
+    );
+
+    // The permission for 127.0.0.1 (B's relayed address) does not carry a Send to the
+    // listener's port: a Binding request sent there would be answered by the relay itself
+    // and come back to A, a TURN-in-TURN loop.
+    let binding = encode(&request(BINDING, &[]));
+    send_indication(&a, relay.udp_addr(), &binding);
+    assert_eq!(
+        data_indication(&a, Duration::from_secs(1)),
+        None,
+        "the relay relayed to its own listener"
+    );
+    let after = relay.metrics();
+    let relayed = |m: &icegate_tests::metrics::Metrics| {
+        m.sum(
+            "icegate_relay_packets_total",
+            &[("direction", "client_to_peer")],
+        )
+    };
+    assert_eq!(
+        relayed(&after) - relayed(&before),
+        1.0,
+        "only A's packet to B is relayed"
+    );
+}

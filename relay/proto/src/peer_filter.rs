@@ -38,6 +38,13 @@
 //!    their own metric label.
 //! 6. Anything else is allowed.
 //!
+//! Before all of these, a peer that is one of the relay's own listening addresses
+//! ([`SelfAddresses`], IP *and* port) is denied with [`DenyReason::SelfAddress`], whatever
+//! `allowed-peer-ip` or `allow_loopback` say: relaying to the relay's own TURN port nests TURN
+//! in TURN (a client could bounce its traffic off the relay forever, or reach its metrics
+//! listener from outside). Other ports of the same address, including the relayed
+//! addresses of other allocations, are left to the rules above.
+//!
 //! A configured IPv6 net inside `::ffff:0:0/96` (prefix length 96 or more)
 //! is treated as the IPv4 net it maps; a shorter IPv6 net such as `::/0` does
 //! not cover IPv4 peers.
@@ -57,7 +64,7 @@
 //! embeds an obfuscated client address, so it cannot be checked reliably).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -89,11 +96,13 @@ pub enum DenyReason {
     Translated,
     /// Teredo tunnel address (`2001::/32`).
     Teredo,
+    /// One of the relay's own listening addresses (IP and port).
+    SelfAddress,
 }
 
 impl DenyReason {
     /// Every reason, for pre-registering metric label values.
-    pub const ALL: [DenyReason; 12] = [
+    pub const ALL: [DenyReason; 13] = [
         DenyReason::Configured,
         DenyReason::Loopback,
         DenyReason::Private,
@@ -106,6 +115,7 @@ impl DenyReason {
         DenyReason::UniqueLocal,
         DenyReason::Translated,
         DenyReason::Teredo,
+        DenyReason::SelfAddress,
     ];
 
     /// Stable snake_case label, used as a Prometheus label value.
@@ -123,6 +133,7 @@ impl DenyReason {
             DenyReason::UniqueLocal => "unique_local",
             DenyReason::Translated => "translated",
             DenyReason::Teredo => "teredo",
+            DenyReason::SelfAddress => "self",
         }
     }
 }
@@ -130,6 +141,53 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The relay's own listening addresses, which are never a peer.
+///
+/// Each entry is a net and a port: an exact listener is its address alone, a wildcard
+/// listener is every local address (which only the runtime can list) on its port. An
+/// IPv4-mapped peer is checked as its IPv4 address, as the filter does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelfAddresses {
+    entries: Vec<(IpNet, u16)>,
+}
+
+impl SelfAddresses {
+    /// The listening addresses, as nets of local addresses and the port on them.
+    pub fn new(entries: impl IntoIterator<Item = (IpNet, u16)>) -> Self {
+        let mut entries: Vec<(IpNet, u16)> = entries
+            .into_iter()
+            .map(|(net, port)| match net {
+                IpNet::V6(n) => (mapped_net_to_v4(n).map_or(net, IpNet::V4), port),
+                IpNet::V4(_) => (net.trunc(), port),
+            })
+            .collect();
+        entries.sort_unstable_by_key(|&(net, port)| (port, net));
+        entries.dedup();
+        Self { entries }
+    }
+
+    /// Whether `peer` is one of the relay's own listening addresses.
+    pub fn contains(&self, peer: SocketAddr) -> bool {
+        let ip = normalise(peer.ip());
+        self.entries
+            .iter()
+            .any(|&(net, port)| port == peer.port() && net.contains(&ip))
+    }
+
+    /// Whether there is no address at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// `::ffff:a.b.c.d` is `a.b.c.d`: a dual-stack socket sends it there.
+fn normalise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 
@@ -142,6 +200,7 @@ pub struct PeerFilter {
     denied_v4: Vec<Ipv4Net>,
     denied_v6: Vec<Ipv6Net>,
     allow_loopback: bool,
+    own: SelfAddresses,
 }
 
 impl Default for PeerFilter {
@@ -162,7 +221,34 @@ impl PeerFilter {
             denied_v4,
             denied_v6,
             allow_loopback,
+            own: SelfAddresses::default(),
         }
+    }
+
+    /// The same filter, also denying the relay's own listening addresses.
+    pub fn with_self_addresses(mut self, own: SelfAddresses) -> Self {
+        self.own = own;
+        self
+    }
+
+    /// The relay's own listening addresses this filter denies.
+    pub fn self_addresses(&self) -> &SelfAddresses {
+        &self.own
+    }
+
+    /// Returns `Ok(())` if relaying to `peer` (address and port) is permitted, or why it is
+    /// not: [`Self::check`] of its address, after refusing the relay's own addresses.
+    pub fn check_peer(&self, peer: SocketAddr) -> Result<(), DenyReason> {
+        if self.own.contains(peer) {
+            return Err(DenyReason::SelfAddress);
+        }
+        self.check(peer.ip())
+    }
+
+    /// Whether `peer` is one of the relay's own listening addresses; what a Send indication
+    /// to a port its permission does not name must be checked against.
+    pub fn is_self(&self, peer: SocketAddr) -> bool {
+        self.own.contains(peer)
     }
 
     /// Returns `Ok(())` if relaying to `ip` is permitted, or why it is not.
@@ -494,6 +580,70 @@ mod tests {
             Err(r) => r,
             Ok(()) => panic!("{s} unexpectedly allowed"),
         }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("test socket address")
+    }
+
+    #[test]
+    fn the_relays_own_addresses_are_denied_whatever_is_allowed() {
+        let own = SelfAddresses::new([
+            ("127.0.0.0/8".parse().unwrap(), 3478),
+            ("127.0.0.1/32".parse().unwrap(), 9641),
+            ("203.0.113.5/32".parse().unwrap(), 3478),
+            ("::ffff:198.51.100.7/128".parse().unwrap(), 5349),
+            ("2001:db8::5/128".parse().unwrap(), 3478),
+        ]);
+        // Everything allowed, loopback included: only the own addresses are left out.
+        let f = PeerFilter::new(nets(&["0.0.0.0/0", "::/0"]), vec![], true)
+            .with_self_addresses(own.clone());
+        assert_eq!(f.self_addresses(), &own);
+        for peer in [
+            "127.0.0.1:3478",
+            "127.1.2.3:3478",
+            "127.0.0.1:9641",
+            "[::ffff:127.0.0.1]:3478",
+            "203.0.113.5:3478",
+            "[::ffff:203.0.113.5]:3478",
+            "198.51.100.7:5349",
+            "[2001:db8::5]:3478",
+        ] {
+            assert_eq!(
+                f.check_peer(sa(peer)),
+                Err(DenyReason::SelfAddress),
+                "{peer}"
+            );
+            assert!(f.is_self(sa(peer)), "{peer}");
+        }
+        // Other ports of the same addresses (relayed addresses of other allocations) and
+        // other addresses on the same port are peers like any other.
+        for peer in [
+            "127.0.0.1:50000",
+            "127.0.0.2:9641",
+            "203.0.113.5:50000",
+            "203.0.113.6:3478",
+            "[2001:db8::6]:3478",
+            "[2001:db8::5]:3479",
+        ] {
+            assert_eq!(f.check_peer(sa(peer)), Ok(()), "{peer}");
+            assert!(!f.is_self(sa(peer)), "{peer}");
+        }
+        // The rest of the filter still applies after the self check.
+        let f = PeerFilter::default().with_self_addresses(own);
+        assert_eq!(
+            f.check_peer(sa("127.0.0.1:3478")),
+            Err(DenyReason::SelfAddress)
+        );
+        assert_eq!(
+            f.check_peer(sa("127.0.0.1:50000")),
+            Err(DenyReason::Loopback)
+        );
+        assert_eq!(f.check_peer(sa("8.8.8.8:3478")), Ok(()));
+        // Without self addresses, check_peer is check.
+        let f = PeerFilter::new(vec![], vec![], true);
+        assert!(f.self_addresses().is_empty());
+        assert_eq!(f.check_peer(sa("127.0.0.1:3478")), Ok(()));
     }
 
     #[test]

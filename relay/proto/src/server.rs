@@ -41,6 +41,7 @@ use crate::metrics::{
     AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials, QuotaKind,
 };
 use crate::nonce;
+use crate::peer_filter::DenyReason;
 use crate::rate_limit::RateLimiter;
 use crate::transport::{Family, FiveTuple};
 
@@ -355,6 +356,12 @@ impl Server {
             return self.malformed();
         };
         let peer = peer.addr(msg.transaction_id());
+        // A permission names an address, not a port: one made for another port of the relay's
+        // own address must not carry a Send to its listener.
+        if self.config.peer_filter.is_self(peer) {
+            self.counters.dropped(DropReason::NoPermission);
+            return ClientOutcome::Dropped;
+        }
         let Some((offset, data)) = msg.raw_attribute_and_offset(Data::TYPE) else {
             return self.malformed();
         };
@@ -1029,14 +1036,22 @@ impl Server {
                 );
                 return false;
             }
-            if let Err(reason) = self.config.peer_filter.check(peer.ip()) {
+            if let Err(reason) = self.config.peer_filter.check_peer(*peer) {
                 self.denials.inc(reason.as_str());
-                tracing::info!(
-                    peer = %peer.ip(),
-                    reason = reason.as_str(),
-                    user = %authed.username,
-                    "peer address denied by the peer filter (403); allow it with allowed-peer-ip if intended"
-                );
+                if reason == DenyReason::SelfAddress {
+                    tracing::info!(
+                        %peer,
+                        user = %authed.username,
+                        "peer is one of the relay's own listening addresses (403)"
+                    );
+                } else {
+                    tracing::info!(
+                        %peer,
+                        reason = reason.as_str(),
+                        user = %authed.username,
+                        "peer address denied by the peer filter (403); allow it with allowed-peer-ip if intended"
+                    );
+                }
                 self.error(from, msg, ErrorCode::FORBIDDEN, Some(authed), label);
                 return false;
             }

@@ -1901,6 +1901,49 @@ fn allowed_peer_ip_overrides_the_deny_list() {
     assert_relayed(&outcome, &bytes, relay, media, b"internal");
 }
 
+#[test]
+fn the_relays_own_listening_addresses_are_403_even_when_allowed() {
+    let mut config = base_config();
+    // The relay listens on 192.0.2.10 (also its relay address) and everything is allowed.
+    let own = peer_filter::SelfAddresses::new([
+        ("192.0.2.10/32".parse().unwrap(), 3478),
+        ("192.0.2.10/32".parse().unwrap(), 9641),
+    ]);
+    config.peer_filter = PeerFilter::new(vec!["0.0.0.0/0".parse().unwrap()], Vec::new(), true)
+        .with_self_addresses(own);
+    let mut h = Harness::with(config);
+    let mut alice = Client::alice(1);
+    h.allocate(&mut alice, vec![]);
+    let mut bob = Client::bob(2);
+    let bobs = h.allocate(&mut bob, vec![]);
+    let bobs_relay = relayed_addresses(&bobs.response)[0];
+    assert_eq!(bobs_relay.ip(), relay_v4());
+
+    for own in [sa("192.0.2.10:3478"), sa("192.0.2.10:9641")] {
+        assert_eq!(error_code(&h.create_permission(&alice, &[own])), Some(403));
+        assert_eq!(error_code(&h.channel_bind(&alice, 0x4000, own)), Some(403));
+    }
+    // Another allocation's relayed address (same IP, another port) is a peer like any other,
+    // and the permission it installs is for the IP...
+    assert_eq!(
+        h.create_permission(&alice, &[bobs_relay]).class(),
+        MessageClass::SuccessResponse
+    );
+    let (bytes, outcome) = h.send_indication(&alice, bobs_relay, b"to bob");
+    let relay = match outcome {
+        ClientOutcome::Relay { relay, .. } => relay,
+        other => panic!("not relayed: {other:?}"),
+    };
+    assert_relayed(&outcome, &bytes, relay, bobs_relay, b"to bob");
+    // ...which still does not carry a Send indication to the listener's port.
+    let before = h.dropped(DropReason::NoPermission);
+    let (_, outcome) = h.send_indication(&alice, sa("192.0.2.10:3478"), b"loop");
+    assert_eq!(outcome, ClientOutcome::Dropped);
+    assert_eq!(h.dropped(DropReason::NoPermission), before + 1);
+    let snapshot = h.denials.snapshot();
+    assert_eq!(snapshot, vec![("self", 4)]);
+}
+
 // ----- Malformed input and the amplification guard -----
 
 #[test]
