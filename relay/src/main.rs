@@ -53,10 +53,12 @@ use crate::worker::{Control, WorkerSetup};
 /// A failure that stops the relay at start-up, with what it was doing.
 #[derive(Debug, thiserror::Error)]
 enum StartError {
-    #[error("cannot listen on {addr} ({transport}): {source}")]
+    #[error("cannot listen on {addr} ({transport}, {key}): {source}{}", in_use_hint(.source, .key))]
     Listen {
         addr: SocketAddr,
         transport: &'static str,
+        /// The setting that chose the address, for the operator to change.
+        key: &'static str,
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
@@ -68,6 +70,15 @@ enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+/// What to do about a port that is taken: it is never shared, even with another relay.
+fn in_use_hint(source: &std::io::Error, key: &str) -> String {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        format!("; another process (another icegate-relay?) listens there: stop it or change {key}")
+    } else {
+        String::new()
+    }
 }
 
 fn main() -> ExitCode {
@@ -108,11 +119,48 @@ struct Listeners {
     tls: Vec<std::net::TcpListener>,
 }
 
+/// Claims every listening address for this process ([`sockets::PortLock`], then
+/// [`sockets::probe_exclusive`]): a port something else listens on fails the start instead of
+/// being shared through SO_REUSEPORT. The locks are held until the process ends.
+fn claim_listening_ports(settings: &Settings) -> Result<Vec<sockets::PortLock>, StartError> {
+    use sockets::Listening;
+    let mut wanted = Vec::new();
+    for &ip in &settings.listening_ips {
+        let turn = SocketAddr::new(ip, settings.port);
+        if settings.udp {
+            wanted.push((Listening::Udp, turn, "udp", "listening-port"));
+        }
+        if settings.tcp {
+            wanted.push((Listening::Tcp, turn, "tcp", "listening-port"));
+        }
+        if settings.tls.is_some() {
+            let tls = SocketAddr::new(ip, settings.tls_port);
+            wanted.push((Listening::Tcp, tls, "tls", "tls-listening-port"));
+        }
+    }
+    if let Some(addr) = settings.metrics_listen {
+        wanted.push((Listening::Tcp, addr, "metrics http", "metrics-listen"));
+    }
+    let mut locks = Vec::new();
+    for (transport, addr, name, key) in wanted {
+        let err = |source| StartError::Listen {
+            addr,
+            transport: name,
+            key,
+            source,
+        };
+        locks.push(sockets::PortLock::claim(transport, addr).map_err(err)?);
+        sockets::probe_exclusive(transport, addr).map_err(err)?;
+    }
+    Ok(locks)
+}
+
 fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
-    let listen_err = |addr, transport| {
+    let listen_err = |addr, transport, key| {
         move |source| StartError::Listen {
             addr,
             transport,
+            key,
             source,
         }
     };
@@ -122,17 +170,26 @@ fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
         for &ip in &settings.listening_ips {
             let addr = SocketAddr::new(ip, settings.port);
             if settings.udp {
-                l.udp
-                    .push(sockets::udp_listener(addr).map_err(listen_err(addr, "udp"))?);
+                l.udp.push(sockets::udp_listener(addr).map_err(listen_err(
+                    addr,
+                    "udp",
+                    "listening-port",
+                ))?);
             }
             if settings.tcp {
-                l.tcp
-                    .push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tcp"))?);
+                l.tcp.push(sockets::tcp_listener(addr).map_err(listen_err(
+                    addr,
+                    "tcp",
+                    "listening-port",
+                ))?);
             }
             if settings.tls.is_some() {
                 let addr = SocketAddr::new(ip, settings.tls_port);
-                l.tls
-                    .push(sockets::tcp_listener(addr).map_err(listen_err(addr, "tls"))?);
+                l.tls.push(sockets::tcp_listener(addr).map_err(listen_err(
+                    addr,
+                    "tls",
+                    "tls-listening-port",
+                ))?);
             }
         }
         all.push(l);
@@ -178,12 +235,15 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         unix_now(),
     ));
 
+    // Held until the process ends, which is never by returning from here.
+    let _port_locks = claim_listening_ports(&settings)?;
     let listeners = bind_listeners(&settings)?;
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => {
             let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen {
                 addr,
                 transport: "metrics http",
+                key: "metrics-listen",
                 source,
             })?;
             l.set_nonblocking(true).map_err(|source| StartError::Io {

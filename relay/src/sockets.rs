@@ -1,8 +1,27 @@
 //! Socket construction: SO_REUSEPORT listeners (one per worker) and relay sockets.
+//!
+//! # Exclusive listening ports
+//!
+//! Linux lets any socket with SO_REUSEPORT of the same user join a group of SO_REUSEPORT
+//! sockets, so a second relay started as the same user would bind the same port, say it is
+//! ready, and silently take a share of the clients. Before a listening address is bound, it
+//! is therefore claimed twice:
+//!
+//! - [`PortLock`]: an abstract Unix socket named after the transport and address, which only
+//!   one process at a time can hold and the kernel frees when the process ends. It makes two
+//!   relays started at the same moment exclusive, where checking and binding are two steps.
+//! - [`probe_exclusive`]: a socket without SO_REUSEPORT bound to the address and closed again.
+//!   The kernel refuses it while any other socket holds the port (with SO_REUSEPORT or not,
+//!   on that address or the wildcard), so whatever already listens there, icegate or not,
+//!   makes the start fail with "Address already in use".
+//!
+//! The worker listeners are bound right after, still with SO_REUSEPORT among themselves.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixDatagram;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -12,6 +31,53 @@ fn domain(addr: SocketAddr) -> Domain {
     } else {
         Domain::IPV6
     }
+}
+
+/// The transport of a listening address, for [`PortLock`] and [`probe_exclusive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    /// UDP.
+    Udp,
+    /// TCP (TURN over TCP or TLS, or HTTP).
+    Tcp,
+}
+
+/// This process's claim on a listening address, held until the process ends.
+#[derive(Debug)]
+pub struct PortLock {
+    _socket: UnixDatagram,
+}
+
+impl PortLock {
+    /// Claims `addr` for this process among icegate-relays in this network namespace; fails
+    /// with `AddrInUse` while another process holds it.
+    pub fn claim(transport: Listening, addr: SocketAddr) -> io::Result<PortLock> {
+        let name = format!("icegate-relay {transport:?} {addr}");
+        let name = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        Ok(PortLock {
+            _socket: UnixDatagram::bind_addr(&name)?,
+        })
+    }
+}
+
+/// Fails with `AddrInUse` if any other socket holds `addr`, by binding a socket without
+/// SO_REUSEPORT there and closing it.
+pub fn probe_exclusive(transport: Listening, addr: SocketAddr) -> io::Result<()> {
+    let socket = match transport {
+        Listening::Udp => Socket::new(domain(addr), Type::DGRAM, Some(Protocol::UDP))?,
+        Listening::Tcp => {
+            let socket = Socket::new(domain(addr), Type::STREAM, Some(Protocol::TCP))?;
+            // Connections of a previous run in TIME_WAIT must not count as a listener; with
+            // SO_REUSEADDR a TCP bind still fails against a listening socket.
+            socket.set_reuse_address(true)?;
+            socket
+        }
+    };
+    if addr.is_ipv6() {
+        // As the listeners: `[::]` does not claim the IPv4 port.
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
 }
 
 /// A UDP listener that several workers can bind at once; the kernel spreads clients over them

@@ -2,9 +2,9 @@
 //! graceful shutdown on SIGTERM and the Prometheus metric families. icegate only: these
 //! are icegate's own interfaces, coturn has no equivalent to validate against.
 
-use icegate_tests::server::run_icegate_once;
+use icegate_tests::server::{run_icegate_once, write_self_signed_cert};
 use icegate_tests::stun::{assert_success, TurnClient};
-use icegate_tests::{Relay, RelayConfig, ServerKind};
+use icegate_tests::{PortBlock, Relay, RelayConfig, ServerKind};
 use std::time::{Duration, Instant};
 
 const RUN_ONCE: Duration = Duration::from_secs(10);
@@ -141,6 +141,127 @@ fn bad_config_file_exits_nonzero_naming_file_and_key() {
         Some(0),
         "valid file rejected:\n{out}"
     );
+}
+
+/// Starts a relay on 127.0.0.1 with these ports and waits for it to exit.
+fn run_second_relay(
+    dir: &std::path::Path,
+    ports: &PortBlock,
+    (turn, tls, metrics): (u16, u16, u16),
+    extra: &[&str],
+) -> (Option<std::process::ExitStatus>, String) {
+    let (cert, key) = write_self_signed_cert(dir);
+    let (min, max) = ports.relay_range();
+    let strings = [
+        turn.to_string(),
+        tls.to_string(),
+        format!("127.0.0.1:{metrics}"),
+        min.to_string(),
+        max.to_string(),
+    ];
+    let mut args = vec![
+        "--listening-ip",
+        "127.0.0.1",
+        "--user",
+        "bob:pw",
+        "--listening-port",
+        &strings[0],
+        "--tls-listening-port",
+        &strings[1],
+        "--metrics-listen",
+        &strings[2],
+        "--min-port",
+        &strings[3],
+        "--max-port",
+        &strings[4],
+        "--cert",
+        cert.to_str().unwrap(),
+        "--pkey",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_icegate_once(&args, RUN_ONCE)
+}
+
+/// SO_REUSEPORT would let a second relay of the same user bind the same ports and silently
+/// take a share of the clients: each port must be refused instead, naming the address and
+/// the setting, while the first relay keeps serving.
+#[test]
+fn a_second_relay_on_a_port_in_use_fails_at_start() {
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            tls: true,
+            ..RelayConfig::default()
+        },
+    );
+    let (listen, tls, metrics) = (
+        relay.ports.listen(),
+        relay.ports.tls(),
+        relay.ports.metrics(),
+    );
+    let free = PortBlock::claim();
+    let dir = tempfile::tempdir().unwrap();
+    // (TURN, TLS, metrics ports), extra flags, what the error names.
+    type Case<'a> = ((u16, u16, u16), &'a [&'a str], String);
+    let cases: [Case; 4] = [
+        (
+            (listen, free.tls(), free.metrics()),
+            &[],
+            format!("127.0.0.1:{listen} (udp, listening-port)"),
+        ),
+        (
+            (listen, free.tls(), free.metrics()),
+            &["--no-udp"],
+            format!("127.0.0.1:{listen} (tcp, listening-port)"),
+        ),
+        (
+            (free.listen(), tls, free.metrics()),
+            &[],
+            format!("127.0.0.1:{tls} (tls, tls-listening-port)"),
+        ),
+        (
+            (free.listen(), free.tls(), metrics),
+            &[],
+            format!("127.0.0.1:{metrics} (metrics http, metrics-listen)"),
+        ),
+    ];
+    let (u, p) = relay.config.users[0].clone();
+    for (ports, extra, expected) in cases {
+        let (status, out) = run_second_relay(dir.path(), &free, ports, extra);
+        let status = status.unwrap_or_else(|| panic!("second relay still runs: {expected}\n{out}"));
+        assert_eq!(status.code(), Some(1), "{expected}:\n{out}");
+        assert!(
+            out.contains(&expected) && out.contains("Address already in use"),
+            "no {expected:?} in use:\n{out}"
+        );
+        // The first relay still answers, on the contested port too.
+        let mut c = TurnClient::new(relay.udp_addr(), &u, &p);
+        assert_success(&c.allocate(), &format!("first relay after {expected}"));
+    }
+
+    // Not only relays: a port held by any other program with SO_REUSEPORT is refused too.
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    use nix::sys::socket::{SockType, SockaddrIn};
+    let squatter = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    setsockopt(&squatter, sockopt::ReusePort, &true).unwrap();
+    let addr = SockaddrIn::new(127, 0, 0, 1, free.listen());
+    bind(std::os::fd::AsRawFd::as_raw_fd(&squatter), &addr).unwrap();
+    let (status, out) = run_second_relay(
+        dir.path(),
+        &free,
+        (free.listen(), free.tls(), free.metrics()),
+        &[],
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    let expected = format!("127.0.0.1:{} (udp, listening-port)", free.listen());
+    assert!(out.contains(&expected), "{out}");
 }
 
 #[test]
