@@ -43,6 +43,7 @@ use icegate_common::tls::{self, ReloadableCert};
 use icegate_relay_proto::metrics::{Counters, PeerDenials};
 use icegate_relay_proto::nonce::NonceKey;
 use icegate_relay_proto::peer_filter::PeerFilter;
+use icegate_relay_proto::rate_limit::RateTable;
 use icegate_relay_proto::{Ledger, Server};
 use tokio::sync::watch;
 
@@ -234,6 +235,13 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         now,
         unix_now(),
     ));
+    // One table for all workers: the kernel spreads a source's packets over them, and
+    // `rate-limit` is a budget per source, not per worker.
+    let rate_table = Arc::new(RateTable::new(
+        RateTable::DEFAULT_SLOTS,
+        rand::random(),
+        now,
+    ));
 
     // Held until the process ends, which is never by returning from here.
     let _port_locks = claim_listening_ports(&settings)?;
@@ -294,7 +302,8 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
             Arc::clone(&denied),
             rand::random(),
             Instant::now(),
-        );
+        )
+        .with_rate_table(Arc::clone(&rate_table));
         let thread = worker::spawn(WorkerSetup {
             index,
             server,

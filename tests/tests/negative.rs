@@ -724,3 +724,100 @@ fn the_relays_own_listeners_are_403_and_never_relayed_to() {
         "only A's packet to B is relayed"
     );
 }
+
+/// How many answers an unauthenticated Binding flood from 127.0.0.1 gets in `flood`, sent
+/// from `sockets` source ports so that the kernel spreads it over every worker, as it spreads
+/// one busy address's clients. Returns the answers and how long the flood lasted.
+fn binding_flood_answers(relay: &Relay, sockets: usize, flood: Duration) -> (usize, Duration) {
+    let template = encode(&request(BINDING, &[]));
+    let sockets: Vec<UdpSocket> = (0..sockets)
+        .map(|_| {
+            let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind flood socket");
+            s.connect(relay.udp_addr()).expect("connect flood socket");
+            s.set_nonblocking(true).expect("nonblocking");
+            s
+        })
+        .collect();
+    let mut answers = 0;
+    let mut buf = [0u8; 1500];
+    let mut drain = |answers: &mut usize| {
+        for s in &sockets {
+            while s.recv(&mut buf).is_ok() {
+                *answers += 1;
+            }
+        }
+    };
+    let start = std::time::Instant::now();
+    let mut sent: u32 = 0;
+    while start.elapsed() < flood {
+        for s in &sockets {
+            let mut packet = template.clone();
+            sent += 1;
+            packet[16..20].copy_from_slice(&sent.to_be_bytes());
+            // A full socket buffer only drops a request, which the flood does not miss.
+            let _ = s.send(&packet);
+        }
+        drain(&mut answers);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = start.elapsed();
+    // Answers still on their way.
+    let settle = std::time::Instant::now();
+    while settle.elapsed() < Duration::from_millis(500) {
+        drain(&mut answers);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (answers, elapsed)
+}
+
+/// icegate only: `rate-limit` is one budget per source address, shared by all workers. A
+/// flood from one address over many ports (spread by the kernel over both workers) gets as
+/// many answers from two workers as from one: burst plus rate times the flood's length.
+#[test]
+fn rate_limit_is_one_budget_per_source_whatever_the_worker_count() {
+    const RATE: usize = 20;
+    const BURST: usize = 2 * RATE;
+    let flood = Duration::from_secs(3);
+    let mut answers = Vec::new();
+    for workers in [1, 2] {
+        let relay = Relay::start(
+            ServerKind::Icegate,
+            RelayConfig {
+                icegate_args: vec![
+                    "--workers".into(),
+                    workers.to_string(),
+                    "--rate-limit".into(),
+                    RATE.to_string(),
+                ],
+                ..RelayConfig::default()
+            },
+        );
+        let limited = counter(&relay, "icegate_relay_rate_limited_total", &[]);
+        let (n, elapsed) = binding_flood_answers(&relay, 64, flood);
+        eprintln!("{workers} worker(s): {n} answers in {elapsed:?}");
+        // Half a second of slack for the relay seeing the flood start and end a little
+        // apart from the client.
+        let most = BURST + RATE * (elapsed.as_millis() as usize + 500) / 1000;
+        assert!(
+            n <= most,
+            "{workers} worker(s): {n} answers, more than the {most} one source may get"
+        );
+        assert!(
+            n >= BURST + RATE * 2,
+            "{workers} worker(s): {n} answers, fewer than the budget allows"
+        );
+        assert_grew(
+            &relay,
+            limited,
+            "icegate_relay_rate_limited_total",
+            &[],
+            1000.0,
+        );
+        answers.push(n);
+    }
+    let (one, two) = (answers[0], answers[1]);
+    assert!(
+        one.abs_diff(two) <= (one / 10).max(10),
+        "1 worker: {one} answers, 2 workers: {two}: not one budget per source"
+    );
+}

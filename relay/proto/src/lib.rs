@@ -21,7 +21,9 @@
 //! queue more commands), then re-arm the timer from [`Server::poll_timeout`].
 //!
 //! Several workers each own a [`Server`]; what they must agree on (port range, quotas,
-//! reservations, nonce key) lives in the shared [`Ledger`], touched only on the control plane.
+//! reservations, nonce key) lives in the shared [`Ledger`], touched only on the control plane;
+//! each source's budget of unauthenticated requests lives in one lock-free
+//! [`rate_limit::RateTable`] they share ([`Server::with_rate_table`]).
 // The only unsafe code is the allocation-counting test allocator, which proves the data path
 // allocates nothing; the library itself has none.
 #![cfg_attr(not(test), forbid(unsafe_code))]

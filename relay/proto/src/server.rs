@@ -4,7 +4,7 @@
 //! - inputs: [`Server::handle_client_packet`], [`Server::handle_peer_packet`],
 //!   [`Server::relay_bound`], [`Server::handle_timeout`];
 //! - outputs: [`Server::poll_command`] (drain after every input), [`Server::poll_timeout`];
-//! - control: [`Server::set_config`], [`Server::set_draining`].
+//! - control: [`Server::with_rate_table`], [`Server::set_config`], [`Server::set_draining`].
 //!
 //! The two data-path inputs return a route instead of queueing a command, so relaying a packet
 //! allocates nothing.
@@ -42,13 +42,15 @@ use crate::metrics::{
 };
 use crate::nonce;
 use crate::peer_filter::DenyReason;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::RateTable;
 use crate::transport::{Family, FiveTuple};
 
 /// IANA protocol number of UDP, the only REQUESTED-TRANSPORT RFC 8656 relays.
 const UDP_PROTOCOL: u8 = 17;
 /// How often expiry is checked. TURN timers are minutes long; a second is precise enough.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Buckets of the rate table a server makes for itself when not given a shared one.
+const OWN_RATE_SLOTS: usize = 4_096;
 /// Ports tried for one relay socket before giving up with 508.
 const MAX_BIND_ATTEMPTS: u8 = 8;
 
@@ -141,7 +143,8 @@ pub struct Server {
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_client: FastMap<FiveTuple, u32>,
-    limiter: RateLimiter,
+    /// Unauthenticated request budgets; shared with the other workers in a relay process.
+    limiter: Arc<RateTable>,
     commands: VecDeque<Command>,
     rng: StdRng,
     next_sweep: Instant,
@@ -158,8 +161,10 @@ impl Server {
         seed: u64,
         now: Instant,
     ) -> Self {
+        // A key of its own, so that the server's own random sequence stays what `seed` gives.
+        let rate_key = StdRng::seed_from_u64(!seed).random();
         Self {
-            limiter: RateLimiter::new(config.rate_limit, now),
+            limiter: Arc::new(RateTable::new(OWN_RATE_SLOTS, rate_key, now)),
             config,
             ledger,
             counters,
@@ -174,13 +179,21 @@ impl Server {
         }
     }
 
+    /// Counts unauthenticated requests in `table` instead of a table of this server's own.
+    ///
+    /// The kernel spreads one source's packets over a relay's workers, so every worker's
+    /// server is given the same table: a source then has one `rate-limit` budget however many
+    /// workers there are. A server not given one (a test, the fuzzer) keeps its own.
+    pub fn with_rate_table(mut self, table: Arc<RateTable>) -> Self {
+        self.limiter = table;
+        self
+    }
+
     // ----- control -----
 
-    /// Replaces users, secrets, peer filter, quotas and timers; allocations are kept.
-    pub fn set_config(&mut self, config: Arc<ServerConfig>, now: Instant) {
-        if config.rate_limit != self.config.rate_limit {
-            self.limiter = RateLimiter::new(config.rate_limit, now);
-        }
+    /// Replaces users, secrets, peer filter, quotas, rate limit and timers; allocations are
+    /// kept, and so is what each source has spent of its rate limit.
+    pub fn set_config(&mut self, config: Arc<ServerConfig>, _now: Instant) {
         self.config = config;
     }
 
@@ -192,6 +205,12 @@ impl Server {
     /// How many allocations this worker holds (including ones still binding sockets).
     pub fn allocation_count(&self) -> usize {
         self.by_client.len()
+    }
+
+    /// Whether `client` holds an allocation (or is having one made): the runtime keeps such
+    /// a stream connection open longer.
+    pub fn has_allocation(&self, client: &FiveTuple) -> bool {
+        self.by_client.contains_key(client)
     }
 
     // ----- outputs -----
@@ -409,7 +428,9 @@ impl Server {
     }
 
     fn rate_ok(&mut self, from: FiveTuple, now: Instant) -> bool {
-        let ok = self.limiter.check(from.client.ip(), now);
+        let ok = self
+            .limiter
+            .check(&self.config.rate_limit, from.client.ip(), now);
         if !ok {
             self.counters.rate_limited();
         }
@@ -1182,7 +1203,6 @@ impl Server {
             }
         }
         self.ledger.expire_reservations(now);
-        self.limiter.purge(now);
     }
 
     // ----- responses -----

@@ -36,7 +36,7 @@ use crate::ledger::Ledger;
 use crate::metrics::{AuthFailure, Counters, Direction, DropReason, PeerDenials, QuotaKind};
 use crate::nonce::NonceKey;
 use crate::peer_filter::{self, PeerFilter};
-use crate::rate_limit::RateLimitConfig;
+use crate::rate_limit::{RateLimitConfig, RateTable};
 use crate::transport::{Family, FiveTuple, Transport};
 
 const REALM: &str = "example.org";
@@ -1019,7 +1019,6 @@ fn unauthenticated_requests_are_rate_limited_per_source() {
     config.rate_limit = RateLimitConfig {
         per_second: 1,
         burst: 3,
-        max_tracked: 16,
     };
     let mut h = Harness::with(config);
     let mut alice = Client::alice(1);
@@ -1057,6 +1056,61 @@ fn unauthenticated_requests_are_rate_limited_per_source() {
     h.advance(Duration::from_secs(1));
     h.unsigned(alice.from, BINDING, vec![]);
     assert_eq!(Counters::get(&h.counters.rate_limited), 2);
+}
+
+#[test]
+fn workers_sharing_a_rate_table_share_each_source_budget() {
+    let mut config = base_config();
+    config.rate_limit = RateLimitConfig {
+        per_second: 1,
+        burst: 3,
+    };
+    // Two workers of one process: the kernel may hand one source's packets to either.
+    let mut a = Harness::with(config.clone());
+    let mut b = Harness::with(config);
+    let table = Arc::new(RateTable::new(RateTable::DEFAULT_SLOTS, 11, a.t0));
+    for h in [&mut a, &mut b] {
+        h.server = Server::new(
+            Arc::new(h.config.clone()),
+            Arc::clone(&h.ledger),
+            Arc::clone(&h.counters),
+            Arc::clone(&h.denials),
+            42,
+            h.t0,
+        )
+        .with_rate_table(Arc::clone(&table));
+    }
+    let from = udp_client(1);
+    a.unsigned(from, BINDING, vec![]);
+    b.unsigned(from, BINDING, vec![]);
+    a.unsigned(from, BINDING, vec![]);
+    // The burst of 3 is spent over both workers together.
+    for h in [&mut a, &mut b] {
+        let tid = h.tid();
+        let binding = encode(
+            BINDING,
+            MessageClass::Request,
+            tid,
+            vec![Fingerprint::default().into()],
+        );
+        assert_eq!(h.packet(from, &binding), ClientOutcome::Handled);
+        h.assert_no_commands();
+        assert_eq!(Counters::get(&h.counters.rate_limited), 1);
+    }
+    // And refills once for both.
+    a.advance(Duration::from_secs(1));
+    b.advance(Duration::from_secs(1));
+    b.unsigned(from, BINDING, vec![]);
+    let tid = a.tid();
+    let binding = encode(
+        BINDING,
+        MessageClass::Request,
+        tid,
+        vec![Fingerprint::default().into()],
+    );
+    assert_eq!(a.packet(from, &binding), ClientOutcome::Handled);
+    a.assert_no_commands();
+    assert_eq!(Counters::get(&a.counters.rate_limited), 2);
 }
 
 // ----- Allocate -----
