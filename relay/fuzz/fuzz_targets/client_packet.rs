@@ -103,9 +103,17 @@ impl World {
     }
 
     fn set_up(&mut self) {
-        let udp = RequestedTransport::new(RequestedTransport::UDP).to_raw().into_owned();
-        let challenge = request(turn_types::message::ALLOCATE, 1, &[udp.clone()], None);
-        self.server.handle_client_packet(self.client, &challenge, self.now);
+        let udp = RequestedTransport::new(RequestedTransport::UDP)
+            .to_raw()
+            .into_owned();
+        let challenge = request(
+            turn_types::message::ALLOCATE,
+            1,
+            std::slice::from_ref(&udp),
+            None,
+        );
+        self.server
+            .handle_client_packet(self.client, &challenge, self.now);
         let answer = self.drain().pop().expect("401");
         let nonce = Message::from_bytes(&answer)
             .expect("401 parses")
@@ -126,7 +134,8 @@ impl World {
         ];
         for (n, (method, attrs)) in (2u128..).zip(steps) {
             let bytes = request(method, n, &attrs, Some(&nonce));
-            self.server.handle_client_packet(self.client, &bytes, self.now);
+            self.server
+                .handle_client_packet(self.client, &bytes, self.now);
             let answer = self.drain().pop().expect("an answer");
             let msg = Message::from_bytes(&answer).expect("answer parses");
             assert!(msg.has_class(MessageClass::Success), "set-up failed");
@@ -141,7 +150,10 @@ impl World {
 
     fn client_packet(&mut self, packet: &[u8]) {
         let before = self.counted();
-        match self.server.handle_client_packet(self.client, packet, self.now) {
+        match self
+            .server
+            .handle_client_packet(self.client, packet, self.now)
+        {
             ClientOutcome::Relay { payload, .. } => {
                 assert!(payload.start <= payload.end && payload.end <= packet.len());
             }
@@ -230,7 +242,11 @@ fuzz_target!(|data: &[u8]| {
         }
         // A peer payload, from the channel's port or another one.
         _ => {
-            let port = if mode & 0x80 != 0 { 5000 } else { peer().port() };
+            let port = if mode & 0x80 != 0 {
+                5000
+            } else {
+                peer().port()
+            };
             world.peer_payload(port, rest);
             world.client_packet(rest);
         }
