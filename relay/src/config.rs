@@ -113,6 +113,19 @@ pub struct Cli {
     /// Unauthenticated requests per second per source IP (IPv6: per /64); 0 = unlimited.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// TCP/TLS connections from one IP address (IPv6: per /64); 0 = unlimited. Default: 128.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<u32>,
+    /// TCP/TLS connections in total, besides the descriptor budget; 0 = only that budget.
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Seconds a started STUN or ChannelData frame may take to arrive in full. Default: 5.
+    #[arg(long)]
+    pub stream_frame_timeout: Option<u64>,
+    /// Seconds a TCP/TLS connection without an allocation may go without a complete
+    /// message. Default: 30.
+    #[arg(long)]
+    pub stream_idle_timeout: Option<u64>,
     /// Do not listen on UDP.
     #[arg(long)]
     pub no_udp: bool,
@@ -161,6 +174,10 @@ pub struct FileConfig {
     lifetime_max: Option<u64>,
     drain_timeout: Option<u64>,
     rate_limit: Option<u32>,
+    max_connections_per_ip: Option<u32>,
+    max_connections: Option<u32>,
+    stream_frame_timeout: Option<u64>,
+    stream_idle_timeout: Option<u64>,
     no_udp: Option<bool>,
     no_tcp: Option<bool>,
     no_tls: Option<bool>,
@@ -208,6 +225,33 @@ pub struct Settings {
     pub proc_user: Option<String>,
     /// Group to switch to.
     pub proc_group: Option<String>,
+    /// Caps and timeouts of TCP/TLS client connections.
+    pub streams: StreamSettings,
+}
+
+/// Caps and timeouts of TCP/TLS client connections (`crate::stream_admission`,
+/// `crate::stream_deadline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// `max-connections-per-ip`; 0 = unlimited.
+    pub per_ip: u32,
+    /// `max-connections`; 0 = only the descriptor budget.
+    pub total: u32,
+    /// `stream-frame-timeout`.
+    pub frame_timeout: Duration,
+    /// `stream-idle-timeout`.
+    pub idle_timeout: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            per_ip: 128,
+            total: 0,
+            frame_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Settings {
@@ -432,6 +476,27 @@ impl Settings {
             rate_limit.burst = per_second.saturating_mul(2);
         }
 
+        let mut streams = StreamSettings::default();
+        if let Some(n) = pick(cli.max_connections_per_ip, f.max_connections_per_ip).0 {
+            streams.per_ip = n;
+        }
+        if let Some(n) = pick(cli.max_connections, f.max_connections).0 {
+            streams.total = n;
+        }
+        let seconds = |value: (Option<u64>, bool), key: &str| match value {
+            (Some(0), from_cli) => Err(invalid(from_cli, key, "must be at least 1 second".into())),
+            (Some(secs), _) => Ok(Some(Duration::from_secs(secs))),
+            (None, _) => Ok(None),
+        };
+        let frame = pick(cli.stream_frame_timeout, f.stream_frame_timeout);
+        if let Some(d) = seconds(frame, "stream-frame-timeout")? {
+            streams.frame_timeout = d;
+        }
+        let idle = pick(cli.stream_idle_timeout, f.stream_idle_timeout);
+        if let Some(d) = seconds(idle, "stream-idle-timeout")? {
+            streams.idle_timeout = d;
+        }
+
         let (cert, cert_cli) = pick(cli.cert.clone(), f.cert);
         let (pkey, _) = pick(cli.pkey.clone(), f.pkey);
         let no_tls = cli.no_tls || f.no_tls.unwrap_or(false);
@@ -480,6 +545,7 @@ impl Settings {
             ),
             proc_user: pick(cli.proc_user.clone(), process.user).0,
             proc_group: pick(cli.proc_group.clone(), process.group).0,
+            streams,
         })
     }
 
@@ -515,7 +581,7 @@ impl Settings {
             })
             .collect();
         let mut summary = format!(
-            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  metrics: {}\n  workers: {}",
+            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
             self.udp,
@@ -531,6 +597,10 @@ impl Settings {
             self.server.credentials,
             self.server.user_quota,
             self.server.total_quota,
+            self.streams.per_ip,
+            self.streams.total,
+            self.streams.frame_timeout.as_secs(),
+            self.streams.idle_timeout.as_secs(),
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.workers,
         );
@@ -696,6 +766,51 @@ mod tests {
                 s.summary()
             );
         }
+    }
+
+    #[test]
+    fn stream_limits_come_from_the_file_or_the_flags() {
+        let base = ["--listening-ip", "127.0.0.1", "--user", "a:b"];
+        let s = Settings::load(&cli(&base)).unwrap();
+        assert_eq!(s.streams, StreamSettings::default());
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "max-connections-per-ip = 4\nmax-connections = 900\nstream-frame-timeout = 2\n\
+             stream-idle-timeout = 0"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--config", &path]);
+        let e = Settings::load(&cli(&args)).unwrap_err();
+        assert!(
+            e.to_string().contains(&path) && e.key() == Some("stream-idle-timeout"),
+            "{e}"
+        );
+        args.extend_from_slice(&["--stream-idle-timeout", "7", "--max-connections", "10"]);
+        let s = Settings::load(&cli(&args)).unwrap();
+        assert_eq!(
+            s.streams,
+            StreamSettings {
+                per_ip: 4,
+                total: 10,
+                frame_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(7),
+            }
+        );
+        assert!(s.summary().contains("4 per IP"), "{}", s.summary());
+        let e = Settings::load(&cli(&[
+            "--listening-ip",
+            "127.0.0.1",
+            "--user",
+            "a:b",
+            "--stream-frame-timeout",
+            "0",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("stream-frame-timeout"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,26 @@ pub fn next_frame(buf: &[u8]) -> Frame {
     Frame::Complete { len, padding }
 }
 
+/// How many more bytes the frame at the start of `buf` needs to be complete (at least one
+/// while its length is not known yet); 0 when it is complete, or invalid.
+pub fn bytes_wanted(buf: &[u8]) -> usize {
+    match next_frame(buf) {
+        Frame::Complete { .. } | Frame::Invalid => 0,
+        Frame::Incomplete if buf.len() < 4 => 4 - buf.len(),
+        Frame::Incomplete => {
+            let body = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+            let (header, padded) = if buf[0] & 0xC0 == 0 {
+                (STUN_HEADER, false)
+            } else {
+                (CHANNEL_HEADER, true)
+            };
+            let len = header + body;
+            let padding = if padded { (4 - len % 4) % 4 } else { 0 };
+            (len + padding).saturating_sub(buf.len())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +125,21 @@ mod tests {
         assert_eq!(next_frame(&[0xC0]), Frame::Invalid);
         assert_eq!(next_frame(&[]), Frame::Incomplete);
         assert_eq!(next_frame(&[0x40, 0x00]), Frame::Incomplete);
+    }
+
+    #[test]
+    fn bytes_wanted_is_what_completes_the_frame() {
+        assert_eq!(bytes_wanted(&[]), 4);
+        assert_eq!(bytes_wanted(&[0x00, 0x01]), 2);
+        // A STUN header announcing 8 bytes of body: 28 in all.
+        assert_eq!(bytes_wanted(&[0x00, 0x01, 0x00, 0x08]), 24);
+        // ChannelData of 5 bytes: 9, padded to 12.
+        assert_eq!(bytes_wanted(&[0x40, 0x00, 0x00, 0x05, 1]), 7);
+        assert_eq!(
+            bytes_wanted(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]),
+            0
+        );
+        assert_eq!(bytes_wanted(&[0x80, 0, 0, 0]), 0);
     }
 
     #[test]

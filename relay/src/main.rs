@@ -25,6 +25,8 @@ mod privileges;
 mod relay_set;
 mod sockets;
 mod stats;
+mod stream_admission;
+mod stream_deadline;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -216,15 +218,54 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         .map(|r| r.local)
         .collect();
     let ports = relay_ips.len() as u64 * (u64::from(settings.max_port - settings.min_port) + 1);
-    match limits::raise_nofile(ports) {
-        Ok(limit) if limit.soft < limit.wanted => tracing::warn!(
-            soft = limit.soft,
-            wanted = limit.wanted,
-            "RLIMIT_NOFILE is below what the relay port range needs; allocations beyond it get 508"
-        ),
-        Ok(limit) => tracing::debug!(soft = limit.soft, "RLIMIT_NOFILE"),
-        Err(error) => tracing::warn!(%error, "cannot raise RLIMIT_NOFILE"),
+    let nofile = match limits::raise_nofile(ports) {
+        Ok(limit) if limit.soft < limit.wanted => {
+            tracing::warn!(
+                soft = limit.soft,
+                wanted = limit.wanted,
+                "RLIMIT_NOFILE is below what the relay port range needs; allocations beyond it \
+                 get 508"
+            );
+            limit.soft
+        }
+        Ok(limit) => {
+            tracing::debug!(soft = limit.soft, "RLIMIT_NOFILE");
+            limit.soft
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise RLIMIT_NOFILE");
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let budget = limits::stream_budget(nofile, ports, settings.workers as u64);
+    if budget.relay_short {
+        tracing::warn!(
+            nofile,
+            relay_sockets = budget.relay_sockets,
+            stream_connections = budget.streams,
+            "RLIMIT_NOFILE cannot hold the relay port range and TCP/TLS clients: a quarter of \
+             it is kept for TCP/TLS connections; raise LimitNOFILE or narrow the port range"
+        );
+    } else {
+        tracing::info!(
+            nofile,
+            relay_sockets = budget.relay_sockets,
+            stream_connections = budget.streams,
+            "file descriptors reserved for relay sockets; the rest is for TCP/TLS connections"
+        );
     }
+    let admission = stream_admission::SharedAdmission::new(stream_admission::StreamLimits {
+        per_ip: settings.streams.per_ip,
+        total: settings.streams.total,
+        descriptors: budget.streams,
+    });
+    let stream_timeouts = stream_deadline::StreamTimeouts {
+        frame: settings.streams.frame_timeout,
+        idle: settings.streams.idle_timeout,
+        // Set by each worker from lifetime-max.
+        allocated: settings.streams.idle_timeout,
+    };
 
     let now = Instant::now();
     let ledger = Arc::new(Ledger::new(
@@ -314,6 +355,8 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
             control: control_rx.clone(),
             counters: Arc::clone(&counters),
             stats: Arc::clone(&runtime_stats),
+            admission: Arc::clone(&admission),
+            stream_timeouts,
         })
         .map_err(|source| StartError::Io {
             what: "cannot start worker thread",
@@ -327,7 +370,8 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
 
     let registry = prometheus::Registry::new();
     let collector =
-        metrics::RelayCollector::new(shards.clone(), denials, stats.clone(), Arc::clone(&ledger));
+        metrics::RelayCollector::new(shards.clone(), denials, stats.clone(), Arc::clone(&ledger))
+            .with_streams(admission, budget.streams);
     let stats_for_watchdog = stats;
     registry
         .register(Box::new(collector))

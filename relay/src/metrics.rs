@@ -12,6 +12,8 @@ use icegate_relay_proto::{Family, Ledger, Transport};
 use prometheus::core::{Collector, Desc};
 
 use crate::stats::RuntimeCounters;
+use crate::stream_admission::{Refusal, SharedAdmission};
+use crate::stream_deadline::Expiry;
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
@@ -23,6 +25,42 @@ pub struct RelayCollector {
     stats: Vec<Arc<RuntimeCounters>>,
     vecs: Mutex<Vecs>,
     descs: Vec<Desc>,
+    /// The admission of TCP/TLS connections, and their descriptor budget.
+    streams: Option<(Arc<SharedAdmission>, u64)>,
+    stream_vecs: StreamVecs,
+}
+
+/// The metrics of TCP/TLS connection limits.
+struct StreamVecs {
+    refused: IntCounterVec,
+    timeouts: IntCounterVec,
+    budget: IntGauge,
+}
+
+impl StreamVecs {
+    fn new() -> Self {
+        Self {
+            refused: counter(
+                "icegate_relay_stream_refused_total",
+                "TCP/TLS connections refused at accept, by reason (per_ip, total, descriptors).",
+                &["reason"],
+            ),
+            timeouts: counter(
+                "icegate_relay_stream_timeouts_total",
+                "TCP/TLS connections closed by a deadline: a partial frame that did not \
+                 complete (frame), or no complete message for too long (idle).",
+                &["reason"],
+            ),
+            budget: gauge(
+                "icegate_relay_stream_connection_budget",
+                "TCP/TLS connections the file descriptors left after relay sockets allow.",
+            ),
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 3] {
+        [&self.refused, &self.timeouts, &self.budget]
+    }
 }
 
 struct Vecs {
@@ -155,7 +193,8 @@ impl RelayCollector {
             &vecs.streams_open,
             &vecs.tls_handshake_failures,
         ];
-        for c in collectors {
+        let stream_vecs = StreamVecs::new();
+        for c in collectors.into_iter().chain(stream_vecs.collectors()) {
             descs.extend(c.desc().into_iter().cloned());
         }
         Self {
@@ -165,7 +204,15 @@ impl RelayCollector {
             stats,
             vecs: Mutex::new(vecs),
             descs,
+            streams: None,
+            stream_vecs,
         }
+    }
+
+    /// Also reports what `admission` refused, and the descriptor `budget` of connections.
+    pub fn with_streams(mut self, admission: Arc<SharedAdmission>, budget: u64) -> Self {
+        self.streams = Some((admission, budget));
+        self
     }
 
     fn sum(&self, f: impl Fn(&Counters) -> u64) -> u64 {
@@ -291,7 +338,31 @@ impl Collector for RelayCollector {
             &v.streams_open,
             &v.tls_handshake_failures,
         ];
-        collectors.iter().flat_map(|c| c.collect()).collect()
+        let streams = &self.stream_vecs;
+        if let Some((admission, budget)) = &self.streams {
+            let refused = admission.refused();
+            for r in Refusal::ALL {
+                set_counter(&streams.refused, &[r.as_str()], refused[r as usize]);
+            }
+            streams
+                .budget
+                .set(i64::try_from(*budget).unwrap_or(i64::MAX));
+        }
+        for e in Expiry::ALL {
+            set_counter(
+                &streams.timeouts,
+                &[e.as_str()],
+                self.stats
+                    .iter()
+                    .map(|s| s.stream_timeouts[e as usize].load(Ordering::Relaxed))
+                    .sum(),
+            );
+        }
+        collectors
+            .into_iter()
+            .chain(streams.collectors())
+            .flat_map(|c| c.collect())
+            .collect()
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stream_deadline::Expiry;
+
 /// One worker's runtime counters.
 #[derive(Debug, Default)]
 pub struct RuntimeCounters {
@@ -14,6 +16,8 @@ pub struct RuntimeCounters {
     pub streams_open: AtomicI64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// TCP/TLS connections closed by a deadline, by [`Expiry`] (in [`Expiry::ALL`] order).
+    pub stream_timeouts: [AtomicU64; 2],
     /// Ticks of the worker's heartbeat task: it stops advancing when the worker's event
     /// loop is stuck, which the systemd watchdog check notices.
     pub heartbeats: AtomicU64,
@@ -40,6 +44,11 @@ impl RuntimeCounters {
     /// Counts a TCP/TLS client connection that ended.
     pub fn stream_closed(&self) {
         self.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a TCP/TLS connection closed by a deadline.
+    pub fn stream_timed_out(&self, why: Expiry) {
+        self.stream_timeouts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The worker's event loop ran its heartbeat task once more.

@@ -40,6 +40,8 @@ use crate::mmsg::{RecvBatch, SendBatch, BATCH};
 use crate::relay_set::{self, RelaySet};
 use crate::sockets;
 use crate::stats::RuntimeCounters;
+use crate::stream_admission::{Refused, SharedAdmission, Ticket};
+use crate::stream_deadline::{StreamDeadline, StreamTimeouts};
 
 /// Datagrams one read loop handles before yielding to the worker's other tasks.
 const BUDGET: usize = 64;
@@ -48,15 +50,23 @@ const RELAY_EVENTS: usize = 256;
 /// Bytes queued for a slow TCP/TLS client before further packets to it are dropped, as UDP
 /// would drop them; keeps one stalled client from holding unbounded memory.
 const MAX_STREAM_BACKLOG: usize = 256 * 1024;
-/// A TCP/TLS client that sends nothing this long after connecting is dropped, so idle
-/// connections cannot pile up.
-const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Added to the longest allocation lifetime to get the idle limit of a TCP/TLS connection:
+/// The first read of a TCP/TLS connection with nothing buffered goes here, inside the
+/// connection's task, so that an idle connection holds no read buffer; only a frame split
+/// across reads is copied to one allocated for it ([`serve_stream`]).
+const FIRST_READ: usize = 2048;
+/// Reads into a partial frame's buffer take at least this much room, so that a client
+/// streaming frames back to back is read in few system calls.
+const READ_CHUNK: usize = 16 * 1024;
+/// Added to the longest allocation lifetime to get the idle limit of a TCP/TLS connection
+/// with an allocation:
 /// a client silent for longer than any allocation can live without a Refresh has nothing left
 /// on the relay.
 const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After this many TCP/TLS connections have closed, the worker's heartbeat asks the
+/// allocator to give free memory back to the system ([`trim_heap`]).
+const TRIM_AFTER_CLOSES: usize = 64;
 /// How often a worker's heartbeat task beats (see [`RuntimeCounters::heartbeats`]).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -92,6 +102,10 @@ pub struct WorkerSetup {
     pub counters: Arc<Counters>,
     /// The runtime's own counters (send failures, connections).
     pub stats: Arc<RuntimeCounters>,
+    /// Admission of TCP/TLS connections, shared by all workers.
+    pub admission: Arc<SharedAdmission>,
+    /// The deadlines of TCP/TLS connections (the allocated one follows `lifetime-max`).
+    pub stream_timeouts: StreamTimeouts,
 }
 
 /// Starts a worker thread.
@@ -173,8 +187,12 @@ struct Worker {
     /// one `sendmmsg`.
     to_peers: RefCell<PeerSends>,
     timer: Notify,
-    /// How long a TCP/TLS client may stay silent; follows `lifetime-max` across reloads.
-    stream_idle: Cell<std::time::Duration>,
+    /// The deadlines of TCP/TLS connections; `allocated` follows `lifetime-max` across
+    /// reloads.
+    stream_timeouts: Cell<StreamTimeouts>,
+    admission: Arc<SharedAdmission>,
+    /// TCP/TLS connections closed since the heap was last trimmed.
+    closed_since_trim: Cell<usize>,
     counters: Arc<Counters>,
     stats: Arc<RuntimeCounters>,
 }
@@ -197,6 +215,8 @@ async fn run(setup: WorkerSetup) {
         control,
         counters,
         stats,
+        admission,
+        stream_timeouts,
     } = setup;
     let mut udp_sockets = Vec::new();
     for socket in udp {
@@ -233,7 +253,12 @@ async fn run(setup: WorkerSetup) {
         to_peers: RefCell::new(PeerSends::default()),
         udp: udp_sockets,
         timer: Notify::new(),
-        stream_idle: Cell::new(stream_idle(&control.borrow().config)),
+        stream_timeouts: Cell::new(StreamTimeouts {
+            allocated: stream_idle(&control.borrow().config),
+            ..stream_timeouts
+        }),
+        admission,
+        closed_since_trim: Cell::new(0),
         stats,
     });
 
@@ -251,7 +276,7 @@ async fn run(setup: WorkerSetup) {
         }
     }
     tokio::task::spawn_local(control_loop(Rc::clone(&worker), control));
-    tokio::task::spawn_local(heartbeat(Arc::clone(&worker.stats)));
+    tokio::task::spawn_local(heartbeat(Rc::clone(&worker)));
     timer_loop(worker).await;
 }
 
@@ -264,19 +289,39 @@ fn spawn_acceptor(worker: &Rc<Worker>, listener: std::net::TcpListener, tls: Opt
     }
 }
 
-/// Beats every [`HEARTBEAT`] while the worker's event loop runs its tasks.
-async fn heartbeat(stats: Arc<RuntimeCounters>) {
+/// Beats every [`HEARTBEAT`] while the worker's event loop runs its tasks, and gives memory
+/// back once many stream connections have closed.
+async fn heartbeat(worker: Rc<Worker>) {
     let mut ticks = tokio::time::interval(HEARTBEAT);
     loop {
         ticks.tick().await;
-        stats.beat();
+        worker.stats.beat();
+        if worker.closed_since_trim.get() >= TRIM_AFTER_CLOSES {
+            worker.closed_since_trim.set(0);
+            trim_heap();
+        }
+    }
+}
+
+/// Returns the allocator's free pages to the system. glibc keeps what a burst of connections
+/// freed (their tasks and buffers) in the worker thread's arena, where it counts as the
+/// relay's memory until reused; after a flood of connections has gone, it should not.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only reorganises the allocator's own free lists and has no
+    // preconditions; it locks each arena while it works on it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
 async fn control_loop(worker: Rc<Worker>, mut control: watch::Receiver<Control>) {
     while control.changed().await.is_ok() {
         let c = control.borrow_and_update().clone();
-        worker.stream_idle.set(stream_idle(&c.config));
+        worker.stream_timeouts.set(StreamTimeouts {
+            allocated: stream_idle(&c.config),
+            ..worker.stream_timeouts.get()
+        });
         let mut server = worker.server.borrow_mut();
         server.set_config(c.config, Instant::now());
         server.set_draining(c.draining);
@@ -409,6 +454,15 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                 continue;
             }
         };
+        let ticket = match worker.admission.admit(client.ip(), Instant::now()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                // Closed at once: a refused connection must cost nothing while it waits.
+                drop(stream);
+                log_refusal(refused, client, local);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let worker = Rc::clone(&worker);
         match &tls {
@@ -418,7 +472,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                     client,
                     server: local,
                 };
-                tokio::task::spawn_local(serve_stream(worker, stream, from));
+                tokio::task::spawn_local(serve_stream(worker, stream, from, ticket));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -430,7 +484,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                     };
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => serve_stream(worker, tls, from).await,
+                        Ok(Ok(tls)) => serve_stream(worker, tls, from, ticket).await,
                         Ok(Err(error)) => {
                             worker.stats.tls_handshake_failed();
                             tracing::debug!(%error, %client, "TLS handshake failed");
@@ -446,8 +500,23 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
     }
 }
 
-/// Serves one TCP or TLS client until it disconnects; its allocation ends with it.
-async fn serve_stream<S>(worker: Rc<Worker>, stream: S, from: FiveTuple)
+/// Says why connections are refused, at most once per interval per reason.
+fn log_refusal(refused: Refused, client: SocketAddr, local: SocketAddr) {
+    let Some(count) = refused.log else { return };
+    let reason = refused.reason.as_str();
+    tracing::warn!(
+        %client,
+        %local,
+        reason,
+        refused = count,
+        "refusing TCP/TLS connections ({reason}; see icegate_relay_stream_refused_total)"
+    );
+}
+
+/// Serves one TCP or TLS client until it disconnects or a deadline of
+/// [`crate::stream_deadline`] passes; its allocation ends with it, and its place in the
+/// admission with `_ticket`.
+async fn serve_stream<S>(worker: Rc<Worker>, stream: S, from: FiveTuple, _ticket: Ticket)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -457,40 +526,60 @@ where
     worker.stats.stream_opened();
     let writer = tokio::task::spawn_local(write_loop(writer, Rc::clone(&out)));
 
-    let mut buf = vec![0u8; framing::MAX_FRAME + 4];
-    let mut filled = 0;
-    let mut idle_limit = FIRST_MESSAGE_TIMEOUT;
-    'read: loop {
-        let n = match tokio::time::timeout(idle_limit, reader.read(&mut buf[filled..])).await {
+    // A partial frame, in a buffer allocated for it and freed once it is handed on.
+    let mut partial: Vec<u8> = Vec::new();
+    let mut first = [0u8; FIRST_READ];
+    let mut deadline = StreamDeadline::new(Instant::now());
+    loop {
+        let allocated = worker.server.borrow().has_allocation(&from);
+        let (at, _) = deadline.deadline(&worker.stream_timeouts.get(), allocated);
+        let read = if partial.is_empty() {
+            tokio::time::timeout_at(at.into(), reader.read(&mut first)).await
+        } else {
+            // Never more than one frame is left over, so this stays bounded.
+            debug_assert!(partial.len() < framing::MAX_FRAME);
+            partial.reserve(framing::bytes_wanted(&partial).max(READ_CHUNK));
+            tokio::time::timeout_at(at.into(), reader.read_buf(&mut partial)).await
+        };
+        let n = match read {
             Ok(Ok(0) | Err(_)) => break,
             Ok(Ok(n)) => n,
             Err(_) => {
-                tracing::debug!(client = %from.client, ?idle_limit, "closing idle stream connection");
-                break;
+                // The deadline was computed before the wait; the allocation may have gone.
+                let allocated = worker.server.borrow().has_allocation(&from);
+                let limits = worker.stream_timeouts.get();
+                match deadline.expired(&limits, allocated, Instant::now()) {
+                    Some(why) => {
+                        worker.stats.stream_timed_out(why);
+                        tracing::debug!(client = %from.client, reason = why.as_str(), "closing stream connection");
+                        break;
+                    }
+                    None => continue,
+                }
             }
         };
-        idle_limit = worker.stream_idle.get();
-        filled += n;
-        let mut start = 0;
-        loop {
-            match framing::next_frame(&buf[start..filled]) {
-                Frame::Incomplete => break,
-                Frame::Invalid => {
-                    worker.counters.malformed();
-                    break 'read;
-                }
-                frame @ Frame::Complete { len, .. } => {
-                    worker.on_client_packet(from, &buf[start..start + len], Instant::now());
-                    start += frame.stream_len().unwrap_or(len);
-                }
+        let now = Instant::now();
+        let taken = if partial.is_empty() {
+            let taken = worker.take_frames(from, &first[..n], now);
+            if let Some((consumed, _)) = taken {
+                partial.extend_from_slice(&first[consumed..n]);
             }
+            taken
+        } else {
+            let taken = worker.take_frames(from, &partial, now);
+            if let Some((consumed, _)) = taken {
+                partial.drain(..consumed);
+            }
+            taken
+        };
+        let Some((_, frames)) = taken else { break };
+        if partial.is_empty() {
+            // Given back: an idle connection holds no buffer.
+            partial = Vec::new();
         }
-        worker.flush_to_peers();
-        buf.copy_within(start..filled, 0);
-        filled -= start;
+        deadline.on_read(now, frames, !partial.is_empty());
     }
 
-    // A malformed frame ends the loop before the flush at the end of its read.
     worker.flush_to_peers();
     worker.streams.borrow_mut().remove(&from);
     worker.server.borrow_mut().handle_disconnect(from);
@@ -498,6 +587,9 @@ where
     out.close();
     let _ = writer.await;
     worker.stats.stream_closed();
+    worker
+        .closed_since_trim
+        .set(worker.closed_since_trim.get() + 1);
 }
 
 /// Writes what the worker queues for one stream client.
@@ -506,8 +598,9 @@ where
 /// clients (coturn's own `turnutils_uclient` among them) read one record per message and
 /// leave a second message in the same record unread until more data arrives.
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
-    // Buffers swapped back and forth: steady-state writing allocates nothing.
-    let mut sending = Vec::with_capacity(16 * 1024);
+    // Buffers swapped back and forth: steady-state writing allocates nothing. They start
+    // empty, as most connections never carry more than a few responses.
+    let mut sending = Vec::new();
     let mut ends = Vec::new();
     loop {
         if out.pending.borrow().is_empty() {
@@ -530,6 +623,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
         }
         sending.clear();
         ends.clear();
+        if sending.capacity() > READ_CHUNK {
+            // A burst is over: its buffer goes back rather than stay with an idle client.
+            sending = Vec::new();
+        }
     }
     let _ = writer.shutdown().await;
 }
@@ -548,6 +645,35 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 impl Worker {
+    /// Hands the complete frames at the start of `bytes` to the core. Returns the bytes they
+    /// took (padding included) and how many there were, or `None` when the stream holds
+    /// something that is neither STUN nor ChannelData and cannot be resynchronised.
+    fn take_frames(
+        self: &Rc<Self>,
+        from: FiveTuple,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Option<(usize, usize)> {
+        let mut start = 0;
+        let mut frames = 0;
+        let result = loop {
+            match framing::next_frame(&bytes[start..]) {
+                Frame::Incomplete => break Some((start, frames)),
+                Frame::Invalid => {
+                    self.counters.malformed();
+                    break None;
+                }
+                frame @ Frame::Complete { len, .. } => {
+                    self.on_client_packet(from, &bytes[start..start + len], now);
+                    start += frame.stream_len().unwrap_or(len);
+                    frames += 1;
+                }
+            }
+        };
+        self.flush_to_peers();
+        result
+    }
+
     /// A datagram or frame from a client; `now` may be shared by a batch read at once.
     fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8], now: Instant) {
         let outcome = self

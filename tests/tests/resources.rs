@@ -89,3 +89,67 @@ fn closing_a_tcp_connection_ends_its_allocation() {
         "socket on {relayed} still open after disconnect"
     );
 }
+
+/// The relay's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Idle TCP connections cost little: no read buffer until a frame is split across reads,
+/// and what a flood of them took is given back when they close. A release build measures
+/// about 8 KiB each (docs/operations.md, "Limits"); the bound here is generous, for debug
+/// builds and allocator noise, and far below the 64 KiB buffer each once had.
+#[test]
+fn idle_tcp_connections_cost_little_memory_and_give_it_back() {
+    const CONNECTIONS: usize = 1000;
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            icegate_args: vec!["--max-connections-per-ip".into(), "0".into()],
+            ..RelayConfig::default()
+        },
+    );
+    let pid = relay.pid().expect("pid");
+    let before = rss_kib(pid);
+    let streams: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut s = TcpStream::connect(relay.tcp_addr()).unwrap();
+            // Half say nothing, half start a frame (within the 5 s frame deadline).
+            if i % 2 == 0 {
+                s.write_all(&[0x00]).unwrap();
+            }
+            s
+        })
+        .collect();
+    let open = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+        let n = relay.metrics().sum("icegate_relay_stream_connections", &[]);
+        (n >= CONNECTIONS as f64).then_some(())
+    });
+    assert!(
+        open.is_some(),
+        "the relay did not take {CONNECTIONS} connections"
+    );
+    let with = rss_kib(pid);
+    let per_connection = with.saturating_sub(before) as f64 / CONNECTIONS as f64;
+    eprintln!("RSS {before} KiB -> {with} KiB: {per_connection:.1} KiB per idle connection");
+    assert!(
+        per_connection <= 24.0,
+        "{per_connection:.1} KiB per idle TCP connection ({before} -> {with} KiB)"
+    );
+
+    drop(streams);
+    let given_back = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let now = rss_kib(pid);
+        (now <= before + (with - before) / 4).then_some(now)
+    });
+    assert!(
+        given_back.is_some(),
+        "RSS {} KiB after the connections closed (was {before} KiB before, {with} KiB with them)",
+        rss_kib(pid)
+    );
+}
