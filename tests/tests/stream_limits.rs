@@ -144,10 +144,7 @@ fn slowloris_is_closed_and_capped_while_a_client_allocates_over_tcp() {
         "stalled connections closed before the frame deadline"
     );
     let all_closed = wait_for(Duration::from_secs(9), Duration::from_millis(100), || {
-        attackers
-            .iter()
-            .all(is_closed)
-            .then_some(started.elapsed())
+        attackers.iter().all(is_closed).then_some(started.elapsed())
     });
     let took = all_closed.expect("stalled connections still open 9 s after their first byte");
     assert!(took >= Duration::from_secs(4), "closed after {took:?}");
