@@ -1,5 +1,6 @@
 //! TCP/TLS connections cannot pile up: a slowloris (connections that send one byte of a frame
-//! and stall) is closed after the partial-frame deadline, a source beyond
+//! and stall, over TCP or after a TLS handshake) is closed after the partial-frame deadline,
+//! a source beyond
 //! `max-connections-per-ip` is refused at accept, a silent connection is closed after
 //! `stream-idle-timeout`, and meanwhile an authenticated client still allocates over TCP.
 //! The descriptor budget is checked against the relay's own RLIMIT_NOFILE.
@@ -40,14 +41,17 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     TcpStream::from(fd)
 }
 
-/// Whether the relay has closed `stream` (end of stream or reset), without waiting.
+/// Whether the relay has closed `stream` (end of stream or reset), without waiting; what it
+/// sent before (a TLS close_notify) is read and dropped.
 fn is_closed(mut stream: &TcpStream) -> bool {
     stream.set_nonblocking(true).unwrap();
-    let mut byte = [0u8; 1];
-    let closed = match stream.read(&mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) => break e.kind() != ErrorKind::WouldBlock,
+        }
     };
     stream.set_nonblocking(false).unwrap();
     closed
@@ -244,5 +248,84 @@ fn stream_connections_get_only_the_descriptors_relay_sockets_leave() {
         budget as u64,
         (nofile - fixed - relay_sockets).max((nofile - fixed) / 4),
         "RLIMIT_NOFILE {nofile}, {relay_sockets} relay ports"
+    );
+}
+
+/// A TLS client of the relay's self-signed certificate (written in the relay's directory).
+fn tls_connect(relay: &Relay) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(relay.dir().join("cert.pem")).expect("read cert");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body is base64");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).expect("trust the test certificate");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(relay.tls_addr()).unwrap();
+    rustls::StreamOwned::new(connection, tcp)
+}
+
+/// TLS connections that finish the handshake and then send one byte of a frame are closed
+/// by the partial-frame deadline too, and a TLS client still allocates meanwhile.
+#[test]
+fn stalled_tls_connections_are_closed_after_the_frame_deadline() {
+    const STALLED: usize = 20;
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            tls: true,
+            ..RelayConfig::default()
+        },
+    );
+    let started = Instant::now();
+    let stalled: Vec<_> = (0..STALLED)
+        .map(|_| {
+            let mut tls = tls_connect(&relay);
+            // Completes the handshake, then one byte of a STUN header in a record.
+            tls.write_all(&[0x00]).unwrap();
+            tls.flush().unwrap();
+            tls
+        })
+        .collect();
+
+    let mut client_tls = tls_connect(&relay);
+    client_tls
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let binding = encode(&request(BINDING, &[]));
+    client_tls.write_all(&binding).unwrap();
+    let mut header = [0u8; 20];
+    client_tls.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; u16::from_be_bytes([header[2], header[3]]) as usize];
+    client_tls.read_exact(&mut body).unwrap();
+    assert_success(
+        &decode(&[header.to_vec(), body].concat(), None).unwrap(),
+        "binding over TLS next to stalled connections",
+    );
+
+    let all_closed = wait_for(Duration::from_secs(9), Duration::from_millis(100), || {
+        stalled
+            .iter()
+            .all(|s| is_closed(&s.sock))
+            .then_some(started.elapsed())
+    });
+    let took = all_closed.expect("stalled TLS connections still open after 9 s");
+    assert!(took >= Duration::from_secs(4), "closed after {took:?}");
+    assert!(
+        metric(
+            &relay,
+            "icegate_relay_stream_timeouts_total",
+            &[("reason", "frame")]
+        ) >= STALLED as f64
     );
 }
