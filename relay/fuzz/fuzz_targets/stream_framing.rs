@@ -1,7 +1,7 @@
 //! Feeds fuzzer bytes to the TCP/TLS stream framing (`relay/src/framing.rs`) in arbitrary
-//! read sizes, reassembling frames the way `serve_stream` in `relay/src/worker.rs` does: one
-//! buffer of `MAX_FRAME + 4` bytes, reads appended at `filled`, complete frames taken from
-//! `start`, the remainder moved to the front after each read.
+//! read sizes, reassembling frames the way `serve_stream` in `relay/src/worker.rs` does: a
+//! read into a small buffer while no frame is partial, complete frames handed on, a partial
+//! frame kept in a buffer of its own that grows by `bytes_wanted` and is read into.
 //!
 //! Input layout: byte 0 = `k` (low nibble: how many split bytes follow) and a scale (high
 //! nibble); the next `k` bytes give the read sizes, cycled (`1 + byte * (1 + scale)`); the rest
@@ -12,8 +12,9 @@
 //!   header plus the header's length, unpadded; a ChannelData frame (`01`) is the 4-byte header
 //!   plus its length, padded to a multiple of 4 on the stream (RFC 8656 §12.5);
 //! - a frame and its padding lie inside the bytes received, and fit `MAX_FRAME`;
-//! - the buffer never fills up while the framer waits for more (a full buffer would read 0
-//!   bytes, which the worker takes for end of stream);
+//! - a partial frame is less than `MAX_FRAME`, and `bytes_wanted` is exactly what completes
+//!   it (0 for a complete or invalid frame), so the worker always has room to read (a read
+//!   into no room returns 0 bytes, which it takes for end of stream);
 //! - `Invalid` is answered for the `10` and `11` leading bits only;
 //! - the frames found do not depend on how the stream was split: they equal those an
 //!   independent parser finds in the whole stream at once, and the stream ends in the same
@@ -28,7 +29,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../src/framing.rs"]
 mod framing;
 
-use framing::{next_frame, Frame, MAX_FRAME};
+use framing::{bytes_wanted, next_frame, Frame, MAX_FRAME};
 
 /// A frame found on the stream: where it starts, its length and its padding.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,49 +104,103 @@ fn check_frame(buf: &[u8], len: usize, padding: usize) {
     }
 }
 
-/// Reads `stream` in pieces of `sizes` (cycled) the way the worker does.
+/// `serve_stream`'s first read, into a buffer on the stack (`FIRST_READ` in worker.rs).
+const FIRST_READ: usize = 2048;
+/// The least it reserves for a read into a partial frame (`READ_CHUNK` in worker.rs).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Checks `bytes_wanted` on a partial frame: it is what makes the frame complete, no less
+/// (or, before the length is known, what completes the 4 bytes that say it).
+fn check_wanted(partial: &[u8]) {
+    assert!(partial.len() < MAX_FRAME, "more than one frame left over");
+    let wanted = bytes_wanted(partial);
+    assert!(wanted > 0, "a partial frame wants more bytes");
+    let mut more = partial.to_vec();
+    more.resize(partial.len() + wanted, 0);
+    if partial.len() >= 4 {
+        assert_eq!(
+            next_frame(&more).stream_len(),
+            Some(more.len()),
+            "wanted completes it"
+        );
+        more.pop();
+        assert_eq!(next_frame(&more), Frame::Incomplete, "wanted is the least");
+    } else {
+        assert_eq!(more.len(), 4, "wanted completes the length");
+    }
+}
+
+/// Hands the complete frames at the start of `bytes` on, like `Worker::take_frames`: the
+/// bytes they took, or `None` at unframeable bytes.
+fn take_frames(bytes: &[u8], base: usize, frames: &mut Vec<Found>) -> Option<usize> {
+    let mut start = 0;
+    loop {
+        match next_frame(&bytes[start..]) {
+            Frame::Incomplete => return Some(start),
+            Frame::Invalid => {
+                assert!(bytes[start] >= 0x80, "Invalid for STUN or ChannelData");
+                assert_eq!(bytes_wanted(&bytes[start..]), 0);
+                return None;
+            }
+            frame @ Frame::Complete { len, padding } => {
+                assert_eq!(frame.stream_len(), Some(len + padding));
+                assert_eq!(bytes_wanted(&bytes[start..]), 0);
+                check_frame(&bytes[start..], len, padding);
+                frames.push(Found {
+                    offset: base + start,
+                    len,
+                    padding,
+                });
+                start += len + padding;
+            }
+        }
+    }
+}
+
+/// Reads `stream` in pieces of `sizes` (cycled) the way `serve_stream` does: into a
+/// `FIRST_READ` buffer while no frame is partial, else into the spare capacity of a buffer
+/// holding the partial frame, reserved for `bytes_wanted` (at least `READ_CHUNK`).
 fn reassemble(stream: &[u8], sizes: &[usize]) -> (Vec<Found>, End) {
-    let mut buf = vec![0u8; MAX_FRAME + 4];
-    let mut filled = 0;
-    // Offset in the stream of buf[0].
+    let mut partial: Vec<u8> = Vec::new();
+    // Offset in the stream of the first byte not handed on.
     let mut base = 0;
     let mut frames = Vec::new();
     let mut sent = 0;
     let mut sizes = sizes.iter().copied().cycle();
     while sent < stream.len() {
-        // A read fills at most what is free, like `reader.read(&mut buf[filled..])`.
-        let free = buf.len() - filled;
-        assert!(free > 0, "buffer full while waiting for a frame");
+        let free = if partial.is_empty() {
+            FIRST_READ
+        } else {
+            check_wanted(&partial);
+            partial.reserve(bytes_wanted(&partial).max(READ_CHUNK));
+            partial.capacity() - partial.len()
+        };
+        // A read of an empty buffer returns 0, which the worker takes for end of stream.
+        assert!(free > 0, "no room to read into");
         let want = sizes.next().unwrap_or(usize::MAX);
         let n = want.min(free).min(stream.len() - sent);
-        buf[filled..filled + n].copy_from_slice(&stream[sent..sent + n]);
+        let read = &stream[sent..sent + n];
         sent += n;
-        filled += n;
-        let mut start = 0;
-        loop {
-            match next_frame(&buf[start..filled]) {
-                Frame::Incomplete => break,
-                Frame::Invalid => {
-                    assert!(buf[start] >= 0x80, "Invalid for STUN or ChannelData");
-                    return (frames, End::Invalid(base + start));
-                }
-                frame @ Frame::Complete { len, padding } => {
-                    assert_eq!(frame.stream_len(), Some(len + padding));
-                    check_frame(&buf[start..filled], len, padding);
-                    frames.push(Found {
-                        offset: base + start,
-                        len,
-                        padding,
-                    });
-                    start += len + padding;
-                }
+        let taken = if partial.is_empty() {
+            let taken = take_frames(read, base, &mut frames);
+            if let Some(consumed) = taken {
+                partial.extend_from_slice(&read[consumed..]);
             }
-        }
-        buf.copy_within(start..filled, 0);
-        filled -= start;
-        base += start;
+            taken
+        } else {
+            partial.extend_from_slice(read);
+            let taken = take_frames(&partial, base, &mut frames);
+            if let Some(consumed) = taken {
+                partial.drain(..consumed);
+            }
+            taken
+        };
+        let Some(consumed) = taken else {
+            let at = frames.last().map_or(base, |f| f.offset + f.len + f.padding);
+            return (frames, End::Invalid(at));
+        };
+        base += consumed;
     }
-    assert_eq!(next_frame(&[]), Frame::Incomplete);
     (frames, End::Waiting(base))
 }
 
