@@ -276,6 +276,20 @@ impl Signal {
         eprintln!("----- end of icegate-signal log -----");
     }
 
+    /// Waits until the Asterisk gateway says it is registered over SIP and connected to ARI;
+    /// panics with the log's tail otherwise.
+    pub fn assert_gateway_up(&self, wait: Duration) {
+        let gauge = |name: &str| self.metrics().sum(name, &[]);
+        let up = eventually(wait, || {
+            gauge("icegate_signal_asterisk_sip_registered") == 1.0
+                && gauge("icegate_signal_asterisk_ari_connected") == 1.0
+        });
+        if !up {
+            self.dump_log(80);
+            panic!("the gateway did not register with the PBX and connect ARI within {wait:?}");
+        }
+    }
+
     /// Waits until the Asterisk gateway holds no call and every started call has ended, then
     /// checks that exactly one PBX call was answered and that no client got an error.
     pub fn assert_one_pbx_call_answered_and_released(&self, wait: Duration) {

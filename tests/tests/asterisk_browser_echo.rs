@@ -73,14 +73,7 @@ fn chromium_calls_extension_600_and_hears_the_echo_through_icegate_relay() {
         args: pbx.gateway_args(),
         ..SignalConfig::default()
     });
-    let gauge = |name: &str| signal.metrics().sum(name, &[]);
-    if !eventually(WAIT, || {
-        gauge("icegate_signal_asterisk_sip_registered") == 1.0
-            && gauge("icegate_signal_asterisk_ari_connected") == 1.0
-    }) {
-        signal.dump_log(60);
-        panic!("the gateway did not register with the stand-in and connect ARI");
-    }
+    signal.assert_gateway_up(WAIT);
 
     let before = relay.metrics();
     let (min_port, max_port) = relay.ports.relay_range();

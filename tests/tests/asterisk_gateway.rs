@@ -4,21 +4,14 @@
 
 use std::time::Duration;
 
+use icegate_tests::asterisk::pbx_calls::{self, call, OFFER};
 use icegate_tests::asterisk::sip::SipMessage;
 use icegate_tests::asterisk::{AsteriskStandIn, Config, Faults};
 use icegate_tests::server::write_self_signed_cert;
-use icegate_tests::signal::{eventually, Received, Signal, SignalConfig, WsClient};
+use icegate_tests::signal::{eventually, Signal, SignalConfig, WsClient};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
-a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\n\
-a=fingerprint:sha-256 12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0\r\n\
-a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n\
-a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
 
 struct Rig {
     pbx: AsteriskStandIn,
@@ -48,19 +41,8 @@ fn start_pbx(config: Config, extra: &[&str]) -> Rig {
 }
 
 impl Rig {
-    fn gauge(&self, name: &str) -> f64 {
-        self.signal.metrics().sum(name, &[])
-    }
-
     fn wait_available(&self) {
-        let up = eventually(WAIT, || {
-            self.gauge("icegate_signal_asterisk_sip_registered") == 1.0
-                && self.gauge("icegate_signal_asterisk_ari_connected") == 1.0
-        });
-        if !up {
-            self.signal.dump_log(60);
-            panic!("the gateway did not register and connect ARI");
-        }
+        self.signal.assert_gateway_up(WAIT);
     }
 
     fn browser(&self, name: &str) -> WsClient {
@@ -86,18 +68,6 @@ impl Rig {
     }
 }
 
-/// Calls `extension` with the offer; trickles one candidate and end-of-candidates; returns
-/// the call id.
-fn call(browser: &mut WsClient, extension: &str) -> String {
-    browser.send(json!({"v":1,"type":"call","id":"c","to":{"extension":extension},"sdp":OFFER}));
-    let ack = browser.expect("ack");
-    let call = ack["call"].as_str().expect("call id").to_owned();
-    browser.send(json!({"v":1,"type":"candidate","call":call,"candidate":{
-        "candidate":"candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host","sdpMid":"0","sdpMLineIndex":0}}));
-    browser.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
-    call
-}
-
 /// Calls `extension`, expects the answer, and returns the call id, the INVITE Asterisk got
 /// (the last one: digest auth sends two) and the channel Asterisk made for it.
 fn answered_call(
@@ -118,19 +88,11 @@ fn answered_call(
 
 /// The next message that is not a `ringing`.
 fn after_ringing(browser: &mut WsClient) -> Value {
-    loop {
-        match browser.recv() {
-            Received::Json(m) if m["type"] == "ringing" => continue,
-            Received::Json(m) => return m,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
+    pbx_calls::after_ringing(browser).0
 }
 
 fn expect_hangup(browser: &mut WsClient, reason: &str) {
-    let hangup = after_ringing(browser);
-    assert_eq!(hangup["type"], "hangup", "{hangup}");
-    assert_eq!(hangup["reason"], reason, "{hangup}");
+    pbx_calls::expect_hangup(browser, reason);
 }
 
 #[test]

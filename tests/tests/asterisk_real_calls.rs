@@ -8,9 +8,8 @@
 //! (asterisk_real.rs has the Chromium calls with audio). Each test starts its own Asterisk
 //! (about 2 s). Without an Asterisk (`ASTERISK_BIN`), each says SKIPPED and passes.
 
-use icegate_tests::asterisk::real_rig::{
-    after_ringing, call, expect_hangup, RealRig, RigOptions, OFFER, WAIT,
-};
+use icegate_tests::asterisk::pbx_calls::{after_ringing, call, expect_hangup, OFFER};
+use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, WAIT};
 use icegate_tests::signal::eventually;
 use serde_json::{json, Value};
 

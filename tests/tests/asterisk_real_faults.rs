@@ -30,10 +30,9 @@
 //!
 //! Without an Asterisk (`ASTERISK_BIN`), each test says SKIPPED and passes.
 
+use icegate_tests::asterisk::pbx_calls::{after_ringing, call, expect_hangup, OFFER};
 use icegate_tests::asterisk::real::{ARI_AUTH, SIP_PASSWORD};
-use icegate_tests::asterisk::real_rig::{
-    after_ringing, call, expect_hangup, RealRig, RigOptions, OFFER, REGISTER_WAIT, WAIT,
-};
+use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, REGISTER_WAIT, WAIT};
 use icegate_tests::server::write_self_signed_cert;
 use icegate_tests::signal::{eventually, Signal, SignalConfig, WsClient};
 use serde_json::{json, Value};

@@ -22,7 +22,8 @@
 //! as scripts/test builds it. Each test starts its own Asterisk (about 2 s). Without an Asterisk (`ASTERISK_BIN`), each
 //! says SKIPPED and passes.
 
-use icegate_tests::asterisk::real_rig::{after_ringing, call, RealRig, RigOptions, OFFER, WAIT};
+use icegate_tests::asterisk::pbx_calls::{after_ringing, call, OFFER};
+use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, WAIT};
 use icegate_tests::signal::{eventually, WsClient};
 use serde_json::{json, Value};
 use std::path::PathBuf;

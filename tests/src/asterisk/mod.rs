@@ -35,6 +35,7 @@ pub mod dialplan;
 pub mod digest;
 #[cfg(feature = "media-echo")]
 pub mod media;
+pub mod pbx_calls;
 pub mod real;
 pub mod real_rig;
 pub mod recording;

@@ -7,9 +7,9 @@
 
 use super::real::{self, AriObserver, Options, RealAsterisk, ARI_AUTH, SIP_PASSWORD};
 use crate::server::write_self_signed_cert;
-use crate::signal::{eventually, Received, Signal, SignalConfig, WsClient};
+use crate::signal::{eventually, Signal, SignalConfig, WsClient};
 use crate::{Relay, RelayConfig, ServerKind};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,17 +21,6 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub const REGISTER_WAIT: Duration = Duration::from_secs(45);
 /// The TURN REST secret browsers get their credentials from.
 pub const SECRET: &str = "real-asterisk-secret";
-
-/// A browser's offer as Chromium makes it (audio only; ICE, DTLS fingerprint, rtcp-mux),
-/// with no media behind it: Asterisk accepts it and answers, which is all the signalling
-/// tests need. Its ICE never completes, which Asterisk tolerates for a call's lifetime.
-pub const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
-a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\n\
-a=fingerprint:sha-256 12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0\r\n\
-a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n\
-a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
 
 /// What differs between rigs.
 #[derive(Debug, Clone, Default)]
@@ -123,14 +112,7 @@ impl RealRig {
     /// agrees: its endpoint `icegate` is online (a registered contact) and the application
     /// `icegate` has a WebSocket.
     pub fn wait_available(&self, timeout: Duration) {
-        let up = eventually(timeout, || {
-            self.gauge("icegate_signal_asterisk_sip_registered") == 1.0
-                && self.gauge("icegate_signal_asterisk_ari_connected") == 1.0
-        });
-        if !up {
-            self.signal.dump_log(80);
-            panic!("the gateway did not register with Asterisk and connect ARI");
-        }
+        self.signal.assert_gateway_up(timeout);
         let online = eventually(timeout, || {
             let (status, ep) = self.ast.ari("GET", "/ari/endpoints/PJSIP/icegate");
             status == 200 && ep["state"] == "online"
@@ -230,35 +212,4 @@ pub fn conf_value(text: &str, key: &str) -> String {
         .find(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| panic!("no `{key} =` line"))
-}
-
-/// Calls `extension` with [`OFFER`] and one trickled candidate; returns the call id.
-pub fn call(browser: &mut WsClient, extension: &str) -> String {
-    browser.send(json!({"v":1,"type":"call","id":"c","to":{"extension":extension},"sdp":OFFER}));
-    let ack = browser.expect("ack");
-    let call = ack["call"].as_str().expect("call id").to_owned();
-    browser.send(json!({"v":1,"type":"candidate","call":call,"candidate":{
-        "candidate":"candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host","sdpMid":"0","sdpMLineIndex":0}}));
-    browser.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
-    call
-}
-
-/// The next message that is not a `ringing`, noting whether a `ringing` came first.
-pub fn after_ringing(browser: &mut WsClient) -> (Value, bool) {
-    let mut rang = false;
-    loop {
-        match browser.recv() {
-            Received::Json(m) if m["type"] == "ringing" => rang = true,
-            Received::Json(m) => return (m, rang),
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-}
-
-/// The next message that is not a `ringing`, which must be a `hangup` with `reason`.
-pub fn expect_hangup(browser: &mut WsClient, reason: &str) -> Value {
-    let (hangup, _) = after_ringing(browser);
-    assert_eq!(hangup["type"], "hangup", "{hangup}");
-    assert_eq!(hangup["reason"], reason, "{hangup}");
-    hangup
 }
