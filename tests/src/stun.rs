@@ -513,6 +513,21 @@ pub fn assert_error(resp: &StunMessage, code: u16, what: &str) {
     );
 }
 
+/// One STUN request and its response over a stream (TCP or TLS), framed by the STUN length
+/// (RFC 8489 §6.2.2: no other framing on a stream).
+pub fn stream_transact<S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    request: &[u8],
+) -> Vec<u8> {
+    stream.write_all(request).unwrap();
+    let mut header = [0u8; 20];
+    stream.read_exact(&mut header).unwrap();
+    let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    [header.to_vec(), body].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,9 @@
 //! end of a TCP client's connection (RFC 8656 §3.2: a stream allocation dies with its
 //! connection).
 
-use icegate_tests::stun::{assert_success, xor_relayed, TurnClient};
+use icegate_tests::stun::{assert_success, stream_transact, xor_relayed, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -43,17 +43,6 @@ fn refresh_to_zero_frees_port_and_socket_at_once() {
     assert_eq!(active, 0.0);
 }
 
-/// A minimal TURN-over-TCP exchange: one request, one response, framed by the STUN length.
-fn tcp_transact(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
-    stream.write_all(request).unwrap();
-    let mut header = [0u8; 20];
-    stream.read_exact(&mut header).unwrap();
-    let len = u16::from_be_bytes([header[2], header[3]]) as usize;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    [header.to_vec(), body].concat()
-}
-
 #[test]
 fn closing_a_tcp_connection_ends_its_allocation() {
     use icegate_tests::stun::{decode, encode, requested_transport_udp, ALLOCATE};
@@ -65,10 +54,10 @@ fn closing_a_tcp_connection_ends_its_allocation() {
     // The UDP helper only builds and signs messages here; the bytes go over TCP.
     let mut client = TurnClient::new(relay.udp_addr(), "alice", "secret");
     let challenge = icegate_tests::stun::request(ALLOCATE, &[requested_transport_udp()]);
-    let raw = tcp_transact(&mut stream, &encode(&challenge));
+    let raw = stream_transact(&mut stream, &encode(&challenge));
     client.learn(&decode(&raw, None).unwrap());
     let request = client.build_authed(ALLOCATE, &[requested_transport_udp()]);
-    let raw = tcp_transact(&mut stream, &encode(&request));
+    let raw = stream_transact(&mut stream, &encode(&request));
     let resp = decode(&raw, client.key().as_ref()).unwrap();
     assert_success(&resp, "allocate over TCP");
     let relayed = xor_relayed(&resp).unwrap();

@@ -6,8 +6,8 @@
 //! The descriptor budget is checked against the relay's own RLIMIT_NOFILE.
 
 use icegate_tests::stun::{
-    assert_success, decode, encode, request, requested_transport_udp, TurnClient, ALLOCATE,
-    BINDING, REFRESH,
+    assert_success, decode, encode, request, requested_transport_udp, stream_transact, TurnClient,
+    ALLOCATE, BINDING, REFRESH,
 };
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
 use std::io::{ErrorKind, Read, Write};
@@ -57,17 +57,6 @@ fn is_closed(mut stream: &TcpStream) -> bool {
     closed
 }
 
-/// One STUN request and its response over a stream, framed by the STUN length.
-fn transact(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
-    stream.write_all(request).unwrap();
-    let mut header = [0u8; 20];
-    stream.read_exact(&mut header).unwrap();
-    let len = u16::from_be_bytes([header[2], header[3]]) as usize;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    [header.to_vec(), body].concat()
-}
-
 /// Allocates over TCP from 127.0.0.1 as alice; returns the connection and the client that
 /// signs its requests.
 fn allocate_over_tcp(relay: &Relay) -> (TcpStream, TurnClient) {
@@ -78,10 +67,10 @@ fn allocate_over_tcp(relay: &Relay) -> (TcpStream, TurnClient) {
     // The UDP helper only builds and signs messages here; the bytes go over TCP.
     let mut client = TurnClient::new(relay.udp_addr(), "alice", "secret");
     let challenge = request(ALLOCATE, &[requested_transport_udp()]);
-    let raw = transact(&mut stream, &encode(&challenge));
+    let raw = stream_transact(&mut stream, &encode(&challenge));
     client.learn(&decode(&raw, None).unwrap());
     let allocate = client.build_authed(ALLOCATE, &[requested_transport_udp()]);
-    let raw = transact(&mut stream, &encode(&allocate));
+    let raw = stream_transact(&mut stream, &encode(&allocate));
     let resp = decode(&raw, client.key().as_ref()).unwrap();
     assert_success(&resp, "allocate over TCP");
     (stream, client)
@@ -162,7 +151,7 @@ fn slowloris_is_closed_and_capped_while_a_client_allocates_over_tcp() {
 
     // The client's connection, with its allocation, is untouched and still answers.
     let refresh = client.build_authed(REFRESH, &[]);
-    let raw = transact(&mut legit, &encode(&refresh));
+    let raw = stream_transact(&mut legit, &encode(&refresh));
     assert_success(
         &decode(&raw, client.key().as_ref()).unwrap(),
         "refresh over the same TCP connection",
@@ -172,7 +161,7 @@ fn slowloris_is_closed_and_capped_while_a_client_allocates_over_tcp() {
     again
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    let raw = transact(&mut again, &encode(&request(BINDING, &[])));
+    let raw = stream_transact(&mut again, &encode(&request(BINDING, &[])));
     assert_success(&decode(&raw, None).unwrap(), "binding after the slowloris");
 }
 
@@ -191,7 +180,7 @@ fn a_silent_connection_is_closed_after_the_idle_timeout_but_one_with_an_allocati
     answered
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    let raw = transact(&mut answered, &encode(&request(BINDING, &[])));
+    let raw = stream_transact(&mut answered, &encode(&request(BINDING, &[])));
     assert_success(&decode(&raw, None).unwrap(), "binding over TCP");
     let (mut allocated, client) = allocate_over_tcp(&relay);
 
@@ -212,7 +201,7 @@ fn a_silent_connection_is_closed_after_the_idle_timeout_but_one_with_an_allocati
         "the allocation's connection was closed"
     );
     let refresh = client.build_authed(REFRESH, &[]);
-    let raw = transact(&mut allocated, &encode(&refresh));
+    let raw = stream_transact(&mut allocated, &encode(&refresh));
     assert_success(
         &decode(&raw, client.key().as_ref()).unwrap(),
         "refresh after the idle timeout",
@@ -302,14 +291,9 @@ fn stalled_tls_connections_are_closed_after_the_frame_deadline() {
         .sock
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    let binding = encode(&request(BINDING, &[]));
-    client_tls.write_all(&binding).unwrap();
-    let mut header = [0u8; 20];
-    client_tls.read_exact(&mut header).unwrap();
-    let mut body = vec![0u8; u16::from_be_bytes([header[2], header[3]]) as usize];
-    client_tls.read_exact(&mut body).unwrap();
+    let raw = stream_transact(&mut client_tls, &encode(&request(BINDING, &[])));
     assert_success(
-        &decode(&[header.to_vec(), body].concat(), None).unwrap(),
+        &decode(&raw, None).unwrap(),
         "binding over TLS next to stalled connections",
     );
 
