@@ -1113,6 +1113,32 @@ impl Core {
     }
 
     /// From, To and the request URI of a request Asterisk sends in the call's dialog.
+    /// Asterisk's next request in `call`'s dialog (CSeq one past its last); the caller records
+    /// that CSeq when the dialog goes on after it.
+    fn dialog_request(
+        &self,
+        call: &Call,
+        method: &str,
+        extra: Headers,
+        body: Option<&str>,
+    ) -> SipMessage {
+        let (from, to, uri) = self.dialog_parties(call);
+        let cseq = call.local_cseq + 1;
+        self.asterisk_request(
+            method,
+            &uri,
+            None,
+            vec![
+                ("From", from),
+                ("To", to),
+                ("Call-ID", call.call_id().into()),
+                ("CSeq", format!("{cseq} {method}")),
+            ],
+            extra,
+            body,
+        )
+    }
+
     fn dialog_parties(&self, call: &Call) -> (String, String, String) {
         if call.outbound {
             (
@@ -1146,18 +1172,10 @@ impl Core {
             return false;
         }
         let offer = sdp::next_version(ours);
-        let (from, to, uri) = self.dialog_parties(call);
         let cseq = call.local_cseq + 1;
-        let invite = self.asterisk_request(
+        let invite = self.dialog_request(
+            call,
             "INVITE",
-            &uri,
-            None,
-            vec![
-                ("From", from),
-                ("To", to),
-                ("Call-ID", call.call_id().into()),
-                ("CSeq", format!("{cseq} INVITE")),
-            ],
             vec![("Contact", self.own_contact()), ("Allow", ALLOW.into())],
             Some(&offer),
         );
@@ -1177,19 +1195,11 @@ impl Core {
         if call.phase != Phase::Up {
             return false;
         }
-        let (from, to, uri) = self.dialog_parties(call);
         let cseq = call.local_cseq + 1;
         let body = format!("Signal={digit}\r\nDuration=100\r\n");
-        let mut info = self.asterisk_request(
+        let mut info = self.dialog_request(
+            call,
             "INFO",
-            &uri,
-            None,
-            vec![
-                ("From", from),
-                ("To", to),
-                ("Call-ID", call.call_id().into()),
-                ("CSeq", format!("{cseq} INFO")),
-            ],
             vec![("Contact", self.own_contact())],
             Some(&body),
         );
@@ -1234,17 +1244,9 @@ impl Core {
     /// unanswered INVITE, a final response (603 for cause 16) for the caller's.
     fn hangup_sip(&mut self, call: &Call, cause: u32) {
         if call.phase == Phase::Up {
-            let (from, to, uri) = self.dialog_parties(call);
-            let bye = self.asterisk_request(
+            let bye = self.dialog_request(
+                call,
                 "BYE",
-                &uri,
-                None,
-                vec![
-                    ("From", from),
-                    ("To", to),
-                    ("Call-ID", call.call_id().into()),
-                    ("CSeq", format!("{} BYE", call.local_cseq + 1)),
-                ],
                 vec![("Reason", format!("Q.850;cause={cause}"))],
                 None,
             );
