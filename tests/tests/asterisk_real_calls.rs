@@ -130,10 +130,7 @@ fn asterisk_real_hash_ends_the_echo_test() {
         return;
     };
     let mut alice = rig.browser("alice");
-    let call600 = call(&mut alice, "600");
-    let (answer, _) = after_ringing(&mut alice);
-    assert_eq!(answer["type"], "answer", "{answer}");
-    let id = rig.newest_channel(0)["id"].as_str().unwrap().to_owned();
+    let (call600, id) = rig.answered_call(&mut alice, "600", 0);
 
     // Echo() returns on `#`; the dialplan's next step hangs up, and Asterisk sends BYE.
     alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call600,"digits":"1#"}));

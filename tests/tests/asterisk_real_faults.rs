@@ -30,7 +30,7 @@
 //!
 //! Without an Asterisk (`ASTERISK_BIN`), each test says SKIPPED and passes.
 
-use icegate_tests::asterisk::pbx_calls::{after_ringing, call, expect_hangup, OFFER};
+use icegate_tests::asterisk::pbx_calls::{expect_hangup, OFFER};
 use icegate_tests::asterisk::real::{ARI_AUTH, SIP_PASSWORD};
 use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, REGISTER_WAIT, WAIT};
 use icegate_tests::server::write_self_signed_cert;
@@ -129,23 +129,6 @@ fn assert_backoff(attempts: &[String]) {
     }
 }
 
-/// A browser's call to `extension`, answered; returns the call and Asterisk's channel id
-/// (the `nth` channel the observer saw created).
-fn answered(
-    rig: &RealRig,
-    browser: &mut WsClient,
-    extension: &str,
-    nth: usize,
-) -> (String, String) {
-    let call_id = call(browser, extension);
-    let (answer, _) = after_ringing(browser);
-    assert_eq!(answer["type"], "answer", "{extension}: {answer}");
-    assert_eq!(answer["call"], call_id.as_str(), "{answer}");
-    let channel = rig.newest_channel(nth);
-    assert_eq!(channel["dialplan"]["exten"], extension, "{channel}");
-    (call_id, channel["id"].as_str().unwrap().to_owned())
-}
-
 /// Asterisk's view of a channel through ARI: 200, up, running `app`.
 fn assert_up_in(rig: &RealRig, channel: &str, app: &str) {
     let up = eventually(WAIT, || {
@@ -223,8 +206,8 @@ fn asterisk_real_ari_lost_and_regained_keeps_answered_calls() {
     let mut alice = rig.browser("alice");
     // Two answered calls: 600 runs in the dialplan (Echo), 700 in icegate's Stasis
     // application, answered by the gateway through ARI.
-    let (c600, ch600) = answered(&rig, &mut alice, "600", 0);
-    let (c700, ch700) = answered(&rig, &mut alice, "700", 1);
+    let (c600, ch600) = rig.answered_call(&mut alice, "600", 0);
+    let (c700, ch700) = rig.answered_call(&mut alice, "700", 1);
     assert_up_in(&rig, &ch600, "Echo");
     assert_up_in(&rig, &ch700, "Stasis");
 
@@ -305,7 +288,7 @@ fn asterisk_real_ari_lost_and_regained_keeps_answered_calls() {
     assert_up_in(&rig, &ch700, "Echo");
     alice.ping(4);
     // A new Stasis call: the gateway answers it through ARI.
-    let (c701, ch701) = answered(&rig, &mut alice, "701", 2);
+    let (c701, ch701) = rig.answered_call(&mut alice, "701", 2);
     assert_up_in(&rig, &ch701, "Stasis");
 
     for (call_id, channel) in [(&c600, &ch600), (&c700, &ch700), (&c701, &ch701)] {
@@ -333,7 +316,7 @@ fn asterisk_real_restarted_mid_call_hangs_up_and_registers_again() {
         return;
     };
     let mut alice = rig.browser("alice");
-    let (c600, ch600) = answered(&rig, &mut alice, "600", 0);
+    let (c600, ch600) = rig.answered_call(&mut alice, "600", 0);
     assert_up_in(&rig, &ch600, "Echo");
     let old_pid = rig.ast.pid();
 
@@ -396,7 +379,7 @@ fn asterisk_real_restarted_mid_call_hangs_up_and_registers_again() {
     let observing = eventually(WAIT, || ari_sessions(&rig, "observer").len() == 1);
     assert!(observing, "{}", rig.ast.cli("ari show websocket sessions"));
     let created = rig.observer.of_type("ChannelCreated").len();
-    let (c, ch) = answered(&rig, &mut alice, "600", created);
+    let (c, ch) = rig.answered_call(&mut alice, "600", created);
     assert_up_in(&rig, &ch, "Echo");
     hang_up(&rig, &mut alice, &c, &ch);
     rig.assert_no_leaks();
@@ -457,10 +440,10 @@ fn asterisk_real_wss_and_https_with_asterisk_ca() {
     // Calls: a Stasis call answered through ARI (REST over https), the echo test, and
     // Asterisk calling a browser over the wss connection.
     let mut alice = rig.browser("alice");
-    let (c700, ch700) = answered(&rig, &mut alice, "700", 0);
+    let (c700, ch700) = rig.answered_call(&mut alice, "700", 0);
     assert_up_in(&rig, &ch700, "Stasis");
     hang_up(&rig, &mut alice, &c700, &ch700);
-    let (c600, ch600) = answered(&rig, &mut alice, "600", 1);
+    let (c600, ch600) = rig.answered_call(&mut alice, "600", 1);
     assert_up_in(&rig, &ch600, "Echo");
     hang_up(&rig, &mut alice, &c600, &ch600);
     rig.assert_no_leaks();

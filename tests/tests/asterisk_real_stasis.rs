@@ -287,10 +287,7 @@ fn asterisk_real_stasis_transfer_back_into_stasis_keeps_the_call() {
         return;
     };
     let mut alice = rig.browser("alice");
-    let call700 = call(&mut alice, "700");
-    let (answer, _) = after_ringing(&mut alice);
-    assert_eq!(answer["type"], "answer", "{answer}");
-    let id = rig.newest_channel(0)["id"].as_str().unwrap().to_owned();
+    let (call700, id) = rig.answered_call(&mut alice, "700", 0);
     expect_up(&rig, &id);
 
     alice.send(json!({"v":1,"type":"transfer","id":"t","call":call700,"to":"701"}));

@@ -5,6 +5,7 @@
 //! clients ([`RealRig::browser`]); tests check both what the browser is told and what
 //! Asterisk did.
 
+use super::pbx_calls::{after_ringing, call};
 use super::real::{self, AriObserver, Options, RealAsterisk, ARI_AUTH, SIP_PASSWORD};
 use crate::server::write_self_signed_cert;
 use crate::signal::{eventually, Signal, SignalConfig, WsClient};
@@ -167,6 +168,23 @@ impl RealRig {
             self.observer.events()
         );
         self.observer.of_type("ChannelCreated")[after]["channel"].clone()
+    }
+
+    /// The browser calls `extension` and is answered; Asterisk's channel for it is its
+    /// `nth` (from 0) and is at that extension. Returns the call id and the channel id.
+    pub fn answered_call(
+        &self,
+        browser: &mut WsClient,
+        extension: &str,
+        nth: usize,
+    ) -> (String, String) {
+        let call_id = call(browser, extension);
+        let (answer, _) = after_ringing(browser);
+        assert_eq!(answer["type"], "answer", "{extension}: {answer}");
+        assert_eq!(answer["call"], call_id.as_str(), "{answer}");
+        let channel = self.newest_channel(nth);
+        assert_eq!(channel["dialplan"]["exten"], extension, "{channel}");
+        (call_id, channel["id"].as_str().unwrap().to_owned())
     }
 
     /// ARI originate: Asterisk calls `endpoint` and, once answered, runs the dialplan at
