@@ -12,6 +12,7 @@ pub mod browser;
 pub mod debian;
 pub mod http;
 pub mod metrics;
+pub mod netns;
 pub mod ports;
 pub mod server;
 pub mod signal;
