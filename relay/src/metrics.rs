@@ -33,6 +33,7 @@ pub struct RelayCollector {
 /// The metrics of TCP/TLS connection limits.
 struct StreamVecs {
     refused: IntCounterVec,
+    evicted: IntCounter,
     timeouts: IntCounterVec,
     budget: IntGauge,
 }
@@ -44,6 +45,11 @@ impl StreamVecs {
                 "icegate_relay_stream_refused_total",
                 "TCP/TLS connections refused at accept, by reason (per_ip, total, descriptors).",
                 &["reason"],
+            ),
+            evicted: plain_counter(
+                "icegate_relay_stream_evicted_total",
+                "TCP/TLS connections without an allocation closed to make room for a new one \
+                 while the relay was full (max-connections or the descriptor budget).",
             ),
             timeouts: counter(
                 "icegate_relay_stream_timeouts_total",
@@ -58,8 +64,8 @@ impl StreamVecs {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 3] {
-        [&self.refused, &self.timeouts, &self.budget]
+    fn collectors(&self) -> [&dyn Collector; 4] {
+        [&self.refused, &self.evicted, &self.timeouts, &self.budget]
     }
 }
 
@@ -344,6 +350,7 @@ impl Collector for RelayCollector {
             for r in Refusal::ALL {
                 set_counter(&streams.refused, &[r.as_str()], refused[r as usize]);
             }
+            advance(&streams.evicted, admission.evicted());
             streams
                 .budget
                 .set(i64::try_from(*budget).unwrap_or(i64::MAX));

@@ -8,18 +8,32 @@
 //! once enough idle connections pile up. A connection is admitted (or refused, and closed at
 //! once) when it is accepted, before its TLS handshake.
 //!
+//! A relay that is full (the total cap or the descriptor budget, not a source's own cap)
+//! makes room by evicting its oldest connection that has no allocation yet, rather than turn
+//! the newcomer away: otherwise anyone with enough source addresses could hold every place
+//! with idle connections and keep real clients out for as long as the idle timeout, again and
+//! again. A real client allocates within a round trip or two of connecting, so it is among the
+//! newest and the last to go; a connection that holds an allocation is never evicted.
+//!
 //! [`Admission`] is the pure bookkeeping, on a clock passed in. The workers share one, behind
-//! [`SharedAdmission`]'s mutex: it is taken once per accepted and once per closed connection,
-//! never on the data path.
+//! [`SharedAdmission`]'s mutex: it is taken once per accepted connection, once when it first
+//! holds an allocation and once when it closes, never on the data path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
-/// Refusals of one reason are logged at most this often, with how many there were since.
+/// Refusals of one reason (and evictions) are logged at most this often, with how many there
+/// were since.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Evicted connections that may still be closing while newcomers take their places: the
+/// descriptors they hold until then come out of the fixed reserve
+/// ([`crate::limits::stream_budget`] keeps 128), so this stays well below it.
+pub const EVICTION_SLACK: usize = 32;
 
 /// The caps on stream connections; `0` means no cap of that kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,52 +97,99 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Open stream connections per source and in total, against [`StreamLimits`].
+/// An admitted connection: its id, and the connection evicted to make room for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted<T> {
+    /// What [`Admission::prove`] and [`Admission::release`] take.
+    pub id: u64,
+    /// The evicted connection's handle, to be told to close.
+    pub evict: Option<T>,
+    /// As [`Refused::log`], for evictions.
+    pub log: Option<u64>,
+}
+
+/// Open stream connections per source and in total, against [`StreamLimits`]; `T` is how
+/// the caller tells a connection to close when it is evicted.
 #[derive(Debug)]
-pub struct Admission {
+pub struct Admission<T> {
     limits: StreamLimits,
     per_source: HashMap<IpAddr, u32>,
     total: u64,
+    next_id: u64,
+    /// Connections without an allocation, oldest (smallest id) first: eviction candidates.
+    unproven: BTreeMap<u64, T>,
+    /// Evicted connections that have not closed yet.
+    evicted: HashSet<u64>,
     /// Per reason: when a refusal was last logged, and refusals since.
     logged: [(Option<Instant>, u64); 3],
+    /// The same for evictions.
+    evictions_logged: (Option<Instant>, u64),
 }
 
-impl Admission {
+impl<T> Admission<T> {
     /// No connections yet.
     pub fn new(limits: StreamLimits) -> Self {
         Self {
             limits,
             per_source: HashMap::new(),
             total: 0,
+            next_id: 0,
+            unproven: BTreeMap::new(),
+            evicted: HashSet::new(),
             logged: [(None, 0); 3],
+            evictions_logged: (None, 0),
         }
     }
 
-    /// Admits a connection from `ip` at `now`, or says why not. An admitted connection must
-    /// be [`Admission::release`]d when it closes.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+    /// Admits a connection from `ip` at `now`, evicting the oldest connection without an
+    /// allocation if the relay is full, or says why not. `handle` is what is handed back if
+    /// this one is evicted later. An admitted connection must be [`Admission::release`]d
+    /// when it closes.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant, handle: T) -> Result<Admitted<T>, Refused> {
         let key = source_key(ip);
         let from_source = self.per_source.get(&key).copied().unwrap_or(0);
-        // The descriptor budget first: it is the hard limit, the others are policy.
-        let reason = if self.total >= self.limits.descriptors {
+        // A source past its own cap gets nothing, not even by eviction: that cap is its share.
+        if self.limits.per_ip != 0 && from_source >= self.limits.per_ip {
+            return Err(self.refuse(Refusal::PerIp, now));
+        }
+        // What stays open once the evicted connections have closed. The descriptor budget is
+        // checked first: it is the hard limit, the total cap is policy.
+        let settled = self.total - self.evicted.len() as u64;
+        let full = if settled >= self.limits.descriptors {
             Some(Refusal::Descriptors)
-        } else if self.limits.total != 0 && self.total >= u64::from(self.limits.total) {
+        } else if self.limits.total != 0 && settled >= u64::from(self.limits.total) {
             Some(Refusal::Total)
-        } else if self.limits.per_ip != 0 && from_source >= self.limits.per_ip {
-            Some(Refusal::PerIp)
         } else {
             None
         };
-        if let Some(reason) = reason {
-            return Err(self.refuse(reason, now));
+        let mut evict = None;
+        let mut log = None;
+        if let Some(reason) = full {
+            if self.evicted.len() >= EVICTION_SLACK {
+                return Err(self.refuse(reason, now));
+            }
+            let Some((victim, victim_handle)) = self.unproven.pop_first() else {
+                return Err(self.refuse(reason, now));
+            };
+            self.evicted.insert(victim);
+            evict = Some(victim_handle);
+            log = due(&mut self.evictions_logged, now);
         }
         *self.per_source.entry(key).or_insert(0) += 1;
         self.total += 1;
-        Ok(())
+        let id = self.next_id;
+        self.next_id += 1;
+        self.unproven.insert(id, handle);
+        Ok(Admitted { id, evict, log })
     }
 
-    /// A connection [`Admission::admit`] took from `ip` has closed.
-    pub fn release(&mut self, ip: IpAddr) {
+    /// Connection `id` holds an allocation now: it is never evicted.
+    pub fn prove(&mut self, id: u64) {
+        self.unproven.remove(&id);
+    }
+
+    /// Connection `id`, which [`Admission::admit`] took from `ip`, has closed.
+    pub fn release(&mut self, ip: IpAddr, id: u64) {
         let key = source_key(ip);
         if let Some(n) = self.per_source.get_mut(&key) {
             *n -= 1;
@@ -137,6 +198,9 @@ impl Admission {
                 self.per_source.remove(&key);
             }
             self.total -= 1;
+            if !self.evicted.remove(&id) {
+                self.unproven.remove(&id);
+            }
         }
     }
 
@@ -147,22 +211,29 @@ impl Admission {
     }
 
     fn refuse(&mut self, reason: Refusal, now: Instant) -> Refused {
-        let (last, since) = &mut self.logged[reason as usize];
-        *since += 1;
-        let due = last.is_none_or(|t| now.saturating_duration_since(t) >= LOG_INTERVAL);
-        let log = due.then(|| {
-            *last = Some(now);
-            std::mem::take(since)
-        });
+        let log = due(&mut self.logged[reason as usize], now);
         Refused { reason, log }
     }
 }
 
-/// The workers' one [`Admission`], and the count of what it refused for `/metrics`.
+/// Counts one more event in `(last logged, events since)`; `Some(events)` if a log line is
+/// due at `now`.
+fn due((last, since): &mut (Option<Instant>, u64), now: Instant) -> Option<u64> {
+    *since += 1;
+    let due = last.is_none_or(|t| now.saturating_duration_since(t) >= LOG_INTERVAL);
+    due.then(|| {
+        *last = Some(now);
+        std::mem::take(since)
+    })
+}
+
+/// The workers' one [`Admission`], and the count of what it refused and evicted for
+/// `/metrics`.
 #[derive(Debug)]
 pub struct SharedAdmission {
-    inner: Mutex<Admission>,
+    inner: Mutex<Admission<Arc<Notify>>>,
     refused: [AtomicU64; 3],
+    evicted: AtomicU64,
 }
 
 /// An admitted connection; dropping it releases its place.
@@ -170,12 +241,35 @@ pub struct SharedAdmission {
 pub struct Ticket {
     admission: Arc<SharedAdmission>,
     ip: IpAddr,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl Ticket {
+    /// Completes when the connection has been evicted to make room for another.
+    pub async fn evicted(&self) {
+        self.evicted.notified().await
+    }
+
+    /// The connection holds an allocation now, and is never evicted.
+    pub fn prove(&self) {
+        self.admission.lock().prove(self.id);
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admission.lock().release(self.ip);
+        self.admission.lock().release(self.ip, self.id);
     }
+}
+
+/// A ticket, and `Some(n)` when a log line about `n` evictions is due.
+#[derive(Debug)]
+pub struct Entry {
+    /// The admitted connection's place.
+    pub ticket: Ticket,
+    /// As [`Refused::log`], for evictions.
+    pub evictions_to_log: Option<u64>,
 }
 
 impl SharedAdmission {
@@ -184,16 +278,32 @@ impl SharedAdmission {
         Arc::new(Self {
             inner: Mutex::new(Admission::new(limits)),
             refused: Default::default(),
+            evicted: AtomicU64::new(0),
         })
     }
 
-    /// [`Admission::admit`], with a [`Ticket`] that releases the place when dropped.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refused> {
-        match self.lock().admit(ip, now) {
-            Ok(()) => Ok(Ticket {
-                admission: Arc::clone(self),
-                ip,
-            }),
+    /// [`Admission::admit`], with a [`Ticket`] that releases the place when dropped; an
+    /// evicted connection is told to close.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Entry, Refused> {
+        let evicted = Arc::new(Notify::new());
+        let admitted = self.lock().admit(ip, now, Arc::clone(&evicted));
+        match admitted {
+            Ok(Admitted { id, evict, log }) => {
+                if let Some(victim) = evict {
+                    // A stored permit: the victim closes even if it is not waiting right now.
+                    victim.notify_one();
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Entry {
+                    ticket: Ticket {
+                        admission: Arc::clone(self),
+                        ip,
+                        id,
+                        evicted,
+                    },
+                    evictions_to_log: log,
+                })
+            }
             Err(refused) => {
                 self.refused[refused.reason as usize].fetch_add(1, Ordering::Relaxed);
                 Err(refused)
@@ -206,7 +316,12 @@ impl SharedAdmission {
         std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Admission> {
+    /// Connections evicted so far to make room for others, without the lock.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Admission<Arc<Notify>>> {
         // The bookkeeping is a few integer updates that cannot panic half-way.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -228,18 +343,32 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Admits `from` with its id as its handle; the id, and the evicted one's.
+    fn admit(
+        a: &mut Admission<u64>,
+        from: &str,
+        now: Instant,
+    ) -> Result<(u64, Option<u64>), Refusal> {
+        let handle = a.next_id;
+        a.admit(ip(from), now, handle)
+            .map(|admitted| {
+                assert_eq!(admitted.id, handle);
+                (admitted.id, admitted.evict)
+            })
+            .map_err(|refused| refused.reason)
+    }
+
     #[test]
     fn one_source_cannot_take_more_than_its_share() {
         let t0 = Instant::now();
         let mut a = Admission::new(limits(2, 0, 1000));
-        assert_eq!(a.admit(ip("192.0.2.1"), t0), Ok(()));
-        assert_eq!(a.admit(ip("192.0.2.1"), t0), Ok(()));
-        let refused = a.admit(ip("192.0.2.1"), t0).unwrap_err();
-        assert_eq!(refused.reason, Refusal::PerIp);
+        let (first, _) = admit(&mut a, "192.0.2.1", t0).unwrap();
+        admit(&mut a, "192.0.2.1", t0).unwrap();
+        assert_eq!(admit(&mut a, "192.0.2.1", t0), Err(Refusal::PerIp));
         // Another source is not affected; a closed connection frees a place.
-        assert_eq!(a.admit(ip("192.0.2.2"), t0), Ok(()));
-        a.release(ip("192.0.2.1"));
-        assert_eq!(a.admit(ip("192.0.2.1"), t0), Ok(()));
+        admit(&mut a, "192.0.2.2", t0).unwrap();
+        a.release(ip("192.0.2.1"), first);
+        admit(&mut a, "192.0.2.1", t0).unwrap();
         assert_eq!(a.open(), 3);
     }
 
@@ -247,82 +376,140 @@ mod tests {
     fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
         let t0 = Instant::now();
         let mut a = Admission::new(limits(1, 0, 1000));
-        assert_eq!(a.admit(ip("2001:db8:1:2::1"), t0), Ok(()));
-        let refused = a.admit(ip("2001:db8:1:2:ffff::9"), t0).unwrap_err();
-        assert_eq!(refused.reason, Refusal::PerIp);
-        assert_eq!(a.admit(ip("2001:db8:1:3::1"), t0), Ok(()));
-        assert_eq!(a.admit(ip("198.51.100.7"), t0), Ok(()));
-        let refused = a.admit(ip("::ffff:198.51.100.7"), t0).unwrap_err();
-        assert_eq!(refused.reason, Refusal::PerIp);
+        admit(&mut a, "2001:db8:1:2::1", t0).unwrap();
+        assert_eq!(
+            admit(&mut a, "2001:db8:1:2:ffff::9", t0),
+            Err(Refusal::PerIp)
+        );
+        admit(&mut a, "2001:db8:1:3::1", t0).unwrap();
+        admit(&mut a, "198.51.100.7", t0).unwrap();
+        assert_eq!(
+            admit(&mut a, "::ffff:198.51.100.7", t0),
+            Err(Refusal::PerIp)
+        );
     }
 
     #[test]
-    fn the_total_cap_and_the_descriptor_budget_hold_for_all_sources() {
+    fn a_full_relay_refuses_when_every_connection_holds_an_allocation() {
         let t0 = Instant::now();
         let mut a = Admission::new(limits(0, 2, 1000));
         for i in 1..=2 {
-            assert_eq!(a.admit(ip(&format!("192.0.2.{i}")), t0), Ok(()));
+            let (id, _) = admit(&mut a, &format!("192.0.2.{i}"), t0).unwrap();
+            a.prove(id);
         }
-        assert_eq!(
-            a.admit(ip("192.0.2.3"), t0).unwrap_err().reason,
-            Refusal::Total
-        );
+        assert_eq!(admit(&mut a, "192.0.2.3", t0), Err(Refusal::Total));
         // The budget is the harder limit, so it is what a full relay reports.
         let mut a = Admission::new(limits(0, 5, 2));
+        let mut ids = Vec::new();
         for i in 1..=2 {
-            assert_eq!(a.admit(ip(&format!("192.0.2.{i}")), t0), Ok(()));
+            let (id, _) = admit(&mut a, &format!("192.0.2.{i}"), t0).unwrap();
+            a.prove(id);
+            ids.push(id);
         }
-        assert_eq!(
-            a.admit(ip("192.0.2.3"), t0).unwrap_err().reason,
-            Refusal::Descriptors
-        );
-        a.release(ip("192.0.2.1"));
-        assert_eq!(a.admit(ip("192.0.2.3"), t0), Ok(()));
+        assert_eq!(admit(&mut a, "192.0.2.3", t0), Err(Refusal::Descriptors));
+        a.release(ip("192.0.2.1"), ids[0]);
+        admit(&mut a, "192.0.2.3", t0).unwrap();
         // No budget at all: nothing is admitted.
         let mut a = Admission::new(limits(0, 0, 0));
+        assert_eq!(admit(&mut a, "192.0.2.1", t0), Err(Refusal::Descriptors));
+    }
+
+    #[test]
+    fn a_full_relay_evicts_its_oldest_connection_without_an_allocation() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(limits(0, 0, 3));
+        let (oldest, _) = admit(&mut a, "192.0.2.1", t0).unwrap();
+        let (allocated, _) = admit(&mut a, "192.0.2.2", t0).unwrap();
+        let (newer, _) = admit(&mut a, "192.0.2.3", t0).unwrap();
+        a.prove(allocated);
+        // Full: the newcomer gets the place of the oldest idle connection, not the one with
+        // an allocation, though that is older than `newer`.
+        let (fourth, evicted) = admit(&mut a, "192.0.2.4", t0).unwrap();
+        assert_eq!(evicted, Some(oldest));
         assert_eq!(
-            a.admit(ip("192.0.2.1"), t0).unwrap_err().reason,
-            Refusal::Descriptors
+            a.open(),
+            4,
+            "the evicted one holds its place until it closes"
         );
+        let (_, evicted) = admit(&mut a, "192.0.2.5", t0).unwrap();
+        assert_eq!(evicted, Some(newer));
+        a.release(ip("192.0.2.1"), oldest);
+        a.release(ip("192.0.2.3"), newer);
+        assert_eq!(a.open(), 3);
+        // Now only `fourth` and the fifth have no allocation; the oldest of them goes.
+        let (_, evicted) = admit(&mut a, "192.0.2.6", t0).unwrap();
+        assert_eq!(evicted, Some(fourth));
+    }
+
+    #[test]
+    fn evictions_in_flight_are_bounded_and_a_source_cap_is_not_bypassed() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(limits(1, 0, 100));
+        for i in 0..100 {
+            admit(&mut a, &format!("10.0.{}.{}", i / 200, i % 200 + 1), t0).unwrap();
+        }
+        // Nobody closes the evicted: after EVICTION_SLACK of them the relay refuses.
+        for i in 0..EVICTION_SLACK {
+            let (_, evicted) = admit(&mut a, &format!("10.1.0.{}", i + 1), t0).unwrap();
+            assert_eq!(evicted, Some(i as u64));
+        }
+        assert_eq!(admit(&mut a, "10.2.0.1", t0), Err(Refusal::Descriptors));
+        // A source at its cap is refused as such, full relay or not.
+        assert_eq!(admit(&mut a, "10.0.0.1", t0), Err(Refusal::PerIp));
+        // An evicted connection that closes lets one more in.
+        a.release(ip("10.0.0.1"), 0);
+        let (_, evicted) = admit(&mut a, "10.2.0.1", t0).unwrap();
+        assert_eq!(evicted, Some(EVICTION_SLACK as u64));
     }
 
     #[test]
     fn releasing_forgets_sources_and_ignores_strangers() {
         let t0 = Instant::now();
         let mut a = Admission::new(limits(1, 0, 10));
-        a.admit(ip("192.0.2.1"), t0).unwrap();
-        a.release(ip("192.0.2.1"));
-        a.release(ip("192.0.2.1"));
-        a.release(ip("192.0.2.9"));
+        let (id, _) = admit(&mut a, "192.0.2.1", t0).unwrap();
+        a.release(ip("192.0.2.1"), id);
+        a.release(ip("192.0.2.1"), id);
+        a.release(ip("192.0.2.9"), 7);
         assert_eq!(a.open(), 0);
         assert!(a.per_source.is_empty());
+        assert!(a.unproven.is_empty());
     }
 
     #[test]
     fn refusals_are_logged_once_per_interval_with_the_count_since() {
         let t0 = Instant::now();
         let mut a = Admission::new(limits(1, 0, 1000));
-        a.admit(ip("192.0.2.1"), t0).unwrap();
+        a.admit(ip("192.0.2.1"), t0, ()).unwrap();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(a.admit(ip("192.0.2.1"), at(0)).unwrap_err().log, Some(1));
+        let log = |a: &mut Admission<()>, s| a.admit(ip("192.0.2.1"), at(s), ()).unwrap_err().log;
+        assert_eq!(log(&mut a, 0), Some(1));
         for s in [1, 5, 9] {
-            assert_eq!(a.admit(ip("192.0.2.1"), at(s)).unwrap_err().log, None);
+            assert_eq!(log(&mut a, s), None);
         }
         // Another reason has its own interval.
         let mut full = Admission::new(limits(0, 0, 0));
-        assert_eq!(full.admit(ip("192.0.2.1"), at(1)).unwrap_err().log, Some(1));
-        assert_eq!(a.admit(ip("192.0.2.1"), at(10)).unwrap_err().log, Some(4));
-        assert_eq!(a.admit(ip("192.0.2.1"), at(11)).unwrap_err().log, None);
+        assert_eq!(log(&mut full, 1), Some(1));
+        assert_eq!(log(&mut a, 10), Some(4));
+        assert_eq!(log(&mut a, 11), None);
     }
 
-    #[test]
-    fn tickets_release_their_place_when_dropped() {
+    #[tokio::test]
+    async fn tickets_release_their_place_when_dropped_and_hear_of_their_eviction() {
         let t0 = Instant::now();
-        let shared = SharedAdmission::new(limits(1, 0, 10));
-        let ticket = shared.admit(ip("192.0.2.1"), t0).unwrap();
+        let shared = SharedAdmission::new(limits(1, 0, 2));
+        let first = shared.admit(ip("192.0.2.1"), t0).unwrap().ticket;
         assert!(shared.admit(ip("192.0.2.1"), t0).is_err());
         assert_eq!(shared.refused(), [1, 0, 0]);
-        drop(ticket);
-        assert!(shared.admit(ip("192.0.2.1"), t0).is_ok());
+        drop(first);
+        let first = shared.admit(ip("192.0.2.1"), t0).unwrap().ticket;
+        let second = shared.admit(ip("192.0.2.2"), t0).unwrap().ticket;
+        second.prove();
+        let entry = shared.admit(ip("192.0.2.3"), t0).unwrap();
+        assert_eq!(entry.evictions_to_log, Some(1));
+        assert_eq!(shared.evicted(), 1);
+        // The permit waits for the victim, whenever it next listens.
+        tokio::time::timeout(Duration::from_secs(1), first.evicted())
+            .await
+            .expect("the oldest connection without an allocation is told it was evicted");
     }
 }

@@ -455,7 +455,18 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
             }
         };
         let ticket = match worker.admission.admit(client.ip(), Instant::now()) {
-            Ok(ticket) => ticket,
+            Ok(entry) => {
+                if let Some(count) = entry.evictions_to_log {
+                    tracing::warn!(
+                        %client,
+                        %local,
+                        evicted = count,
+                        "TCP/TLS connections full: evicting the oldest without an allocation \
+                         (see icegate_relay_stream_evicted_total)"
+                    );
+                }
+                entry.ticket
+            }
             Err(refused) => {
                 // Closed at once: a refused connection must cost nothing while it waits.
                 drop(stream);
@@ -482,8 +493,13 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                         client,
                         server: local,
                     };
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let handshake = tokio::select! {
+                        done = handshake => done,
+                        () = ticket.evicted() => return,
+                    };
+                    match handshake {
                         Ok(Ok(tls)) => serve_stream(worker, tls, from, ticket).await,
                         Ok(Err(error)) => {
                             worker.stats.tls_handshake_failed();
@@ -513,10 +529,10 @@ fn log_refusal(refused: Refused, client: SocketAddr, local: SocketAddr) {
     );
 }
 
-/// Serves one TCP or TLS client until it disconnects or a deadline of
-/// [`crate::stream_deadline`] passes; its allocation ends with it, and its place in the
-/// admission with `_ticket`.
-async fn serve_stream<S>(worker: Rc<Worker>, stream: S, from: FiveTuple, _ticket: Ticket)
+/// Serves one TCP or TLS client until it disconnects, a deadline of
+/// [`crate::stream_deadline`] passes or it is evicted; its allocation ends with it, and its
+/// place in the admission with `ticket`.
+async fn serve_stream<S>(worker: Rc<Worker>, stream: S, from: FiveTuple, ticket: Ticket)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -530,16 +546,31 @@ where
     let mut partial: Vec<u8> = Vec::new();
     let mut first = [0u8; FIRST_READ];
     let mut deadline = StreamDeadline::new(Instant::now());
+    let mut proven = false;
     loop {
         let allocated = worker.server.borrow().has_allocation(&from);
+        if allocated && !proven {
+            // Once: from now on the admission never evicts this connection.
+            ticket.prove();
+            proven = true;
+        }
         let (at, _) = deadline.deadline(&worker.stream_timeouts.get(), allocated);
-        let read = if partial.is_empty() {
-            tokio::time::timeout_at(at.into(), reader.read(&mut first)).await
-        } else {
-            // Never more than one frame is left over, so this stays bounded.
-            debug_assert!(partial.len() < framing::MAX_FRAME);
-            partial.reserve(framing::bytes_wanted(&partial).max(READ_CHUNK));
-            tokio::time::timeout_at(at.into(), reader.read_buf(&mut partial)).await
+        let read = async {
+            if partial.is_empty() {
+                tokio::time::timeout_at(at.into(), reader.read(&mut first)).await
+            } else {
+                // Never more than one frame is left over, so this stays bounded.
+                debug_assert!(partial.len() < framing::MAX_FRAME);
+                partial.reserve(framing::bytes_wanted(&partial).max(READ_CHUNK));
+                tokio::time::timeout_at(at.into(), reader.read_buf(&mut partial)).await
+            }
+        };
+        let read = tokio::select! {
+            read = read => read,
+            () = ticket.evicted(), if !proven => {
+                tracing::debug!(client = %from.client, "evicting stream connection");
+                break;
+            }
         };
         let n = match read {
             Ok(Ok(0) | Err(_)) => break,

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod ports;
 pub mod server;
 pub mod signal;
+pub mod streams;
 pub mod stun;
 pub mod tools;
 
