@@ -5,7 +5,8 @@
 //! wait until it is ready, and talk to it with independent clients: coturn's
 //! `turnutils_*` tools, the webrtc-rs `turn` crate and raw `stun-rs` messages.
 //!
-//! Everything here only ever talks to loopback addresses.
+//! Everything here only ever talks to loopback addresses, or to addresses inside network
+//! namespaces a test makes itself ([`netns`]).
 
 pub mod asterisk;
 pub mod browser;
