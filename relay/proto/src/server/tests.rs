@@ -1201,7 +1201,7 @@ fn bind_failures_exhaust_retries_and_answer_508() {
             other => panic!("unexpected commands {other:?}"),
         }
     }
-    assert_eq!(tried.len(), usize::from(super::MAX_BIND_ATTEMPTS));
+    assert_eq!(tried.len(), usize::from(super::allocate::MAX_BIND_ATTEMPTS));
     assert_eq!(h.ledger.port_usage().0, 0);
     assert_eq!(h.ledger.total_allocations(), 0);
     assert_eq!(h.server.allocation_count(), 0);
