@@ -14,9 +14,9 @@
 //!
 //! | module | what it handles |
 //! |---|---|
-//! | `data_path` | ChannelData and Send indications out to peers, peer datagrams back to clients |
-//! | `authenticate` | long-term credentials of a request: nonce, realm, password algorithm, integrity; 401/438 challenges |
-//! | `allocate` | Allocate, parsed into a checked request and then carried out; binding its relay sockets |
+//! | `data_path` | ChannelData and Send out to peers, peer datagrams back to clients |
+//! | `authenticate` | a request's long-term credentials (nonce, integrity, ...); 401/438 |
+//! | `allocate` | Allocate, parsed into a checked request, then carried out |
 //! | `requests` | the other requests: Binding, Refresh, CreatePermission, ChannelBind |
 //! | `replies` | building, signing, counting and queueing responses |
 
