@@ -13,7 +13,7 @@
 //! the newcomer away: otherwise anyone with enough source addresses could hold every place
 //! with idle connections and keep real clients out for as long as the idle timeout, again and
 //! again. A real client allocates within a round trip or two of connecting, so it is among the
-//! newest and the last to go; a connection that holds an allocation is never evicted.
+//! newest and the last to go; a connection that holds an allocation is not evicted.
 //!
 //! [`Admission`] is the pure bookkeeping, on a clock passed in. The workers share one, behind
 //! [`SharedAdmission`]'s mutex: it is taken once per accepted connection, once when it first
@@ -32,8 +32,9 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Evicted connections that may still be closing while newcomers take their places: the
 /// descriptors they hold until then come out of the fixed reserve
-/// ([`crate::limits::stream_budget`] keeps 128), so this stays well below it.
-pub const EVICTION_SLACK: usize = 32;
+/// ([`crate::limits::stream_budget`] keeps 128 plus 16 per worker, of which listeners, epoll
+/// sets and logs take a few dozen), so this stays well below it.
+pub const EVICTION_SLACK: usize = 64;
 
 /// The caps on stream connections; `0` means no cap of that kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +166,7 @@ impl<T> Admission<T> {
         let mut evict = None;
         let mut log = None;
         if let Some(reason) = full {
-            if self.evicted.len() >= EVICTION_SLACK {
+            if self.evictions_pending() {
                 return Err(self.refuse(reason, now));
             }
             let Some((victim, victim_handle)) = self.unproven.pop_first() else {
@@ -183,25 +184,43 @@ impl<T> Admission<T> {
         Ok(Admitted { id, evict, log })
     }
 
-    /// Connection `id` holds an allocation now: it is never evicted.
+    /// Whether as many evicted connections are still closing as may be: a full relay refuses
+    /// newcomers until some have.
+    pub fn evictions_pending(&self) -> bool {
+        self.evicted.len() >= EVICTION_SLACK
+    }
+
+    /// Connection `id` holds an allocation now: it is not evicted while it does.
     pub fn prove(&mut self, id: u64) {
         self.unproven.remove(&id);
     }
 
-    /// Connection `id`, which [`Admission::admit`] took from `ip`, has closed.
-    pub fn release(&mut self, ip: IpAddr, id: u64) {
-        let key = source_key(ip);
-        if let Some(n) = self.per_source.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                // Sources come and go: an entry per address ever seen would grow forever.
-                self.per_source.remove(&key);
-            }
-            self.total -= 1;
-            if !self.evicted.remove(&id) {
-                self.unproven.remove(&id);
-            }
+    /// Connection `id`'s allocation has ended and the connection stays open: it may be
+    /// evicted again, by its age since it was admitted, unless it has been evicted already.
+    pub fn unprove(&mut self, id: u64, handle: T) {
+        if !self.evicted.contains(&id) {
+            self.unproven.insert(id, handle);
         }
+    }
+
+    /// Connection `id`, which [`Admission::admit`] took from `ip`, has closed; whether it
+    /// was one that had been evicted.
+    pub fn release(&mut self, ip: IpAddr, id: u64) -> bool {
+        let key = source_key(ip);
+        let Some(n) = self.per_source.get_mut(&key) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            // Sources come and go: an entry per address ever seen would grow forever.
+            self.per_source.remove(&key);
+        }
+        self.total -= 1;
+        let was_evicted = self.evicted.remove(&id);
+        if !was_evicted {
+            self.unproven.remove(&id);
+        }
+        was_evicted
     }
 
     /// Connections now open.
@@ -234,6 +253,8 @@ pub struct SharedAdmission {
     inner: Mutex<Admission<Arc<Notify>>>,
     refused: [AtomicU64; 3],
     evicted: AtomicU64,
+    /// Woken when an evicted connection has closed.
+    eviction_done: Notify,
 }
 
 /// An admitted connection; dropping it releases its place.
@@ -251,15 +272,25 @@ impl Ticket {
         self.evicted.notified().await
     }
 
-    /// The connection holds an allocation now, and is never evicted.
+    /// The connection holds an allocation now, and is not evicted while it does.
     pub fn prove(&self) {
         self.admission.lock().prove(self.id);
+    }
+
+    /// The connection's allocation has ended: it may be evicted again.
+    pub fn unprove(&self) {
+        self.admission
+            .lock()
+            .unprove(self.id, Arc::clone(&self.evicted));
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admission.lock().release(self.ip, self.id);
+        let was_evicted = self.admission.lock().release(self.ip, self.id);
+        if was_evicted {
+            self.admission.eviction_done.notify_waiters();
+        }
     }
 }
 
@@ -279,6 +310,7 @@ impl SharedAdmission {
             inner: Mutex::new(Admission::new(limits)),
             refused: Default::default(),
             evicted: AtomicU64::new(0),
+            eviction_done: Notify::new(),
         })
     }
 
@@ -314,6 +346,19 @@ impl SharedAdmission {
     /// Connections refused so far, by reason (in [`Refusal::ALL`] order), without the lock.
     pub fn refused(&self) -> [u64; 3] {
         std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
+    }
+
+    /// Completes once fewer evicted connections are closing than
+    /// [`Admission::evictions_pending`] allows (at once if they are).
+    pub async fn evictions_settled(&self) {
+        loop {
+            // Registered before the check, so a close in between is not missed.
+            let closed = self.eviction_done.notified();
+            if !self.lock().evictions_pending() {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// Connections evicted so far to make room for others, without the lock.
@@ -439,6 +484,10 @@ mod tests {
         // Now only `fourth` and the fifth have no allocation; the oldest of them goes.
         let (_, evicted) = admit(&mut a, "192.0.2.6", t0).unwrap();
         assert_eq!(evicted, Some(fourth));
+        // An allocation that ended leaves its connection evictable again, by its age.
+        a.unprove(allocated, allocated);
+        let (_, evicted) = admit(&mut a, "192.0.2.7", t0).unwrap();
+        assert_eq!(evicted, Some(allocated));
     }
 
     #[test]
@@ -457,7 +506,7 @@ mod tests {
         // A source at its cap is refused as such, full relay or not.
         assert_eq!(admit(&mut a, "10.0.0.1", t0), Err(Refusal::PerIp));
         // An evicted connection that closes lets one more in.
-        a.release(ip("10.0.0.1"), 0);
+        assert!(a.release(ip("10.0.0.1"), 0), "it was an evicted one");
         let (_, evicted) = admit(&mut a, "10.2.0.1", t0).unwrap();
         assert_eq!(evicted, Some(EVICTION_SLACK as u64));
     }
@@ -511,5 +560,34 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), first.evicted())
             .await
             .expect("the oldest connection without an allocation is told it was evicted");
+    }
+
+    #[tokio::test]
+    async fn newcomers_wait_while_too_many_evicted_connections_are_closing() {
+        let t0 = Instant::now();
+        let shared = SharedAdmission::new(limits(0, 0, 1));
+        // One place; every newcomer evicts the one before, and none of them closes.
+        let mut tickets = vec![shared.admit(ip("192.0.2.1"), t0).unwrap().ticket];
+        for _ in 0..EVICTION_SLACK {
+            tickets.push(shared.admit(ip("192.0.2.1"), t0).unwrap().ticket);
+        }
+        let refused = shared.admit(ip("192.0.2.1"), t0).unwrap_err();
+        assert_eq!(refused.reason, Refusal::Descriptors);
+        let waiter = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move { shared.evictions_settled().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "settled with every evicted one still open"
+        );
+        // The oldest, evicted first, closes: there is room to evict again.
+        drop(tickets.remove(0));
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the waiter hears that an evicted connection closed")
+            .unwrap();
+        assert!(shared.admit(ip("192.0.2.1"), t0).is_ok());
     }
 }

@@ -64,6 +64,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the accept loop waits for evicted connections to close before it admits the next
+/// connection (and refuses it if too many are still closing).
+const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// After this many TCP/TLS connections have closed, the worker's heartbeat asks the
 /// allocator to give free memory back to the system ([`trim_heap`]).
 const TRIM_AFTER_CLOSES: usize = 64;
@@ -454,6 +457,10 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                 continue;
             }
         };
+        // Evicted connections close in their own tasks, on any worker. While too many are
+        // still closing, this connection (and those behind it in the backlog) waits for them
+        // rather than be refused: under a flood of connections, a real client's gets in.
+        let _ = tokio::time::timeout(EVICTION_WAIT, worker.admission.evictions_settled()).await;
         let ticket = match worker.admission.admit(client.ip(), Instant::now()) {
             Ok(entry) => {
                 if let Some(count) = entry.evictions_to_log {
@@ -549,10 +556,15 @@ where
     let mut proven = false;
     loop {
         let allocated = worker.server.borrow().has_allocation(&from);
-        if allocated && !proven {
-            // Once: from now on the admission never evicts this connection.
-            ticket.prove();
-            proven = true;
+        if allocated != proven {
+            // Only when it changes: while the connection holds an allocation, the admission
+            // does not evict it.
+            if allocated {
+                ticket.prove();
+            } else {
+                ticket.unprove();
+            }
+            proven = allocated;
         }
         let (at, _) = deadline.deadline(&worker.stream_timeouts.get(), allocated);
         let read = async {
