@@ -69,6 +69,15 @@ pub struct ServerSpec {
     pub realm: String,
 }
 
+/// What a scenario needs of a server beyond the shared settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// Listen on TCP as well as UDP.
+    pub tcp: bool,
+    /// Leave icegate-relay's rate limit at its default instead of turning it off.
+    pub default_limits: bool,
+}
+
 /// A running server.
 pub struct Contender {
     /// Which server.
@@ -100,9 +109,14 @@ pub fn free_port(ip: Ipv4Addr) -> Result<u16, BenchError> {
 impl Contender {
     /// Starts `kind` and waits until it answers.
     pub fn start(kind: Kind, spec: &ServerSpec) -> Result<Self, BenchError> {
+        Self::start_with(kind, spec, Setup::default())
+    }
+
+    /// Starts `kind` with a scenario's `setup` and waits until it answers.
+    pub fn start_with(kind: Kind, spec: &ServerSpec, setup: Setup) -> Result<Self, BenchError> {
         let port = free_port(spec.listen_ip)?;
         let addr = SocketAddrV4::new(spec.listen_ip, port);
-        let (program, args) = Self::command(kind, spec, port)?;
+        let (program, args) = Self::command(kind, spec, port, setup)?;
         let mut cmd = match (&spec.cpus, Path::new("/usr/bin/taskset").exists()) {
             (Some(cpus), true) => {
                 let mut c = Command::new("/usr/bin/taskset");
@@ -134,6 +148,7 @@ impl Contender {
         kind: Kind,
         spec: &ServerSpec,
         port: u16,
+        setup: Setup,
     ) -> Result<(PathBuf, Vec<String>), BenchError> {
         let s = |v: &str| v.to_string();
         let listen = spec.listen_ip.to_string();
@@ -167,21 +182,21 @@ impl Contender {
                 s("0"),
                 s("--total-quota"),
                 s("0"),
-                s("--no-tcp"),
             ]);
+            if !setup.tcp {
+                a.push(s("--no-tcp"));
+            }
             a
         };
         Ok(match kind {
             Kind::Icegate => {
                 let mut a = turn_args("--workers");
-                a.extend([
+                if !setup.default_limits {
                     // Every client's first Allocate fails authentication by design; the
                     // default limit of 20/s per source IP would throttle the load itself.
-                    s("--rate-limit"),
-                    s("0"),
-                    s("--drain-timeout"),
-                    s("0"),
-                ]);
+                    a.extend([s("--rate-limit"), s("0")]);
+                }
+                a.extend([s("--drain-timeout"), s("0")]);
                 (spec.relay_bin.clone(), a)
             }
             Kind::Coturn => {

@@ -71,8 +71,11 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(&str)) -> Result<Outcome, Bench
     for repeat in 0..plan.repeat {
         for &kind in &plan.contenders {
             for &scenario in &plan.scenarios {
+                if !scenario.runs_against(kind) {
+                    continue;
+                }
                 let t = Instant::now();
-                let res = Contender::start(kind, &plan.spec)
+                let res = Contender::start_with(kind, &plan.spec, scenario.setup())
                     .and_then(|mut c| scenario::run(scenario, &mut c, &plan.params));
                 match res {
                     Ok(metrics) => {

@@ -50,10 +50,10 @@ struct RunArgs {
     /// Contenders, comma-separated: icegate, coturn, floor.
     #[arg(long, default_value = "icegate,coturn,floor", value_delimiter = ',')]
     contenders: Vec<String>,
-    /// Scenarios, comma-separated: calls, blast, allocations, idle.
+    /// Scenarios, comma-separated: calls, blast, allocations, idle, attack.
     #[arg(
         long,
-        default_value = "calls,blast,allocations,idle",
+        default_value = "calls,blast,allocations,idle,attack",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -101,6 +101,20 @@ struct RunArgs {
     /// Allocations held by the idle scenario.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Seconds of legitimate allocations without the attack (the attack scenario's baseline).
+    #[arg(long, default_value_t = 5.0)]
+    attack_baseline_secs: f64,
+    /// Seconds of legitimate allocations under attack.
+    #[arg(long, default_value_t = 10.0)]
+    attack_secs: f64,
+    /// Stalled TCP connections the slowloris attacker keeps open (or tries to).
+    #[arg(long, default_value_t = 1000)]
+    attack_slowloris: usize,
+    /// Legitimate clients per transport (UDP, TCP) in the attack scenario, each starting an
+    /// allocation every 400 ms; all share 127.0.0.1, so keep them under icegate-relay's 20
+    /// unauthenticated requests/s per address.
+    #[arg(long, default_value_t = 2)]
+    attack_clients: usize,
     /// Relay addresses 127.0.0.2, 127.0.0.3, ... (16,384 ports each); more than one for
     /// --idle above 16,000.
     #[arg(long, default_value_t = 1)]
@@ -188,6 +202,10 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
         idle_hold_secs: 2.0,
         setup_window: 256,
         tick: Duration::from_micros(200),
+        attack_baseline_secs: a.attack_baseline_secs,
+        attack_secs: a.attack_secs,
+        attack_slowloris: a.attack_slowloris,
+        attack_clients: a.attack_clients,
         secret: secret.clone(),
     };
     let generator_cpu = usize::try_from(a.generator_cpu).ok();
@@ -237,6 +255,20 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
                 "idle: {} allocations with a permission and a channel each, relay IPs {:?}",
                 params.idle, spec.relay_ips
             ),
+            format!(
+                "attack: {} legitimate client(s) per transport (UDP, TCP; no TLS: no contender is given a certificate) on 127.0.0.1, each starting Allocate (401 challenge, then authenticated) + Refresh(0) every {} ms with a {} s limit, on a new socket or connection each time; {} s without the attack, then {} s under attack from {}–{}: a flood of unauthenticated Allocates over UDP (one thread, {} sockets) and slowloris over TCP ({} connections, one byte of a STUN header each, reopened {} ms after the server closes them); attacker threads at nice 19 on the generator's CPU",
+                params.attack_clients,
+                icegate_bench::scenario::attack::INTERVAL.as_millis(),
+                icegate_bench::scenario::attack::TIMEOUT.as_secs(),
+                params.attack_baseline_secs,
+                params.attack_secs,
+                icegate_bench::scenario::attack::ATTACKER_IPS[0],
+                icegate_bench::scenario::attack::ATTACKER_IPS[3],
+                icegate_bench::scenario::attack::FLOOD_SOCKETS,
+                params.attack_slowloris,
+                icegate_bench::scenario::attack::RECONNECT_AFTER.as_millis(),
+            ),
+            "attack, limits in force: both servers listen on UDP and TCP with their defaults; icegate-relay's rate limit is on only here (20 Binding or failed-authentication requests/s per source address, bursts of 40, beyond that no answer), max-connections-per-ip 128, stream-frame-timeout 5 s, stream-idle-timeout 30 s; coturn 4.6 has no per-address connection cap, no request rate limit and no frame timeout, and closes a connection without an allocation after max-allocate-timeout (60 s)".to_string(),
             format!("wall time of the whole run: {:.0} s", started.elapsed().as_secs_f64()),
         ],
         notes,

@@ -4,6 +4,7 @@
 use icegate_bench::contender::{relay_binary, Kind, ServerSpec};
 use icegate_bench::harness::{self, Plan};
 use icegate_bench::report::{self, RunInfo, Section};
+use icegate_bench::scenario::attack::{Figure, Stat, Transport};
 use icegate_bench::scenario::{Metric, Params, Scenario};
 use icegate_bench::uclient::{self, UclientParams};
 use std::net::Ipv4Addr;
@@ -54,6 +55,12 @@ fn every_scenario_against_every_contender() {
             idle_hold_secs: 0.2,
             setup_window: 64,
             tick: Duration::from_micros(200),
+            // The attack's quick mode: half a second of baseline, a second of attack, a few
+            // stalled connections.
+            attack_baseline_secs: 0.5,
+            attack_secs: 1.0,
+            attack_slowloris: 20,
+            attack_clients: 1,
             secret: secret.clone(),
         },
         uclient: uclient::available().then_some(UclientParams {
@@ -95,6 +102,21 @@ fn every_scenario_against_every_contender() {
             "{k:?} idle"
         );
         assert!(!figure(Scenario::Idle, k, Metric::BytesPerAlloc).is_nan());
+        if k == Kind::Floor {
+            continue;
+        }
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let baseline = Metric::Attack(Figure {
+                transport,
+                stat: Stat::Completed,
+                under_attack: false,
+            });
+            assert!(
+                figure(Scenario::Attack, k, baseline) > 0.0,
+                "{k:?} {transport:?} baseline"
+            );
+        }
+        assert!(figure(Scenario::Attack, k, Metric::FloodPps) > 0.0);
     }
     if plan.uclient.is_some() && contenders.contains(&Kind::Coturn) {
         assert!(outcome

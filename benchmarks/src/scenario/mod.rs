@@ -1,15 +1,17 @@
-//! The four load shapes, each run against one started contender.
+//! The five load shapes, each run against one started contender.
 
 pub mod allocations;
+pub mod attack;
 pub mod blast;
 pub mod calls;
 pub mod idle;
 
-use crate::contender::{Contender, Kind};
+use crate::contender::{Contender, Kind, Setup};
 use crate::error::BenchError;
 use crate::generator::Generator;
 use crate::turn_client::Protocol;
 use icegate_common::credentials::Secret;
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -24,15 +26,18 @@ pub enum Scenario {
     Allocations,
     /// Many allocations held open without traffic.
     Idle,
+    /// Legitimate allocations while attackers flood and stall the server.
+    Attack,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Calls,
         Scenario::Blast,
         Scenario::Allocations,
         Scenario::Idle,
+        Scenario::Attack,
     ];
 
     /// The name used in arguments and tables.
@@ -42,6 +47,24 @@ impl Scenario {
             Scenario::Blast => "blast",
             Scenario::Allocations => "allocations",
             Scenario::Idle => "idle",
+            Scenario::Attack => "attack",
+        }
+    }
+
+    /// Whether the scenario means anything for `kind` (the floor speaks no TURN to attack).
+    pub fn runs_against(self, kind: Kind) -> bool {
+        !(self == Scenario::Attack && kind == Kind::Floor)
+    }
+
+    /// How the servers are started for this scenario.
+    pub fn setup(self) -> Setup {
+        match self {
+            // Attacked as deployed: TCP on, icegate-relay's limits at their defaults.
+            Scenario::Attack => Setup {
+                tcp: true,
+                default_limits: true,
+            },
+            _ => Setup::default(),
         }
     }
 
@@ -99,12 +122,22 @@ pub enum Metric {
     ProbeLossPct,
     /// Load generator CPU seconds in the window.
     GeneratorCpu,
+    /// A legitimate-allocation figure of the attack scenario.
+    Attack(attack::Figure),
+    /// Unauthenticated Allocates the flood sent per second.
+    FloodPps,
+    /// Stalled slowloris connections open, median of the once-a-second samples.
+    SlowlorisHeld,
+    /// Slowloris connections the server closed (or refused) during the attack.
+    SlowlorisClosed,
+    /// Server CPU during the attack, percent of one core.
+    AttackCpuPct,
 }
 
 impl Metric {
     /// Row label with unit.
-    pub fn label(self) -> &'static str {
-        match self {
+    pub fn label(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Metric::Allocations => "allocations",
             Metric::SetupFailures => "setup failures",
             Metric::RelayedPps => "relayed packets/s",
@@ -126,7 +159,12 @@ impl Metric {
             Metric::IdleCpuPct => "server CPU while idle, % of a core",
             Metric::ProbeLossPct => "probe loss %",
             Metric::GeneratorCpu => "generator CPU s",
-        }
+            Metric::Attack(f) => return Cow::Owned(f.label()),
+            Metric::FloodPps => "flood: unauthenticated Allocates sent/s",
+            Metric::SlowlorisHeld => "slowloris: stalled connections held open (median)",
+            Metric::SlowlorisClosed => "slowloris: connections closed or refused by the server",
+            Metric::AttackCpuPct => "server CPU under attack, % of a core",
+        })
     }
 }
 
@@ -171,6 +209,14 @@ pub struct Params {
     pub setup_window: usize,
     /// Shortest pacing sleep.
     pub tick: Duration,
+    /// Seconds of legitimate allocations before the attack (the baseline).
+    pub attack_baseline_secs: f64,
+    /// Seconds of legitimate allocations under attack.
+    pub attack_secs: f64,
+    /// Slowloris connections the attack keeps open (or tries to).
+    pub attack_slowloris: usize,
+    /// Legitimate clients per transport, each starting an allocation every 400 ms.
+    pub attack_clients: usize,
     /// The TURN REST secret.
     pub secret: String,
 }
@@ -205,6 +251,7 @@ pub fn run(scenario: Scenario, c: &mut Contender, p: &Params) -> Result<Metrics,
         Scenario::Blast => blast::run(c, p)?,
         Scenario::Allocations => allocations::run(c, p)?,
         Scenario::Idle => idle::run(c, p)?,
+        Scenario::Attack => attack::run(c, p)?,
     };
     let failures = m
         .iter()
