@@ -525,6 +525,21 @@ impl WsClient {
         }
     }
 
+    /// Reads until the server has sent `n` WebSocket pings, answering each (tungstenite queues
+    /// the pong and writes it on the next read or write); panics on any message or close
+    /// before that. The server's keepalive timer paces this wait, not a sleep of the test.
+    pub fn expect_server_pings(&mut self, n: usize) {
+        let mut seen = 0;
+        while seen < n {
+            match self.ws.read() {
+                Ok(Message::Ping(_)) => seen += 1,
+                Ok(Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(other) => panic!("expected the server's ping {}, got {other:?}", seen + 1),
+                Err(e) => panic!("waiting for the server's ping {}: {e}", seen + 1),
+            }
+        }
+    }
+
     /// Sends `{"v":1,"type":"ping","id":ID}` and waits for the pong: proof the connection is up.
     pub fn ping(&mut self, id: u64) {
         self.send(json!({"v":1,"type":"ping","id":id}));

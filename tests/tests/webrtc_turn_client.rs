@@ -459,8 +459,34 @@ async fn exercise(relay: &Relay, user: &str, pw: &str) {
             + tap.tally.data_indications.load(Ordering::Relaxed)
     };
     let was = delivered();
-    peer.send_to(b"after close", relayed).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The relayed port closes with the allocation, so the peer's datagram is refused by the
+    // kernel: an ICMP port unreachable, which a connected UDP socket reports as
+    // ECONNREFUSED. That refusal proves the datagram was dealt with (no socket took it), so
+    // nothing can still be on its way to the client when the tallies are read. ICMP errors
+    // share a global budget per host (net.ipv4.icmp_msgs_per_sec), so a busy host may
+    // swallow one: send again then, each a datagram the client must not get either.
+    peer.connect(relayed).await.unwrap();
+    let mut buf = [0u8; 64];
+    let mut refused = false;
+    for _ in 0..20 {
+        peer.send(b"after close").await.unwrap();
+        match timeout(Duration::from_millis(250), peer.recv(&mut buf)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                refused = true;
+                break;
+            }
+            Ok(Err(e)) => panic!("peer recv: {e}"),
+            Ok(Ok(n)) => panic!(
+                "the deleted allocation's relayed port answered: {:02x?}",
+                &buf[..n]
+            ),
+            Err(_elapsed) => {}
+        }
+    }
+    assert!(
+        refused,
+        "the relayed port {relayed} still takes datagrams after the allocation was deleted"
+    );
     assert_eq!(
         delivered(),
         was,
