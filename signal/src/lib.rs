@@ -1,24 +1,15 @@
-//! icegate-signal's protocol core: everything that decides, as sans-IO state machines.
+//! icegate-signal's library part: the two sans-IO cores under the paths they had before they
+//! became crates of their own.
 //!
-//! Nothing here opens a socket, spawns a task or reads a clock: inputs take `now` (and the
-//! wall-clock time in Unix seconds where credentials need it) and outputs are drained with
-//! `poll_*`. The binary's shell (`src/main.rs`, `src/shell/`) does the I/O.
+//! - [`icegate_signal_proto`] (`signal/proto/`): protocol, connections, hub, auth, ICE servers,
+//!   limits.
+//! - [`icegate_signal_asterisk`] (`signal/asterisk/`): the SIP user agent, the ARI controller
+//!   and the Asterisk gateway.
 //!
-//! ```text
-//!   WebSocket frames ──► conn::Connection ──► hub::Hub ──► outputs to sessions
-//!   (one per connection:   rate limit, parse,   (one per server: sessions, users,
-//!    auth state, timers)                          rooms, calls, ring timers)
-//!   auth::Authenticator: JWT → user id      ice: relays + REST credentials → iceServers
-//! ```
+//! The binary's shell (`src/main.rs`, `src/shell/`) does the I/O and imports from those crates
+//! directly; these re-exports keep `icegate_signal::hub` and the like working for other users.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod ari;
-pub mod auth;
-pub mod conn;
-pub mod gateway;
-pub mod hub;
-pub mod ice;
-pub mod limits;
-pub mod protocol;
-pub mod sip;
+pub use icegate_signal_asterisk::{ari, gateway, sip};
+pub use icegate_signal_proto::{auth, conn, hub, ice, limits, protocol};

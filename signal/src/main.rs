@@ -1,4 +1,5 @@
-//! icegate-signal: the runtime shell around the sans-IO core in the `icegate_signal` library.
+//! icegate-signal: the runtime shell around the sans-IO cores `icegate_signal_proto` and
+//! `icegate_signal_asterisk`.
 //!
 //! ```text
 //!   accept loop ──► per TCP connection: TLS, HTTP/1.1 ──► /ws upgrade ──► connection task
@@ -35,7 +36,7 @@ use icegate_common::metrics_http::{self, Health};
 use icegate_common::signals::{control_signals, ControlSignal};
 use icegate_common::systemd;
 use icegate_common::tls::{self, ReloadableCert};
-use icegate_signal::hub::Hub;
+use icegate_signal_proto::hub::Hub;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;

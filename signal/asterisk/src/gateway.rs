@@ -32,11 +32,11 @@ use crate::ari::controller::{
     self as ari, CallEvent as AriEvent, Controller, ControllerConfig, Output as AriOutput,
 };
 use crate::ari::rest::Method;
-use crate::hub::{Endpoint, Output as HubOutput, PbxEvent, PbxRequest};
-use crate::protocol::{
+use crate::sip::{self, EndedBy, Event as SipEvent, UaConfig, UserAgent};
+use icegate_signal_proto::hub::{Endpoint, Output as HubOutput, PbxEvent, PbxRequest};
+use icegate_signal_proto::protocol::{
     CallId, Digits, ErrorCode, Extension, HangupReason, IceCandidate, ServerMessage, UserId,
 };
-use crate::sip::{self, EndedBy, Event as SipEvent, UaConfig, UserAgent};
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

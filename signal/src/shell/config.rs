@@ -9,11 +9,11 @@ use clap::Parser;
 use icegate_common::config::{load_toml, ConfigError};
 use icegate_common::credentials::{self, Secret};
 use icegate_common::logging::LogFormat;
-use icegate_signal::ari::controller::Routing;
-use icegate_signal::auth::Authenticator;
-use icegate_signal::hub::HubConfig;
-use icegate_signal::ice::{self, IceConfigError, Relay};
-use icegate_signal::limits::Limits;
+use icegate_signal_asterisk::ari::controller::Routing;
+use icegate_signal_proto::auth::Authenticator;
+use icegate_signal_proto::hub::HubConfig;
+use icegate_signal_proto::ice::{self, IceConfigError, Relay};
+use icegate_signal_proto::limits::Limits;
 use serde::Deserialize;
 
 /// Where the server listens by default: loopback, so a first run exposes nothing.
@@ -511,11 +511,11 @@ fn merge(cli: &Cli, f: FileConfig, path: Option<&Path>) -> Result<Settings, Conf
         public_pem.as_deref(),
     )
     .map_err(|error| match error {
-        icegate_signal::auth::KeyError::EmptySecret => {
+        icegate_signal_proto::auth::KeyError::EmptySecret => {
             invalid(jwt_cli, "jwt-secret", error.to_string())
         }
-        icegate_signal::auth::KeyError::BadPublicKey
-        | icegate_signal::auth::KeyError::UnsupportedCurve => invalid(
+        icegate_signal_proto::auth::KeyError::BadPublicKey
+        | icegate_signal_proto::auth::KeyError::UnsupportedCurve => invalid(
             public_cli,
             "jwt-public-key",
             format!(

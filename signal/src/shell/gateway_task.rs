@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use icegate_signal::ari::controller::{ControllerConfig, RequestId};
-use icegate_signal::gateway::{CallResult, Gateway, GatewayConfig, Output};
-use icegate_signal::hub::Output as HubOutput;
-use icegate_signal::protocol::{CallId, ErrorCode};
-use icegate_signal::sip::UaConfig;
+use icegate_signal_asterisk::ari::controller::{ControllerConfig, RequestId};
+use icegate_signal_asterisk::gateway::{CallResult, Gateway, GatewayConfig, Output};
+use icegate_signal_asterisk::sip::UaConfig;
+use icegate_signal_proto::hub::Output as HubOutput;
+use icegate_signal_proto::protocol::{CallId, ErrorCode};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 

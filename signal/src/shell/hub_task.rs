@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use icegate_signal::gateway::ToHub;
-use icegate_signal::hub::{Endpoint, Hub, OpenError, Output, PbxEvent};
-use icegate_signal::protocol::{
+use icegate_signal_asterisk::gateway::ToHub;
+use icegate_signal_proto::hub::{Endpoint, Hub, OpenError, Output, PbxEvent};
+use icegate_signal_proto::protocol::{
     ClientMessage, HangupReason, RequestId, ServerMessage, SessionId, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -113,7 +113,7 @@ pub async fn run(
                 let result = hub
                     .handle_pbx(PbxEvent::Call { from, to, sdp }, now)
                     .and_then(|call| {
-                        call.ok_or((icegate_signal::protocol::ErrorCode::UnknownCall, ""))
+                        call.ok_or((icegate_signal_proto::protocol::ErrorCode::UnknownCall, ""))
                     })
                     .map_err(|(code, _)| code);
                 if let Some(gateway) = &gateway {

@@ -1,7 +1,7 @@
 //! Every Prometheus metric of the signal server, defined once.
 
-use icegate_signal::hub::CallEvent;
-use icegate_signal::protocol::{HangupReason, ServerMessage, CLIENT_KINDS};
+use icegate_signal_proto::hub::CallEvent;
+use icegate_signal_proto::protocol::{HangupReason, ServerMessage, CLIENT_KINDS};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The label for client frames that are not a valid message.

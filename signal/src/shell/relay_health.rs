@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use icegate_signal::ice::{Health, HealthChange, HealthUrl};
+use icegate_signal_proto::ice::{Health, HealthChange, HealthUrl};
 use tokio::net::TcpStream;
 
 use super::state::Shared;

@@ -14,7 +14,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use icegate_signal::protocol::{ErrorCode, ServerMessage, UserId};
+use icegate_signal_proto::protocol::{ErrorCode, ServerMessage, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use icegate_signal::auth::AuthError;
-use icegate_signal::ice::{self, IceServers, Relay};
-use icegate_signal::limits::{ConnectionCounter, Limits};
-use icegate_signal::protocol::UserId;
+use icegate_signal_proto::auth::AuthError;
+use icegate_signal_proto::ice::{self, IceServers, Relay};
+use icegate_signal_proto::limits::{ConnectionCounter, Limits};
+use icegate_signal_proto::protocol::UserId;
 use tokio::sync::{mpsc, watch};
 
 use super::config::Keys;

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use icegate_signal::conn::{Action, Connection};
-use icegate_signal::hub::OpenError;
-use icegate_signal::protocol::{close, ErrorCode, RequestId, ServerMessage, SessionId, UserId};
+use icegate_signal_proto::conn::{Action, Connection};
+use icegate_signal_proto::hub::OpenError;
+use icegate_signal_proto::protocol::{
+    close, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -244,7 +246,7 @@ where
     }
 
     /// ICE servers for this session: each anonymous session gets a TURN user of its own.
-    fn ice_servers(&self, via: &str) -> icegate_signal::ice::IceServers {
+    fn ice_servers(&self, via: &str) -> icegate_signal_proto::ice::IceServers {
         let session = self
             .session
             .as_ref()

@@ -62,7 +62,7 @@ impl Flow {
 }
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/asterisk")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/asterisk")
 }
 
 /// Loads one recording's ARI messages; panics with the path when it is missing.

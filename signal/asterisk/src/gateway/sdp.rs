@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use crate::protocol::IceCandidate;
+use icegate_signal_proto::protocol::IceCandidate;
 
 /// Whether the SDP already holds all its candidates (a non-trickling offer or answer).
 pub fn is_complete(sdp: &str) -> bool {

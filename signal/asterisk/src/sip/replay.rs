@@ -36,43 +36,43 @@ fn load(json: &str) -> Vec<Frame> {
 const FLOWS: [(&str, &str); 10] = [
     (
         "register",
-        include_str!("../../../fixtures/asterisk/register.json"),
+        include_str!("../../../../fixtures/asterisk/register.json"),
     ),
     (
         "sip-wrong-password",
-        include_str!("../../../fixtures/asterisk/sip-wrong-password.json"),
+        include_str!("../../../../fixtures/asterisk/sip-wrong-password.json"),
     ),
     (
         "unregister",
-        include_str!("../../../fixtures/asterisk/unregister.json"),
+        include_str!("../../../../fixtures/asterisk/unregister.json"),
     ),
     (
         "browser-calls-echo",
-        include_str!("../../../fixtures/asterisk/browser-calls-echo.json"),
+        include_str!("../../../../fixtures/asterisk/browser-calls-echo.json"),
     ),
     (
         "browser-calls-stasis",
-        include_str!("../../../fixtures/asterisk/browser-calls-stasis.json"),
+        include_str!("../../../../fixtures/asterisk/browser-calls-stasis.json"),
     ),
     (
         "browser-calls-busy",
-        include_str!("../../../fixtures/asterisk/browser-calls-busy.json"),
+        include_str!("../../../../fixtures/asterisk/browser-calls-busy.json"),
     ),
     (
         "browser-calls-unknown",
-        include_str!("../../../fixtures/asterisk/browser-calls-unknown.json"),
+        include_str!("../../../../fixtures/asterisk/browser-calls-unknown.json"),
     ),
     (
         "browser-cancels-ringing",
-        include_str!("../../../fixtures/asterisk/browser-cancels-ringing.json"),
+        include_str!("../../../../fixtures/asterisk/browser-cancels-ringing.json"),
     ),
     (
         "asterisk-calls-browser",
-        include_str!("../../../fixtures/asterisk/asterisk-calls-browser.json"),
+        include_str!("../../../../fixtures/asterisk/asterisk-calls-browser.json"),
     ),
     (
         "asterisk-call-rejected",
-        include_str!("../../../fixtures/asterisk/asterisk-call-rejected.json"),
+        include_str!("../../../../fixtures/asterisk/asterisk-call-rejected.json"),
     ),
 ];
 

@@ -337,7 +337,7 @@ fn strays_and_garbage_are_counted_and_answered() {
 }
 
 fn recorded_frames() -> Vec<String> {
-    let json = include_str!("../../../fixtures/asterisk/asterisk-calls-browser.json");
+    let json = include_str!("../../../../fixtures/asterisk/asterisk-calls-browser.json");
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     v["messages"]
         .as_array()
