@@ -4,7 +4,8 @@
 use super::*;
 use crate::ari::controller::Routing;
 use crate::sip::builder::response;
-use crate::sip::message::{Message, Method as SipMethod};
+use crate::sip::message::Message;
+use crate::sip::method::Method as SipMethod;
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -2,7 +2,8 @@
 //! order the recorded client wrote them (Via, Max-Forwards, From, To, Call-ID, CSeq, ...).
 
 use crate::sip::header::NameAddr;
-use crate::sip::message::{Message, Method};
+use crate::sip::message::Message;
+use crate::sip::method::Method;
 
 /// RFC 3261 §8.1.1.6.
 const MAX_FORWARDS: &str = "70";

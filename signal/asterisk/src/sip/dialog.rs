@@ -6,7 +6,8 @@
 
 use crate::sip::builder::Local;
 use crate::sip::header::{split_list, NameAddr};
-use crate::sip::message::{Message, Method};
+use crate::sip::message::Message;
+use crate::sip::method::Method;
 
 /// One confirmed (or, for the UAS, about to be confirmed) dialog.
 #[derive(Debug, Clone, PartialEq, Eq)]

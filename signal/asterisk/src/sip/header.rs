@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::sip::message::Method;
+use crate::sip::method::Method;
 
 /// `[display] <uri>;params` or `uri;params` (RFC 3261 §20.10, §25.1 name-addr / addr-spec).
 #[derive(Debug, Clone, PartialEq, Eq)]

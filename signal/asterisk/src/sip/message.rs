@@ -4,9 +4,10 @@
 //! framing here: the body is what `Content-Length` says (or the rest of the frame without it).
 //! Header values stay text; [`crate::sip::header`] parses the few whose structure the UA needs.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
 use crate::sip::header::{parse_cseq, via_branch};
+use crate::sip::method::{is_token_byte, Method};
 
 /// The largest frame the parser accepts; Asterisk's INVITEs with full SDP are ~3 KiB.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
@@ -43,62 +44,6 @@ pub enum ParseError {
     /// The CSeq method of a request differs from its request line.
     #[error("CSeq method does not match the request method")]
     CseqMismatch,
-}
-
-/// A SIP method (RFC 3261 §7.1); the ones the UA does not act on keep their name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// INVITE.
-    Invite,
-    /// ACK.
-    Ack,
-    /// BYE.
-    Bye,
-    /// CANCEL.
-    Cancel,
-    /// REGISTER.
-    Register,
-    /// OPTIONS.
-    Options,
-    /// Any other token, as written.
-    Other(String),
-}
-
-impl Method {
-    /// Parse a method token; methods are case-sensitive (RFC 3261 §7.1).
-    pub fn parse(token: &str) -> Option<Method> {
-        if token.is_empty() || !token.bytes().all(is_token_byte) {
-            return None;
-        }
-        Some(match token {
-            "INVITE" => Method::Invite,
-            "ACK" => Method::Ack,
-            "BYE" => Method::Bye,
-            "CANCEL" => Method::Cancel,
-            "REGISTER" => Method::Register,
-            "OPTIONS" => Method::Options,
-            other => Method::Other(other.to_owned()),
-        })
-    }
-
-    /// The method as written on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Register => "REGISTER",
-            Method::Options => "OPTIONS",
-            Method::Other(name) => name,
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The first line of a message.
@@ -401,11 +346,6 @@ fn canonical_name(name: &str) -> String {
         }
     }
     name.to_owned()
-}
-
-/// RFC 3261 §25.1 `token` characters.
-pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
 #[cfg(test)]

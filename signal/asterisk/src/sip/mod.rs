@@ -39,11 +39,13 @@
 //!   WebSocket, whatever host Asterisk's Contact names.
 
 pub mod builder;
+pub mod call_key;
 pub mod dialog;
 pub mod digest;
 pub mod header;
 pub mod info;
 pub mod message;
+pub mod method;
 pub mod registration;
 pub mod transaction;
 pub mod ua;
@@ -53,5 +55,7 @@ mod replay;
 #[cfg(test)]
 mod ua_tests;
 
-pub use message::{Message, Method, ParseError};
-pub use ua::{CallKey, CommandError, EndedBy, Event, Output, Party, UaConfig, UaStats, UserAgent};
+pub use call_key::CallKey;
+pub use message::{Message, ParseError};
+pub use method::Method;
+pub use ua::{CommandError, EndedBy, Event, Output, Party, UaConfig, UaStats, UserAgent};

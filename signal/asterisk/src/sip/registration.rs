@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::sip::builder::Local;
 use crate::sip::header::{split_list, NameAddr};
-use crate::sip::message::{Message, Method};
+use crate::sip::message::Message;
+use crate::sip::method::Method;
 
 /// The REGISTER side of the UA.
 #[derive(Debug)]

@@ -6,10 +6,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::sip::call_key::CallKey;
 use crate::sip::digest::Challenge;
 use crate::sip::header::NameAddr;
-use crate::sip::message::{Message, Method};
-use crate::sip::ua::{CallKey, EndedBy, Event, Output, UaConfig, UserAgent};
+use crate::sip::message::Message;
+use crate::sip::method::Method;
+use crate::sip::ua::{EndedBy, Event, Output, UaConfig, UserAgent};
 
 /// One recorded SIP frame: sent by the client (`to_asterisk`) or by Asterisk.
 struct Frame {

@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::sip::message::{Message, Method};
-use crate::sip::ua::CallKey;
+use crate::sip::call_key::CallKey;
+use crate::sip::message::Message;
+use crate::sip::method::Method;
 
 /// What a client transaction was started for: where its response goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,11 +19,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::sip::builder::{self, Local, ALLOW, BRANCH_COOKIE};
+use crate::sip::call_key::CallKey;
 use crate::sip::dialog::Dialog;
 use crate::sip::digest::Challenge;
 use crate::sip::header::NameAddr;
 use crate::sip::info;
-use crate::sip::message::{is_token_byte, Message, Method, ParseError, StartLine};
+use crate::sip::message::{Message, ParseError, StartLine};
+use crate::sip::method::{is_token_byte, Method};
 use crate::sip::registration::Registration;
 use crate::sip::transaction::{key_of, ClientTx, Purpose, Transactions};
 
@@ -76,15 +78,6 @@ impl UaConfig {
             secure: false,
         }
     }
-}
-
-/// Names a call. The call layer picks `Outgoing` keys; the UA picks `Incoming` ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CallKey {
-    /// A call the call layer placed with [`UserAgent::invite`].
-    Outgoing(u64),
-    /// A call Asterisk placed to us, announced by [`Event::IncomingCall`].
-    Incoming(u64),
 }
 
 /// Who ended an established call.

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use crate::sip::builder::response;
-use crate::sip::message::{Message, Method};
-use crate::sip::ua::{CallKey, EndedBy, Event, Output, UaConfig, UserAgent};
+use crate::sip::call_key::CallKey;
+use crate::sip::message::Message;
+use crate::sip::method::Method;
+use crate::sip::ua::{EndedBy, Event, Output, UaConfig, UserAgent};
 
 const KEY: CallKey = CallKey::Outgoing(9);
 
