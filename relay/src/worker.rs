@@ -30,7 +30,7 @@ use icegate_relay_proto::{
 };
 use nix::sys::epoll::EpollEvent;
 use stun_types::message::TransactionId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
@@ -54,8 +54,9 @@ const MAX_STREAM_BACKLOG: usize = 256 * 1024;
 /// connection's task, so that an idle connection holds no read buffer; only a frame split
 /// across reads is copied to one allocated for it ([`serve_stream`]).
 const FIRST_READ: usize = 2048;
-/// Reads into a partial frame's buffer take at least this much room, so that a client
-/// streaming frames back to back is read in few system calls.
+/// Reads into a partial frame's buffer take at least this much room while the client streams
+/// (its last read filled all the room it had), so that frames sent back to back are read in
+/// few system calls.
 const READ_CHUNK: usize = 16 * 1024;
 /// Added to the longest allocation lifetime to get the idle limit of a TCP/TLS connection
 /// with an allocation:
@@ -490,38 +491,64 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: Option<TlsA
                     client,
                     server: local,
                 };
-                tokio::task::spawn_local(serve_stream(worker, stream, from, ticket));
+                let halves = tokio::io::split(stream);
+                tokio::task::spawn_local(serve_stream(worker, halves, from, ticket));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                tokio::task::spawn_local(async move {
+                let serve = async move {
                     let from = FiveTuple {
                         transport: Transport::Tls,
                         client,
                         server: local,
                     };
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    let handshake = tokio::select! {
-                        done = handshake => done,
-                        () = ticket.evicted() => return,
-                    };
-                    match handshake {
-                        Ok(Ok(tls)) => serve_stream(worker, tls, from, ticket).await,
-                        Ok(Err(error)) => {
-                            worker.stats.tls_handshake_failed();
-                            tracing::debug!(%error, %client, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            worker.stats.tls_handshake_failed();
-                            tracing::debug!(%client, "TLS handshake timed out");
-                        }
+                    let handshake = tls_handshake(&worker, &acceptor, stream, &ticket, client);
+                    if let Some(halves) = handshake.await {
+                        serve_stream(worker, halves, from, ticket).await;
                     }
-                });
+                };
+                tokio::task::spawn_local(serve);
             }
         }
     }
 }
+
+/// The TLS handshake of a connection accepted from `client`, within
+/// [`TLS_HANDSHAKE_TIMEOUT`] and unless the connection is evicted meanwhile; the stream is
+/// returned split for [`serve_stream`].
+///
+/// A function of its own, so that nothing of the handshake (the TLS stream is 1.2 KiB, its
+/// `Accept` future as much) keeps a place in the connection's task once it is served: only
+/// the halves, pointers to the stream `split` moved to the heap, come out of it.
+async fn tls_handshake(
+    worker: &Worker,
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    ticket: &Ticket,
+    client: SocketAddr,
+) -> Option<Halves<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let handshake = tokio::select! {
+        done = handshake => done,
+        () = ticket.evicted() => return None,
+    };
+    match handshake {
+        Ok(Ok(tls)) => Some(tokio::io::split(tls)),
+        Ok(Err(error)) => {
+            worker.stats.tls_handshake_failed();
+            tracing::debug!(%error, %client, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            worker.stats.tls_handshake_failed();
+            tracing::debug!(%client, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The two halves of a split TCP or TLS stream.
+type Halves<S> = (ReadHalf<S>, WriteHalf<S>);
 
 /// Says why connections are refused, at most once per interval per reason.
 fn log_refusal(refused: Refused, client: SocketAddr, local: SocketAddr) {
@@ -539,11 +566,18 @@ fn log_refusal(refused: Refused, client: SocketAddr, local: SocketAddr) {
 /// Serves one TCP or TLS client until it disconnects, a deadline of
 /// [`crate::stream_deadline`] passes or it is evicted; its allocation ends with it, and its
 /// place in the admission with `ticket`.
-async fn serve_stream<S>(worker: Rc<Worker>, stream: S, from: FiveTuple, ticket: Ticket)
-where
+///
+/// It takes the stream already split: the halves are pointers to it, where the stream
+/// itself (a TLS session is 1.2 KiB) would keep a place in the task's future for as long as
+/// the connection lives.
+async fn serve_stream<S>(
+    worker: Rc<Worker>,
+    (mut reader, writer): Halves<S>,
+    from: FiveTuple,
+    ticket: Ticket,
+) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
     let out = Rc::new(StreamOut::new(from.transport == Transport::Tls));
     worker.streams.borrow_mut().insert(from, Rc::clone(&out));
     worker.stats.stream_opened();
@@ -554,6 +588,8 @@ where
     let mut first = [0u8; FIRST_READ];
     let mut deadline = StreamDeadline::new(Instant::now());
     let mut proven = false;
+    // Whether the last read filled all the room it had, so that more is likely waiting.
+    let mut streaming = false;
     loop {
         let allocated = worker.server.borrow().has_allocation(&from);
         if allocated != proven {
@@ -567,13 +603,26 @@ where
             proven = allocated;
         }
         let (at, _) = deadline.deadline(&worker.stream_timeouts.get(), allocated);
+        let room = if partial.is_empty() {
+            FIRST_READ
+        } else {
+            // Never more than one frame is left over, so this stays bounded.
+            debug_assert!(partial.len() < framing::MAX_FRAME);
+            // A client sending back to back gets room for many frames per read; one that
+            // stopped within a frame (the client was slow, or a slowloris) gets room for
+            // the rest of that frame only, rather than 16 KiB held while it waits.
+            let wanted = framing::bytes_wanted(&partial).max(1);
+            partial.reserve(if streaming {
+                wanted.max(READ_CHUNK)
+            } else {
+                wanted
+            });
+            partial.capacity() - partial.len()
+        };
         let read = async {
             if partial.is_empty() {
                 tokio::time::timeout_at(at.into(), reader.read(&mut first)).await
             } else {
-                // Never more than one frame is left over, so this stays bounded.
-                debug_assert!(partial.len() < framing::MAX_FRAME);
-                partial.reserve(framing::bytes_wanted(&partial).max(READ_CHUNK));
                 tokio::time::timeout_at(at.into(), reader.read_buf(&mut partial)).await
             }
         };
@@ -586,7 +635,10 @@ where
         };
         let n = match read {
             Ok(Ok(0) | Err(_)) => break,
-            Ok(Ok(n)) => n,
+            Ok(Ok(n)) => {
+                streaming = n == room;
+                n
+            }
             Err(_) => {
                 // The deadline was computed before the wait; the allocation may have gone.
                 let allocated = worker.server.borrow().has_allocation(&from);
