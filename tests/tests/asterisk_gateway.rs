@@ -52,6 +52,19 @@ impl Rig {
     }
 
     /// The stand-in and icegate-signal hold no call any more.
+    /// Waits until the gateway has handled every ARI event the stand-in has sent so far
+    /// (`events_sent` says only what was sent). They come over one WebSocket and are handled
+    /// in order: a malformed event sent now is logged as unreadable after all of them.
+    fn wait_ari_events_handled(&self) {
+        let unreadable = || self.signal.log().matches("unreadable ARI event").count();
+        let before = unreadable();
+        self.pbx.send_ari_raw("{\"type\":\"StasisStart\"}");
+        assert!(
+            eventually(WAIT, || unreadable() > before),
+            "the gateway did not log the malformed marker event"
+        );
+    }
+
     fn assert_no_leaks(&self) {
         let clean = eventually(WAIT, || {
             let metrics = self.signal.metrics();
@@ -238,7 +251,8 @@ fn play_and_transfer_go_to_ari() {
         .collect();
     assert_eq!(finished.len(), 1, "{finished:?}");
     assert_eq!(finished[0]["playback"]["state"], "done");
-    // Out of Stasis, DTMF goes as SIP INFO.
+    // Out of Stasis, DTMF goes as SIP INFO, once the gateway has the StasisEnd too.
+    rig.wait_ari_events_handled();
     alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"5"}));
     assert_eq!(alice.expect("ack")["id"], "d");
     assert!(eventually(WAIT, || rig.pbx.sip_requests("INFO").len() == 1));
@@ -270,6 +284,7 @@ fn a_transfer_back_into_stasis_keeps_the_call() {
         "{:?}",
         rig.pbx.log()
     );
+    rig.wait_ari_events_handled();
     // DTMF goes over ARI again (not as SIP INFO): the gateway has the channel back.
     alice.send(json!({"v":1,"type":"dtmf","id":"d","call":call700,"digits":"4"}));
     assert_eq!(alice.expect("ack")["id"], "d");
@@ -557,8 +572,8 @@ fn renegotiation_maps_to_reinvites_both_ways() {
     // one SIP connection after any it sent before: so every re-INVITE of this restart has
     // reached the stand-in by now. Exactly one, carrying the candidate trickled after the
     // offer, proves that the gateway waited for the candidates rather than re-INVITEing at
-    // the offer (`signal/src/gateway/tests.rs`,
-    // `browser_offers_become_reinvites_and_asterisk_reinvites_become_offers`, holds the rule).
+    // the offer (the gateway's unit test
+    // `browser_offers_become_reinvites_and_asterisk_reinvites_become_offers` holds the rule).
     let mut invites = rig.pbx.sip_requests("INVITE");
     assert_eq!(
         invites.len(),

@@ -280,7 +280,9 @@ fn asterisk_real_stasis_rings_answers_plays_and_transfers_to_echo() {
 
 /// docs/signal-protocol.md's example transfers to 700: with the sample dialplan that runs
 /// `Stasis(icegate,...)` again, so the channel comes back into the application. It is the
-/// same browser call: it stays up past the gateway's claim timeout for strangers (5 s).
+/// same browser call: the gateway controls the channel again (a `play` reaches it), so it is
+/// not a stranger's, which the gateway would hang up after its claim timeout. That timer is
+/// the ARI controller's unit test `a_transferred_call_that_enters_stasis_again_is_the_same_call`.
 #[test]
 fn asterisk_real_stasis_transfer_back_into_stasis_keeps_the_call() {
     let Some(rig) = start("asterisk_real_stasis_transfer_back_into_stasis_keeps_the_call") else {
@@ -302,8 +304,30 @@ fn asterisk_real_stasis_transfer_back_into_stasis_keeps_the_call() {
         .unwrap_or_else(|| panic!("never back in Stasis: {:#?}", rig.observer.events()));
     assert_eq!(again["dialplan_app"], "Stasis", "{again}");
     assert!(eventually(WAIT, || in_icegate_app(&rig, &id)));
-    // Past the claim timeout: still up, still in icegate, and the browser heard nothing.
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    // The gateway has claimed the channel again: a `play` of the browser's, which the gateway
+    // sends over ARI only for a channel linked to the call, starts on it. (A stranger's
+    // channel is never linked: the play would fail and the claim timeout hang it up.)
+    alice
+        .send(json!({"v":1,"type":"play","id":"p","call":call700,"media":"tone:ring;tonezone=us"}));
+    assert_eq!(alice.expect("ack")["id"], "p");
+    let target = format!("channel:{id}");
+    let started = rig
+        .observer
+        .wait_for(WAIT, |e| {
+            e["type"] == "PlaybackStarted" && e["playback"]["target_uri"] == target.as_str()
+        })
+        .unwrap_or_else(|| panic!("no PlaybackStarted: {:#?}", rig.observer.events()));
+    let playback_id = started["playback"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = rig
+        .ast
+        .ari("DELETE", &format!("/ari/playbacks/{playback_id}"));
+    assert_eq!(status, 204, "{body}");
+    rig.observer
+        .wait_for(WAIT, |e| {
+            e["type"] == "PlaybackFinished" && e["playback"]["id"] == playback_id.as_str()
+        })
+        .expect("PlaybackFinished");
+    // Still up, still in icegate, and the browser heard nothing (the pong is the next message).
     let ch = expect_up(&rig, &id);
     assert_eq!(ch["dialplan"]["app_data"], "icegate,701", "{ch}");
     assert!(in_icegate_app(&rig, &id));

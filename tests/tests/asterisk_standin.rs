@@ -43,6 +43,22 @@ async fn assert_quiet(ws: &mut Ws, what: &str) {
     }
 }
 
+/// Sends OPTIONS and asserts that the next SIP message is its 200. The stand-in reads one
+/// connection in order and answers at once, so whatever it sent for the earlier messages came
+/// before: this proves, without a wait, that it sent nothing else for them.
+async fn options_answered_next(ws: &mut Ws, what: &str) {
+    let call_id = format!("opt{}", rand::random::<u32>());
+    let options = format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=t{call_id}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    ws.send(Message::text(options)).await.unwrap();
+    let next = recv_sip(ws).await;
+    assert!(
+        next.call_id() == call_id && next.status() == Some(200),
+        "{what}: before its answer to OPTIONS the stand-in sent {next:?}"
+    );
+}
+
 async fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<(&str, &str)>) -> HttpReply {
     client::http(addr, method, path, auth, WAIT)
         .await
@@ -568,7 +584,7 @@ async fn asterisk_standin_drops_malformed_sip_and_keeps_the_connection() {
     ))
     .await
     .unwrap();
-    assert_quiet(&mut ws, "pjsip answers nothing to unparsable messages").await;
+    options_answered_next(&mut ws, "pjsip answers nothing to unparsable messages").await;
     assert_eq!(register(&mut ws).await.status(), Some(200));
     let notes = pbx
         .log()
@@ -588,7 +604,8 @@ async fn asterisk_standin_never_answer_fault_stops_at_100_trying() {
     let mut ws = ws_connect(pbx.addr(), "/ws", Some("sip")).await.unwrap();
     invite(&mut ws, "600").await;
     assert_eq!(recv_sip(&mut ws).await.status(), Some(100));
-    assert_quiet(&mut ws, "never answers").await;
+    // Without the fault, 600 (Echo) is answered at once, before the next message is read.
+    options_answered_next(&mut ws, "never answers").await;
     assert_eq!(
         pbx.channels().len(),
         1,
@@ -806,7 +823,8 @@ async fn asterisk_standin_continue_waits_for_the_playback() {
     assert_eq!(recv_event(&mut events).await["type"], "PlaybackStarted");
     let cont = format!("/ari/channels/{id}/continue?context=from-icegate&extension=600&priority=1");
     assert_eq!(request("POST", cont).await.status, 204);
-    assert_quiet(&mut events, "continue waits behind the tone").await;
+    // The continue waits behind the tone: its StasisEnd comes only after the playback's end,
+    // which the DELETE below causes (the events of one socket come in order).
     assert_eq!(
         request("DELETE", format!("/ari/playbacks/{pb}"))
             .await

@@ -101,9 +101,9 @@ fn message_rate_is_limited_then_the_client_is_closed() {
 
 /// A rate-limited message is dropped with an error, and the connection stays. That a client
 /// which then slows down is forgiven (its strikes reset, the bucket refills at the configured
-/// rate) is timing, tested with a fake clock in `signal/src/conn.rs`
-/// (`tests::rate_limit_drops_then_closes`, second half) and `signal/src/limits.rs`
-/// (`tests::bucket_allows_a_burst_then_the_rate`); the shell passes them `Instant::now()`.
+/// rate) is timing, tested with a fake clock by the signal server's unit tests
+/// `conn::tests::rate_limit_drops_then_closes` (second half) and
+/// `limits::tests::bucket_allows_a_burst_then_the_rate`; the shell passes them `Instant::now()`.
 #[test]
 fn rate_limited_messages_are_dropped_and_the_connection_stays() {
     let signal = signal_with(&["--max-message-rate", "5"]);
@@ -170,9 +170,9 @@ fn sessions_per_user_are_limited() {
 
 /// The wiring of `--idle-timeout`, at its shortest (1 s), and of the shell's keepalive: the
 /// timer itself (pings every third of the timeout, a pong restarts the idle clock, silence
-/// closes) is tested with a fake clock in `signal/src/conn.rs`
-/// (`tests::pings_keep_time_and_silence_closes`) and `signal/src/limits.rs`
-/// (`tests::message_limit_leaves_room_for_an_escaped_sdp`, the ping interval).
+/// closes) is tested with a fake clock by the signal server's unit tests
+/// `conn::tests::pings_keep_time_and_silence_closes` and
+/// `limits::tests::message_limit_leaves_room_for_an_escaped_sdp` (the ping interval).
 #[test]
 fn idle_clients_are_closed() {
     let signal = signal_with(&["--idle-timeout", "1"]);
