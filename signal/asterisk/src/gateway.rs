@@ -22,20 +22,27 @@
 //!
 //! Call order: after any `handle_*`, `offer_result`, connection change or timeout, drain
 //! [`Gateway::poll_output`] until `None`, then re-arm the timer from [`Gateway::poll_timeout`].
+//!
+//! Here: the types, the state, getters, timers and the plumbing that drains the UA and the
+//! controller. Each input side has its own module: `gateway/hub.rs`, `gateway/sip.rs`,
+//! `gateway/ari.rs`; `gateway/sdp.rs` edits the SDP.
 
+mod ari;
+mod hub;
 pub mod sdp;
+mod sip;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::ari::controller::{
-    self as ari, CallEvent as AriEvent, Controller, ControllerConfig, Output as AriOutput,
+    CallKey as AriKey, Controller, ControllerConfig, Output as AriOutput, RequestId as AriRequestId,
 };
 use crate::ari::rest::Method;
-use crate::sip::{self, EndedBy, Event as SipEvent, UaConfig, UserAgent};
-use icegate_signal_proto::hub::{Endpoint, Output as HubOutput, PbxEvent, PbxRequest};
+use crate::sip::{CallKey as SipKey, Output as SipOutput, UaConfig, UaStats, UserAgent};
+use icegate_signal_proto::hub::PbxEvent;
 use icegate_signal_proto::protocol::{
-    CallId, Digits, ErrorCode, Extension, HangupReason, IceCandidate, ServerMessage, UserId,
+    CallId, Extension, HangupReason, IceCandidate, ServerMessage, UserId,
 };
 
 /// The gateway's configuration.
@@ -94,7 +101,7 @@ pub enum Output {
     /// Perform this ARI REST request, then call [`Gateway::handle_ari_response`].
     AriRequest {
         /// Its id.
-        id: ari::RequestId,
+        id: AriRequestId,
         /// The method.
         method: Method,
         /// Path and query below `/ari`.
@@ -158,7 +165,7 @@ impl Phase {
 #[derive(Debug)]
 struct Call {
     hub: Option<CallId>,
-    sip: sip::CallKey,
+    sip: SipKey,
     phase: Phase,
     /// The SDP being completed with candidates (the gathering phases), then ours as sent.
     sdp: String,
@@ -178,7 +185,7 @@ pub struct Gateway {
     ari: Controller,
     calls: BTreeMap<u64, Call>,
     by_hub: HashMap<CallId, u64>,
-    by_sip: HashMap<sip::CallKey, u64>,
+    by_sip: HashMap<SipKey, u64>,
     next: u64,
     sip_up: bool,
     registered: bool,
@@ -269,7 +276,7 @@ impl Gateway {
     }
 
     /// The SIP user agent's counters (malformed frames...).
-    pub fn sip_stats(&self) -> sip::UaStats {
+    pub fn sip_stats(&self) -> UaStats {
         self.ua.stats()
     }
 
@@ -322,620 +329,6 @@ impl Gateway {
         self.pump(now);
     }
 
-    // ---- the hub's side ----
-
-    /// A hub output addressed to the PBX; other outputs are ignored.
-    pub fn handle_hub(&mut self, output: HubOutput, now: Instant) {
-        match output {
-            HubOutput::PbxCall {
-                call,
-                from: _,
-                extension,
-                sdp,
-            } => self.start_outgoing(call, extension, sdp, now),
-            HubOutput::Send {
-                to: Endpoint::Pbx,
-                message,
-            } => self.on_hub_message(message, now),
-            HubOutput::PbxRequest { call, request } => {
-                let Some(&id) = self.by_hub.get(&call) else {
-                    return;
-                };
-                let key = ari::CallKey(id);
-                let result = match &request {
-                    PbxRequest::Transfer(to) => self.ari.transfer(key, to.as_str(), now),
-                    PbxRequest::Play(media) => self.ari.play(key, media.as_str(), now),
-                };
-                if let Err(error) = result {
-                    self.log(format!("{request:?} in call {call}: {error}"));
-                }
-            }
-            HubOutput::Send { .. } | HubOutput::Event(_) => {}
-        }
-        self.pump(now);
-    }
-
-    /// What the hub made of an [`ToHub::Offer`]: the new call, or why it was refused.
-    pub fn offer_result(&mut self, token: u64, result: Result<CallId, ErrorCode>, now: Instant) {
-        let Some(call) = self.calls.get_mut(&token) else {
-            // The offer was cancelled meanwhile: the hub's call must end too.
-            if let Ok(call) = result {
-                self.tell_hub(ToHub::Event(PbxEvent::Hangup {
-                    call,
-                    reason: HangupReason::Normal,
-                }));
-            }
-            return;
-        };
-        let key = call.sip;
-        match result {
-            Ok(hub) => {
-                call.hub = Some(hub);
-                call.deadline = None;
-                self.by_hub.insert(hub, token);
-            }
-            Err(code) => {
-                let status = match code {
-                    ErrorCode::UnknownUser => 404,
-                    ErrorCode::TooManyCalls => 486,
-                    _ => 480,
-                };
-                let _ = self.ua.reject_incoming(key, status, now);
-                self.result(CallResult::Failed(match status {
-                    404 => HangupReason::NotFound,
-                    486 => HangupReason::Busy,
-                    _ => HangupReason::Unavailable,
-                }));
-                self.drop_call(token, now);
-            }
-        }
-        self.pump(now);
-    }
-
-    fn start_outgoing(&mut self, call: CallId, extension: Extension, sdp: String, now: Instant) {
-        if self.by_hub.contains_key(&call) {
-            // The hub never reuses a call id; a second call under one would orphan the first.
-            self.log(format!("call {call} is already with the PBX; ignored"));
-            return;
-        }
-        if !self.available {
-            self.tell_hub(ToHub::Event(PbxEvent::Hangup {
-                call,
-                reason: HangupReason::Unavailable,
-            }));
-            self.result(CallResult::Failed(HangupReason::Unavailable));
-            return;
-        }
-        let id = self.next_id();
-        let complete = sdp::is_complete(&sdp);
-        self.calls.insert(
-            id,
-            Call {
-                hub: Some(call),
-                sip: sip::CallKey::Outgoing(id),
-                phase: Phase::Gathering,
-                sdp,
-                agreed: String::new(),
-                candidates: Vec::new(),
-                deadline: Some(now + self.config.gather_timeout),
-                extension: Some(extension),
-            },
-        );
-        self.by_hub.insert(call, id);
-        self.by_sip.insert(sip::CallKey::Outgoing(id), id);
-        if complete {
-            self.gathered(id, now);
-        }
-    }
-
-    fn on_hub_message(&mut self, message: ServerMessage, now: Instant) {
-        let Some(hub_call) = message_call(&message) else {
-            return;
-        };
-        let Some(&id) = self.by_hub.get(&hub_call) else {
-            return;
-        };
-        match message {
-            ServerMessage::Candidate { candidate, .. } => {
-                let Some(call) = self.calls.get_mut(&id) else {
-                    return;
-                };
-                if !call.phase.is_gathering() {
-                    return; // Asterisk has the SDP already; late candidates cannot follow.
-                }
-                if sdp::is_end_marker(candidate.as_ref()) {
-                    self.gathered(id, now);
-                } else if let Some(candidate) = candidate {
-                    if call.candidates.len() < MAX_CANDIDATES {
-                        call.candidates.push(candidate);
-                    }
-                }
-            }
-            ServerMessage::Ringing { .. } => {
-                if let Some(call) = self.calls.get(&id) {
-                    if call.phase == Phase::Offered {
-                        let _ = self.ua.ringing_incoming(call.sip, now);
-                    }
-                }
-            }
-            ServerMessage::Answer { sdp, .. } => {
-                let next = match self.calls.get(&id).map(|c| &c.phase) {
-                    Some(Phase::Offered) => Phase::Answering,
-                    Some(Phase::Reoffered) => Phase::Reanswering,
-                    _ => return,
-                };
-                self.collect(id, next, sdp, now);
-            }
-            ServerMessage::Offer { sdp, .. } => {
-                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Answered) {
-                    self.collect(id, Phase::Reoffering, sdp, now);
-                } else {
-                    // Only while Asterisk's own offer is open; the hub reports glare first.
-                    self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call: hub_call }));
-                }
-            }
-            ServerMessage::OfferFailed { .. }
-                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Reoffered) =>
-            {
-                self.renegotiation_failed(id, now);
-            }
-            ServerMessage::Hangup { reason, .. } => self.hub_hangup(id, reason, now),
-            ServerMessage::Dtmf { digits, .. } => {
-                let via_ari = self.ari.send_dtmf(ari::CallKey(id), digits.as_str(), now);
-                if let Err(ari::CommandError::UnknownCall | ari::CommandError::NoChannel) = via_ari
-                {
-                    // Not in Stasis (the dialplan runs the call): SIP INFO reaches it instead.
-                    let Some(key) = self.calls.get(&id).map(|c| c.sip) else {
-                        return;
-                    };
-                    if let Err(error) = self.ua.send_dtmf_info(key, digits.as_str(), now) {
-                        self.log(format!("DTMF in call {hub_call}: {error}"));
-                    }
-                } else if let Err(error) = via_ari {
-                    self.log(format!("DTMF in call {hub_call}: {error}"));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Starts completing the browser's `sdp` with its candidates, in `phase`. A renegotiation
-    /// without an ICE restart is complete at once: the previous candidates still hold.
-    fn collect(&mut self, id: u64, phase: Phase, sdp: String, now: Instant) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        let renegotiating = matches!(phase, Phase::Reoffering | Phase::Reanswering);
-        let carried = renegotiating
-            .then(|| sdp::carry_candidates(&call.agreed, &sdp))
-            .flatten();
-        let complete = carried.is_some() || sdp::is_complete(&sdp);
-        call.phase = phase;
-        call.sdp = carried.unwrap_or(sdp);
-        call.candidates.clear();
-        call.deadline = Some(now + self.config.gather_timeout);
-        if complete {
-            self.gathered(id, now);
-        }
-    }
-
-    /// A renegotiation failed or was refused: the call goes on with the SDP agreed before.
-    fn renegotiation_failed(&mut self, id: u64, now: Instant) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        let phase = std::mem::replace(&mut call.phase, Phase::Answered);
-        call.sdp = call.agreed.clone();
-        call.candidates.clear();
-        call.deadline = None;
-        let (key, hub) = (call.sip, call.hub);
-        if matches!(phase, Phase::Reoffered | Phase::Reanswering) {
-            // Asterisk's re-INVITE waits for a final response.
-            let _ = self.ua.reject_incoming(key, 488, now);
-        }
-        // Whichever end offered, the hub's offer in progress is over.
-        if let Some(call) = hub.filter(|_| phase.is_answered() && phase != Phase::Answered) {
-            self.tell_hub(ToHub::Event(PbxEvent::OfferFailed { call }));
-        }
-    }
-
-    /// The browser's SDP is complete (or the gather timeout passed): send it to Asterisk.
-    fn gathered(&mut self, id: u64, now: Instant) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        call.deadline = None;
-        let sdp = sdp::with_candidates(&call.sdp, &call.candidates);
-        call.candidates = Vec::new();
-        call.sdp = sdp.clone();
-        let key = call.sip;
-        match call.phase {
-            Phase::Gathering => {
-                call.phase = Phase::Inviting;
-                let extension = call
-                    .extension
-                    .as_ref()
-                    .map(|e| e.as_str().to_owned())
-                    .unwrap_or_default();
-                if let Err(error) = self.ua.invite(key, &extension, &sdp, now) {
-                    self.log(format!("INVITE to {extension}: {error}"));
-                    self.fail(id, HangupReason::Unavailable, now);
-                    return;
-                }
-                self.expect_in_ari(id, now);
-            }
-            Phase::Answering => {
-                call.phase = Phase::Answered;
-                call.agreed = sdp.clone();
-                if self.ua.answer_incoming(key, &sdp, now).is_ok() {
-                    self.result(CallResult::Answered);
-                } else {
-                    self.fail(id, HangupReason::Unavailable, now);
-                }
-            }
-            Phase::Reoffering => {
-                call.phase = Phase::Reinviting;
-                if let Err(error) = self.ua.reinvite(key, &sdp, now) {
-                    self.log(format!("re-INVITE in call {id}: {error}"));
-                    self.renegotiation_failed(id, now);
-                }
-            }
-            Phase::Reanswering => {
-                call.phase = Phase::Answered;
-                call.agreed = sdp.clone();
-                if let Err(error) = self.ua.answer_incoming(key, &sdp, now) {
-                    self.log(format!("answering the re-INVITE in call {id}: {error}"));
-                }
-            }
-            Phase::Inviting
-            | Phase::Offered
-            | Phase::Answered
-            | Phase::Reinviting
-            | Phase::Reoffered => {}
-        }
-    }
-
-    /// Lets the ARI controller link the channel Asterisk creates for the call's dialog.
-    fn expect_in_ari(&mut self, id: u64, now: Instant) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        let Some(call_id) = self.ua.call_id(call.sip).map(str::to_owned) else {
-            return;
-        };
-        if let Err(error) = self.ari.expect_call(ari::CallKey(id), &call_id, now) {
-            // The SIP call goes on; only ARI control (DTMF, transfer, play) is missing.
-            self.log(format!("ARI cannot follow SIP call {call_id}: {error}"));
-        }
-    }
-
-    /// The hub ended the call for the PBX.
-    fn hub_hangup(&mut self, id: u64, reason: HangupReason, now: Instant) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        let key = call.sip;
-        match call.phase {
-            Phase::Gathering => self.result(CallResult::Failed(reason)),
-            Phase::Inviting => {
-                let _ = self.ua.cancel(key, now);
-                self.result(CallResult::Failed(reason));
-            }
-            Phase::Offered | Phase::Answering => {
-                let status = match reason {
-                    HangupReason::Busy => 486,
-                    HangupReason::Declined => 603,
-                    HangupReason::NotFound => 404,
-                    _ => 480,
-                };
-                let _ = self.ua.reject_incoming(key, status, now);
-                self.result(CallResult::Failed(reason));
-            }
-            Phase::Reoffered | Phase::Reanswering => {
-                let _ = self.ua.reject_incoming(key, 488, now);
-                let _ = self.ua.bye(key, now);
-            }
-            Phase::Answered | Phase::Reoffering | Phase::Reinviting => {
-                let _ = self.ua.bye(key, now);
-            }
-        }
-        self.drop_call(id, now);
-    }
-
-    // ---- the SIP side ----
-
-    /// The SIP WebSocket is open: register.
-    pub fn sip_connected(&mut self, now: Instant) {
-        self.sip_up = true;
-        self.ua.register(self.config.register_expires, now);
-        self.pump(now);
-    }
-
-    /// The SIP WebSocket closed (or could not be opened).
-    pub fn sip_disconnected(&mut self, now: Instant) {
-        self.sip_up = false;
-        self.registered = false;
-        self.ua.handle_disconnect();
-        self.pump(now);
-    }
-
-    /// A text frame from the SIP WebSocket; malformed ones are counted and logged.
-    pub fn handle_sip(&mut self, frame: &[u8], now: Instant) {
-        if let Err(error) = self.ua.handle_message(frame, now) {
-            self.log(format!("malformed SIP frame: {error}"));
-        }
-        self.pump(now);
-    }
-
-    fn on_sip(&mut self, event: SipEvent, now: Instant) {
-        match event {
-            SipEvent::Registered { .. } => self.registered = true,
-            SipEvent::Unregistered => self.registered = false,
-            SipEvent::RegistrationFailed { code } => {
-                self.registered = false;
-                self.log(format!("SIP registration failed with {code}"));
-            }
-            SipEvent::Provisional { call_key, code } => {
-                if matches!(code, 180 | 183) {
-                    if let Some(call) = self.hub_call_of(call_key) {
-                        self.tell_hub(ToHub::Event(PbxEvent::Ringing { call }));
-                    }
-                }
-            }
-            SipEvent::Answered { call_key, sdp } => {
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    // An answer to a call the hub already ended: hang it up.
-                    let _ = self.ua.bye(call_key, now);
-                    return;
-                };
-                if let Some(call) = self.calls.get_mut(&id) {
-                    call.phase = Phase::Answered;
-                    call.agreed = call.sdp.clone();
-                    if let Some(hub) = call.hub {
-                        self.tell_hub(ToHub::Event(PbxEvent::Answer { call: hub, sdp }));
-                        self.result(CallResult::Answered);
-                    }
-                }
-            }
-            SipEvent::Failed { call_key, code, .. } => {
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    return;
-                };
-                self.fail(id, failure_reason(code), now);
-            }
-            SipEvent::Ended { call_key, by } => {
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    return;
-                };
-                let reason = match by {
-                    EndedBy::Remote | EndedBy::Local => HangupReason::Normal,
-                    EndedBy::Lost => HangupReason::Unavailable,
-                };
-                self.end_for_hub(id, reason);
-                self.drop_call(id, now);
-            }
-            SipEvent::IncomingCall {
-                call_key,
-                from,
-                to,
-                request_uri,
-                sdp,
-            } => self.incoming(call_key, &from, &to, &request_uri, sdp, now),
-            SipEvent::Dtmf {
-                call_key, digit, ..
-            } => {
-                if let Some(&id) = self.by_sip.get(&call_key) {
-                    self.pbx_digit(id, digit);
-                }
-            }
-            SipEvent::IncomingCancelled { call_key } => {
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    return;
-                };
-                self.end_for_hub(id, HangupReason::Normal);
-                self.result(CallResult::Failed(HangupReason::Normal));
-                self.drop_call(id, now);
-            }
-            SipEvent::ReinviteOffer { call_key, sdp } => {
-                // Session refreshes never get here: the UA answers them itself.
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    let _ = self.ua.reject_incoming(call_key, 481, now);
-                    return;
-                };
-                let Some(call) = self.calls.get_mut(&id) else {
-                    return;
-                };
-                match (sdp, call.hub, call.phase == Phase::Answered) {
-                    (Some(offer), Some(hub), true) => {
-                        call.phase = Phase::Reoffered;
-                        call.deadline = Some(now + RENEGOTIATION_TIMEOUT);
-                        self.tell_hub(ToHub::Event(PbxEvent::Offer {
-                            call: hub,
-                            sdp: offer,
-                        }));
-                    }
-                    (None, _, true) => {
-                        // An offerless re-INVITE asks for our offer: the one it has still holds.
-                        let ours = call.agreed.clone();
-                        let _ = self.ua.answer_incoming(call_key, &ours, now);
-                    }
-                    // §14.2: a renegotiation of ours is under way.
-                    _ => {
-                        let _ = self.ua.reject_incoming(call_key, 491, now);
-                    }
-                }
-            }
-            SipEvent::ReinviteAnswered { call_key, sdp } => {
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    return;
-                };
-                let Some(call) = self.calls.get_mut(&id) else {
-                    return;
-                };
-                if call.phase != Phase::Reinviting {
-                    return;
-                }
-                call.phase = Phase::Answered;
-                call.agreed = call.sdp.clone();
-                if let Some(hub) = call.hub {
-                    self.tell_hub(ToHub::Event(PbxEvent::Answer { call: hub, sdp }));
-                }
-            }
-            SipEvent::ReinviteFailed { call_key, code } => {
-                let Some(&id) = self.by_sip.get(&call_key) else {
-                    return;
-                };
-                if self.calls.get(&id).map(|c| &c.phase) == Some(&Phase::Reinviting) {
-                    self.log(format!(
-                        "Asterisk refused the re-INVITE in call {id} with {code}"
-                    ));
-                    self.renegotiation_failed(id, now);
-                }
-            }
-            SipEvent::LateAnswer { .. } => {}
-        }
-    }
-
-    fn incoming(
-        &mut self,
-        key: sip::CallKey,
-        from: &sip::Party,
-        to: &sip::Party,
-        request_uri: &str,
-        sdp: Option<String>,
-        now: Instant,
-    ) {
-        let Some(sdp) = sdp else {
-            // An offerless INVITE would need our own offer, which only a browser can make.
-            let _ = self.ua.reject_incoming(key, 488, now);
-            return;
-        };
-        if !self.available {
-            let _ = self.ua.reject_incoming(key, 480, now);
-            self.result(CallResult::Failed(HangupReason::Unavailable));
-            return;
-        }
-        // `Dial(PJSIP/alice@icegate)` names the user in the Request-URI and the To URI; a
-        // plain `PJSIP/icegate` names only the endpoint itself.
-        let user = [to.uri.as_str(), request_uri]
-            .into_iter()
-            .filter_map(uri_user)
-            .find(|u| *u != self.config.sip.user)
-            .and_then(|u| UserId::new(u).ok());
-        let Some(user) = user else {
-            self.log(format!("incoming call to {} names no browser user", to.uri));
-            let _ = self.ua.reject_incoming(key, 404, now);
-            self.result(CallResult::Failed(HangupReason::NotFound));
-            return;
-        };
-        let caller = uri_user(&from.uri)
-            .and_then(|u| UserId::new(u).ok())
-            .or_else(|| from.display.clone().and_then(|d| UserId::new(d).ok()))
-            .unwrap_or_else(|| UserId::new("asterisk").expect("a valid name"));
-        let id = self.next_id();
-        self.calls.insert(
-            id,
-            Call {
-                hub: None,
-                sip: key,
-                phase: Phase::Offered,
-                sdp: String::new(),
-                agreed: String::new(),
-                candidates: Vec::new(),
-                deadline: Some(now + OFFER_TIMEOUT),
-                extension: None,
-            },
-        );
-        self.by_sip.insert(key, id);
-        self.expect_in_ari(id, now);
-        self.tell_hub(ToHub::Offer {
-            token: id,
-            from: caller,
-            to: user,
-            sdp,
-        });
-    }
-
-    /// An unanswered call failed on the SIP side: tell the hub and forget it.
-    fn fail(&mut self, id: u64, reason: HangupReason, now: Instant) {
-        self.end_for_hub(id, reason);
-        self.result(CallResult::Failed(reason));
-        self.drop_call(id, now);
-    }
-
-    fn end_for_hub(&mut self, id: u64, reason: HangupReason) {
-        if let Some(call) = self.calls.get(&id).and_then(|c| c.hub) {
-            self.tell_hub(ToHub::Event(PbxEvent::Hangup { call, reason }));
-        }
-    }
-
-    // ---- the ARI side ----
-
-    /// The ARI events WebSocket is open.
-    pub fn ari_connected(&mut self, now: Instant) {
-        self.ari.connected(now);
-        self.pump(now);
-    }
-
-    /// The ARI events WebSocket closed, or could not be opened.
-    pub fn ari_connection_lost(&mut self, now: Instant) {
-        self.ari.connection_lost(now);
-        self.pump(now);
-    }
-
-    /// A text frame of the ARI events WebSocket; malformed ones are logged.
-    pub fn handle_ari_event(&mut self, text: &str, now: Instant) {
-        if let Err(error) = self.ari.handle_event(text, now) {
-            self.log(format!("unreadable ARI event: {error}"));
-        }
-        self.pump(now);
-    }
-
-    /// The response to an [`Output::AriRequest`]: status and body (status 0 when the request
-    /// could not be made at all).
-    pub fn handle_ari_response(
-        &mut self,
-        id: ari::RequestId,
-        status: u16,
-        body: &str,
-        now: Instant,
-    ) {
-        self.ari.handle_response(id, status, body, now);
-        self.pump(now);
-    }
-
-    fn on_ari(&mut self, key: ari::CallKey, event: AriEvent) {
-        if !self.calls.contains_key(&key.0) {
-            return;
-        }
-        match event {
-            AriEvent::Dtmf { digit, .. } => self.pbx_digit(key.0, digit),
-            AriEvent::CommandFailed { command, error } => {
-                self.log(format!("ARI {command} failed: {error}"));
-            }
-            // The SIP dialog tells the hub how the call ends; ARI only controls it.
-            AriEvent::Linked { .. }
-            | AriEvent::Ringing
-            | AriEvent::Answered
-            | AriEvent::StateChanged(_)
-            | AriEvent::HungUp { .. }
-            | AriEvent::Released => {}
-        }
-    }
-
-    /// A key pressed on the PBX side (ARI, from the dialed peer; or a SIP INFO): the browser
-    /// gets it as `dtmf` once the call is answered.
-    fn pbx_digit(&mut self, id: u64, digit: char) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        if let (Some(hub), Ok(digits)) = (call.hub, Digits::new(digit.to_string())) {
-            if call.phase.is_answered() {
-                self.tell_hub(ToHub::Event(PbxEvent::Dtmf { call: hub, digits }));
-            }
-        }
-    }
-
     // ---- plumbing ----
 
     /// Moves the UA's and the controller's outputs out, reacting to their events, and tells
@@ -946,8 +339,8 @@ impl Gateway {
             while let Some(output) = self.ua.poll_output() {
                 progressed = true;
                 match output {
-                    sip::Output::Send(frame) => self.out.push_back(Output::Sip(frame)),
-                    sip::Output::Event(event) => self.on_sip(event, now),
+                    SipOutput::Send(frame) => self.out.push_back(Output::Sip(frame)),
+                    SipOutput::Event(event) => self.on_sip(event, now),
                 }
             }
             while let Some(output) = self.ari.poll_output() {
@@ -1057,10 +450,10 @@ impl Gateway {
             }
             self.by_sip.remove(&call.sip);
         }
-        self.ari.forget(ari::CallKey(id), now);
+        self.ari.forget(AriKey(id), now);
     }
 
-    fn hub_call_of(&self, key: sip::CallKey) -> Option<CallId> {
+    fn hub_call_of(&self, key: SipKey) -> Option<CallId> {
         self.by_sip
             .get(&key)
             .and_then(|id| self.calls.get(id))

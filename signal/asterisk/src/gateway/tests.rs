@@ -6,6 +6,8 @@ use crate::ari::controller::Routing;
 use crate::sip::builder::response;
 use crate::sip::message::Message;
 use crate::sip::method::Method as SipMethod;
+use icegate_signal_proto::hub::{Endpoint, Output as HubOutput};
+use icegate_signal_proto::protocol::{Digits, ErrorCode};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -20,7 +22,7 @@ struct Rig {
     now: Instant,
     sip: Vec<Message>,
     hub: Vec<ToHub>,
-    ari: Vec<(ari::RequestId, Method, String)>,
+    ari: Vec<(AriRequestId, Method, String)>,
     results: Vec<CallResult>,
     logs: Vec<String>,
     connects: usize,
@@ -633,7 +635,7 @@ fn malformed_input_is_logged_not_fatal() {
         rig.gw.handle_ari_event(junk, rig.now);
     }
     rig.gw
-        .handle_ari_response(ari::RequestId(999), 500, "{", rig.now);
+        .handle_ari_response(AriRequestId(999), 500, "{", rig.now);
     rig.drain();
     assert!(!rig.logs.is_empty());
     assert!(rig.gw.is_available());
