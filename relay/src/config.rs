@@ -243,6 +243,40 @@ pub struct StreamSettings {
     pub idle_timeout: Duration,
 }
 
+impl StreamSettings {
+    /// What differs in `new`, one `key old -> new` per setting, for the log of a reload.
+    pub fn changes(&self, new: &Self) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut compare = |key: &str, old: String, new: String| {
+            if old != new {
+                changes.push(format!("{key} {old} -> {new}"));
+            }
+        };
+        compare(
+            "max-connections-per-ip",
+            self.per_ip.to_string(),
+            new.per_ip.to_string(),
+        );
+        compare(
+            "max-connections",
+            self.total.to_string(),
+            new.total.to_string(),
+        );
+        let secs = |d: Duration| format!("{} s", d.as_secs());
+        compare(
+            "stream-frame-timeout",
+            secs(self.frame_timeout),
+            secs(new.frame_timeout),
+        );
+        compare(
+            "stream-idle-timeout",
+            secs(self.idle_timeout),
+            secs(new.idle_timeout),
+        );
+        changes
+    }
+}
+
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
@@ -811,6 +845,24 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("stream-frame-timeout"), "{e}");
+    }
+
+    #[test]
+    fn stream_limit_changes_name_each_setting_with_old_and_new_value() {
+        let old = StreamSettings::default();
+        assert!(old.changes(&old).is_empty());
+        let new = StreamSettings {
+            per_ip: 4,
+            idle_timeout: Duration::from_secs(10),
+            ..old
+        };
+        assert_eq!(
+            old.changes(&new),
+            [
+                "max-connections-per-ip 128 -> 4",
+                "stream-idle-timeout 30 s -> 10 s"
+            ]
+        );
     }
 
     #[test]

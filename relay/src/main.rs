@@ -260,12 +260,6 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         total: settings.streams.total,
         descriptors: budget.streams,
     });
-    let stream_timeouts = stream_deadline::StreamTimeouts {
-        frame: settings.streams.frame_timeout,
-        idle: settings.streams.idle_timeout,
-        // Set by each worker from lifetime-max.
-        allocated: settings.streams.idle_timeout,
-    };
 
     let now = Instant::now();
     let ledger = Arc::new(Ledger::new(
@@ -327,6 +321,7 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
     let (control_tx, control_rx) = watch::channel(Control {
         config: Arc::clone(&config),
         draining: false,
+        stream_timeouts: stream_timeouts(&settings),
     });
     let mut shards = Vec::new();
     let mut denials = Vec::new();
@@ -356,7 +351,6 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
             counters: Arc::clone(&counters),
             stats: Arc::clone(&runtime_stats),
             admission: Arc::clone(&admission),
-            stream_timeouts,
         })
         .map_err(|source| StartError::Io {
             what: "cannot start worker thread",
@@ -371,7 +365,7 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
     let registry = prometheus::Registry::new();
     let collector =
         metrics::RelayCollector::new(shards.clone(), denials, stats.clone(), Arc::clone(&ledger))
-            .with_streams(admission, budget.streams);
+            .with_streams(Arc::clone(&admission), budget.streams);
     let stats_for_watchdog = stats;
     registry
         .register(Box::new(collector))
@@ -425,7 +419,13 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         );
         while let Some(ControlSignal::Reload) = signals.recv().await {
             systemd::reloading();
-            reload(&cli, &settings, &control_tx, cert.as_deref());
+            reload(
+                &cli,
+                &mut settings,
+                &control_tx,
+                &admission,
+                cert.as_deref(),
+            );
             systemd::ready(&status_line(&shards, false));
         }
         health.set_ready(false);
@@ -497,11 +497,22 @@ fn refuse_own_addresses(settings: &Settings, filter: &PeerFilter) -> PeerFilter 
     filter.clone().with_self_addresses(own)
 }
 
+/// The deadlines of TCP/TLS connections under `settings`.
+fn stream_timeouts(settings: &Settings) -> stream_deadline::StreamTimeouts {
+    stream_deadline::StreamTimeouts {
+        frame: settings.streams.frame_timeout,
+        idle: settings.streams.idle_timeout,
+        allocated: worker::stream_idle(&settings.server),
+    }
+}
+
 /// Re-reads the configuration and certificates; a broken file keeps the running setup.
+/// `running` keeps the stream limits in force, for the next reload to say what it changed.
 fn reload(
     cli: &Cli,
-    running: &Settings,
+    running: &mut Settings,
     control: &watch::Sender<Control>,
+    admission: &stream_admission::SharedAdmission,
     cert: Option<&ReloadableCert>,
 ) {
     match Settings::load(cli) {
@@ -519,9 +530,22 @@ fn reload(
             fresh.server.relay_addresses = running.server.relay_addresses.clone();
             // The listeners are the running ones; the local addresses are listed again.
             fresh.server.peer_filter = refuse_own_addresses(running, &fresh.server.peer_filter);
+            let changed = running.streams.changes(&fresh.streams);
+            if !changed.is_empty() {
+                admission.set_caps(fresh.streams.per_ip, fresh.streams.total);
+                tracing::info!("TCP/TLS connection limits changed: {}", changed.join(", "));
+            }
+            running.streams = fresh.streams;
+            let timeouts = stream_timeouts(&fresh);
             let config = Arc::new(fresh.server);
-            control.send_modify(|c| c.config = config);
-            tracing::info!("configuration reloaded (users, secrets, peer filter, quotas, timers)");
+            control.send_modify(|c| {
+                c.config = config;
+                c.stream_timeouts = timeouts;
+            });
+            tracing::info!(
+                "configuration reloaded (users, secrets, peer filter, quotas, timers, stream \
+                 limits)"
+            );
         }
         Err(error) => tracing::error!("reload failed, keeping the running configuration: {error}"),
     }

@@ -184,6 +184,14 @@ impl<T> Admission<T> {
         Ok(Admitted { id, evict, log })
     }
 
+    /// Sets `max-connections-per-ip` and `max-connections` anew (a reload); the descriptor
+    /// budget stays. Connections already open beyond a lowered cap stay open: the cap
+    /// applies to those accepted from now on, as it does when the relay fills up.
+    pub fn set_caps(&mut self, per_ip: u32, total: u32) {
+        self.limits.per_ip = per_ip;
+        self.limits.total = total;
+    }
+
     /// Whether as many evicted connections are still closing as may be: a full relay refuses
     /// newcomers until some have.
     pub fn evictions_pending(&self) -> bool {
@@ -343,6 +351,12 @@ impl SharedAdmission {
         }
     }
 
+    /// [`Admission::set_caps`]. The caps live with the counts they bound, behind the mutex
+    /// every accept already takes, so a reload takes it once and no accept sees half of it.
+    pub fn set_caps(&self, per_ip: u32, total: u32) {
+        self.lock().set_caps(per_ip, total);
+    }
+
     /// Connections refused so far, by reason (in [`Refusal::ALL`] order), without the lock.
     pub fn refused(&self) -> [u64; 3] {
         std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
@@ -401,6 +415,26 @@ mod tests {
                 (admitted.id, admitted.evict)
             })
             .map_err(|refused| refused.reason)
+    }
+
+    #[test]
+    fn lowered_caps_keep_open_connections_and_refuse_new_ones() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(limits(3, 0, 1000));
+        for _ in 0..3 {
+            a.admit(ip("192.0.2.1"), t0, ()).unwrap();
+        }
+        a.set_caps(2, 0);
+        assert_eq!(a.open(), 3, "open connections stay");
+        let refused = a.admit(ip("192.0.2.1"), t0, ()).unwrap_err();
+        assert_eq!(refused.reason, Refusal::PerIp);
+        // Raised again, or off: the source is admitted.
+        a.set_caps(0, 0);
+        assert!(a.admit(ip("192.0.2.1"), t0, ()).is_ok());
+        assert_eq!(
+            a.limits.descriptors, 1000,
+            "the descriptor budget is not a setting"
+        );
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct Control {
     pub config: Arc<ServerConfig>,
     /// Refuse new allocations (SIGTERM).
     pub draining: bool,
+    /// The deadlines of TCP/TLS connections (`stream-frame-timeout`, `stream-idle-timeout`,
+    /// and [`stream_idle`] of `config`), read each time a connection sets its deadline.
+    pub stream_timeouts: StreamTimeouts,
 }
 
 /// Everything a worker starts with. Sockets are bound by the main thread, before privileges
@@ -108,8 +111,6 @@ pub struct WorkerSetup {
     pub stats: Arc<RuntimeCounters>,
     /// Admission of TCP/TLS connections, shared by all workers.
     pub admission: Arc<SharedAdmission>,
-    /// The deadlines of TCP/TLS connections (the allocated one follows `lifetime-max`).
-    pub stream_timeouts: StreamTimeouts,
 }
 
 /// Starts a worker thread.
@@ -191,8 +192,8 @@ struct Worker {
     /// one `sendmmsg`.
     to_peers: RefCell<PeerSends>,
     timer: Notify,
-    /// The deadlines of TCP/TLS connections; `allocated` follows `lifetime-max` across
-    /// reloads.
+    /// The deadlines of TCP/TLS connections, as the last [`Control`] said: a copy, so that
+    /// setting a deadline takes no lock.
     stream_timeouts: Cell<StreamTimeouts>,
     admission: Arc<SharedAdmission>,
     /// TCP/TLS connections closed since the heap was last trimmed.
@@ -220,7 +221,6 @@ async fn run(setup: WorkerSetup) {
         counters,
         stats,
         admission,
-        stream_timeouts,
     } = setup;
     let mut udp_sockets = Vec::new();
     for socket in udp {
@@ -257,10 +257,7 @@ async fn run(setup: WorkerSetup) {
         to_peers: RefCell::new(PeerSends::default()),
         udp: udp_sockets,
         timer: Notify::new(),
-        stream_timeouts: Cell::new(StreamTimeouts {
-            allocated: stream_idle(&control.borrow().config),
-            ..stream_timeouts
-        }),
+        stream_timeouts: Cell::new(control.borrow().stream_timeouts),
         admission,
         closed_since_trim: Cell::new(0),
         stats,
@@ -322,17 +319,17 @@ fn trim_heap() {
 async fn control_loop(worker: Rc<Worker>, mut control: watch::Receiver<Control>) {
     while control.changed().await.is_ok() {
         let c = control.borrow_and_update().clone();
-        worker.stream_timeouts.set(StreamTimeouts {
-            allocated: stream_idle(&c.config),
-            ..worker.stream_timeouts.get()
-        });
+        // Connections take them up from the next deadline they set (their next read, or when
+        // the one they wait for passes and is checked against these).
+        worker.stream_timeouts.set(c.stream_timeouts);
         let mut server = worker.server.borrow_mut();
         server.set_config(c.config, Instant::now());
         server.set_draining(c.draining);
     }
 }
 
-fn stream_idle(config: &ServerConfig) -> std::time::Duration {
+/// How long a TCP/TLS connection with an allocation may stay silent under `config`.
+pub fn stream_idle(config: &ServerConfig) -> std::time::Duration {
     config.timers.max_lifetime + STREAM_IDLE_MARGIN
 }
 
