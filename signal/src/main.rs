@@ -109,6 +109,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let Settings {
         listen,
         tls: tls_mode,

@@ -372,7 +372,25 @@ impl Settings {
         merge(cli, file, cli.config.as_deref())
     }
 
-    /// A summary for `--check-config`, without any secret.
+    /// What is allowed but risky in this configuration, one sentence each, for the start-up
+    /// log and `--check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            // The listener has no authentication: whoever reaches it learns the load (open
+            // connections, calls, the relays' health) and can scrape it as often as it likes.
+            warnings.push(format!(
+                "metrics-listen {addr} is not a loopback address and has no access control: \
+                 /metrics, /healthz and /readyz answer anyone who reaches it; bind it to \
+                 127.0.0.1 or a management network, firewall it, or put an authenticating \
+                 reverse proxy in front (docs/operations.md, \"Health checks and metrics of \
+                 icegate-signal\")"
+            ));
+        }
+        warnings
+    }
+
+    /// A summary for `--check-config`, without any secret, and the [`Settings::warnings`].
     pub fn summary(&self) -> String {
         let tls = match &self.tls {
             TlsMode::Files { cert, .. } => format!("TLS with {}", cert.display()),
@@ -392,7 +410,7 @@ impl Settings {
                 format!("{} ({})", relay.uris.join(" "), health)
             })
             .collect();
-        format!(
+        let mut summary = format!(
             "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
              credential-ttl: {} s\n  metrics: {}\n  asterisk: {}",
             self.listen,
@@ -420,7 +438,12 @@ impl Settings {
                 a.ari.path,
                 a.app
             )),
-        )
+        );
+        for warning in self.warnings() {
+            summary.push_str("\n  warning: ");
+            summary.push_str(&warning);
+        }
+        summary
     }
 }
 
@@ -888,6 +911,35 @@ mod tests {
         std::fs::remove_file(&secret).unwrap();
         let error = load_file(&file_key, &[]).unwrap_err();
         assert!(error.to_string().contains("cannot read"), "{error}");
+    }
+
+    #[test]
+    fn a_metrics_listener_off_loopback_is_warned_about() {
+        let with = |metrics: &str| {
+            Settings::load(&cli(&["--anonymous", "--metrics-listen", metrics])).unwrap()
+        };
+        for quiet in ["127.0.0.1:9642", "[::1]:9642"] {
+            let s = with(quiet);
+            assert!(s.warnings().is_empty(), "{quiet}: {:?}", s.warnings());
+            assert!(!s.summary().contains("warning"), "{}", s.summary());
+        }
+        let off = Settings::load(&cli(&["--anonymous"])).unwrap();
+        assert!(off.warnings().is_empty());
+        for open in ["0.0.0.0:9642", "[::]:9642", "10.0.0.5:9642"] {
+            let s = with(open);
+            let warnings = s.warnings();
+            assert_eq!(warnings.len(), 1, "{open}: {warnings:?}");
+            assert!(
+                warnings[0].contains("metrics-listen") && warnings[0].contains("access control"),
+                "{}",
+                warnings[0]
+            );
+            assert!(
+                s.summary().contains("warning: metrics-listen"),
+                "{}",
+                s.summary()
+            );
+        }
     }
 
     #[test]
