@@ -2,6 +2,7 @@
 //! end of a TCP client's connection (RFC 8656 §3.2: a stream allocation dies with its
 //! connection).
 
+use icegate_tests::streams::{tls_client_config, tls_over};
 use icegate_tests::stun::{assert_success, stream_transact, xor_relayed, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
 use std::io::Write;
@@ -143,24 +144,6 @@ fn idle_tcp_connections_cost_little_memory_and_give_it_back() {
     );
 }
 
-/// One TLS client configuration trusting the relay's self-signed certificate (written in its
-/// directory), for many connections.
-fn tls_client_config(relay: &Relay) -> std::sync::Arc<rustls::ClientConfig> {
-    let pem = std::fs::read(relay.dir().join("cert.pem")).expect("read cert");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.expect("PEM certificate")).expect("trust it");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    std::sync::Arc::new(config)
-}
-
 /// Idle TLS connections cost little more than TCP ones: past the handshake the relay keeps
 /// the session (its keys, and rustls's 4 KiB read buffer), but not the stream twice, nor a
 /// 16 KiB buffer for a frame that stopped after its first byte. A release build measures
@@ -190,15 +173,10 @@ fn idle_tls_connections_cost_little_memory_and_give_it_back() {
     );
     let pid = relay.pid().expect("pid");
     let config = tls_client_config(&relay);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let before = rss_kib(pid);
     let streams: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
-            let connection =
-                rustls::ClientConnection::new(std::sync::Arc::clone(&config), name.clone())
-                    .unwrap();
-            let tcp = TcpStream::connect(relay.tls_addr()).unwrap();
-            let mut tls = rustls::StreamOwned::new(connection, tcp);
+            let mut tls = tls_over(&config, TcpStream::connect(relay.tls_addr()).unwrap());
             // Completes the handshake, then one byte of a STUN header in a record.
             tls.write_all(&[0x00]).unwrap();
             tls.flush().unwrap();
