@@ -3,7 +3,10 @@
 //!
 //! Its imports are re-exported, so a test module needs only `use super::harness::*;`.
 
+pub(super) use std::time::Duration;
+
 pub(super) use super::super::*;
+pub(super) use crate::protocol::{Extension, Media};
 
 pub(super) const SEED: u64 = 7;
 
