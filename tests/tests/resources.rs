@@ -80,16 +80,6 @@ fn closing_a_tcp_connection_ends_its_allocation() {
     );
 }
 
-/// The relay's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/PID/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Idle TCP connections cost little: no read buffer until a frame is split across reads,
 /// and what a flood of them took is given back when they close. A release build measures
 /// about 4 KiB each (docs/operations.md, "Limits"); the bound here is generous, for debug
@@ -104,8 +94,7 @@ fn idle_tcp_connections_cost_little_memory_and_give_it_back() {
             ..RelayConfig::default()
         },
     );
-    let pid = relay.pid().expect("pid");
-    let before = rss_kib(pid);
+    let before = relay.rss_kib();
     let streams: Vec<TcpStream> = (0..CONNECTIONS)
         .map(|i| {
             let mut s = TcpStream::connect(relay.tcp_addr()).unwrap();
@@ -124,7 +113,7 @@ fn idle_tcp_connections_cost_little_memory_and_give_it_back() {
         open.is_some(),
         "the relay did not take {CONNECTIONS} connections"
     );
-    let with = rss_kib(pid);
+    let with = relay.rss_kib();
     let per_connection = with.saturating_sub(before) as f64 / CONNECTIONS as f64;
     eprintln!("RSS {before} KiB -> {with} KiB: {per_connection:.1} KiB per idle connection");
     assert!(
@@ -134,13 +123,13 @@ fn idle_tcp_connections_cost_little_memory_and_give_it_back() {
 
     drop(streams);
     let given_back = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
-        let now = rss_kib(pid);
+        let now = relay.rss_kib();
         (now <= before + (with - before) / 4).then_some(now)
     });
     assert!(
         given_back.is_some(),
         "RSS {} KiB after the connections closed (was {before} KiB before, {with} KiB with them)",
-        rss_kib(pid)
+        relay.rss_kib()
     );
 }
 
@@ -171,9 +160,8 @@ fn idle_tls_connections_cost_little_memory_and_give_it_back() {
             ..RelayConfig::default()
         },
     );
-    let pid = relay.pid().expect("pid");
     let config = tls_client_config(&relay);
-    let before = rss_kib(pid);
+    let before = relay.rss_kib();
     let streams: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let mut tls = tls_over(&config, TcpStream::connect(relay.tls_addr()).unwrap());
@@ -193,7 +181,7 @@ fn idle_tls_connections_cost_little_memory_and_give_it_back() {
     );
     // The last byte sent has been read too.
     std::thread::sleep(Duration::from_millis(300));
-    let with = rss_kib(pid);
+    let with = relay.rss_kib();
     let per_connection = with.saturating_sub(before) as f64 / CONNECTIONS as f64;
     eprintln!("RSS {before} KiB -> {with} KiB: {per_connection:.1} KiB per idle TLS connection");
     assert!(
@@ -205,13 +193,13 @@ fn idle_tls_connections_cost_little_memory_and_give_it_back() {
     // Less comes back than for TCP: the handshakes' short-lived allocations spread the
     // sessions over more of the heap, and only whole free pages go back.
     let given_back = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
-        let now = rss_kib(pid);
+        let now = relay.rss_kib();
         (now <= before + (with - before) / 2).then_some(now)
     });
     assert!(
         given_back.is_some(),
         "RSS {} KiB after the TLS connections closed (was {before} KiB before, {with} KiB with \
          them)",
-        rss_kib(pid)
+        relay.rss_kib()
     );
 }

@@ -5,76 +5,18 @@
 //! `stream-idle-timeout`, and meanwhile an authenticated client still allocates over TCP.
 //! The descriptor budget is checked against the relay's own RLIMIT_NOFILE.
 
+use icegate_tests::streams::{allocate_over_tcp, connect_from, is_closed, tls_connect};
 use icegate_tests::stun::{
-    assert_success, decode, encode, request, requested_transport_udp, stream_transact, TurnClient,
-    ALLOCATE, BINDING, REFRESH,
+    assert_success, decode, encode, request, stream_transact, BINDING, REFRESH,
 };
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The attacker's source address: another loopback address, so that the per-IP cap it hits
 /// is not the one the legitimate client (127.0.0.1) counts under.
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// A TCP connection to `to` from `from` (port chosen by the kernel).
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("socket");
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
-    )
-    .expect("bind");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
-    TcpStream::from(fd)
-}
-
-/// Whether the relay has closed `stream` (end of stream or reset), without waiting; what it
-/// sent before (a TLS close_notify) is read and dropped.
-fn is_closed(mut stream: &TcpStream) -> bool {
-    stream.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 1024];
-    let closed = loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) => break e.kind() != ErrorKind::WouldBlock,
-        }
-    };
-    stream.set_nonblocking(false).unwrap();
-    closed
-}
-
-/// Allocates over TCP from 127.0.0.1 as alice; returns the connection and the client that
-/// signs its requests.
-fn allocate_over_tcp(relay: &Relay) -> (TcpStream, TurnClient) {
-    let mut stream = TcpStream::connect(relay.tcp_addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    // The UDP helper only builds and signs messages here; the bytes go over TCP.
-    let mut client = TurnClient::new(relay.udp_addr(), "alice", "secret");
-    let challenge = request(ALLOCATE, &[requested_transport_udp()]);
-    let raw = stream_transact(&mut stream, &encode(&challenge));
-    client.learn(&decode(&raw, None).unwrap());
-    let allocate = client.build_authed(ALLOCATE, &[requested_transport_udp()]);
-    let raw = stream_transact(&mut stream, &encode(&allocate));
-    let resp = decode(&raw, client.key().as_ref()).unwrap();
-    assert_success(&resp, "allocate over TCP");
-    (stream, client)
-}
 
 fn metric(relay: &Relay, name: &str, labels: &[(&str, &str)]) -> f64 {
     relay.metrics().sum(name, labels)
@@ -238,29 +180,6 @@ fn stream_connections_get_only_the_descriptors_relay_sockets_leave() {
         (nofile - fixed - relay_sockets).max((nofile - fixed) / 4),
         "RLIMIT_NOFILE {nofile}, {relay_sockets} relay ports"
     );
-}
-
-/// A TLS client of the relay's self-signed certificate (written in the relay's directory).
-fn tls_connect(relay: &Relay) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use base64::Engine as _;
-    let pem = std::fs::read_to_string(relay.dir().join("cert.pem")).expect("read cert");
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .expect("PEM body is base64");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.into()).expect("trust the test certificate");
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(relay.tls_addr()).unwrap();
-    rustls::StreamOwned::new(connection, tcp)
 }
 
 /// TLS connections that finish the handshake and then send one byte of a frame are closed
