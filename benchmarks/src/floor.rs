@@ -13,7 +13,8 @@ use crate::error::BenchError;
 use crate::mmsg::{Batch, BATCH};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
+
+use icegate_common::collections::FastMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -56,8 +57,6 @@ struct Mapping {
 }
 
 const LISTENER: Token = Token(usize::MAX - 1);
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// Runs `workers` forwarding threads on `listen` until the process is killed.
 pub fn serve(listen: SocketAddrV4, relay_ip: Ipv4Addr, workers: usize) -> Result<(), BenchError> {
     let mut handles = Vec::new();

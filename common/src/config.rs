@@ -203,6 +203,25 @@ pub fn check_config(
     std::process::ExitCode::SUCCESS
 }
 
+/// The command line's value when it gave one, else the file's; and whether it came from the
+/// command line, which decides what an error about it names.
+pub fn pick<T>(cli: Option<T>, file: Option<T>) -> (Option<T>, bool) {
+    match cli {
+        Some(value) => (Some(value), true),
+        None => (file, false),
+    }
+}
+
+/// [`pick`] for a repeatable flag: the command line's values when it gave any, else the
+/// file's (or none); and whether they came from the command line.
+pub fn pick_vec<T: Clone>(cli: &[T], file: Option<Vec<T>>) -> (Vec<T>, bool) {
+    if cli.is_empty() {
+        (file.unwrap_or_default(), false)
+    } else {
+        (cli.to_vec(), true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use icegate_common::config::{load_toml, ConfigError};
+use icegate_common::config::{load_toml, pick, pick_vec, ConfigError};
 use icegate_common::credentials::{self, Secret};
 use icegate_common::logging::LogFormat;
 use icegate_relay_proto::auth::Credentials;
@@ -303,23 +303,6 @@ impl Settings {
         let src = |from_cli: bool| if from_cli { None } else { path };
         let invalid =
             |from_cli: bool, key: &str, msg: String| ConfigError::invalid(src(from_cli), key, msg);
-        fn pick<T>(cli: Option<T>, file: Option<T>) -> (Option<T>, bool) {
-            match cli {
-                Some(v) => (Some(v), true),
-                None => (file, false),
-            }
-        }
-        fn pick_vec<T>(cli: &[T], file: Option<Vec<T>>) -> (Vec<T>, bool)
-        where
-            T: Clone,
-        {
-            if cli.is_empty() {
-                (file.unwrap_or_default(), false)
-            } else {
-                (cli.to_vec(), true)
-            }
-        }
-
         let (listening_ips, _) = pick_vec(&cli.listening_ip, f.listening_ip);
         let listening_ips = if listening_ips.is_empty() {
             vec![IpAddr::from([0, 0, 0, 0])]

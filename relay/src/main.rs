@@ -33,9 +33,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use icegate_common::clock::unix_now;
 use icegate_common::config::check_config;
 use icegate_common::logging;
 use icegate_common::metrics_http::{self, Health};
@@ -198,12 +199,6 @@ fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
         all.push(l);
     }
     Ok(all)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {

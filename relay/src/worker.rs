@@ -16,7 +16,8 @@
 //! consecutive datagrams for one relay socket (a client's burst) leave in one `sendmmsg`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+
+use icegate_common::collections::FastMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -73,8 +74,6 @@ const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const TRIM_AFTER_CLOSES: usize = 64;
 /// How often a worker's heartbeat task beats (see [`RuntimeCounters::heartbeats`]).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What the main thread tells every worker.
 #[derive(Debug, Clone)]

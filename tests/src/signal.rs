@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
@@ -572,12 +572,7 @@ impl WsClient {
 }
 
 /// Unix time in seconds.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
+pub use icegate_common::clock::unix_now;
 
 /// An HS256 JWT with `sub` and `exp = now + exp_in` (negative: already expired).
 pub fn hs256_token(secret: &str, sub: &str, exp_in: i64) -> String {

@@ -20,7 +20,9 @@
 //! | `requests` | the other requests: Binding, Refresh, CreatePermission, ChannelBind |
 //! | `replies` | building, signing, counting and queueing responses |
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use icegate_common::collections::FastMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -124,8 +126,6 @@ struct Slot {
     generation: u32,
     allocation: Option<Allocation>,
 }
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The TURN server of one worker.
 #[derive(Debug)]

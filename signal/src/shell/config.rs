@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use icegate_common::config::{load_toml, ConfigError};
+use icegate_common::config::{load_toml, pick, pick_vec, ConfigError};
 use icegate_common::credentials::{self, Secret};
 use icegate_common::logging::LogFormat;
 use icegate_signal_asterisk::ari::controller::Routing;
@@ -444,22 +444,6 @@ impl Settings {
             summary.push_str(&warning);
         }
         summary
-    }
-}
-
-/// Picks the flag when given, else the file's value; says which, for error messages.
-fn pick<T>(cli: Option<T>, file: Option<T>) -> (Option<T>, bool) {
-    match cli {
-        Some(value) => (Some(value), true),
-        None => (file, false),
-    }
-}
-
-fn pick_vec(cli: &[String], file: Option<Vec<String>>) -> (Vec<String>, bool) {
-    if cli.is_empty() {
-        (file.unwrap_or_default(), false)
-    } else {
-        (cli.to_vec(), true)
     }
 }
 

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use icegate_common::clock::unix_now;
 use icegate_signal_proto::auth::AuthError;
 use icegate_signal_proto::ice::{self, IceServers, Relay};
 use icegate_signal_proto::limits::{ConnectionCounter, Limits};
@@ -45,13 +45,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Becomes `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
-}
-
-/// The wall-clock time in Unix seconds; credentials and token expiry are wall-clock based.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 impl Shared {

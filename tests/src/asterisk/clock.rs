@@ -12,9 +12,7 @@ fn now_parts(t: SystemTime) -> (i64, u32) {
 }
 
 /// Unix seconds now (Asterisk builds channel ids and nonces from it).
-pub fn unix_now() -> u64 {
-    now_parts(SystemTime::now()).0 as u64
-}
+pub use icegate_common::clock::unix_now;
 
 /// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian).
 fn civil(days: i64) -> (i64, u32, u32) {

@@ -218,7 +218,7 @@ fn nonce_issued_to_another_address_is_refused_with_438() {
 fn rest_credentials_are_accepted_until_they_expire() {
     let mut h = Harness::new();
     let secret = Secret::new(REST_SECRET);
-    let now = h.unix_now();
+    let now = h.unix_secs();
     let cred = rest::issue(&secret, Some("carol"), now, 60);
     assert_eq!(cred.username, format!("{}:carol", now + 60));
     let mut carol = Client::new(udp_client(1), &cred.username, &cred.password);
@@ -243,7 +243,7 @@ fn rest_secret_rotation_accepts_both_secrets_then_only_the_new_one() {
     let old = Secret::new(REST_SECRET);
     let new = Secret::new("next-secret");
     h.reconfigure(|c| c.credentials.add_rest_secret(new.clone()));
-    let now = h.unix_now();
+    let now = h.unix_secs();
     let by_old = rest::issue(&old, Some("u1"), now, 3600);
     let by_new = rest::issue(&new, Some("u2"), now, 3600);
     h.allocate(

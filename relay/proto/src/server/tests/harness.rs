@@ -359,7 +359,7 @@ impl Harness {
         self.server.handle_timeout(self.now);
     }
 
-    pub(super) fn unix_now(&self) -> u64 {
+    pub(super) fn unix_secs(&self) -> u64 {
         EPOCH_UNIX + (self.now - self.t0).as_secs()
     }
 

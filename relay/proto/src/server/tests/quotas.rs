@@ -24,7 +24,7 @@ fn user_quota_counts_a_rest_user_not_each_credential() {
     config.user_quota = 1;
     let mut h = Harness::with(config);
     let secret = Secret::new(REST_SECRET);
-    let now = h.unix_now();
+    let now = h.unix_secs();
     // One user with three credentials a second apart, in both username forms.
     let first = rest::issue(&secret, Some("carol"), now, 60);
     let mut carol = Client::new(udp_client(1), &first.username, &first.password);
