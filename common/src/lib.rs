@@ -1,13 +1,14 @@
 //! What icegate-relay and icegate-signal share.
 //!
-//! Without the default `runtime` feature only [`credentials`], [`collections`] and [`clock`]
-//! are built, so the sans-IO cores can depend on this crate without pulling in tokio.
+//! Without the default `runtime` feature only [`credentials`], [`collections`],
+//! [`token_bucket`] and [`clock`] are built, so the sans-IO cores can depend on this crate without pulling in tokio.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod collections;
 pub mod credentials;
+pub mod token_bucket;
 
 /// Loading the TOML configuration files, with errors that name the file and key.
 #[cfg(feature = "runtime")]

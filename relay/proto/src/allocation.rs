@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use icegate_common::token_bucket::{Rate, TokenBucket};
 use stun_types::message::TransactionId;
 
 use crate::channels::Channels;
@@ -43,44 +44,19 @@ pub struct PendingAllocate {
     pub lifetime: std::time::Duration,
 }
 
-/// A token bucket over bytes, for the optional per-allocation bandwidth cap.
-#[derive(Debug, Clone, Copy)]
-pub struct Bandwidth {
-    tokens: u64,
-    last: Instant,
-}
-
-impl Bandwidth {
-    /// A full bucket.
-    pub fn new(now: Instant, rate: u64) -> Self {
-        Self {
-            tokens: rate,
-            last: now,
-        }
-    }
-
-    /// Takes `len` bytes if the budget allows; `rate` bytes/s, burst of one second.
-    pub fn take(&mut self, len: usize, rate: u64, now: Instant) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.last);
-        if !elapsed.is_zero() {
-            let refill = (elapsed.as_nanos().min(u64::MAX as u128) as u64 / 1000)
-                .saturating_mul(rate)
-                / 1_000_000;
-            if refill > 0 {
-                self.tokens = self.tokens.saturating_add(refill).min(rate);
-                self.last = now;
-            }
-        }
-        if self.tokens >= len as u64 {
-            self.tokens -= len as u64;
-            true
-        } else {
-            false
-        }
-    }
+/// Takes `len` bytes from one direction's `bandwidth` budget if it allows them: `max_bps`
+/// bytes per second with a burst of one second; 0 is unlimited.
+pub fn take_bandwidth(
+    budget: &mut TokenBucket<Instant>,
+    len: usize,
+    max_bps: u64,
+    now: Instant,
+) -> bool {
+    let rate = Rate {
+        per_second: max_bps,
+        burst: max_bps,
+    };
+    max_bps == 0 || budget.take(len as u64, rate, now)
 }
 
 /// One allocation.
@@ -107,8 +83,8 @@ pub struct Allocation {
     pub allocate_response: Option<Vec<u8>>,
     /// The response still owed, while relay sockets are being bound.
     pub pending: Option<PendingAllocate>,
-    /// Bandwidth budgets: client→peer, peer→client.
-    pub bandwidth: [Bandwidth; 2],
+    /// Bandwidth budgets in bytes ([`take_bandwidth`]): client→peer, peer→client.
+    pub bandwidth: [TokenBucket<Instant>; 2],
 }
 
 impl Allocation {
@@ -140,12 +116,30 @@ mod tests {
     #[test]
     fn bandwidth_bucket_refills_at_rate() {
         let t0 = Instant::now();
-        let mut b = Bandwidth::new(t0, 1000);
-        assert!(b.take(1000, 1000, t0));
-        assert!(!b.take(1, 1000, t0));
-        assert!(b.take(500, 1000, t0 + Duration::from_millis(500)));
-        assert!(!b.take(10, 1000, t0 + Duration::from_millis(500)));
-        assert!(b.take(1000, 1000, t0 + Duration::from_secs(100)));
-        assert!(b.take(usize::MAX, 0, t0), "0 means unlimited");
+        let mut b = TokenBucket::full(t0);
+        assert!(take_bandwidth(&mut b, 1000, 1000, t0));
+        assert!(!take_bandwidth(&mut b, 1, 1000, t0));
+        assert!(take_bandwidth(
+            &mut b,
+            500,
+            1000,
+            t0 + Duration::from_millis(500)
+        ));
+        assert!(!take_bandwidth(
+            &mut b,
+            10,
+            1000,
+            t0 + Duration::from_millis(500)
+        ));
+        assert!(take_bandwidth(
+            &mut b,
+            1000,
+            1000,
+            t0 + Duration::from_secs(100)
+        ));
+        assert!(
+            take_bandwidth(&mut b, usize::MAX, 0, t0),
+            "0 means unlimited"
+        );
     }
 }

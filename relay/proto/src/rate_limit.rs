@@ -42,6 +42,10 @@
 //! `burst + per_second * elapsed_seconds` requests through, over all workers
 //! together. 24 bits cap `burst` at [`MAX_BURST`] requests.
 //!
+//! The arithmetic is the shared one of `icegate_common::token_bucket` ([`spend`], on
+//! [`Millis`]); only the storage is this module's own, since a `TokenBucket` value could not
+//! be updated with one `compare_exchange`.
+//!
 //! Time only ever comes in as `Instant` arguments. Workers read the clock
 //! separately, so one may pass a `now` a little earlier than another already
 //! did; the table then uses the latest time it has seen, so no interval is
@@ -53,10 +57,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use foldhash::quality::FixedState;
+use icegate_common::token_bucket::{spend, Millis, Timestamp};
 
 /// One request in fixed-point units: regaining `per_second` units per millisecond gives
 /// `per_second` requests per second.
-const UNITS_PER_TOKEN: u64 = 1_000;
+const UNITS_PER_TOKEN: u64 = Millis::TICKS_PER_SECOND;
 /// Bits of a bucket holding the units spent; the rest hold the refill time.
 const SPENT_BITS: u32 = 24;
 const SPENT_MASK: u64 = (1 << SPENT_BITS) - 1;
@@ -120,10 +125,16 @@ fn take(bucket: u64, now_ms: u64, per_second: u32, capacity: u64) -> Option<u64>
     let last = bucket >> SPENT_BITS;
     // Time going backwards regains nothing, and `last` never moves back, so the same
     // interval can't be credited twice.
-    let elapsed = now_ms.saturating_sub(last);
-    let regained = elapsed.saturating_mul(u64::from(per_second));
-    let spent = (bucket & SPENT_MASK).saturating_sub(regained) + UNITS_PER_TOKEN;
-    (spent <= capacity).then_some((last.max(now_ms) << SPENT_BITS) | spent)
+    let elapsed = Millis(now_ms).ticks_since(Millis(last));
+    let spent = spend(
+        bucket & SPENT_MASK,
+        elapsed,
+        u64::from(per_second),
+        UNITS_PER_TOKEN,
+        capacity,
+    )?;
+    // `capacity` fits in SPENT_BITS, so `spent` does.
+    Some((last.max(now_ms) << SPENT_BITS) | spent)
 }
 
 /// Token buckets of every source, shared by all workers of a process; see the module docs.

@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use crate::limits::{Limits, TokenBucket};
+use icegate_common::token_bucket::TokenBucket;
+
+use crate::limits::Limits;
 use crate::protocol::{
     self, close, ClientMessage, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
 };
@@ -62,7 +64,7 @@ enum State {
 pub struct Connection {
     limits: Limits,
     state: State,
-    bucket: TokenBucket,
+    bucket: TokenBucket<Instant>,
     strikes: u32,
     opened: Instant,
     last_heard: Instant,
@@ -73,7 +75,7 @@ impl Connection {
     /// A new connection, not authenticated yet.
     pub fn new(limits: Limits, now: Instant) -> Self {
         Connection {
-            bucket: TokenBucket::new(limits.messages_per_sec, limits.message_burst, now),
+            bucket: TokenBucket::full(now),
             next_ping: now + limits.ping_interval(),
             limits,
             state: State::AwaitingHello,
@@ -158,7 +160,7 @@ impl Connection {
     /// A limited message is dropped unparsed (parsing is the cost being limited), so its
     /// error carries no id. A client that keeps sending regardless is closed.
     fn rate_limit(&mut self, now: Instant) -> Option<Action> {
-        if self.bucket.try_take(now) {
+        if self.bucket.take(1, self.limits.message_rate(), now) {
             self.strikes = 0;
             return None;
         }

@@ -1,10 +1,12 @@
-//! What one client may consume: messages per second (a token bucket per connection), SDP and
-//! frame sizes, connections per IP address. Sessions per user are counted by the hub, which
+//! What one client may consume: messages per second (the [`Rate`] of a token bucket per
+//! connection), SDP and frame sizes, connections per IP address. Sessions per user are counted by the hub, which
 //! knows the users.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use icegate_common::token_bucket::Rate;
 
 /// The limits, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,45 +51,19 @@ impl Limits {
         self.max_sdp_bytes.saturating_mul(2).saturating_add(4096)
     }
 
+    /// The token bucket of a connection's messages
+    /// (an `icegate_common::token_bucket::TokenBucket`): `messages_per_sec`, and at least one
+    /// message of burst.
+    pub fn message_rate(&self) -> Rate {
+        Rate {
+            per_second: u64::from(self.messages_per_sec),
+            burst: u64::from(self.message_burst.max(1)),
+        }
+    }
+
     /// How often the server pings a connection, so that a live one is never idle.
     pub fn ping_interval(&self) -> Duration {
         self.idle_timeout / 3
-    }
-}
-
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        // `saturating_duration_since`: an earlier `now` than last time must not panic.
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -143,22 +119,6 @@ impl ConnectionCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(10, 5, start);
-        assert_eq!((0..8).filter(|_| bucket.try_take(start)).count(), 5);
-        // 10/s: one token every 100 ms.
-        assert!(!bucket.try_take(start + Duration::from_millis(50)));
-        assert!(bucket.try_take(start + Duration::from_millis(110)));
-        assert!(!bucket.try_take(start + Duration::from_millis(120)));
-        // A long pause refills to the burst, not beyond.
-        let later = start + Duration::from_secs(60);
-        assert_eq!((0..20).filter(|_| bucket.try_take(later)).count(), 5);
-        // Time going backwards takes nothing and panics nowhere.
-        assert!(!bucket.try_take(start));
-    }
 
     #[test]
     fn counts_connections_per_address_and_per_ipv6_64() {

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use icegate_common::token_bucket::TokenBucket;
 use rand::Rng;
 use stun_types::attribute::{AttributeStaticType, AttributeType, ErrorCode, XorMappedAddress};
 use stun_types::message::{Message, MessageClass, MessageWrite, MessageWriteExt, MessageWriteVec};
@@ -22,7 +23,7 @@ use turn_types::message::ALLOCATE;
 use super::authenticate::Authed;
 use super::replies::{add_software, push_error, write_header};
 use super::{Command, RelayId, Server};
-use crate::allocation::{Allocation, Bandwidth, PendingAllocate, Relay};
+use crate::allocation::{Allocation, PendingAllocate, Relay};
 use crate::integrity;
 use crate::metrics::{MethodLabel, QuotaKind};
 use crate::transport::{Family, FiveTuple};
@@ -292,10 +293,7 @@ impl Server {
                 dont_fragment: request.dont_fragment,
                 lifetime,
             }),
-            bandwidth: [
-                Bandwidth::new(now, config.max_bps),
-                Bandwidth::new(now, config.max_bps),
-            ],
+            bandwidth: [TokenBucket::full(now), TokenBucket::full(now)],
         };
         let slot = self.insert(allocation);
         self.by_client.insert(from, slot);

@@ -13,6 +13,7 @@ use stun_types::message::Message;
 use turn_types::attribute::{Data, XorPeerAddress};
 
 use super::{ClientOutcome, PeerRoute, RelayId, Server};
+use crate::allocation::take_bandwidth;
 use crate::metrics::{Direction, DropReason};
 use crate::transport::{Family, FiveTuple};
 
@@ -35,7 +36,7 @@ impl Server {
             self.counters.dropped(DropReason::NoPermission);
             return None;
         }
-        if !a.bandwidth[1].take(len, max_bps, now) {
+        if !take_bandwidth(&mut a.bandwidth[1], len, max_bps, now) {
             self.counters.dropped(DropReason::Bandwidth);
             return None;
         }
@@ -129,7 +130,7 @@ impl Server {
             self.counters.dropped(DropReason::NoPermission);
             return ClientOutcome::Dropped;
         }
-        if !a.bandwidth[0].take(payload.len(), max_bps, now) {
+        if !take_bandwidth(&mut a.bandwidth[0], payload.len(), max_bps, now) {
             self.counters.dropped(DropReason::Bandwidth);
             return ClientOutcome::Dropped;
         }
