@@ -5,22 +5,24 @@
 //!   accept loop ──► per TCP connection: TLS, HTTP/1.1 ──► /ws upgrade ──► connection task
 //!                                                    └─► /v1/ice-servers, /        │ bounded
 //!   relay health tasks (poll /readyz) ──► relay_up flags ──► ICE servers           ▼
-//!   hub task (owns the Hub) ◄──── bounded inbox ──── connection tasks ◄── bounded outbox each
+//!   switchboard task (owns Hub + Gateway) ◄── bounded inbox ── connection tasks ◄── bounded outbox each
+//!        ▲ └─► SIP WebSocket task, ARI events task, ARI REST request tasks ─► bounded io ─┘
 //!   main: signals (SIGHUP reloads certificate and keys, SIGTERM closes with 1001), /metrics
 //! ```
 //!
-//! The hub task never waits on a client: it writes to each session's outbox with `try_send`
-//! and disconnects a session whose outbox is full.
+//! The switchboard task never waits on a client: it writes to each session's outbox with
+//! `try_send` and disconnects a session whose outbox is full. The hub and the Asterisk gateway
+//! meet only inside its core (`icegate_signal_asterisk::switchboard`), with no channel between.
 
 mod shell {
     pub mod asterisk_io;
     pub mod config;
-    pub mod gateway_task;
-    pub mod hub_task;
+    pub mod inbox;
     pub mod metrics;
     pub mod relay_health;
     pub mod server;
     pub mod state;
+    pub mod switchboard_task;
     pub mod ws;
 }
 
@@ -63,7 +65,7 @@ enum StartError {
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("Asterisk gateway: {0}")]
-    Asterisk(shell::gateway_task::SpawnError),
+    Asterisk(shell::switchboard_task::SpawnError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -165,26 +167,15 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
 
     let metrics = Metrics::new();
     let (stop, stopped) = watch::channel(false);
-    let (hub_tx, hub_rx) = mpsc::channel(shell::hub_task::INBOX_CAPACITY);
-    let (gateway, gateway_task) = match asterisk {
-        Some(asterisk) => {
-            let (inbox, task) = shell::gateway_task::spawn(
-                asterisk,
-                hub_tx.clone(),
-                metrics.clone(),
-                stopped.clone(),
-            )
-            .map_err(StartError::Asterisk)?;
-            (Some(inbox), Some(task))
-        }
-        None => (None, None),
-    };
-    tokio::spawn(shell::hub_task::run(
+    let (hub_tx, hub_rx) = mpsc::channel(shell::inbox::INBOX_CAPACITY);
+    let gateway_done = shell::switchboard_task::spawn(
         Hub::new(hub_config, rand::random()),
+        asterisk,
         hub_rx,
-        gateway,
         metrics.clone(),
-    ));
+        stopped.clone(),
+    )
+    .map_err(StartError::Asterisk)?;
     let shared = Arc::new(Shared::new(
         anonymous,
         keys,
@@ -252,9 +243,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     while metrics.connections_active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(task) = gateway_task {
-        // Its BYEs and unregistration, bounded by its own wait.
-        let _ = tokio::time::timeout_at(deadline, task).await;
+    if let Some(done) = gateway_done {
+        // The gateway's BYEs and unregistration, bounded by its own wait.
+        let _ = tokio::time::timeout_at(deadline, done).await;
     }
     Ok(())
 }

@@ -525,4 +525,4 @@ fn uri_user(uri: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

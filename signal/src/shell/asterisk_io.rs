@@ -1,7 +1,7 @@
 //! The Asterisk gateway's connections: the SIP WebSocket (subprotocol `sip`, reconnected
 //! with backoff), the ARI events WebSocket (opened when the controller asks) and ARI REST
-//! requests (hyper, one connection per request, basic auth). Each reports to the gateway task
-//! through one bounded channel. Credentials are never logged.
+//! requests (hyper, one connection per request, basic auth). Each reports to the switchboard
+//! task through one bounded channel. Credentials are never logged.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::config::{Asterisk, ServerUrl};
 
-/// Events queued for the gateway task.
+/// Events queued for the switchboard task.
 pub const IO_CAPACITY: usize = 1024;
 /// SIP frames queued for the WebSocket writer.
 const SIP_OUTBOX: usize = 256;

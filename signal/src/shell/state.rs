@@ -13,7 +13,7 @@ use icegate_signal_proto::protocol::UserId;
 use tokio::sync::{mpsc, watch};
 
 use super::config::Keys;
-use super::hub_task::HubInput;
+use super::inbox::HubInput;
 use super::metrics::Metrics;
 
 /// Who a client turned out to be.
@@ -38,7 +38,7 @@ pub struct Shared {
     pub credential_ttl: u64,
     /// Per-connection limits.
     pub limits: Limits,
-    /// The hub task's inbox.
+    /// The switchboard task's inbox (the hub's requests).
     pub hub: mpsc::Sender<HubInput>,
     connections: Mutex<ConnectionCounter>,
     /// Every metric.

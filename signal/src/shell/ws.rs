@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::hub_task::{HubInput, OUTBOX_CAPACITY};
+use super::inbox::{HubInput, OUTBOX_CAPACITY};
 use super::metrics::INVALID_KIND;
 use super::state::{Admission, Shared};
 

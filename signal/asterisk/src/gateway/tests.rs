@@ -2,7 +2,7 @@
 //! requests, ARI events are written by hand in the recorded shapes. One file per topic over a
 //! shared harness ([`harness::Rig`]: a gateway, a fake clock, and what it said to each side).
 
-mod harness;
+pub(crate) mod harness;
 
 mod connections;
 mod in_call;

@@ -14,10 +14,10 @@ pub(super) use crate::sip::builder::response;
 pub(super) use crate::sip::message::Message;
 pub(super) use crate::sip::method::Method as SipMethod;
 
-pub(super) const AST_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=Asterisk\r\nt=0 0\r\n\
+pub(crate) const AST_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=Asterisk\r\nt=0 0\r\n\
     m=audio 4000 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 1 udp 1 127.0.0.1 4000 typ host\r\n\
     a=end-of-candidates\r\n";
-pub(super) const BROWSER_SDP: &str = "v=0\r\no=- 9 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+pub(crate) const BROWSER_SDP: &str = "v=0\r\no=- 9 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
     m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n";
 
 pub(super) struct Rig {
@@ -31,7 +31,7 @@ pub(super) struct Rig {
     pub(super) connects: usize,
 }
 
-pub(super) fn config() -> GatewayConfig {
+pub(crate) fn config() -> GatewayConfig {
     GatewayConfig {
         sip: UaConfig::new("icegate", "sip-secret", "pbx.example"),
         ari: ControllerConfig {
@@ -183,14 +183,14 @@ impl Rig {
     }
 }
 
-pub(super) fn channel(id: &str, state: &str, protocol_id: &str) -> serde_json::Value {
+pub(crate) fn channel(id: &str, state: &str, protocol_id: &str) -> serde_json::Value {
     json!({"id": id, "name": "PJSIP/icegate-00000009", "state": state, "protocol_id": protocol_id,
            "caller": {"name": "", "number": "icegate"}, "connected": {"name": "", "number": ""},
            "dialplan": {"context": "from-icegate", "exten": "700", "priority": 1,
                         "app_name": "Stasis", "app_data": "icegate,700"}})
 }
 
-pub(super) fn cand(line: &str) -> Option<IceCandidate> {
+pub(crate) fn cand(line: &str) -> Option<IceCandidate> {
     Some(IceCandidate {
         candidate: line.into(),
         sdp_mid: Some("0".into()),
@@ -208,7 +208,7 @@ pub(super) fn hangup_of(hub: &[ToHub]) -> Option<HangupReason> {
     })
 }
 
-pub(super) fn incoming_invite(to_user: &str) -> String {
+pub(crate) fn incoming_invite(to_user: &str) -> String {
     format!(
         "INVITE sip:icegate@127.0.0.1:48126;transport=WS SIP/2.0\r\n\
          Via: SIP/2.0/WS 127.0.0.1:8088;rport;branch=z9hG4bKPjin1;alias\r\n\

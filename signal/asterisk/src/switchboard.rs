@@ -1,0 +1,293 @@
+//! The switchboard: the [`Hub`] and the optional Asterisk [`Gateway`] as one sans-IO core, so
+//! that one owner drives both. What the hub says to the PBX goes into the gateway, and what
+//! the gateway says to the hub goes into the hub, here and synchronously, the way
+//! `Gateway::pump` joins the SIP user agent and the ARI controller: no channel between them,
+//! so nothing between them can be dropped, delayed or reordered.
+//!
+//! ```text
+//!  browser sessions: open / message / close ─┐                      ┌─► Output::Session (to a browser)
+//!  SIP WebSocket: connected / frame / closed ─┤     Switchboard      ├─► Output::Sip (frames)
+//!  ARI: connected / event / lost / response ──┤  Hub ◄──route──► Gateway ├─► Output::AriConnect / AriRequest
+//!  time: handle_timeout(now), shutdown(now) ──┘   (PbxCall, Send{Pbx},  ├─► Output::Call, PbxResult (metrics)
+//!                                                  PbxRequest ⇄ ToHub)  └─► Output::Log
+//! ```
+//!
+//! Call order: after any input, drain [`Switchboard::poll_output`] until `None`, then re-arm
+//! the timer from [`Switchboard::poll_timeout`]. Every input takes `now`; nothing here reads a
+//! clock. Without a gateway the hub is configured without a PBX (`HubConfig::pbx` false), so
+//! it never addresses one, and the SIP and ARI inputs are ignored.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use icegate_signal_proto::hub::{
+    CallEvent, Endpoint, Hub, OpenError, Output as HubOutput, PbxEvent,
+};
+use icegate_signal_proto::protocol::{
+    ClientMessage, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
+};
+
+use crate::ari::controller::RequestId as AriRequestId;
+use crate::ari::rest::Method;
+use crate::gateway::{CallResult, Gateway, Output as GatewayOutput, ToHub};
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send `message` to a browser session.
+    Session {
+        /// The session.
+        session: SessionId,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Send this text frame on the SIP WebSocket.
+    Sip(String),
+    /// Open the ARI events WebSocket at this path (the shell adds the credentials).
+    AriConnect(String),
+    /// Perform this ARI REST request, then call [`Switchboard::handle_ari_response`].
+    AriRequest {
+        /// Its id.
+        id: AriRequestId,
+        /// The method.
+        method: Method,
+        /// Path and query below `/ari`.
+        path: String,
+        /// JSON body.
+        body: Option<String>,
+    },
+    /// Count a call event of the hub.
+    Call(CallEvent),
+    /// Count how a call with the PBX ended.
+    PbxResult(CallResult),
+    /// Something for the log (never holds a secret).
+    Log(String),
+}
+
+/// The hub and the gateway, joined.
+pub struct Switchboard {
+    hub: Hub,
+    gateway: Option<Gateway>,
+    out: VecDeque<Output>,
+}
+
+impl Switchboard {
+    /// Joins `hub` and, when Asterisk is configured, `gateway` (whose first outputs, such as
+    /// the ARI connect, are ready to drain at once).
+    pub fn new(hub: Hub, gateway: Option<Gateway>, now: Instant) -> Switchboard {
+        let mut board = Switchboard {
+            hub,
+            gateway,
+            out: VecDeque::new(),
+        };
+        board.route(now);
+        board
+    }
+
+    // ---- getters ----
+
+    /// The hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The gateway, when Asterisk is configured.
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.gateway.as_ref()
+    }
+
+    // ---- browser sessions ----
+
+    /// Opens a session for an authenticated user.
+    pub fn open_session(&mut self, user: UserId, now: Instant) -> Result<SessionId, OpenError> {
+        let result = self.hub.open_session(user, now);
+        self.route(now);
+        result
+    }
+
+    /// Closes a session: its calls end for the other parties, the PBX among them.
+    pub fn close_session(&mut self, session: SessionId, now: Instant) {
+        self.hub.close_session(session, now);
+        self.route(now);
+    }
+
+    /// A request from an open session.
+    pub fn handle_message(
+        &mut self,
+        session: SessionId,
+        id: Option<RequestId>,
+        message: ClientMessage,
+        now: Instant,
+    ) {
+        self.hub.handle_message(session, id, message, now);
+        self.route(now);
+    }
+
+    // ---- Asterisk's transports ----
+
+    /// The SIP WebSocket is open.
+    pub fn sip_connected(&mut self, now: Instant) {
+        self.with_gateway(now, |gateway| gateway.sip_connected(now));
+    }
+
+    /// The SIP WebSocket closed (or could not be opened).
+    pub fn sip_disconnected(&mut self, now: Instant) {
+        self.with_gateway(now, |gateway| gateway.sip_disconnected(now));
+    }
+
+    /// A text frame from the SIP WebSocket.
+    pub fn handle_sip(&mut self, frame: &[u8], now: Instant) {
+        self.with_gateway(now, |gateway| gateway.handle_sip(frame, now));
+    }
+
+    /// The ARI events WebSocket is open.
+    pub fn ari_connected(&mut self, now: Instant) {
+        self.with_gateway(now, |gateway| gateway.ari_connected(now));
+    }
+
+    /// The ARI events WebSocket closed, or could not be opened.
+    pub fn ari_connection_lost(&mut self, now: Instant) {
+        self.with_gateway(now, |gateway| gateway.ari_connection_lost(now));
+    }
+
+    /// A text frame of the ARI events WebSocket.
+    pub fn handle_ari_event(&mut self, text: &str, now: Instant) {
+        self.with_gateway(now, |gateway| gateway.handle_ari_event(text, now));
+    }
+
+    /// The response to an [`Output::AriRequest`] (status 0 when there was none).
+    pub fn handle_ari_response(&mut self, id: AriRequestId, status: u16, body: &str, now: Instant) {
+        self.with_gateway(now, |gateway| {
+            gateway.handle_ari_response(id, status, body, now)
+        });
+    }
+
+    /// icegate-signal is stopping: the gateway ends its calls with Asterisk and unregisters
+    /// (see [`Gateway::shutdown`]); the hub hears that the PBX is gone. Drive on until
+    /// [`Gateway::is_quiet`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.with_gateway(now, |gateway| gateway.shutdown(now));
+    }
+
+    // ---- time ----
+
+    /// The hub's ring timeouts and the gateway's timers (SIP transactions and registration
+    /// retries, ARI reconnects and requests, candidate gathering) that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.hub.poll_timeout().is_some_and(|due| due <= now) {
+            self.hub.handle_timeout(now);
+        }
+        if let Some(gateway) = &mut self.gateway {
+            if gateway.poll_timeout().is_some_and(|due| due <= now) {
+                gateway.handle_timeout(now);
+            }
+        }
+        self.route(now);
+    }
+
+    /// When [`Switchboard::handle_timeout`] is due: the earliest of the hub's and the
+    /// gateway's timers.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let gateway = self.gateway.as_ref().and_then(Gateway::poll_timeout);
+        match (self.hub.poll_timeout(), gateway) {
+            (Some(hub), Some(gateway)) => Some(hub.min(gateway)),
+            (hub, gateway) => hub.or(gateway),
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    // ---- plumbing ----
+
+    fn with_gateway(&mut self, now: Instant, input: impl FnOnce(&mut Gateway)) {
+        if let Some(gateway) = &mut self.gateway {
+            input(gateway);
+            self.route(now);
+        }
+    }
+
+    /// Moves outputs until both cores are drained: the hub's PBX outputs into the gateway,
+    /// the gateway's messages for the hub into the hub, everything else out.
+    fn route(&mut self, now: Instant) {
+        let Switchboard { hub, gateway, out } = self;
+        loop {
+            let mut progressed = false;
+            while let Some(output) = hub.poll_output() {
+                progressed = true;
+                match output {
+                    HubOutput::Send {
+                        to: Endpoint::Session(session),
+                        message,
+                    } => out.push_back(Output::Session { session, message }),
+                    HubOutput::Event(event) => out.push_back(Output::Call(event)),
+                    // Without a gateway the hub has no PBX and never addresses it.
+                    output @ (HubOutput::Send {
+                        to: Endpoint::Pbx, ..
+                    }
+                    | HubOutput::PbxCall { .. }
+                    | HubOutput::PbxRequest { .. }) => {
+                        if let Some(gateway) = gateway.as_mut() {
+                            gateway.handle_hub(output, now);
+                        }
+                    }
+                }
+            }
+            if let Some(gateway) = gateway.as_mut() {
+                while let Some(output) = gateway.poll_output() {
+                    progressed = true;
+                    match output {
+                        GatewayOutput::Hub(message) => to_hub(hub, gateway, message, now),
+                        GatewayOutput::Sip(frame) => out.push_back(Output::Sip(frame)),
+                        GatewayOutput::AriConnect(path) => out.push_back(Output::AriConnect(path)),
+                        GatewayOutput::AriRequest {
+                            id,
+                            method,
+                            path,
+                            body,
+                        } => out.push_back(Output::AriRequest {
+                            id,
+                            method,
+                            path,
+                            body,
+                        }),
+                        GatewayOutput::Result(result) => out.push_back(Output::PbxResult(result)),
+                        GatewayOutput::Log(text) => out.push_back(Output::Log(text)),
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+}
+
+/// Feeds what the gateway says to the hub; an offer's result goes straight back.
+fn to_hub(hub: &mut Hub, gateway: &mut Gateway, message: ToHub, now: Instant) {
+    match message {
+        ToHub::Event(event) => {
+            // A refusal means the call is already gone in the hub; nothing to undo.
+            let _ = hub.handle_pbx(event, now);
+        }
+        ToHub::Available(available) => hub.set_pbx_available(available, now),
+        ToHub::Paused => hub.pause_pbx(now),
+        ToHub::Offer {
+            token,
+            from,
+            to,
+            sdp,
+        } => {
+            let result = hub
+                .handle_pbx(PbxEvent::Call { from, to, sdp }, now)
+                .and_then(|call| call.ok_or((ErrorCode::UnknownCall, "")))
+                .map_err(|(code, _)| code);
+            gateway.offer_result(token, result, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+//! The one task that owns the [`Switchboard`]: the hub and, when Asterisk is configured, the
+//! gateway, joined in one sans-IO core. It is the only place where hub and gateway meet, and
+//! it drives both from one loop over four inputs: the connections' inbox, the Asterisk
+//! connections' events, the core's timer and the shutdown signal.
+//!
+//! ```text
+//!   connection tasks ──► inbox (bounded, send may wait) ─┐                    ┌─► session outboxes (try_send;
+//!   SIP WebSocket task ─► io (bounded) ─────────────────┤  switchboard task  │    full → disconnected, 1013)
+//!   ARI events task(s) ─► io ───────────────────────────┤ (owns Switchboard: ├─► SIP WebSocket task (outbox)
+//!   ARI REST request tasks ► io ────────────────────────┤  Hub ⇄ Gateway)    ├─► ARI events task (per connect)
+//!   timer (poll_timeout), shutdown ─────────────────────┘                    └─► one task per REST request
+//! ```
+//!
+//! The task never waits on a client: it answers each session over that session's own bounded
+//! outbox with `try_send`, and a session whose outbox is full is closed in the hub (its calls
+//! end for the other parties) and disconnected. Nor does it wait on Asterisk: SIP frames go to
+//! the SIP WebSocket task's outbox with `try_send` (dropped while it is not writable, as SIP
+//! over a lost connection is), and ARI requests are spawned.
+//!
+//! Module dependencies point one way, with no cycle: `main → switchboard_task → {asterisk_io,
+//! inbox, state, metrics, config}`, `main → server → ws → {inbox, state, metrics}`,
+//! `asterisk_io → {state, config}`, `state → {inbox, config, metrics}`; `inbox`, `config` and
+//! `metrics` import no other shell module.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use icegate_signal_asterisk::ari::controller::{ControllerConfig, RequestId};
+use icegate_signal_asterisk::gateway::{CallResult, Gateway, GatewayConfig};
+use icegate_signal_asterisk::sip::UaConfig;
+use icegate_signal_asterisk::switchboard::{Output, Switchboard};
+use icegate_signal_proto::hub::Hub;
+use icegate_signal_proto::protocol::{ServerMessage, SessionId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::asterisk_io::{self, Clients, Io};
+use super::config::Asterisk;
+use super::inbox::HubInput;
+use super::metrics::Metrics;
+use super::state;
+
+/// Why the gateway cannot start.
+pub type SpawnError = asterisk_io::IoError;
+
+/// How long the gateway may take at shutdown for Asterisk to answer its BYEs and the
+/// unregistration.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// The gateway's configuration from the settings.
+fn gateway_config(settings: &Asterisk) -> GatewayConfig {
+    let password = String::from_utf8_lossy(settings.sip_password.expose()).into_owned();
+    GatewayConfig {
+        sip: UaConfig {
+            secure: settings.sip_ws.tls,
+            ..UaConfig::new(&settings.sip_user, &password, &settings.sip_domain)
+        },
+        ari: ControllerConfig {
+            app: settings.app.clone(),
+            routing: settings.routing.clone(),
+            transfer_context: settings.context.clone(),
+            originate_endpoint: format!("PJSIP/{}", settings.sip_user),
+            ..ControllerConfig::default()
+        },
+        gather_timeout: settings.gather_timeout,
+        register_expires: 300,
+    }
+}
+
+/// The Asterisk side's I/O, while the gateway runs.
+struct Links {
+    clients: Clients,
+    io: mpsc::Receiver<Io>,
+    /// The open SIP WebSocket's outbox; dropping it lets that connection close.
+    sip_outbox: Option<mpsc::Sender<String>>,
+    /// Names the current ARI events connection; frames of replaced ones are ignored.
+    ari_generation: u64,
+    /// Set at shutdown: the gateway ends its calls and unregisters until quiet or this passes.
+    closing: Option<Instant>,
+    /// Told when the gateway's shutdown work is done.
+    done: oneshot::Sender<()>,
+}
+
+/// Starts the switchboard task (and, with Asterisk, the SIP connection task). With Asterisk,
+/// returns a receiver that completes once the gateway's shutdown work (BYEs, unregistration)
+/// is done after `shutdown` is set; the hub goes on serving the connections still closing.
+pub fn spawn(
+    hub: Hub,
+    asterisk: Option<Asterisk>,
+    inbox: mpsc::Receiver<HubInput>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<oneshot::Receiver<()>>, SpawnError> {
+    let now = Instant::now();
+    let (board, links, done) = match asterisk {
+        Some(settings) => {
+            let (io_tx, io_rx) = mpsc::channel(asterisk_io::IO_CAPACITY);
+            let clients = Clients::new(&settings, io_tx.clone())?;
+            tokio::spawn(asterisk_io::sip_loop(
+                clients.clone(),
+                io_tx,
+                shutdown.clone(),
+            ));
+            let gateway = Gateway::new(gateway_config(&settings), rand::random(), now);
+            metrics.asterisk_configured.set(1);
+            let (done_tx, done_rx) = oneshot::channel();
+            let links = Links {
+                clients,
+                io: io_rx,
+                sip_outbox: None,
+                ari_generation: 0,
+                closing: None,
+                done: done_tx,
+            };
+            (
+                Switchboard::new(hub, Some(gateway), now),
+                Some(links),
+                Some(done_rx),
+            )
+        }
+        None => (Switchboard::new(hub, None, now), None, None),
+    };
+    tokio::spawn(run(board, inbox, links, metrics, shutdown));
+    Ok(done)
+}
+
+/// Runs the switchboard until every inbox sender is gone.
+async fn run(
+    mut board: Switchboard,
+    mut inbox: mpsc::Receiver<HubInput>,
+    mut links: Option<Links>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
+    loop {
+        // Outputs first: `Switchboard::new` may have queued the first ARI connect.
+        perform(&mut board, &mut outboxes, &mut links, &metrics);
+        metrics.sessions_active.set(outboxes.len() as i64);
+        if let Some(gateway) = board.gateway() {
+            metrics
+                .sip_registered
+                .set(i64::from(gateway.is_registered()));
+            metrics
+                .ari_connected
+                .set(i64::from(gateway.is_ari_connected()));
+            metrics.pbx_calls_active.set(gateway.call_count() as i64);
+        }
+        finish_gateway(&board, &mut links);
+
+        let closing = links.as_ref().and_then(|l| l.closing);
+        let deadline = match (board.poll_timeout(), closing) {
+            (Some(timer), Some(give_up)) => Some(timer.min(give_up)),
+            (timer, give_up) => timer.or(give_up),
+        };
+        let may_close = links.as_ref().is_some_and(|l| l.closing.is_none());
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(input) => handle_input(&mut board, &mut outboxes, input),
+                None => return,
+            },
+            Some(event) = next_io(&mut links) => {
+                if let Some(links) = links.as_mut() {
+                    handle_io(&mut board, links, event);
+                }
+            }
+            () = sleep_until(deadline) => board.handle_timeout(Instant::now()),
+            () = state::shutdown(&mut shutdown), if may_close => {
+                let now = Instant::now();
+                if let Some(links) = links.as_mut() {
+                    links.closing = Some(now + SHUTDOWN_WAIT);
+                }
+                board.shutdown(now);
+            }
+        }
+    }
+}
+
+/// A connection's request.
+fn handle_input(
+    board: &mut Switchboard,
+    outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
+    input: HubInput,
+) {
+    let now = Instant::now();
+    match input {
+        HubInput::Open {
+            user,
+            outbox,
+            reply,
+        } => {
+            let result = board.open_session(user, now);
+            if let Ok(session) = result {
+                outboxes.insert(session, outbox);
+            }
+            if reply.send(result).is_err() {
+                // The connection went away while waiting: forget the session again.
+                if let Ok(session) = result {
+                    outboxes.remove(&session);
+                    board.close_session(session, now);
+                }
+            }
+        }
+        HubInput::Message {
+            session,
+            id,
+            message,
+        } => board.handle_message(session, id, message, now),
+        HubInput::Close { session } => {
+            outboxes.remove(&session);
+            board.close_session(session, now);
+        }
+    }
+}
+
+/// What an Asterisk connection reports.
+fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
+    let now = Instant::now();
+    match event {
+        Io::SipConnected(outbox) => {
+            tracing::info!("SIP WebSocket to Asterisk open; registering");
+            links.sip_outbox = Some(outbox);
+            board.sip_connected(now);
+        }
+        Io::SipFrame(frame) => board.handle_sip(frame.as_bytes(), now),
+        Io::SipClosed => {
+            if links.sip_outbox.take().is_some() {
+                tracing::warn!("SIP WebSocket to Asterisk closed");
+            }
+            board.sip_disconnected(now);
+        }
+        Io::AriConnected(generation) if generation == links.ari_generation => {
+            tracing::info!("ARI events WebSocket open");
+            board.ari_connected(now);
+        }
+        Io::AriEvent(generation, text) if generation == links.ari_generation => {
+            board.handle_ari_event(&text, now)
+        }
+        Io::AriClosed(generation) if generation == links.ari_generation => {
+            if board.gateway().is_some_and(Gateway::is_ari_connected) {
+                tracing::warn!("ARI events WebSocket closed");
+            }
+            board.ari_connection_lost(now);
+        }
+        Io::AriResponse { id, status, body } => {
+            board.handle_ari_response(RequestId(id), status, &body, now)
+        }
+        // Frames of an events connection that was replaced.
+        Io::AriConnected(_) | Io::AriEvent(..) | Io::AriClosed(_) => {}
+    }
+}
+
+/// Drains the switchboard's outputs. A session whose outbox is full is closed in the hub (its
+/// calls end for the other parties) and loses its outbox, which tells its connection task to
+/// close; the hangups that this causes are delivered in the same loop.
+fn perform(
+    board: &mut Switchboard,
+    outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
+    links: &mut Option<Links>,
+    metrics: &Metrics,
+) {
+    loop {
+        let mut overflowed = Vec::new();
+        while let Some(output) = board.poll_output() {
+            match output {
+                Output::Session { session, message } => {
+                    let Some(outbox) = outboxes.get(&session) else {
+                        continue;
+                    };
+                    match outbox.try_send(message) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(session),
+                        // The connection is ending; its Close input is on the way.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                Output::Call(event) => metrics.call(event),
+                Output::Sip(frame) => {
+                    let sent = links
+                        .as_ref()
+                        .and_then(|l| l.sip_outbox.as_ref())
+                        .is_some_and(|outbox| outbox.try_send(frame).is_ok());
+                    if !sent {
+                        tracing::debug!("SIP frame dropped: the SIP WebSocket is not writable");
+                    }
+                }
+                Output::AriConnect(path) => {
+                    if let Some(links) = links.as_mut() {
+                        links.ari_generation += 1;
+                        links.clients.connect_events(path, links.ari_generation);
+                    }
+                }
+                Output::AriRequest {
+                    id,
+                    method,
+                    path,
+                    body,
+                } => {
+                    if let Some(links) = links.as_ref() {
+                        links.clients.request(id, method, path, body);
+                    }
+                }
+                Output::PbxResult(result) => {
+                    let label = match result {
+                        CallResult::Answered => "answered",
+                        CallResult::Failed(reason) => reason.as_str(),
+                    };
+                    metrics.pbx_calls.with_label_values(&[label]).inc();
+                }
+                Output::Log(text) => tracing::info!(target: "icegate_signal::gateway", "{text}"),
+            }
+        }
+        if overflowed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for session in overflowed {
+            if outboxes.remove(&session).is_some() {
+                tracing::info!(%session, "session too slow to read its messages; disconnecting");
+                board.close_session(session, now);
+            }
+        }
+    }
+}
+
+/// At shutdown, once the gateway is quiet (or the SIP WebSocket is gone, or the wait is
+/// over), lets go of the Asterisk connections and says so; the hub keeps serving.
+fn finish_gateway(board: &Switchboard, links: &mut Option<Links>) {
+    let Some(give_up) = links.as_ref().and_then(|l| l.closing) else {
+        return;
+    };
+    let quiet = board.gateway().is_some_and(Gateway::is_quiet);
+    let sip_gone = links.as_ref().is_some_and(|l| l.sip_outbox.is_none());
+    if !(quiet || sip_gone || Instant::now() >= give_up) {
+        return;
+    }
+    if quiet {
+        tracing::info!("Asterisk calls ended and unregistered");
+    } else {
+        tracing::warn!("Asterisk did not answer the shutdown BYEs or unregistration");
+    }
+    // Dropping the SIP outbox lets the SIP connection close; dropping the io receiver ends
+    // the ARI tasks.
+    if let Some(links) = links.take() {
+        let _ = links.done.send(());
+    }
+}
+
+/// The next report of an Asterisk connection; never, once there are none.
+async fn next_io(links: &mut Option<Links>) -> Option<Io> {
+    match links {
+        Some(links) => links.io.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
