@@ -1,12 +1,16 @@
 //! icegate-bench: a TURN load generator and the harness that runs it against icegate-relay,
 //! coturn and a bare UDP forwarder (the floor), and writes RESULTS.md.
+#![deny(unsafe_code)]
 
 pub mod contender;
 pub mod error;
 pub mod floor;
+#[allow(unsafe_code)]
 pub mod generator;
 pub mod harness;
+#[allow(unsafe_code)]
 pub mod measure;
+#[allow(unsafe_code)]
 pub mod mmsg;
 pub mod report;
 pub mod scenario;

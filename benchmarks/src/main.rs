@@ -1,5 +1,6 @@
 //! The `icegate-bench` command: `run` (the benchmark, the default) and `floor` (the bare UDP
 //! forwarder the harness starts as a contender).
+#![deny(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
 use icegate_bench::contender::{relay_binary, Kind, ServerSpec};

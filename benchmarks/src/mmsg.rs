@@ -82,8 +82,9 @@ impl Batch {
             bufs: vec![0u8; BATCH * SLOT].into_boxed_slice(),
             lens: [0; BATCH],
             addrs: [empty_sockaddr(); BATCH],
-            // SAFETY: iovec and mmsghdr are plain old data (null pointers, zero lengths).
+            // SAFETY: iovec is plain old data (null pointers, zero lengths).
             iovs: unsafe { mem::zeroed() },
+            // SAFETY: mmsghdr is plain old data (null pointers, zero lengths).
             hdrs: unsafe { mem::zeroed() },
             len: 0,
             ctrl: [[0; 3]; BATCH],

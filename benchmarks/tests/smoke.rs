@@ -1,5 +1,6 @@
 //! A few seconds of every scenario against icegate-relay (debug build), the floor and, when
 //! installed, coturn: the harness must keep working; no speed is asserted.
+#![deny(unsafe_code)]
 
 use icegate_bench::contender::{relay_binary, Kind, ServerSpec};
 use icegate_bench::harness::{self, Plan};

@@ -14,19 +14,24 @@
 //!
 //! Workers share only the [`Ledger`] (ports, quotas, nonce key), touched when allocations are
 //! made or freed, and their own counter shards, summed when `/metrics` is scraped.
+#![deny(unsafe_code)]
 
 mod config;
 mod framing;
 mod limits;
 mod metrics;
+#[allow(unsafe_code)]
 mod mmsg;
 mod own_addresses;
 mod privileges;
+#[allow(unsafe_code)]
 mod relay_set;
+#[allow(unsafe_code)]
 mod sockets;
 mod stats;
 mod stream_admission;
 mod stream_deadline;
+#[allow(unsafe_code)]
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};

@@ -52,9 +52,11 @@ impl RecvBatch {
         RecvBatch {
             slots: vec![0u8; slot_len * BATCH].into_boxed_slice(),
             slot_len,
-            // SAFETY (all three): plain C structs, for which all-zero is a valid value.
+            // SAFETY: sockaddr_storage is a plain C struct, for which all-zero is valid.
             names: Box::new(unsafe { mem::zeroed() }),
+            // SAFETY: iovec is a plain C struct, for which all-zero is a valid value.
             iovs: unsafe { mem::zeroed() },
+            // SAFETY: mmsghdr is a plain C struct, for which all-zero is a valid value.
             headers: unsafe { mem::zeroed() },
         }
     }
@@ -318,8 +320,9 @@ impl SendBatch {
     /// One `sendmmsg` of the datagrams from `start` on, a message per run; how many
     /// datagrams the messages the kernel took carried.
     fn send_from(&self, fd: RawFd, start: usize) -> io::Result<usize> {
-        // SAFETY (all three): plain C structs and bytes, for which all-zero is a valid value.
+        // SAFETY: iovec is a plain C struct, for which all-zero is a valid value.
         let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        // SAFETY: mmsghdr is a plain C struct, for which all-zero is a valid value.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
         // One `cmsghdr` and a u16 per message (CMSG_SPACE(2) is 24 bytes), 8-byte aligned.
         let mut controls: [[u64; 3]; BATCH] = [[0; 3]; BATCH];

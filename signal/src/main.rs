@@ -13,6 +13,7 @@
 //! The switchboard task never waits on a client: it writes to each session's outbox with
 //! `try_send` and disconnects a session whose outbox is full. The hub and the Asterisk gateway
 //! meet only inside its core (`icegate_signal_asterisk::switchboard`), with no channel between.
+#![deny(unsafe_code)]
 
 mod shell {
     pub mod asterisk_io;

@@ -7,12 +7,14 @@
 //!
 //! Everything here only ever talks to loopback addresses, or to addresses inside network
 //! namespaces a test makes itself ([`netns`]).
+#![deny(unsafe_code)]
 
 pub mod asterisk;
 pub mod browser;
 pub mod debian;
 pub mod http;
 pub mod metrics;
+#[allow(unsafe_code)]
 pub mod netns;
 pub mod ports;
 pub mod server;

@@ -14,6 +14,7 @@
 //! Needs the `media-echo` feature (`cargo nextest run --features icegate-tests/media-echo`,
 //! as scripts/test does). Chromium and the npm packages come from `scripts/install-deps`;
 //! when they are missing this test fails and says so, it does not skip.
+#![deny(unsafe_code)]
 #![cfg(feature = "media-echo")]
 
 use icegate_tests::asterisk::{AsteriskStandIn, Config, MediaMode, TurnServer};

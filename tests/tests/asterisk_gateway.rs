@@ -1,6 +1,7 @@
 //! icegate-signal's Asterisk gateway end to end: browsers (WebSocket clients of the signal
 //! protocol) call through icegate-signal to the Asterisk stand-in (SIP over WebSocket with
 //! digest, ARI REST and events), and the stand-in calls them.
+#![deny(unsafe_code)]
 
 use std::time::Duration;
 

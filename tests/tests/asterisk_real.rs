@@ -9,6 +9,7 @@
 //! `Echo()`, both ends relay-only on one icegate-relay, audio echoed), ended by the browser
 //! or by Asterisk on `#`. The other real-Asterisk flows are in asterisk_real_calls.rs,
 //! asterisk_real_stasis.rs and asterisk_real_faults.rs.
+#![deny(unsafe_code)]
 
 use icegate_tests::asterisk::client::{self, ws_connect};
 use icegate_tests::asterisk::real;

@@ -7,6 +7,7 @@
 //! Browsers are signal-protocol clients with a Chromium-shaped offer and no media
 //! (asterisk_real.rs has the Chromium calls with audio). Each test starts its own Asterisk
 //! (about 2 s). Without an Asterisk (`ASTERISK_BIN`), each says SKIPPED and passes.
+#![deny(unsafe_code)]
 
 use icegate_tests::asterisk::pbx_calls::{after_ringing, call, expect_hangup, OFFER};
 use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, WAIT};

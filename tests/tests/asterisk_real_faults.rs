@@ -29,6 +29,7 @@
 //!   not needed for it, but Asterisk accepts it beside `[transport-ws]`.
 //!
 //! Without an Asterisk (`ASTERISK_BIN`), each test says SKIPPED and passes.
+#![deny(unsafe_code)]
 
 use icegate_tests::asterisk::pbx_calls::{expect_hangup, OFFER};
 use icegate_tests::asterisk::real::{ARI_AUTH, SIP_PASSWORD};

@@ -21,6 +21,7 @@
 //! The media test (real RTP through icegate-relay, webrtc-rs) needs the `media-echo` feature,
 //! as scripts/test builds it. Each test starts its own Asterisk (about 2 s). Without an Asterisk (`ASTERISK_BIN`), each
 //! says SKIPPED and passes.
+#![deny(unsafe_code)]
 
 use icegate_tests::asterisk::pbx_calls::{after_ringing, call, OFFER};
 use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, WAIT};

@@ -5,6 +5,7 @@
 //! lines, header sets, identifier-free header values, SDP attribute sequence, event types
 //! in order, JSON keys and the values that carry meaning (states, causes, args).
 //! Further tests cover what the recordings do not show: the scripted faults.
+#![deny(unsafe_code)]
 
 use futures_util::{SinkExt, StreamExt};
 use icegate_tests::asterisk::client::{self, ws_connect, HttpReply, Ws};

@@ -10,6 +10,7 @@
 //!
 //! Chromium and the npm packages come from `scripts/install-deps` (`tests/browser/install.sh`);
 //! when they are missing this test fails and says so, it does not skip.
+#![deny(unsafe_code)]
 
 use icegate_tests::browser::run_script;
 use icegate_tests::signal::{Signal, SignalConfig};

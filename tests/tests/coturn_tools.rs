@@ -1,5 +1,6 @@
 //! The relay driven by coturn's command-line clients (`turnutils_stunclient`,
 //! `turnutils_uclient` with `turnutils_peer` as the peer), all on 127.0.0.1.
+#![deny(unsafe_code)]
 
 use icegate_tests::tools::{
     parse_stunclient_reflexive, run_uclient, run_uclient_to, run_with_timeout, Peer,

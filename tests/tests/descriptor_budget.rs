@@ -7,6 +7,7 @@
 //! drops CAP_SYS_RESOURCE (`setpriv`), which would otherwise let the relay raise its hard
 //! limit past the test's. A binary of its own: the wrapper is chosen through an environment
 //! variable, which must not reach other tests' relays.
+#![deny(unsafe_code)]
 
 use icegate_tests::stun::{assert_success, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};

@@ -3,6 +3,7 @@
 //!
 //! Nothing is ever sent to the public address: the test stands in for the NAT by sending to
 //! the local relay address with the advertised port.
+#![deny(unsafe_code)]
 
 use icegate_tests::stun::{assert_success, decode, xor_relayed, Data, TurnClient, XorPeerAddress};
 use icegate_tests::{Relay, RelayConfig, ServerKind};

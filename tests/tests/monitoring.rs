@@ -1,6 +1,7 @@
 //! docs/monitoring/: the alert rules and the Grafana dashboard query only metrics that a live
 //! icegate-relay and icegate-signal really export, and promtool accepts the Prometheus
 //! configuration, the rules and their unit tests (docs/monitoring/alerts_test.yml).
+#![deny(unsafe_code)]
 
 use icegate_tests::signal::{eventually, Received, Signal, SignalConfig};
 use icegate_tests::{have_tool, workspace_root, Relay, RelayConfig, ServerKind};

@@ -23,6 +23,7 @@
 //!
 //! Needs root, iproute2 and nftables (scripts/install-deps installs it); without them it says
 //! SKIPPED and passes.
+#![deny(unsafe_code)]
 
 use icegate_tests::metrics::Metrics;
 use icegate_tests::netns::{self, Netns};
@@ -328,6 +329,7 @@ impl NsRelay {
         // namespace nobody can name any more. `ip netns exec` execs the relay, which keeps
         // the parent-death signal.
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL);

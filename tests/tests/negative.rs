@@ -2,6 +2,7 @@
 //! garbage it must survive. Raw `stun-rs` messages over UDP on 127.0.0.1 only; the peers of
 //! the 403 cases are never sent any traffic. For icegate, each refusal must also show up in
 //! the matching counter.
+#![deny(unsafe_code)]
 
 use icegate_tests::stun::*;
 use icegate_tests::{server_tests, wait_for, PortBlock, Relay, RelayConfig, ServerKind};

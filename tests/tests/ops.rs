@@ -1,6 +1,7 @@
 //! Operating icegate-relay: `--check-config`, configuration errors, the health endpoints,
 //! graceful shutdown on SIGTERM and the Prometheus metric families. icegate only: these
 //! are icegate's own interfaces, coturn has no equivalent to validate against.
+#![deny(unsafe_code)]
 
 use icegate_tests::server::{run_icegate_once, write_self_signed_cert};
 use icegate_tests::stun::{assert_success, TurnClient};

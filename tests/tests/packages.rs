@@ -10,6 +10,7 @@
 //! otherwise); it refuses to start when either package or /etc/icegate is already there
 //! rather than purge someone's installation; and a guard purges both packages (and removes
 //! the `icegate` user if this test's install created it) even when an assertion fails.
+#![deny(unsafe_code)]
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};

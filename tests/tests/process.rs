@@ -1,5 +1,6 @@
 //! The relay as an operator runs it: SIGHUP reloads, privileges dropped after binding,
 //! RLIMIT_NOFILE raised to fit the port range.
+#![deny(unsafe_code)]
 
 use base64::Engine;
 use hmac::{Hmac, Mac};

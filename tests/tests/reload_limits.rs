@@ -1,6 +1,7 @@
 //! The limits on TCP/TLS connections follow the configuration file on SIGHUP: a lowered
 //! `max-connections-per-ip` refuses the connection it accepted before, while those already
 //! open stay, and a lowered `stream-idle-timeout` closes a silent newcomer sooner.
+#![deny(unsafe_code)]
 
 use icegate_tests::streams::is_closed;
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};

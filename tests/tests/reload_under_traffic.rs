@@ -2,6 +2,7 @@
 //! of numbered packets through an allocation (ChannelData one way, plain UDP to the relayed
 //! address the other), the relay is sent SIGHUP again and again, each time with a changed
 //! configuration file and its TLS certificate re-read, and every packet arrives, both ways.
+#![deny(unsafe_code)]
 
 use icegate_tests::stun::{assert_success, xor_relayed, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};

@@ -1,6 +1,7 @@
 //! Ports and sockets come back the moment an allocation ends: Refresh with lifetime 0, or the
 //! end of a TCP client's connection (RFC 8656 §3.2: a stream allocation dies with its
 //! connection).
+#![deny(unsafe_code)]
 
 use icegate_tests::streams::{tls_client_config, tls_over};
 use icegate_tests::stun::{assert_success, stream_transact, xor_relayed, TurnClient};

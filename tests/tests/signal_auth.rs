@@ -1,5 +1,6 @@
 //! Client authentication against the icegate-signal binary: JWTs in the URL, the
 //! `Authorization` header and `hello`; expired and wrongly signed tokens are refused.
+#![deny(unsafe_code)]
 
 use icegate_tests::signal::{hs256_token, unix_now, Signal, SignalConfig};
 use serde_json::json;

@@ -1,4 +1,5 @@
 //! Call flows between real WebSocket clients through the icegate-signal binary.
+#![deny(unsafe_code)]
 
 use icegate_tests::signal::{Received, Signal, SignalConfig, WsClient};
 use serde_json::{json, Value};

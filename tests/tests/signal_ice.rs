@@ -1,6 +1,7 @@
 //! ICE servers from icegate-signal: their shape, their credentials (checked by HMAC here and
 //! by a real icegate-relay), relays left out while their health check fails, and relays that
 //! have not answered yet handed out for the start-up grace period.
+#![deny(unsafe_code)]
 
 use icegate_tests::signal::{eventually, rest_password, unix_now, Signal, SignalConfig};
 use icegate_tests::stun::{assert_success, TurnClient};

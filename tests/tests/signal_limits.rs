@@ -1,5 +1,6 @@
 //! Every limit of icegate-signal, and bad input: typed errors that keep the connection, and
 //! close codes for clients that abuse it.
+#![deny(unsafe_code)]
 
 use icegate_tests::signal::{Received, Signal, SignalConfig};
 use serde_json::json;

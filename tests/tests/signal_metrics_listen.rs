@@ -1,5 +1,6 @@
 //! icegate-signal's `metrics-listen` has no access control, so an address off loopback is
 //! warned about, at start and by `--check-config`, as icegate-relay does; a loopback one is not.
+#![deny(unsafe_code)]
 
 use icegate_tests::signal::{signal_binary, Signal, SignalConfig};
 use icegate_tests::{http, PortBlock};

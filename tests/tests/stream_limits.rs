@@ -4,6 +4,7 @@
 //! `max-connections-per-ip` is refused at accept, a silent connection is closed after
 //! `stream-idle-timeout`, and meanwhile an authenticated client still allocates over TCP.
 //! The descriptor budget is checked against the relay's own RLIMIT_NOFILE.
+#![deny(unsafe_code)]
 
 use icegate_tests::streams::{allocate_over_tcp, connect_from, is_closed, tls_connect};
 use icegate_tests::stun::{

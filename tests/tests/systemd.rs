@@ -5,6 +5,7 @@
 //!
 //! systemd itself is not needed (nor running, in CI's container); `systemd-analyze` is, from
 //! Debian's `systemd` package, which `scripts/install-deps` installs.
+#![deny(unsafe_code)]
 
 use icegate_tests::server::{icegate_binary, stun_binding_probe, write_self_signed_cert};
 use icegate_tests::signal::signal_binary;

@@ -9,6 +9,7 @@
 //! this is the one place the hardening (system-call filter, `ProtectSystem=strict`, ...) meets
 //! the daemons for real. Needs root, `systemd-nspawn` and `debootstrap` (scripts/install-deps
 //! installs them); the first run downloads the Debian base system.
+#![deny(unsafe_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

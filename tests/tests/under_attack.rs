@@ -13,6 +13,7 @@
 //! The relay runs with RLIMIT_NOFILE at [`NOFILE`] through a `prlimit` wrapper (as
 //! `descriptor_budget.rs` does, and for the same reason a binary of its own), so that the
 //! descriptor flood can fill the stream budget with a few hundred connections.
+#![deny(unsafe_code)]
 
 use icegate_tests::streams::{
     allocate_over, is_closed, tls_client_config, tls_over, try_connect_from,

@@ -7,6 +7,7 @@
 //! [`TapConn`] that counts what crosses it (to prove ChannelData was really used) and can
 //! divert the responses to raw requests the test sends on the same 5-tuple (Refresh with a
 //! LIFETIME, which the client has no public API for).
+#![deny(unsafe_code)]
 
 use icegate_tests::stun::{self as st, LifeTime, REFRESH};
 use icegate_tests::{Relay, RelayConfig, ServerKind};

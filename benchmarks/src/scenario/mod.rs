@@ -1,6 +1,7 @@
 //! The five load shapes, each run against one started contender.
 
 pub mod allocations;
+#[allow(unsafe_code)]
 pub mod attack;
 pub mod blast;
 pub mod calls;

@@ -8,6 +8,7 @@
 //! Input comes from three generators: raw bytes, valid messages with byte-level mutations,
 //! and structurally valid messages with arbitrary attributes, correctly signed, so that the
 //! fuzzed values reach the method handlers rather than dying at FINGERPRINT or integrity.
+#![deny(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! `asterisk-standin [PORT]`: runs the Asterisk stand-in on 127.0.0.1 until killed, for
 //! trying icegate-signal by hand or from a script. Prints the URLs, then the log.
+#![deny(unsafe_code)]
 
 use icegate_tests::asterisk::{AsteriskStandIn, Config};
 use std::time::Duration;
