@@ -1,7 +1,8 @@
 //! What icegate-relay and icegate-signal share.
 //!
 //! Without the default `runtime` feature only [`credentials`], [`collections`],
-//! [`token_bucket`] and [`clock`] are built, so the sans-IO cores can depend on this crate without pulling in tokio.
+//! [`token_bucket`] and [`clock`] are built, so the sans-IO cores can depend on this crate
+//! without pulling in tokio.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,6 +1,6 @@
 //! What one client may consume: messages per second (the [`Rate`] of a token bucket per
-//! connection), SDP and frame sizes, connections per IP address. Sessions per user are counted by the hub, which
-//! knows the users.
+//! connection), SDP and frame sizes, connections per IP address. Sessions per user are
+//! counted by the hub, which knows the users.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
