@@ -104,9 +104,12 @@ impl<T: Timestamp> TokenBucket<T> {
     /// Takes `tokens` from the bucket if it holds them at `now`. An earlier `now` than before
     /// regains nothing and panics nowhere.
     pub fn take(&mut self, tokens: u64, rate: Rate, now: T) -> bool {
+        // The refill is kept even when the take fails, so that the time up to `now` is credited
+        // at the rate of its own calls (a reload may change the rate).
         let elapsed = now.ticks_since(self.last);
         self.last = self.last.max(now);
-        self.spent = spend(self.spent, elapsed, rate.per_second, 0, u64::MAX).unwrap_or(u64::MAX);
+        // Nothing is added and `u64::MAX` holds anything: always `Some`.
+        self.spent = spend(self.spent, elapsed, rate.per_second, 0, u64::MAX).unwrap_or(0);
         let cost = tokens.saturating_mul(T::TICKS_PER_SECOND);
         match spend(self.spent, 0, rate.per_second, cost, rate.capacity::<T>()) {
             Some(spent) => {
