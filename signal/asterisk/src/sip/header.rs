@@ -44,7 +44,14 @@ impl NameAddr {
         }
         // addr-spec form: the parameters after the URI belong to the header (§20.10).
         let (uri, params) = value.split_at(value.find(';').unwrap_or(value.len()));
-        if uri.is_empty() || !uri.contains(':') || uri.contains([' ', '"']) {
+        // LWS may come before the `;` (RFC 4475 wsinv: `To: sip:v@h ;   tag = 1`).
+        let uri = uri.trim_end();
+        // No whitespace, quote or `>` in a bare URI (RFC 3261 §25.1 allows none of them
+        // unescaped), so that `Display`, which brackets it, reads back as the same URI.
+        if uri.is_empty()
+            || !uri.contains(':')
+            || uri.contains(|c: char| c.is_whitespace() || c == '"' || c == '>')
+        {
             return None;
         }
         Some(NameAddr {
@@ -184,6 +191,12 @@ mod tests {
         assert_eq!(b.param("expires"), Some(Some("60")));
         assert_eq!(b.param("transport"), Some(Some("ws")));
 
+        let w = NameAddr::parse("sip:v@h.example.com ;   tag    = 1918181833n").unwrap();
+        assert_eq!(
+            (w.uri.as_str(), w.tag()),
+            ("sip:v@h.example.com", Some("1918181833n"))
+        );
+
         let c = NameAddr::parse("<sip:p;lr>").unwrap().with_tag("x");
         assert_eq!(c.to_string(), "<sip:p;lr>;tag=x");
         assert_eq!(
@@ -192,7 +205,18 @@ mod tests {
             "uri parameters are not header parameters"
         );
 
-        for bad in ["", "<>", "no uri here", "<sip:a", "<sip:a>;=1"] {
+        // Found by the `sip_message` fuzz target: a bare URI with `>` in it was accepted and
+        // printed as `<sip:601@h>>`, which reads back differently. Whitespace inside a bare URI
+        // is refused for the same reason (whitespace before its `;` is trimmed, see above).
+        for bad in [
+            "",
+            "<>",
+            "no uri here",
+            "<sip:a",
+            "<sip:a>;=1",
+            "sip:601@h>;tag=1",
+            "sip:a\tb;x",
+        ] {
             assert_eq!(NameAddr::parse(bad), None, "{bad}");
         }
     }

@@ -11,7 +11,7 @@ use crate::sip::method::{is_token_byte, Method};
 
 /// The largest frame the parser accepts; Asterisk's INVITEs with full SDP are ~3 KiB.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
-/// The most header lines one message may have.
+/// The most header lines one message may have, besides its one `Content-Length`.
 pub const MAX_HEADERS: usize = 128;
 
 /// Why a frame is not a SIP message the UA can use.
@@ -38,7 +38,8 @@ pub enum ParseError {
     /// A header every request and response must have is missing or unparsable.
     #[error("missing or bad {0} header")]
     MissingHeader(&'static str),
-    /// `Content-Length` is not a number or claims more bytes than the frame has.
+    /// `Content-Length` is not a number, claims more bytes than the frame has, or is there
+    /// twice.
     #[error("bad Content-Length")]
     BadContentLength,
     /// The CSeq method of a request differs from its request line.
@@ -130,23 +131,39 @@ impl Message {
 
         let mut headers: Vec<(String, String)> = Vec::new();
         let mut content_length = None;
+        let mut has_length = false;
         for line in lines {
             if line.starts_with([' ', '\t']) {
                 // Folded continuation of the previous header (RFC 3261 §7.3.1).
+                // Joined with one space, and only when both sides have text: a value folded
+                // onto an empty first line (`To:` CRLF SP `<sip:a>`, RFC 4475 wsinv) or an
+                // empty continuation line gets no space at either end.
                 let (_, value) = headers.last_mut().ok_or(ParseError::BadHeader)?;
-                value.push(' ');
-                value.push_str(line.trim());
+                let more = line.trim();
+                if !value.is_empty() && !more.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(more);
                 continue;
-            }
-            if headers.len() >= MAX_HEADERS {
-                return Err(ParseError::TooManyHeaders);
             }
             let (name, value) = line.split_once(':').ok_or(ParseError::BadHeader)?;
             let name = name.trim_end();
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(ParseError::BadHeader);
             }
-            headers.push((canonical_name(name), value.trim().to_owned()));
+            let name = canonical_name(name);
+            if name == "Content-Length" {
+                // Two make the body's length ambiguous (RFC 4475 mcl01): refused.
+                if has_length {
+                    return Err(ParseError::BadContentLength);
+                }
+                has_length = true;
+            } else if headers.len() - usize::from(has_length) >= MAX_HEADERS {
+                // Content-Length is not counted: `encode` always writes one, so a message
+                // with MAX_HEADERS others and none reads back after `encode`.
+                return Err(ParseError::TooManyHeaders);
+            }
+            headers.push((name, value.trim().to_owned()));
         }
         headers.retain(|(name, value)| {
             if name == "Content-Length" {
@@ -330,7 +347,8 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         return Err(ParseError::BadStartLine);
     };
     let method = Method::parse(method).ok_or(ParseError::BadStartLine)?;
-    if uri.is_empty() || !uri.contains(':') {
+    // `<`, `>` and `"` are never unescaped in a Request-URI (RFC 4475 ltgtruri: `<sip:a>`).
+    if uri.is_empty() || !uri.contains(':') || uri.contains(['<', '>', '"']) {
         return Err(ParseError::BadStartLine);
     }
     Ok(StartLine::Request {
@@ -393,10 +411,34 @@ mod tests {
     }
 
     #[test]
+    fn header_limit_leaves_room_for_content_length() {
+        // Found by the `sip_message` fuzz target: MAX_HEADERS headers and no Content-Length
+        // parsed, but `encode` adds a Content-Length, and the result was refused.
+        let extra: String = (6..MAX_HEADERS)
+            .map(|i| format!("X-{i}: {i}\r\n"))
+            .collect();
+        let text = REGISTER.replace("Content-Length:  0\r\n", &extra);
+        let m = Message::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.headers.len(), MAX_HEADERS);
+        assert_eq!(Message::parse(m.encode().as_bytes()), Ok(m));
+        let one_more = REGISTER.replace("Content-Length:  0\r\n", &(extra + "X: y\r\n"));
+        assert_eq!(
+            Message::parse(one_more.as_bytes()),
+            Err(ParseError::TooManyHeaders)
+        );
+    }
+
+    #[test]
     fn folded_header_is_joined() {
         let text = REGISTER.replace("Max-Forwards: 70\r\n", "Subject: a\r\n  b\r\n");
         let m = Message::parse(text.as_bytes()).unwrap();
         assert_eq!(m.header("Subject"), Some("a b"));
+        // Found by the `sip_message` fuzz target: a value folded onto an empty first line
+        // kept a leading space, which `encode` then lost (so the round trip differed).
+        let text = REGISTER.replace("Max-Forwards: 70\r\n", "Subject:\r\n b\r\n \r\n");
+        let m = Message::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.header("Subject"), Some("b"));
+        assert_eq!(Message::parse(m.encode().as_bytes()).unwrap(), m);
     }
 
     #[test]
