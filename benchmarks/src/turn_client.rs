@@ -5,18 +5,10 @@
 //! session returns; retransmission is driven by [`Session::on_timer`].
 
 use crate::floor;
-use icegate_common::credentials::{rest_password, Secret};
+use icegate_common::credentials::Secret;
+use icegate_testkit as kit;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
-use stun_rs::attributes::stun::{ErrorCode, MessageIntegrity, Nonce, Realm, UserName};
-use stun_rs::attributes::turn::{
-    ChannelNumber, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress,
-};
-use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, REFRESH};
-use stun_rs::{
-    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute,
-    StunMessageBuilder, TransactionId,
-};
 
 /// Which server protocol a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +69,7 @@ pub struct Credentials {
 impl Credentials {
     /// Mints `EXPIRY:user` credentials under `secret`.
     pub fn rest(secret: &Secret, user: &str, expiry_unix: u64) -> Self {
-        let username = format!("{expiry_unix}:{user}");
-        let password = rest_password(secret, &username);
+        let (username, password) = kit::rest_credentials(secret.expose(), user, expiry_unix);
         Self { username, password }
     }
 }
@@ -93,7 +84,8 @@ pub struct Session {
     proto: Protocol,
     plan: Plan,
     creds: Credentials,
-    key: Option<HMACKey>,
+    /// The long-term key (MD5), once the realm is known.
+    key: Option<[u8; 16]>,
     realm: Option<String>,
     nonce: Option<String>,
     /// Where the session is.
@@ -215,53 +207,24 @@ impl Session {
     fn send_turn(&mut self, phase: Phase, now: Instant) -> &[u8] {
         let tid = self.next_tid();
         self.tid = tid;
-        let (method, mut attrs): (MessageMethod, Vec<StunAttribute>) = match (phase, self.plan) {
-            (Phase::Challenge | Phase::Allocate, _) => (
-                ALLOCATE,
-                vec![RequestedTrasport::new(stun_rs::protocols::UDP).into()],
-            ),
-            (Phase::Permission, Plan::Channel { peer, .. }) => (
-                CREATE_PERMMISSION,
-                vec![XorPeerAddress::from(SocketAddr::V4(peer)).into()],
-            ),
-            (Phase::Bind, Plan::Channel { peer, channel }) => (
-                CHANNEL_BIND,
-                vec![
-                    ChannelNumber::new(channel).into(),
-                    XorPeerAddress::from(SocketAddr::V4(peer)).into(),
-                ],
-            ),
-            _ => (REFRESH, vec![LifeTime::new(0).into()]),
+        let mut msg = match (phase, self.plan) {
+            (Phase::Challenge | Phase::Allocate, _) => kit::allocate(tid),
+            (Phase::Permission, Plan::Channel { peer, .. }) => {
+                kit::create_permission(tid, &[SocketAddr::V4(peer)])
+            }
+            (Phase::Bind, Plan::Channel { peer, channel }) => {
+                kit::channel_bind(tid, channel, SocketAddr::V4(peer))
+            }
+            _ => kit::refresh(tid, 0),
         };
         if phase != Phase::Challenge {
             if let (Some(key), Some(realm), Some(nonce)) = (&self.key, &self.realm, &self.nonce) {
-                let auth: [Option<StunAttribute>; 4] = [
-                    UserName::new(&self.creds.username).ok().map(Into::into),
-                    Realm::new(realm.as_str()).ok().map(Into::into),
-                    Nonce::new(nonce.as_str()).ok().map(Into::into),
-                    Some(MessageIntegrity::new(key.clone()).into()),
-                ];
-                attrs.extend(auth.into_iter().flatten());
+                msg = msg
+                    .credentials(&self.creds.username, realm, nonce)
+                    .integrity(key);
             }
         }
-        let mut b = StunMessageBuilder::new(method, MessageClass::Request)
-            .with_transaction_id(TransactionId::from(tid));
-        for a in attrs {
-            b = b.with_attribute(a);
-        }
-        let msg = b.build();
-        let mut buf = vec![0u8; 512];
-        let encoder = stun_rs::MessageEncoderBuilder::default().build();
-        let n = match encoder.encode(&mut buf, &msg) {
-            Ok(n) => n,
-            Err(e) => {
-                self.fail(format!("encode: {e:?}"));
-                0
-            }
-        };
-        buf.truncate(n);
-        let failed = self.phase == Phase::Failed;
-        self.send_raw(if failed { Phase::Failed } else { phase }, buf, now)
+        self.send_raw(phase, msg.finish(), now)
     }
 
     fn on_turn(&mut self, bytes: &[u8], now: Instant) -> Option<&[u8]> {
@@ -269,28 +232,15 @@ impl Session {
         if !self.waiting() || bytes.len() < 20 || bytes[0] & 0xC0 != 0 || bytes[8..20] != self.tid {
             return None;
         }
-        let decoder = stun_rs::MessageDecoderBuilder::default().build();
-        let msg = match decoder.decode(bytes) {
-            Ok((msg, _)) => msg,
-            Err(e) => {
-                self.fail(format!("decode: {e:?}"));
-                return None;
-            }
+        let Some(msg) = kit::Reply::parse(bytes) else {
+            self.fail(format!(
+                "decode: not one STUN message ({} bytes)",
+                bytes.len()
+            ));
+            return None;
         };
-        if msg.class() == MessageClass::ErrorResponse {
-            let code = msg
-                .get::<ErrorCode>()
-                .and_then(|a| a.as_error_code().ok())
-                .map(|a| a.error_code().error_code())
-                .unwrap_or(0);
-            let realm = msg
-                .get::<Realm>()
-                .and_then(|a| a.as_realm().ok())
-                .map(|r| r.as_str().to_string());
-            let nonce = msg
-                .get::<Nonce>()
-                .and_then(|a| a.as_nonce().ok())
-                .map(|n| n.as_str().to_string());
+        if msg.class == kit::Class::Error {
+            let code = msg.error_code().unwrap_or(0);
             let retry = match (code, self.phase) {
                 (401, Phase::Challenge) => Phase::Allocate,
                 // Stale nonce: the same request again with the new one.
@@ -300,19 +250,17 @@ impl Session {
                     return None;
                 }
             };
-            if let Some(realm) = realm {
+            if let Some(realm) = msg.realm() {
                 if self.realm.as_deref() != Some(realm.as_str()) {
-                    self.key = HMACKey::new_long_term(
+                    self.key = Some(kit::long_term_key_md5(
                         &self.creds.username,
                         &realm,
                         &self.creds.password,
-                        Algorithm::from(AlgorithmId::MD5),
-                    )
-                    .ok();
+                    ));
                     self.realm = Some(realm);
                 }
             }
-            self.nonce = nonce.or(self.nonce.take());
+            self.nonce = msg.nonce().or(self.nonce.take());
             if self.key.is_none() || self.nonce.is_none() {
                 self.fail(format!("{code} without usable realm and nonce"));
                 return None;
@@ -321,13 +269,10 @@ impl Session {
         }
         let next = match self.phase {
             Phase::Allocate => {
-                self.relay = msg
-                    .get::<XorRelayedAddress>()
-                    .and_then(|a| a.as_xor_relayed_address().ok())
-                    .and_then(|a| match a.socket_address() {
-                        SocketAddr::V4(v4) => Some(*v4),
-                        SocketAddr::V6(_) => None,
-                    });
+                self.relay = match msg.xor_relayed().first() {
+                    Some(SocketAddr::V4(v4)) => Some(*v4),
+                    _ => None,
+                };
                 if self.relay.is_none() {
                     self.fail("Allocate success without an IPv4 relayed address".into());
                     return None;

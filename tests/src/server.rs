@@ -456,11 +456,8 @@ pub fn stun_binding_probe(server: SocketAddr) -> bool {
         return false;
     };
     let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut req = [0u8; 20];
-    req[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
-    req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
     let txid: [u8; 12] = rand::random();
-    req[8..20].copy_from_slice(&txid);
+    let req = icegate_testkit::Message::request(icegate_testkit::method::BINDING, txid).finish();
     if sock.send_to(&req, server).is_err() {
         return false;
     }

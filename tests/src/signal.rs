@@ -586,13 +586,9 @@ pub fn hs256_token(secret: &str, sub: &str, exp_in: i64) -> String {
 }
 
 /// The TURN REST password for `username`: base64(HMAC-SHA1(secret, username)), computed
-/// here independently of icegate's own code.
+/// by the test kit, independently of icegate's own code.
 pub fn rest_password(secret: &str, username: &str) -> String {
-    use base64::Engine as _;
-    use hmac::Mac as _;
-    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key");
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    icegate_testkit::rest_password(secret.as_bytes(), username)
 }
 
 /// Polls `f` until it is true or `timeout` passes.

@@ -1,6 +1,11 @@
-//! A small STUN/TURN client over UDP built on the independent `stun-rs` codec.
+//! A small STUN/TURN client over UDP built on the independent `stun-rs` codec, with the
+//! hand-made pieces (raw attributes, MESSAGE-INTEGRITY appended by hand, nonce cookies)
+//! from the shared test kit, `icegate-testkit`.
 
-use base64::Engine as _;
+pub use icegate_testkit::{
+    append_message_integrity, append_raw_attribute, nonce_security_features, raw_attribute,
+    raw_attributes, NONCE_COOKIE,
+};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 pub use stun_rs::attributes::stun::{
@@ -16,9 +21,6 @@ pub use stun_rs::{
     AddressFamily, Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute,
     StunMessage, StunMessageBuilder,
 };
-
-/// The nonce prefix of RFC 8489 section 9.2 ("nonce cookie") announcing security features.
-pub const NONCE_COOKIE: &str = "obMatJos2";
 
 /// Encodes a message with stun-rs.
 pub fn encode(msg: &StunMessage) -> Vec<u8> {
@@ -119,74 +121,6 @@ pub fn software(msg: &StunMessage) -> Option<String> {
 }
 pub fn has_attr<A: stun_rs::StunAttributeType>(msg: &StunMessage) -> bool {
     msg.get::<A>().is_some()
-}
-
-/// Security feature bits carried by an RFC 8489 nonce cookie, if the nonce has one:
-/// returns (password_algorithms, username_anonymity).
-pub fn nonce_security_features(nonce: &str) -> Option<(bool, bool)> {
-    let rest = nonce.strip_prefix(NONCE_COOKIE)?;
-    let feat = rest.get(..4)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(feat)
-        .ok()?;
-    let b0 = *bytes.first()?;
-    Some((b0 & 0x80 != 0, b0 & 0x40 != 0))
-}
-
-/// The attributes of an encoded STUN message as (type, value) pairs, walked by hand so
-/// that messages stun-rs would refuse (unknown or malformed attributes) can be inspected.
-/// `None` if the header or an attribute length is inconsistent.
-pub fn raw_attributes(bytes: &[u8]) -> Option<Vec<(u16, &[u8])>> {
-    if bytes.len() < 20 {
-        return None;
-    }
-    let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
-    let body = bytes.get(20..20 + len)?;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < body.len() {
-        let head = body.get(at..at + 4)?;
-        let typ = u16::from_be_bytes([head[0], head[1]]);
-        let alen = u16::from_be_bytes([head[2], head[3]]) as usize;
-        out.push((typ, body.get(at + 4..at + 4 + alen)?));
-        at += 4 + alen.div_ceil(4) * 4;
-    }
-    Some(out)
-}
-
-/// The value of the first attribute of type `typ`, see [`raw_attributes`].
-pub fn raw_attribute(bytes: &[u8], typ: u16) -> Option<&[u8]> {
-    raw_attributes(bytes)?
-        .into_iter()
-        .find(|(t, _)| *t == typ)
-        .map(|(_, v)| v)
-}
-
-/// Appends one attribute (type, length, value, zero padding) to an encoded message and
-/// updates the length in the header. For attributes stun-rs cannot encode (unknown ones).
-pub fn append_raw_attribute(msg: &mut Vec<u8>, typ: u16, value: &[u8]) {
-    msg.extend_from_slice(&typ.to_be_bytes());
-    msg.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    msg.extend_from_slice(value);
-    msg.resize(msg.len() + (4 - value.len() % 4) % 4, 0);
-    set_body_length(msg);
-}
-
-/// Appends MESSAGE-INTEGRITY (RFC 8489 section 14.5): HMAC-SHA1 with `key` over the
-/// message up to the attribute, with the header length already counting it.
-pub fn append_message_integrity(msg: &mut Vec<u8>, key: &[u8]) {
-    use hmac::Mac as _;
-    let body = (msg.len() - 20 + 24) as u16;
-    msg[2..4].copy_from_slice(&body.to_be_bytes());
-    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
-    mac.update(msg);
-    let tag = mac.finalize().into_bytes();
-    append_raw_attribute(msg, 0x0008, &tag);
-}
-
-fn set_body_length(msg: &mut [u8]) {
-    let body = (msg.len() - 20) as u16;
-    msg[2..4].copy_from_slice(&body.to_be_bytes());
 }
 
 /// The attribute types listed in an UNKNOWN-ATTRIBUTES attribute, if present.
@@ -532,18 +466,82 @@ pub fn stream_transact<S: std::io::Read + std::io::Write>(
 mod tests {
     use super::*;
 
+    /// A signed Allocate built by the kit (MD5 and SHA-256 keys, MESSAGE-INTEGRITY and
+    /// MESSAGE-INTEGRITY-SHA256, FINGERPRINT) verifies with stun-rs, and the kit's keys
+    /// are stun-rs's.
     #[test]
-    fn nonce_cookie_bits() {
-        // "obMatJos2" + base64 of 0x80 0x00 0x00 = "gAAA"
+    fn kit_signed_requests_verify_with_stun_rs() {
+        use icegate_testkit as kit;
+        let tid = [7; 12];
+        let md5 = kit::long_term_key_md5("alice", "example.org", "alice-pw");
+        let sha256 = kit::long_term_key_sha256("alice", "example.org", "alice-pw");
+        let rs_md5 = HMACKey::new_long_term(
+            "alice",
+            "example.org",
+            "alice-pw",
+            Algorithm::from(AlgorithmId::MD5),
+        )
+        .unwrap();
+        let rs_sha256 = HMACKey::new_long_term(
+            "alice",
+            "example.org",
+            "alice-pw",
+            Algorithm::from(AlgorithmId::SHA256),
+        )
+        .unwrap();
+        assert_eq!(rs_md5.as_bytes(), md5);
+        assert_eq!(rs_sha256.as_bytes(), sha256);
+
+        let peer: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        let signed = |msg: kit::Message, sha: bool| {
+            let msg = msg.credentials("alice", "example.org", "n0nce");
+            let msg = if sha {
+                msg.integrity_sha256(&sha256)
+            } else {
+                msg.integrity(&md5)
+            };
+            msg.fingerprint().finish()
+        };
+        for sha in [false, true] {
+            let key = if sha { &rs_sha256 } else { &rs_md5 };
+            let msg = decode(&signed(kit::allocate(tid), sha), Some(key)).unwrap();
+            assert_eq!(
+                (msg.method(), msg.class()),
+                (ALLOCATE, MessageClass::Request)
+            );
+            assert_eq!(msg.transaction_id().as_bytes(), &tid);
+            assert!(has_attr::<RequestedTrasport>(&msg));
+            assert_eq!(nonce(&msg).as_deref(), Some("n0nce"));
+            assert_eq!(realm(&msg).as_deref(), Some("example.org"));
+            let bind = decode(
+                &signed(kit::channel_bind(tid, 0x4001, peer), sha),
+                Some(key),
+            );
+            let bind = bind.unwrap();
+            let number = bind
+                .get::<ChannelNumber>()
+                .unwrap()
+                .as_channel_number()
+                .unwrap();
+            assert_eq!(number.number(), 0x4001);
+            let xor = bind
+                .get::<XorPeerAddress>()
+                .unwrap()
+                .as_xor_peer_address()
+                .unwrap();
+            assert_eq!(*xor.socket_address(), peer);
+            let refresh = decode(&signed(kit::refresh(tid, 0), sha), Some(key)).unwrap();
+            assert_eq!(lifetime(&refresh), Some(0));
+            let perm = signed(kit::create_permission(tid, &[peer]), sha);
+            assert!(decode(&perm, Some(key)).is_ok());
+        }
+        let send = decode(&kit::send_indication(tid, peer, b"hi"), None).unwrap();
         assert_eq!(
-            nonce_security_features("obMatJos2gAAAxyz"),
-            Some((true, false))
+            (send.method(), send.class()),
+            (SEND, MessageClass::Indication)
         );
-        assert_eq!(
-            nonce_security_features("obMatJos2AAAAxyz"),
-            Some((false, false))
-        );
-        assert_eq!(nonce_security_features("plainnonce"), None);
+        let data = send.get::<Data>().unwrap().as_data().unwrap();
+        assert_eq!(data.as_ref(), b"hi");
     }
 
     #[test]

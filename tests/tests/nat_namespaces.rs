@@ -147,10 +147,8 @@ fn clients_behind_two_nats_reach_each_other_only_through_the_relay() {
     const CHANNEL: u16 = 0x4000;
     assert_success(&b.channel_bind(CHANNEL, a_relayed), "B's ChannelBind to A");
     let b_to_a = b"from B behind NAT B, by ChannelData";
-    let mut frame = CHANNEL.to_be_bytes().to_vec();
-    frame.extend_from_slice(&(b_to_a.len() as u16).to_be_bytes());
-    frame.extend_from_slice(b_to_a);
-    b.udp.send_raw(&frame);
+    b.udp
+        .send_raw(&icegate_testkit::channel_data(CHANNEL, b_to_a));
     // A bound no channel, so the relay hands it B's data as a Data indication.
     let (from, data) = data_indication(&a).expect("A got no Data indication from the relay");
     assert_eq!(

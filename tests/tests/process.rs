@@ -2,8 +2,6 @@
 //! RLIMIT_NOFILE raised to fit the port range.
 #![deny(unsafe_code)]
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use icegate_tests::stun::{assert_error, assert_success, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
 use nix::sys::signal::{kill, Signal};
@@ -18,11 +16,7 @@ fn rest_credential(secret: &str, user: &str) -> (String, String) {
         .unwrap()
         .as_secs()
         + 600;
-    let username = format!("{expiry}:{user}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(username.as_bytes());
-    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
+    icegate_testkit::rest_credentials(secret.as_bytes(), user, expiry)
 }
 
 fn rest_client(relay: &Relay, secret: &str) -> TurnClient {

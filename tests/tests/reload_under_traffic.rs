@@ -123,12 +123,7 @@ fn sighup_during_steady_relayed_traffic_drops_no_packet() {
         let server = relay.udp_addr();
         std::thread::spawn(move || {
             send_paced(&sock, server, |n| {
-                let data = payload(n);
-                let mut frame = Vec::with_capacity(4 + data.len());
-                frame.extend_from_slice(&CHANNEL.to_be_bytes());
-                frame.extend_from_slice(&(data.len() as u16).to_be_bytes());
-                frame.extend_from_slice(&data);
-                frame
+                icegate_testkit::channel_data(CHANNEL, &payload(n))
             })
         })
     };

@@ -217,15 +217,14 @@ fn nonce_issued_to_another_address_is_refused_with_438() {
 #[test]
 fn rest_credentials_are_accepted_until_they_expire() {
     let mut h = Harness::new();
-    let secret = Secret::new(REST_SECRET);
     let now = h.unix_secs();
-    let cred = rest::issue(&secret, Some("carol"), now, 60);
+    let cred = rest_issue(REST_SECRET, "carol", now, 60);
     assert_eq!(cred.username, format!("{}:carol", now + 60));
     let mut carol = Client::new(udp_client(1), &cred.username, &cred.password);
     h.allocate(&mut carol, vec![]);
 
     // The same username with a password of another secret does not verify.
-    let forged = rest::issue(&Secret::new("guess"), Some("carol"), now, 60);
+    let forged = rest_issue("guess", "carol", now, 60);
     let mut mallory = Client::new(udp_client(2), &forged.username, &forged.password);
     assert_eq!(h.allocate_error(&mut mallory, vec![udp_transport()]), 401);
     assert_eq!(h.auth_failures(AuthFailure::BadIntegrity), 1);
@@ -240,12 +239,11 @@ fn rest_credentials_are_accepted_until_they_expire() {
 #[test]
 fn rest_secret_rotation_accepts_both_secrets_then_only_the_new_one() {
     let mut h = Harness::new();
-    let old = Secret::new(REST_SECRET);
     let new = Secret::new("next-secret");
     h.reconfigure(|c| c.credentials.add_rest_secret(new.clone()));
     let now = h.unix_secs();
-    let by_old = rest::issue(&old, Some("u1"), now, 3600);
-    let by_new = rest::issue(&new, Some("u2"), now, 3600);
+    let by_old = rest_issue(REST_SECRET, "u1", now, 3600);
+    let by_new = rest_issue("next-secret", "u2", now, 3600);
     h.allocate(
         &mut Client::new(udp_client(1), &by_old.username, &by_old.password),
         vec![],

@@ -61,9 +61,7 @@ fn relaying_allocates_nothing() {
         h.create_permission(&alice, &[peer2()]).class(),
         MessageClass::SuccessResponse
     );
-    let mut channel_data = MIN_CHANNEL.to_be_bytes().to_vec();
-    channel_data.extend_from_slice(&100u16.to_be_bytes());
-    channel_data.extend_from_slice(&[7; 100]);
+    let channel_data = kit::channel_data(MIN_CHANNEL, &[7; 100]);
     let tid = h.tid();
     let send = encode(
         SEND,

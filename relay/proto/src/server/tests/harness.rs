@@ -1,6 +1,7 @@
 //! What every server test shares: addresses, credentials and configurations, requests
-//! built and signed with `stun-rs`, and a [`Harness`] (one server on a fake clock) whose
-//! helpers drive a client through the usual exchanges.
+//! built and signed with `stun-rs` (Send indications, ChannelData and TURN REST
+//! credentials from the shared test kit, `icegate-testkit`), and a [`Harness`] (one server
+//! on a fake clock) whose helpers drive a client through the usual exchanges.
 //!
 //! Its imports are re-exported, so a test module needs only `use super::harness::*;`.
 
@@ -8,7 +9,8 @@ pub(super) use std::net::{IpAddr, SocketAddr};
 pub(super) use std::sync::Arc;
 pub(super) use std::time::{Duration, Instant};
 
-pub(super) use icegate_common::credentials::{self as rest, Secret};
+pub(super) use icegate_common::credentials::Secret;
+pub(super) use icegate_testkit as kit;
 pub(super) use stun_rs::attributes::stun::nonce_cookie::StunSecurityFeatures;
 pub(super) use stun_rs::attributes::stun::{
     ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, PasswordAlgorithm,
@@ -92,6 +94,18 @@ pub(super) fn base_config() -> ServerConfig {
     let mut config = ServerConfig::new(REALM, credentials, &[relay_v4(), relay_v6()]);
     config.software = Some(SOFTWARE.to_owned());
     config
+}
+
+/// TURN REST credentials, minted by the test kit (independently of `icegate_common`).
+pub(super) struct Rest {
+    pub(super) username: String,
+    pub(super) password: String,
+}
+
+/// The credentials of `user` under `secret`, valid for `ttl` seconds from `now_unix`.
+pub(super) fn rest_issue(secret: &str, user: &str, now_unix: u64, ttl: u64) -> Rest {
+    let (username, password) = kit::rest_credentials(secret.as_bytes(), user, now_unix + ttl);
+    Rest { username, password }
 }
 
 /// A client's credentials and the nonce it last learnt.
@@ -188,14 +202,9 @@ pub(super) fn encode(
 /// An attribute value stun-rs can parse but has no constructor for (e.g. REQUESTED-TRANSPORT
 /// TCP), obtained by decoding a crafted message.
 pub(super) fn parsed_attr(kind: u16, value: &[u8]) -> StunAttribute {
-    let mut raw = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
-    raw.extend_from_slice(&[0x55; 12]);
-    raw.extend_from_slice(&kind.to_be_bytes());
-    raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    raw.extend_from_slice(value);
-    raw.resize(raw.len().div_ceil(4) * 4, 0);
-    let body = (raw.len() - 20) as u16;
-    raw[2..4].copy_from_slice(&body.to_be_bytes());
+    let raw = kit::Message::request(kit::method::BINDING, [0x55; 12])
+        .attr(kind, value)
+        .finish();
     let (msg, _) = MessageDecoderBuilder::default()
         .build()
         .decode(&raw)
@@ -630,12 +639,7 @@ impl Harness {
         payload: &[u8],
     ) -> (Vec<u8>, ClientOutcome) {
         let tid = self.tid();
-        let bytes = encode(
-            SEND,
-            MessageClass::Indication,
-            tid,
-            vec![XorPeerAddress::from(peer).into(), Data::new(payload).into()],
-        );
+        let bytes = kit::send_indication(*tid.as_bytes(), peer, payload);
         let outcome = self.packet(client.from, &bytes);
         self.assert_no_commands();
         (bytes, outcome)
@@ -647,9 +651,7 @@ impl Harness {
         number: u16,
         payload: &[u8],
     ) -> (Vec<u8>, ClientOutcome) {
-        let mut bytes = number.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        bytes.extend_from_slice(payload);
+        let bytes = kit::channel_data(number, payload);
         let outcome = self.packet(client.from, &bytes);
         self.assert_no_commands();
         (bytes, outcome)

@@ -23,15 +23,14 @@ fn user_quota_counts_a_rest_user_not_each_credential() {
     let mut config = base_config();
     config.user_quota = 1;
     let mut h = Harness::with(config);
-    let secret = Secret::new(REST_SECRET);
     let now = h.unix_secs();
     // One user with three credentials a second apart, in both username forms.
-    let first = rest::issue(&secret, Some("carol"), now, 60);
+    let first = rest_issue(REST_SECRET, "carol", now, 60);
     let mut carol = Client::new(udp_client(1), &first.username, &first.password);
     let allocated = h.allocate(&mut carol, vec![]);
-    let second = rest::issue(&secret, Some("carol"), now + 1, 60);
+    let second = rest_issue(REST_SECRET, "carol", now + 1, 60);
     let reversed = format!("carol:{}", now + 62);
-    let reversed_pw = rest::rest_password(&secret, &reversed);
+    let reversed_pw = kit::rest_password(REST_SECRET.as_bytes(), &reversed);
     for (n, (user, password)) in [
         (second.username.as_str(), second.password.as_str()),
         (reversed.as_str(), reversed_pw.as_str()),
@@ -48,7 +47,7 @@ fn user_quota_counts_a_rest_user_not_each_credential() {
     }
     assert_eq!(h.quota_rejections(QuotaKind::User), 2);
     // Another REST user has a quota of their own.
-    let dave = rest::issue(&secret, Some("dave"), now, 60);
+    let dave = rest_issue(REST_SECRET, "dave", now, 60);
     h.allocate(
         &mut Client::new(udp_client(5), &dave.username, &dave.password),
         vec![],
