@@ -53,12 +53,21 @@ fn asterisk_real_ari_info_and_sip_register() {
             .await
             .expect("REGISTER");
         assert_eq!(ok.status(), Some(200), "{ok}");
-        // While the WebSocket is open, Asterisk has the contact (it goes when it closes).
+        // While the WebSocket is open, Asterisk has the contact (it goes when it closes). It
+        // answers the REGISTER before it publishes the endpoint's new state, so the state is
+        // polled until it shows (seen once as "offline" 1 ms after the 200 OK).
         let auth = Some(real::ARI_AUTH);
-        let ep = client::http(ast.addr, "GET", "/ari/endpoints/PJSIP/icegate", auth, wait)
-            .await
-            .unwrap();
-        let ep: Value = serde_json::from_str(&ep.body).expect("JSON");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let ep = loop {
+            let ep = client::http(ast.addr, "GET", "/ari/endpoints/PJSIP/icegate", auth, wait)
+                .await
+                .unwrap();
+            let ep: Value = serde_json::from_str(&ep.body).expect("JSON");
+            if ep["state"] == "online" || tokio::time::Instant::now() >= deadline {
+                break ep;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(ep["state"], "online", "{ep}");
     });
 }
