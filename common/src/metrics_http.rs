@@ -28,6 +28,22 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
+/// The warning for a metrics listener on `addr`, if it is not on loopback; `docs_section` is
+/// where docs/operations.md says how to protect it.
+///
+/// The listener has no authentication: whoever reaches it learns the load, the traffic and
+/// the health of the process, and can scrape it as often as it likes.
+pub fn exposure_warning(addr: std::net::SocketAddr, docs_section: &str) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "metrics-listen {addr} is not a loopback address and has no access control: \
+             /metrics, /healthz and /readyz answer anyone who reaches it; bind it to \
+             127.0.0.1 or a management network, firewall it, or put an authenticating \
+             reverse proxy in front (docs/operations.md, \"{docs_section}\")"
+        )
+    })
+}
+
 /// Whether the process is ready for traffic, shared between the code that knows and `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Health {

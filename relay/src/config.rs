@@ -1,6 +1,7 @@
 //! The relay's configuration: a TOML file and coturn-named command-line flags, merged and
 //! checked into [`Settings`]. Flags override the file; errors name the key and the file.
 
+use icegate_common::metrics_http::exposure_warning;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,18 +126,10 @@ impl Settings {
     /// What is allowed but risky in this configuration, one sentence each, for the start-up
     /// log and `--check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
-            // The listener has no authentication: whoever reaches it learns the load, the
-            // traffic and what the peer filter refuses, and can scrape it as often as it likes.
-            warnings.push(format!(
-                "metrics-listen {addr} is not a loopback address and has no access control: \
-                 /metrics, /healthz and /readyz answer anyone who reaches it; bind it to \
-                 127.0.0.1 or a management network, firewall it, or put an authenticating \
-                 reverse proxy in front (docs/operations.md, \"Health checks\")"
-            ));
-        }
-        warnings
+        self.metrics_listen
+            .and_then(|addr| exposure_warning(addr, "Health checks"))
+            .into_iter()
+            .collect()
     }
 
     /// A one-screen summary for `--check-config`, without secrets.

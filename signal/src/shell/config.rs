@@ -1,6 +1,7 @@
 //! The signal server's configuration: a TOML file whose keys are the long flag names, and the
 //! flags, which override it. Errors name the file (or the command line) and the key.
 
+use icegate_common::metrics_http::exposure_warning;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,19 +102,10 @@ impl Settings {
     /// What is allowed but risky in this configuration, one sentence each, for the start-up
     /// log and `--check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
-            // The listener has no authentication: whoever reaches it learns the load (open
-            // connections, calls, the relays' health) and can scrape it as often as it likes.
-            warnings.push(format!(
-                "metrics-listen {addr} is not a loopback address and has no access control: \
-                 /metrics, /healthz and /readyz answer anyone who reaches it; bind it to \
-                 127.0.0.1 or a management network, firewall it, or put an authenticating \
-                 reverse proxy in front (docs/operations.md, \"Health checks and metrics of \
-                 icegate-signal\")"
-            ));
-        }
-        warnings
+        self.metrics_listen
+            .and_then(|addr| exposure_warning(addr, "Health checks and metrics of icegate-signal"))
+            .into_iter()
+            .collect()
     }
 
     /// A summary for `--check-config`, without any secret, and the [`Settings::warnings`].
