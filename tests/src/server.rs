@@ -76,6 +76,38 @@ impl Default for RelayConfig {
     }
 }
 
+/// Makes the icegate-relay processes this test process starts from now on run with
+/// RLIMIT_NOFILE at `nofile`, through a wrapper script (in the returned directory, which must
+/// outlive the relay's start) that sets it with `prlimit`; as root it also drops
+/// CAP_SYS_RESOURCE (`setpriv`), which would otherwise let the relay raise its hard limit
+/// past it.
+///
+/// The wrapper is chosen through `$ICEGATE_RELAY_BIN`, which every later relay of the process
+/// reads: use it only in a test binary of one test.
+pub fn limit_relay_nofile(nofile: u64) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("relay-with-nofile");
+    let relay_bin = icegate_binary();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$(id -u)\" = 0 ]; then\n\
+             exec prlimit --nofile={nofile}:{nofile} setpriv --inh-caps=-sys_resource \
+             --bounding-set=-sys_resource {bin} \"$@\"\n\
+             fi\n\
+             exec prlimit --nofile={nofile}:{nofile} {bin} \"$@\"\n",
+            bin = relay_bin.display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("make the wrapper executable");
+    std::env::set_var("ICEGATE_RELAY_BIN", &wrapper);
+    dir
+}
+
 /// The path of the icegate-relay binary (or `$ICEGATE_RELAY_BIN`).
 pub fn icegate_binary() -> PathBuf {
     crate::workspace_binary("icegate-relay", "ICEGATE_RELAY_BIN")

@@ -12,32 +12,14 @@
 use icegate_tests::stun::{assert_success, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const NOFILE: u64 = 600;
 
 #[test]
 fn a_tcp_flood_cannot_take_the_descriptors_of_relay_sockets() {
-    let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("relay-with-nofile");
-    let relay_bin = icegate_tests::server::icegate_binary();
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n\
-             if [ \"$(id -u)\" = 0 ]; then\n\
-             exec prlimit --nofile={NOFILE}:{NOFILE} setpriv --inh-caps=-sys_resource \
-             --bounding-set=-sys_resource {bin} \"$@\"\n\
-             fi\n\
-             exec prlimit --nofile={NOFILE}:{NOFILE} {bin} \"$@\"\n",
-            bin = relay_bin.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // This binary's only test: no other relay reads the variable.
-    std::env::set_var("ICEGATE_RELAY_BIN", &wrapper);
+    // This binary's only test: no other relay reads the variable the wrapper is chosen by.
+    let _wrapper = icegate_tests::server::limit_relay_nofile(NOFILE);
 
     let relay = Relay::start(
         ServerKind::Icegate,

@@ -10,7 +10,7 @@
 //! reached the limit meant to stop it (the counters in `/metrics`), so that it cannot pass
 //! because an attack silently did nothing.
 //!
-//! The relay runs with RLIMIT_NOFILE at [`NOFILE`] through a `prlimit` wrapper (as
+//! The relay runs with RLIMIT_NOFILE at [`NOFILE`] through `server::limit_relay_nofile` (as
 //! `descriptor_budget.rs` does, and for the same reason a binary of its own), so that the
 //! descriptor flood can fill the stream budget with a few hundred connections.
 #![deny(unsafe_code)]
@@ -23,7 +23,6 @@ use icegate_tests::stun::{ALLOCATE, REFRESH};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,25 +41,8 @@ const UDP_FLOOD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 
 /// Starts `icegate-relay` with RLIMIT_NOFILE at [`NOFILE`], TLS on and its default limits.
 fn relay_with_nofile() -> Relay {
-    let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("relay-with-nofile");
-    let relay_bin = icegate_tests::server::icegate_binary();
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n\
-             if [ \"$(id -u)\" = 0 ]; then\n\
-             exec prlimit --nofile={NOFILE}:{NOFILE} setpriv --inh-caps=-sys_resource \
-             --bounding-set=-sys_resource {bin} \"$@\"\n\
-             fi\n\
-             exec prlimit --nofile={NOFILE}:{NOFILE} {bin} \"$@\"\n",
-            bin = relay_bin.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // This binary's only test: no other relay reads the variable.
-    std::env::set_var("ICEGATE_RELAY_BIN", &wrapper);
+    // This binary's only test: no other relay reads the variable the wrapper is chosen by.
+    let wrapper = icegate_tests::server::limit_relay_nofile(NOFILE);
     let relay = Relay::start(
         ServerKind::Icegate,
         RelayConfig {
@@ -69,7 +51,7 @@ fn relay_with_nofile() -> Relay {
         },
     );
     // The wrapper is only needed to start the relay.
-    drop(dir);
+    drop(wrapper);
     relay
 }
 
