@@ -1,8 +1,10 @@
 //! The servers under test, started with equivalent settings: icegate-relay, coturn, and the
-//! floor forwarder (this binary's `floor` subcommand).
+//! floor forwarder (this binary's `floor` subcommand); for the signal scenarios,
+//! icegate-signal and Janus (`src/janus.rs`).
 
 use crate::error::BenchError;
 use crate::floor;
+use crate::janus;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +19,8 @@ pub enum Kind {
     Coturn,
     /// The bare UDP forwarder.
     Floor,
+    /// The Janus WebRTC server (signal scenarios only; icegate means icegate-signal there).
+    Janus,
 }
 
 impl Kind {
@@ -26,6 +30,7 @@ impl Kind {
             Kind::Icegate => "icegate",
             Kind::Coturn => "coturn",
             Kind::Floor => "floor",
+            Kind::Janus => "janus",
         }
     }
 
@@ -35,8 +40,9 @@ impl Kind {
             "icegate" => Ok(Kind::Icegate),
             "coturn" => Ok(Kind::Coturn),
             "floor" => Ok(Kind::Floor),
+            "janus" => Ok(Kind::Janus),
             _ => Err(BenchError::Config(format!(
-                "unknown contender {s:?} (icegate, coturn, floor)"
+                "unknown contender {s:?} (icegate, coturn, floor, janus)"
             ))),
         }
     }
@@ -51,6 +57,10 @@ pub struct ServerSpec {
     pub coturn_bin: PathBuf,
     /// This harness's binary (for the floor).
     pub bench_bin: PathBuf,
+    /// The icegate-signal binary (signal scenarios).
+    pub signal_bin: PathBuf,
+    /// Janus's binary (signal scenarios).
+    pub janus_bin: PathBuf,
     /// Address the servers listen on.
     pub listen_ip: Ipv4Addr,
     /// Relay addresses.
@@ -76,6 +86,10 @@ pub struct Setup {
     pub tcp: bool,
     /// Leave icegate-relay's rate limit at its default instead of turning it off.
     pub default_limits: bool,
+    /// Start the signaling server (icegate-signal, Janus) instead of the TURN server.
+    pub signal: bool,
+    /// Signaling over TLS (wss), with a certificate the harness makes.
+    pub tls: bool,
 }
 
 /// A running server.
@@ -86,8 +100,11 @@ pub struct Contender {
     pub pid: u32,
     /// Where clients reach it.
     pub addr: SocketAddrV4,
+    /// Whether clients must speak TLS (signal scenarios).
+    pub tls: bool,
     child: Child,
-    _log: Option<PathBuf>,
+    /// A directory of the harness's (certificate, Janus's configuration), removed on drop.
+    dir: Option<PathBuf>,
 }
 
 /// A port free for UDP and TCP on `ip` (the relay listens on both).
@@ -116,7 +133,12 @@ impl Contender {
     pub fn start_with(kind: Kind, spec: &ServerSpec, setup: Setup) -> Result<Self, BenchError> {
         let port = free_port(spec.listen_ip)?;
         let addr = SocketAddrV4::new(spec.listen_ip, port);
-        let (program, args) = Self::command(kind, spec, port, setup)?;
+        let (program, args, dir) = if setup.signal {
+            janus::signal_command(kind, spec, addr, setup.tls)?
+        } else {
+            let (program, args) = Self::command(kind, spec, port, setup)?;
+            (program, args, None)
+        };
         let mut cmd = match (&spec.cpus, Path::new("/usr/bin/taskset").exists()) {
             (Some(cpus), true) => {
                 let mut c = Command::new("/usr/bin/taskset");
@@ -137,10 +159,15 @@ impl Contender {
             kind,
             pid: child.id(),
             addr,
+            tls: setup.tls,
             child,
-            _log: None,
+            dir,
         };
-        me.wait_ready(Duration::from_secs(10))?;
+        if setup.signal {
+            me.wait_listening(Duration::from_secs(10))?;
+        } else {
+            me.wait_ready(Duration::from_secs(10))?;
+        }
         Ok(me)
     }
 
@@ -198,6 +225,11 @@ impl Contender {
                 }
                 a.extend([s("--drain-timeout"), s("0")]);
                 (spec.relay_bin.clone(), a)
+            }
+            Kind::Janus => {
+                return Err(BenchError::Contender(
+                    "Janus runs the signal scenarios only".into(),
+                ))
             }
             Kind::Coturn => {
                 if !spec.coturn_bin.exists() {
@@ -280,6 +312,35 @@ impl Contender {
         )))
     }
 
+    /// Waits until the server accepts TCP connections (the signaling servers, which answer
+    /// no STUN).
+    fn wait_listening(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(BenchError::Contender(format!(
+                    "{} exited at start: {status}",
+                    self.kind.name()
+                )));
+            }
+            let addr = SocketAddr::V4(self.addr);
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(BenchError::Contender(format!(
+            "{} did not listen on {} within {timeout:?}",
+            self.kind.name(),
+            self.addr
+        )))
+    }
+
+    /// The harness's directory of this server (certificate, configuration), if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// Whether the process still runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -291,6 +352,9 @@ impl Drop for Contender {
         // SIGKILL: a benchmark has nothing to drain, and coturn can take seconds to stop.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if self.kind == Kind::Coturn {
             let _ = std::fs::remove_file(format!(
                 "/tmp/icegate-bench-coturn-{}.pid",
@@ -316,18 +380,28 @@ fn target_dir() -> PathBuf {
 /// The icegate-relay binary of `profile` (`release` or `debug`): `$ICEGATE_RELAY_BIN`, or
 /// the target directory's, built with cargo when missing.
 pub fn relay_binary(profile: &str) -> Result<PathBuf, BenchError> {
-    if let Some(p) = std::env::var_os("ICEGATE_RELAY_BIN") {
+    workspace_binary("icegate-relay", "ICEGATE_RELAY_BIN", profile)
+}
+
+/// The icegate-signal binary of `profile`: `$ICEGATE_SIGNAL_BIN`, or the target directory's,
+/// built with cargo when missing.
+pub fn signal_binary(profile: &str) -> Result<PathBuf, BenchError> {
+    workspace_binary("icegate-signal", "ICEGATE_SIGNAL_BIN", profile)
+}
+
+fn workspace_binary(name: &str, env: &str, profile: &str) -> Result<PathBuf, BenchError> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let target = target_dir();
-    let bin = target.join(profile).join("icegate-relay");
+    let bin = target.join(profile).join(name);
     if bin.exists() {
         return Ok(bin);
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["build", "-p", "icegate-relay", "--bin", "icegate-relay"])
+        .args(["build", "-p", name, "--bin", name])
         .env("CARGO_TARGET_DIR", &target);
     if profile == "release" {
         cmd.arg("--release");
@@ -337,7 +411,7 @@ pub fn relay_binary(profile: &str) -> Result<PathBuf, BenchError> {
         .map_err(|e| BenchError::Contender(format!("cargo build: {e}")))?;
     if !status.success() || !bin.exists() {
         return Err(BenchError::Contender(format!(
-            "cargo build -p icegate-relay failed; {} missing",
+            "cargo build -p {name} failed; {} missing",
             bin.display()
         )));
     }

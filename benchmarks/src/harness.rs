@@ -63,7 +63,10 @@ pub fn pin_self(cpu: usize) -> Result<(), BenchError> {
 
 /// Runs the plan; `progress` gets one line per step.
 pub fn run(plan: &Plan, mut progress: impl FnMut(&str)) -> Result<Outcome, BenchError> {
-    raise_fd_limit((plan.params.idle as u64) * 3 + 10_000);
+    // The signal scenarios hold a client socket and a server socket per session, each in its
+    // own process (the limit is per process).
+    let signal = (plan.params.signal_sessions + plan.params.signal_prehello) as u64 + 100;
+    raise_fd_limit(((plan.params.idle as u64) * 3 + 10_000).max(signal));
     if let Some(cpu) = plan.generator_cpu {
         pin_self(cpu)?;
     }
@@ -117,7 +120,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(&str)) -> Result<Outcome, Bench
                 continue;
             }
             for &kind in &plan.contenders {
-                if kind == Kind::Floor {
+                if matches!(kind, Kind::Floor | Kind::Janus) {
                     continue;
                 }
                 let res = Contender::start(kind, &plan.spec).and_then(|c| uclient::run(&c, u));

@@ -1,5 +1,6 @@
 //! icegate-bench: a TURN load generator and the harness that runs it against icegate-relay,
-//! coturn and a bare UDP forwarder (the floor), and writes RESULTS.md.
+//! coturn and a bare UDP forwarder (the floor), icegate-signal against Janus, and writes
+//! RESULTS.md.
 #![deny(unsafe_code)]
 
 pub mod contender;
@@ -8,6 +9,7 @@ pub mod floor;
 #[allow(unsafe_code)]
 pub mod generator;
 pub mod harness;
+pub mod janus;
 #[allow(unsafe_code)]
 pub mod measure;
 #[allow(unsafe_code)]

@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
-use icegate_bench::contender::{relay_binary, Kind, ServerSpec};
+use icegate_bench::contender::{relay_binary, signal_binary, Kind, ServerSpec};
 use icegate_bench::error::BenchError;
 use icegate_bench::harness::{self, Plan};
 use icegate_bench::report::{self, RunInfo};
@@ -16,7 +16,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     name = "icegate-bench",
-    about = "Benchmarks icegate-relay against coturn and a bare UDP forwarder"
+    about = "Benchmarks icegate-relay against coturn and a bare UDP forwarder, and icegate-signal against Janus"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,13 +48,19 @@ struct FloorArgs {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Contenders, comma-separated: icegate, coturn, floor.
-    #[arg(long, default_value = "icegate,coturn,floor", value_delimiter = ',')]
-    contenders: Vec<String>,
-    /// Scenarios, comma-separated: calls, blast, allocations, idle, attack.
+    /// Contenders, comma-separated: icegate, coturn, floor, janus (janus runs the signal
+    /// scenarios only, coturn and floor the TURN ones).
     #[arg(
         long,
-        default_value = "calls,blast,allocations,idle,attack",
+        default_value = "icegate,coturn,floor,janus",
+        value_delimiter = ','
+    )]
+    contenders: Vec<String>,
+    /// Scenarios, comma-separated: calls, blast, allocations, idle, attack, signal (wss),
+    /// signal-ws (plain ws).
+    #[arg(
+        long,
+        default_value = "calls,blast,allocations,idle,attack,signal,signal-ws",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -116,6 +122,29 @@ struct RunArgs {
     /// unauthenticated requests/s per address.
     #[arg(long, default_value_t = 2)]
     attack_clients: usize,
+    /// Signaling sessions opened and held by the signal scenarios (a descriptor each in the
+    /// server and in this process).
+    #[arg(long, default_value_t = 3000)]
+    signal_sessions: usize,
+    /// Signaling sessions being set up at once.
+    #[arg(long, default_value_t = 32)]
+    signal_window: usize,
+    /// Connections that stop after the WebSocket upgrade (no hello / create), opened after
+    /// the sessions.
+    #[arg(long, default_value_t = 1000)]
+    signal_prehello: usize,
+    /// Rooms of 32 sessions in icegate-signal's fan-out (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    fanout_rooms: usize,
+    /// Seconds of fan-out.
+    #[arg(long, default_value_t = 4.0)]
+    fanout_secs: f64,
+    /// icegate-signal binary; default target/release/icegate-signal, built if missing.
+    #[arg(long)]
+    signal_bin: Option<PathBuf>,
+    /// Janus's binary.
+    #[arg(long, default_value = "/usr/bin/janus")]
+    janus_bin: PathBuf,
     /// Relay addresses 127.0.0.2, 127.0.0.3, ... (16,384 ports each); more than one for
     /// --idle above 16,000.
     #[arg(long, default_value_t = 1)]
@@ -168,12 +197,19 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
         Some(p) => p.clone(),
         None => relay_binary("release")?,
     };
+    let signal_bin = match &a.signal_bin {
+        Some(p) => p.clone(),
+        None if scenarios.iter().any(|s| s.is_signal()) => signal_binary("release")?,
+        None => PathBuf::new(),
+    };
     let bench_bin = std::env::current_exe().map_err(|e| BenchError::io("current_exe", e))?;
     let secret = "icegate-bench-secret".to_string();
     let spec = ServerSpec {
         relay_bin,
         coturn_bin: a.coturn_bin.clone(),
         bench_bin,
+        signal_bin,
+        janus_bin: a.janus_bin.clone(),
         listen_ip: Ipv4Addr::LOCALHOST,
         relay_ips: (0..a.relay_ips.max(1))
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i))
@@ -207,6 +243,11 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
         attack_secs: a.attack_secs,
         attack_slowloris: a.attack_slowloris,
         attack_clients: a.attack_clients,
+        signal_sessions: a.signal_sessions,
+        signal_window: a.signal_window,
+        signal_prehello: a.signal_prehello,
+        fanout_rooms: a.fanout_rooms,
+        fanout_secs: a.fanout_secs,
         secret: secret.clone(),
     };
     let generator_cpu = usize::try_from(a.generator_cpu).ok();
@@ -270,6 +311,18 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
                 icegate_bench::scenario::attack::RECONNECT_AFTER.as_millis(),
             ),
             "attack, limits in force: both servers listen on UDP and TCP with their defaults; icegate-relay's rate limit is on only here (20 Binding or failed-authentication requests/s per source address, bursts of 40, beyond that no answer), max-connections-per-ip 128, stream-frame-timeout 5 s, stream-idle-timeout 30 s; coturn 4.6 has no per-address connection cap, no request rate limit and no frame timeout, and closes a connection without an allocation after max-allocate-timeout (60 s)".to_string(),
+            format!(
+                "signal, signal-ws: icegate-signal ({}; anonymous, TURN credentials in every welcome, max-connections-per-ip 1,000,000, idle-timeout 3600 s, max-message-rate 1,000,000) and Janus ({}, websockets transport and echotest plugin only, session_timeout 0, debug_level 1), over wss (signal; one self-signed ECDSA P-256 certificate for both) and ws (signal-ws); {} sessions set up {} at a time by one client thread (tokio-tungstenite, tokio-rustls), a session being icegate's connect to /ws?name= + welcome and Janus's connect + create + attach to janus.plugin.echotest; RSS read {} s after the last; then {} connections that stop after the upgrade; then, icegate only, {} rooms of {} sessions, one caller per room sending call to the room and hangup in a loop for {} s",
+                spec.signal_bin.display(),
+                spec.janus_bin.display(),
+                params.signal_sessions,
+                params.signal_window,
+                1,
+                params.signal_prehello,
+                params.fanout_rooms,
+                icegate_bench::scenario::signal::ROOM_MEMBERS,
+                params.fanout_secs,
+            ),
             format!("wall time of the whole run: {:.0} s", started.elapsed().as_secs_f64()),
         ],
         notes,

@@ -1,5 +1,5 @@
 //! RESULTS.md: the machine, the knobs, one table per scenario (medians over the repeats,
-//! with icegate/coturn and icegate/floor ratios), and the issue's targets.
+//! with icegate/coturn, icegate/floor and icegate/janus ratios), and the issues' targets.
 
 use crate::contender::Kind;
 use crate::measure::median;
@@ -135,7 +135,7 @@ pub fn tables(records: &[Record]) -> String {
     let sections: BTreeSet<Section> = records.iter().map(|r| r.section).collect();
     let mut out = String::new();
     for section in sections {
-        let kinds: Vec<Kind> = [Kind::Icegate, Kind::Coturn, Kind::Floor]
+        let kinds: Vec<Kind> = [Kind::Icegate, Kind::Coturn, Kind::Floor, Kind::Janus]
             .into_iter()
             .filter(|k| med.contains_key(&(section, *k)))
             .collect();
@@ -159,6 +159,10 @@ pub fn tables(records: &[Record]) -> String {
             head.push_str(" icegate/floor |");
             rule.push_str(" ---: |");
         }
+        if has(Kind::Icegate) && has(Kind::Janus) {
+            head.push_str(" icegate/janus |");
+            rule.push_str(" ---: |");
+        }
         let _ = writeln!(out, "{head}\n{rule}");
         for metric in metrics {
             let get = |k: Kind| med.get(&(section, k)).and_then(|m| m.get(&metric)).copied();
@@ -171,6 +175,9 @@ pub fn tables(records: &[Record]) -> String {
             }
             if has(Kind::Icegate) && has(Kind::Floor) {
                 let _ = write!(row, " {} |", ratio(get(Kind::Icegate), get(Kind::Floor)));
+            }
+            if has(Kind::Icegate) && has(Kind::Janus) {
+                let _ = write!(row, " {} |", ratio(get(Kind::Icegate), get(Kind::Janus)));
             }
             let _ = writeln!(out, "{row}");
         }
@@ -277,12 +284,37 @@ fn targets(records: &[Record]) -> Vec<(String, String, &'static str)> {
         ),
         verdict(p99.zip(floor_p99).map(|(a, b)| a <= b + 100.0)),
     ));
+    // Issue 14: icegate-signal against Janus, over wss.
+    let (f, v) = ratio_check(
+        Scenario::Signal,
+        Metric::BytesPerSession,
+        Kind::Janus,
+        0.25,
+        true,
+    );
+    out.push((
+        "signal (wss): RSS per idle session ≤ 0.25× Janus's".into(),
+        f,
+        v,
+    ));
+    let (f, v) = ratio_check(
+        Scenario::Signal,
+        Metric::CpuPerSession,
+        Kind::Janus,
+        0.5,
+        true,
+    );
+    out.push((
+        "signal (wss): CPU per session setup ≤ 0.5× Janus's".into(),
+        f,
+        v,
+    ));
     out
 }
 
 /// The whole RESULTS.md.
 pub fn render(records: &[Record], info: &RunInfo) -> String {
-    let mut out = String::from("# icegate-relay benchmark results\n\n");
+    let mut out = String::from("# icegate-relay and icegate-signal benchmark results\n\n");
     for n in &info.notes {
         let _ = writeln!(out, "> {n}\n");
     }
@@ -301,7 +333,9 @@ pub fn render(records: &[Record], info: &RunInfo) -> String {
          the other's: below 1 is better for CPU, memory and latency, above 1 for rates.\n",
         info.repeats
     );
-    out.push_str("## Targets (issue 5)\n\n| target | figure | verdict |\n| --- | --- | --- |\n");
+    out.push_str(
+        "## Targets (issues 5 and 14)\n\n| target | figure | verdict |\n| --- | --- | --- |\n",
+    );
     for (t, f, v) in targets(records) {
         let _ = writeln!(out, "| {t} | {f} | {v} |");
     }

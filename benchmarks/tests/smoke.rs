@@ -1,8 +1,9 @@
 //! A few seconds of every scenario against icegate-relay (debug build), the floor and, when
-//! installed, coturn: the harness must keep working; no speed is asserted.
+//! installed, coturn; the signal scenarios against icegate-signal (debug build) and, when
+//! installed, Janus: the harness must keep working; no speed is asserted.
 #![deny(unsafe_code)]
 
-use icegate_bench::contender::{relay_binary, Kind, ServerSpec};
+use icegate_bench::contender::{relay_binary, signal_binary, Kind, ServerSpec};
 use icegate_bench::harness::{self, Plan};
 use icegate_bench::report::{self, RunInfo, Section};
 use icegate_bench::scenario::attack::{Figure, Stat, Transport};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const COTURN: &str = "/usr/bin/turnserver";
+const JANUS: &str = "/usr/bin/janus";
 
 #[test]
 fn every_scenario_against_every_contender() {
@@ -20,6 +22,9 @@ fn every_scenario_against_every_contender() {
     let mut contenders = vec![Kind::Icegate, Kind::Floor];
     if Path::new(COTURN).exists() {
         contenders.push(Kind::Coturn);
+    }
+    if Path::new(JANUS).exists() {
+        contenders.push(Kind::Janus);
     }
     let plan = Plan {
         contenders: contenders.clone(),
@@ -29,6 +34,8 @@ fn every_scenario_against_every_contender() {
             relay_bin: relay_binary("debug").expect("icegate-relay binary"),
             coturn_bin: PathBuf::from(COTURN),
             bench_bin: PathBuf::from(env!("CARGO_BIN_EXE_icegate-bench")),
+            signal_bin: signal_binary("debug").expect("icegate-signal binary"),
+            janus_bin: PathBuf::from(JANUS),
             listen_ip: Ipv4Addr::LOCALHOST,
             relay_ips: vec![Ipv4Addr::new(127, 0, 0, 2)],
             min_port: 49152,
@@ -62,6 +69,11 @@ fn every_scenario_against_every_contender() {
             attack_secs: 1.0,
             attack_slowloris: 20,
             attack_clients: 1,
+            signal_sessions: 64,
+            signal_window: 16,
+            signal_prehello: 16,
+            fanout_rooms: 1,
+            fanout_secs: 0.5,
             secret: secret.clone(),
         },
         uclient: uclient::available().then_some(UclientParams {
@@ -85,6 +97,23 @@ fn every_scenario_against_every_contender() {
             .unwrap_or_else(|| panic!("no {m:?} for {k:?} in {s:?}"))
     };
     for &k in &contenders {
+        if k == Kind::Janus || k == Kind::Icegate {
+            for s in [Scenario::Signal, Scenario::SignalPlain] {
+                assert_eq!(figure(s, k, Metric::Sessions), 64.0, "{k:?} {s:?}");
+                assert!(figure(s, k, Metric::SessionsPerSec) > 0.0, "{k:?} {s:?}");
+                assert!(!figure(s, k, Metric::BytesPerSession).is_nan());
+                assert!(!figure(s, k, Metric::BytesPerUnauthenticated).is_nan());
+            }
+        }
+        if k == Kind::Icegate {
+            assert!(
+                figure(Scenario::Signal, k, Metric::FanoutPerSec) > 0.0,
+                "no fan-out"
+            );
+        }
+        if k == Kind::Janus {
+            continue;
+        }
         assert!(
             figure(Scenario::Calls, k, Metric::RelayedPps) > 0.0,
             "{k:?} relayed nothing"
@@ -142,6 +171,9 @@ fn every_scenario_against_every_contender() {
         );
     }
     assert!(text.contains("icegate/floor"), "{text}");
+    if contenders.contains(&Kind::Janus) {
+        assert!(text.contains("icegate/janus"), "{text}");
+    }
     assert!(text.contains("| relayed packets/s |"), "{text}");
     assert!(text.contains("CPU model:"), "{text}");
 }

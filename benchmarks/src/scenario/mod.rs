@@ -1,4 +1,5 @@
-//! The five load shapes, each run against one started contender.
+//! The load shapes, each run against one started contender: five TURN ones, and the
+//! signaling one (over wss and over ws).
 
 pub mod allocations;
 #[allow(unsafe_code)]
@@ -6,6 +7,7 @@ pub mod attack;
 pub mod blast;
 pub mod calls;
 pub mod idle;
+pub mod signal;
 
 use crate::contender::{Contender, Kind, Setup};
 use crate::error::BenchError;
@@ -29,16 +31,22 @@ pub enum Scenario {
     Idle,
     /// Legitimate allocations while attackers flood and stall the server.
     Attack,
+    /// WebSocket signaling sessions over TLS (icegate-signal and Janus).
+    Signal,
+    /// The same over plain WebSocket (ws).
+    SignalPlain,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Calls,
         Scenario::Blast,
         Scenario::Allocations,
         Scenario::Idle,
         Scenario::Attack,
+        Scenario::Signal,
+        Scenario::SignalPlain,
     ];
 
     /// The name used in arguments and tables.
@@ -49,12 +57,24 @@ impl Scenario {
             Scenario::Allocations => "allocations",
             Scenario::Idle => "idle",
             Scenario::Attack => "attack",
+            Scenario::Signal => "signal",
+            Scenario::SignalPlain => "signal-ws",
         }
     }
 
-    /// Whether the scenario means anything for `kind` (the floor speaks no TURN to attack).
+    /// Whether the scenario means anything for `kind` (the floor speaks no TURN to attack;
+    /// the signal scenarios compare icegate-signal with Janus, the others TURN servers).
     pub fn runs_against(self, kind: Kind) -> bool {
-        !(self == Scenario::Attack && kind == Kind::Floor)
+        match self {
+            Scenario::Signal | Scenario::SignalPlain => matches!(kind, Kind::Icegate | Kind::Janus),
+            Scenario::Attack => matches!(kind, Kind::Icegate | Kind::Coturn),
+            _ => kind != Kind::Janus,
+        }
+    }
+
+    /// Whether this is a signaling scenario (icegate-signal rather than icegate-relay).
+    pub fn is_signal(self) -> bool {
+        matches!(self, Scenario::Signal | Scenario::SignalPlain)
     }
 
     /// How the servers are started for this scenario.
@@ -64,6 +84,16 @@ impl Scenario {
             Scenario::Attack => Setup {
                 tcp: true,
                 default_limits: true,
+                ..Setup::default()
+            },
+            Scenario::Signal => Setup {
+                signal: true,
+                tls: true,
+                ..Setup::default()
+            },
+            Scenario::SignalPlain => Setup {
+                signal: true,
+                ..Setup::default()
             },
             _ => Setup::default(),
         }
@@ -133,6 +163,22 @@ pub enum Metric {
     SlowlorisClosed,
     /// Server CPU during the attack, percent of one core.
     AttackCpuPct,
+    /// Signaling sessions open at once.
+    Sessions,
+    /// Sessions opened per second.
+    SessionsPerSec,
+    /// Server CPU µs per session setup.
+    CpuPerSession,
+    /// Server RSS growth per idle session, bytes.
+    BytesPerSession,
+    /// Server RSS growth per connection that stopped after the upgrade, bytes.
+    BytesPerUnauthenticated,
+    /// Fan-out messages delivered per second.
+    FanoutPerSec,
+    /// Server CPU µs per delivered fan-out message.
+    CpuPerFanout,
+    /// The clients' CPU seconds during the fan-out window.
+    FanoutGeneratorCpu,
 }
 
 impl Metric {
@@ -165,6 +211,16 @@ impl Metric {
             Metric::SlowlorisHeld => "slowloris: stalled connections held open (median)",
             Metric::SlowlorisClosed => "slowloris: connections closed or refused by the server",
             Metric::AttackCpuPct => "server CPU under attack, % of a core",
+            Metric::Sessions => "sessions held",
+            Metric::SessionsPerSec => "sessions set up/s",
+            Metric::CpuPerSession => "server CPU µs per session setup",
+            Metric::BytesPerSession => "server RSS bytes per idle session",
+            Metric::BytesPerUnauthenticated => {
+                "server RSS bytes per connection without hello (icegate) or create (Janus)"
+            }
+            Metric::FanoutPerSec => "fan-out: messages delivered/s",
+            Metric::CpuPerFanout => "fan-out: server CPU µs per delivered message",
+            Metric::FanoutGeneratorCpu => "fan-out: generator CPU s",
         })
     }
 }
@@ -218,6 +274,16 @@ pub struct Params {
     pub attack_slowloris: usize,
     /// Legitimate clients per transport, each starting an allocation every 400 ms.
     pub attack_clients: usize,
+    /// Signaling sessions opened and held (signal scenarios).
+    pub signal_sessions: usize,
+    /// Signaling sessions being set up at once.
+    pub signal_window: usize,
+    /// Connections that stop after the upgrade, opened after the sessions.
+    pub signal_prehello: usize,
+    /// Rooms of 32 sessions in the fan-out (icegate-signal only); 0 skips it.
+    pub fanout_rooms: usize,
+    /// Seconds of fan-out.
+    pub fanout_secs: f64,
     /// The TURN REST secret.
     pub secret: String,
 }
@@ -253,6 +319,7 @@ pub fn run(scenario: Scenario, c: &mut Contender, p: &Params) -> Result<Metrics,
         Scenario::Allocations => allocations::run(c, p)?,
         Scenario::Idle => idle::run(c, p)?,
         Scenario::Attack => attack::run(c, p)?,
+        Scenario::Signal | Scenario::SignalPlain => signal::run(c, p)?,
     };
     let failures = m
         .iter()
