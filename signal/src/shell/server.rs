@@ -202,8 +202,11 @@ fn upgrade(
     };
 
     let shared = Arc::clone(shared);
+    // Taken out of the request here, so that the task (which lives as long as the session)
+    // holds the small upgrade handle rather than room for the whole request.
+    let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
-        match hyper::upgrade::on(request).await {
+        match upgrade.await {
             Ok(upgraded) => {
                 let config = ws::websocket_config(shared.limits.max_message_bytes());
                 let ws = WebSocketStream::from_raw_socket(

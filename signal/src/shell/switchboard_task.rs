@@ -30,12 +30,12 @@ use icegate_signal_asterisk::gateway::{CallResult, Gateway, GatewayConfig};
 use icegate_signal_asterisk::sip::UaConfig;
 use icegate_signal_asterisk::switchboard::{Output, Switchboard};
 use icegate_signal_proto::hub::Hub;
-use icegate_signal_proto::protocol::{ServerMessage, SessionId};
+use icegate_signal_proto::protocol::SessionId;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::asterisk_io::{self, Clients, Io};
 use super::config::Asterisk;
-use super::inbox::HubInput;
+use super::inbox::{HubInput, Outbox};
 use super::metrics::Metrics;
 use super::state;
 
@@ -131,7 +131,7 @@ async fn run(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
+    let mut outboxes: HashMap<SessionId, Outbox> = HashMap::new();
     loop {
         // Outputs first: `Switchboard::new` may have queued the first ARI connect.
         perform(&mut board, &mut outboxes, &mut links, &metrics);
@@ -178,7 +178,7 @@ async fn run(
 /// A connection's request.
 fn handle_input(
     board: &mut Switchboard,
-    outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
+    outboxes: &mut HashMap<SessionId, Outbox>,
     input: HubInput,
 ) {
     let now = Instant::now();
@@ -254,7 +254,7 @@ fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
 /// close; the hangups that this causes are delivered in the same loop.
 fn perform(
     board: &mut Switchboard,
-    outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
+    outboxes: &mut HashMap<SessionId, Outbox>,
     links: &mut Option<Links>,
     metrics: &Metrics,
 ) {

@@ -11,13 +11,13 @@ use icegate_signal_proto::protocol::{
     close, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::inbox::{HubInput, OUTBOX_CAPACITY};
+use super::inbox::{HubInput, Outbox, OutboxReceiver};
 use super::metrics::INVALID_KIND;
 use super::state::{Admission, Shared};
 
@@ -33,10 +33,23 @@ pub struct UrlCredentials {
     pub name: Option<UserId>,
 }
 
+/// tungstenite's read buffer, per connection. It is allocated with the connection and
+/// zero-filled on the first read, which every connection makes at once (it waits for the
+/// next frame), so its size is what every connection holds for its whole life, idle or not:
+/// the default 128 KiB made an idle session cost 146 KB of RSS. Signaling messages are small
+/// (a candidate is ~200 bytes, an SDP a few KiB): a frame longer than the buffer grows it to
+/// the frame's length while it is read, in reads of this size (over TLS from rustls's
+/// plaintext buffer, over plain TCP one system call each).
+pub const READ_BUFFER_BYTES: usize = 512;
+
 /// The WebSocket settings for `limits`: oversized messages and frames are refused while
-/// being read, before they are buffered whole.
+/// being read, before they are buffered whole; buffers are small (see [`READ_BUFFER_BYTES`]).
 pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Each message is written at once (the sink flushes after every message anyway), so
+        // the write buffer only ever holds the message being written, not 128 KiB of them.
+        .write_buffer_size(0)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
@@ -60,7 +73,7 @@ struct Session {
     id: SessionId,
     user: UserId,
     anonymous: bool,
-    outbox: mpsc::Receiver<ServerMessage>,
+    outbox: OutboxReceiver,
 }
 
 /// Runs one connection to its end. `admission` is held for the connection's lifetime.
@@ -82,8 +95,8 @@ pub async fn run<S>(
         session: None,
     };
     let end = if credentials.token.is_some() || credentials.name.is_some() {
-        match task
-            .authenticate(None, credentials.token.as_deref(), credentials.name)
+        // Boxed, like `act` in `serve`: see there.
+        match Box::pin(task.authenticate(None, credentials.token.as_deref(), credentials.name))
             .await
         {
             Ok(()) => task.serve().await,
@@ -110,13 +123,12 @@ pub async fn run<S>(
         }
     }
     if let Some(session) = task.session {
-        // Waits if the hub is busy, but only this ending connection waits.
-        let _ = shared
-            .hub
-            .send(HubInput::Close {
-                session: session.id,
-            })
-            .await;
+        // Waits if the hub is busy, but only this ending connection waits. Boxed, as in
+        // `serve`, so that the room for it is not part of every idle session.
+        let _ = Box::pin(shared.hub.send(HubInput::Close {
+            session: session.id,
+        }))
+        .await;
     }
     shared.metrics.connections_active.dec();
     drop(admission);
@@ -172,7 +184,7 @@ where
                     return End::Gone;
                 }
                 Step::Outbox(Some(message)) => {
-                    if !self.send(message).await {
+                    if !self.send(*message).await {
                         return End::Gone;
                     }
                     Action::None
@@ -181,7 +193,11 @@ where
                 Step::Outbox(None) => return End::Close(close::TRY_AGAIN_LATER, "too slow"),
                 Step::Timer => self.conn.handle_timeout(now),
             };
-            if let Err(end) = self.act(action).await {
+            // Boxed: this task's future is as large as its largest state, and carrying out an
+            // action (authenticating, sending) needs far more room than waiting, where every
+            // session spends its life. Boxed, that room is allocated while an action runs
+            // and given back after.
+            if let Err(end) = Box::pin(self.act(action)).await {
                 return end;
             }
         }
@@ -280,7 +296,7 @@ where
                 return Err(End::Close(close::UNAUTHORIZED, "authentication failed"));
             }
         };
-        let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let (outbox_tx, outbox_rx) = Outbox::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         let open = HubInput::Open {
             user: identity.user.clone(),
@@ -321,7 +337,7 @@ where
 
 enum Step {
     Frame(Option<Result<Message, WsError>>),
-    Outbox(Option<ServerMessage>),
+    Outbox(Option<Box<ServerMessage>>),
     Timer,
 }
 
