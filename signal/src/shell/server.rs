@@ -49,6 +49,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
             },
             () = super::state::shutdown(&mut shutdown) => return,
         };
+        // Every exchange here is a small write the client waits for (TLS flights, the 101,
+        // `welcome`, each message): with Nagle's algorithm on, a write after another one
+        // waited for the client's delayed ACK, 40 ms on Linux, which held every wss session
+        // setup back by that much.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "TCP_NODELAY not set");
+        }
         let shared = Arc::clone(&shared);
         let tls = tls.clone();
         tokio::spawn(async move {

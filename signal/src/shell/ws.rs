@@ -62,8 +62,10 @@ enum End {
     Close(u16, &'static str),
 }
 
-struct Task<S> {
-    ws: WebSocketStream<S>,
+struct Task<'a, S> {
+    /// Borrowed from `run`'s argument: moved into the task instead, the stream would be in
+    /// `run`'s future twice (an async fn keeps room for its arguments as they came in).
+    ws: &'a mut WebSocketStream<S>,
     shared: Arc<Shared>,
     conn: Connection,
     session: Option<Session>,
@@ -78,7 +80,7 @@ struct Session {
 
 /// Runs one connection to its end. `admission` is held for the connection's lifetime.
 pub async fn run<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     credentials: UrlCredentials,
     admission: Admission,
@@ -89,7 +91,7 @@ pub async fn run<S>(
     shared.metrics.connections_active.inc();
     let conn = Connection::new(shared.limits.clone(), Instant::now());
     let mut task = Task {
-        ws,
+        ws: &mut ws,
         shared: Arc::clone(&shared),
         conn,
         session: None,
@@ -134,7 +136,7 @@ pub async fn run<S>(
     drop(admission);
 }
 
-impl<S> Task<S>
+impl<S> Task<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
