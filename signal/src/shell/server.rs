@@ -217,7 +217,7 @@ fn upgrade(
             Ok(upgraded) => {
                 let config = ws::websocket_config(shared.limits.max_message_bytes());
                 let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    ws::SpillRead::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )

@@ -1,7 +1,9 @@
 //! One WebSocket connection's task: reads frames into the [`Connection`] gatekeeper, carries
 //! out its actions, and writes what the hub sends to the session.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +12,7 @@ use icegate_signal_proto::hub::OpenError;
 use icegate_signal_proto::protocol::{
     close, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -36,14 +38,101 @@ pub struct UrlCredentials {
 /// tungstenite's read buffer, per connection. It is allocated with the connection and
 /// zero-filled on the first read, which every connection makes at once (it waits for the
 /// next frame), so its size is what every connection holds for its whole life, idle or not:
-/// the default 128 KiB made an idle session cost 146 KB of RSS. Signaling messages are small
-/// (a candidate is ~200 bytes, an SDP a few KiB): a frame longer than the buffer grows it to
-/// the frame's length while it is read, in reads of this size (over TLS from rustls's
-/// plaintext buffer, over plain TCP one system call each).
-pub const READ_BUFFER_BYTES: usize = 512;
+/// the default 128 KiB made an idle session cost 146 KB of RSS. A frame longer than the
+/// buffer grows it to the frame's length while it is read, in reads of at most this size,
+/// which [`SpillRead`] serves from memory rather than one system call each.
+pub const READ_BUFFER_BYTES: usize = 64;
+
+/// What [`SpillRead`] reads from the socket at once, into the stack of the poll.
+const SPILL_CHUNK: usize = 4096;
+
+/// Lets tungstenite read in small pieces without a system call per piece and without a
+/// buffer per connection: a read smaller than [`SPILL_CHUNK`] reads up to that much from the
+/// socket into the stack, hands over what fits, and keeps the rest on the heap only until it
+/// has been handed over too. An idle connection holds nothing here.
+pub struct SpillRead<S> {
+    inner: S,
+    spilled: Vec<u8>,
+    taken: usize,
+}
+
+impl<S> SpillRead<S> {
+    /// Wraps a stream.
+    pub fn new(inner: S) -> Self {
+        SpillRead {
+            inner,
+            spilled: Vec::new(),
+            taken: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SpillRead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.taken < this.spilled.len() {
+            let n = buf.remaining().min(this.spilled.len() - this.taken);
+            buf.put_slice(&this.spilled[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.spilled.len() {
+                this.spilled = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= SPILL_CHUNK {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); SPILL_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+        let filled = read.filled();
+        let n = buf.remaining().min(filled.len());
+        buf.put_slice(&filled[..n]);
+        if n < filled.len() {
+            this.spilled = filled[n..].to_vec();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SpillRead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// The WebSocket settings for `limits`: oversized messages and frames are refused while
-/// being read, before they are buffered whole; buffers are small (see [`READ_BUFFER_BYTES`]).
+/// being read, before they are buffered whole; buffers are small (see [`READ_BUFFER_BYTES`];
+/// the stream must be wrapped in a [`SpillRead`]).
 pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -356,5 +445,39 @@ fn kind_of(action: &Action) -> &'static str {
             "hello"
         }
         _ => INVALID_KIND,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn spill_read_hands_over_everything_in_small_reads_and_keeps_nothing_after() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        drop(client);
+        let mut reader = SpillRead::new(server);
+        let mut got = Vec::new();
+        let mut piece = [0u8; READ_BUFFER_BYTES];
+        loop {
+            let n = reader.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= READ_BUFFER_BYTES);
+            got.extend_from_slice(&piece[..n]);
+            if reader.spilled.is_empty() {
+                assert_eq!(reader.taken, 0);
+            }
+        }
+        assert_eq!(got, sent);
+        assert_eq!(
+            reader.spilled.capacity(),
+            0,
+            "nothing kept once handed over"
+        );
     }
 }
