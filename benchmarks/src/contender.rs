@@ -147,6 +147,10 @@ impl Contender {
             }
             _ => Command::new(&program),
         };
+        if let Some(dir) = &dir {
+            // Anything the server writes into its working directory goes with the directory.
+            cmd.current_dir(dir);
+        }
         cmd.args(&args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

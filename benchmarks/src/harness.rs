@@ -61,11 +61,21 @@ pub fn pin_self(cpu: usize) -> Result<(), BenchError> {
         .map_err(|e| BenchError::Config(format!("pin to CPU {cpu}: {e}")))
 }
 
+/// No core dumps from this process or the servers it starts (which inherit the limit): a
+/// server that aborts with tens of thousands of connections open (Janus does when it runs out
+/// of descriptors) would write tens of GB into its working directory.
+pub fn no_core_dumps() {
+    use nix::sys::resource::{setrlimit, Resource};
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+}
+
 /// Runs the plan; `progress` gets one line per step.
 pub fn run(plan: &Plan, mut progress: impl FnMut(&str)) -> Result<Outcome, BenchError> {
-    // The signal scenarios hold a client socket and a server socket per session, each in its
-    // own process (the limit is per process).
-    let signal = (plan.params.signal_sessions + plan.params.signal_prehello) as u64 + 100;
+    no_core_dumps();
+    // The signal scenarios hold a client socket and a server socket per connection, each in
+    // its own process (the limit is per process); Janus holds two descriptors per session
+    // (its socket and an eventfd), and aborts when it runs out.
+    let signal = 2 * (plan.params.signal_sessions + plan.params.signal_prehello) as u64 + 100;
     raise_fd_limit(((plan.params.idle as u64) * 3 + 10_000).max(signal));
     if let Some(cpu) = plan.generator_cpu {
         pin_self(cpu)?;

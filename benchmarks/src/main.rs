@@ -199,7 +199,9 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
     };
     let signal_bin = match &a.signal_bin {
         Some(p) => p.clone(),
-        None if scenarios.iter().any(|s| s.is_signal()) => signal_binary("release")?,
+        None if scenarios.iter().any(|s| s.is_signal()) && contenders.contains(&Kind::Icegate) => {
+            signal_binary("release")?
+        }
         None => PathBuf::new(),
     };
     let bench_bin = std::env::current_exe().map_err(|e| BenchError::io("current_exe", e))?;

@@ -284,31 +284,21 @@ fn targets(records: &[Record]) -> Vec<(String, String, &'static str)> {
         ),
         verdict(p99.zip(floor_p99).map(|(a, b)| a <= b + 100.0)),
     ));
-    // Issue 14: icegate-signal against Janus, over wss.
-    let (f, v) = ratio_check(
-        Scenario::Signal,
-        Metric::BytesPerSession,
-        Kind::Janus,
-        0.25,
-        true,
-    );
-    out.push((
-        "signal (wss): RSS per idle session ≤ 0.25× Janus's".into(),
-        f,
-        v,
-    ));
-    let (f, v) = ratio_check(
-        Scenario::Signal,
-        Metric::CpuPerSession,
-        Kind::Janus,
-        0.5,
-        true,
-    );
-    out.push((
-        "signal (wss): CPU per session setup ≤ 0.5× Janus's".into(),
-        f,
-        v,
-    ));
+    // Issue 14: icegate-signal against Janus, over wss and over ws.
+    for (scenario, over) in [(Scenario::Signal, "wss"), (Scenario::SignalPlain, "ws")] {
+        let (f, v) = ratio_check(scenario, Metric::BytesPerSession, Kind::Janus, 0.25, true);
+        out.push((
+            format!("signal ({over}): RSS per idle session ≤ 0.25× Janus's"),
+            f,
+            v,
+        ));
+        let (f, v) = ratio_check(scenario, Metric::CpuPerSession, Kind::Janus, 0.5, true);
+        out.push((
+            format!("signal ({over}): CPU per session setup ≤ 0.5× Janus's"),
+            f,
+            v,
+        ));
+    }
     out
 }
 

@@ -248,9 +248,10 @@ fn open_signal_socket(addr: SocketAddr, query: &str, welcome: bool) -> TcpStream
 /// Idle signaling sessions cost little: tungstenite's read buffer is small (it was 128 KiB,
 /// zero-filled on the first read, and an idle session cost 141 KB), nothing is buffered for
 /// writing, the outbox's first block holds pointers rather than messages, and the connection
-/// task holds no room for what it does only briefly. A release build measures about 4.5 KiB
-/// per session and 3 KiB per connection that has not said `hello`, a debug build 4.8 and 2.9
-/// KiB (docs/operations.md, "Sizing icegate-signal"). The bounds leave room for allocator
+/// task holds no room for what it does only briefly. The benchmark measures 4.4–4.7 KB per
+/// session and 1.4–3.2 KB per connection that has not said `hello` on a release build
+/// (docs/operations.md, "Sizing icegate-signal"); this test measured 4.8 and 2.9 KiB on a
+/// debug build. The bounds leave room for allocator
 /// noise, and are low enough that a 4 KiB buffer per connection coming back would break them.
 #[test]
 fn idle_signal_sessions_cost_little_memory() {
