@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use icegate_tests::debian::{self, run};
+use icegate_tests::signal::eventually;
 
 /// The Debian root the container boots, made once and reused (each boot works on a copy).
 const ROOT: &str = "/var/tmp/icegate-test-bookworm";
@@ -88,12 +89,15 @@ fn packaged_units_start_reload_watchdog_and_stop_under_systemd() {
 
     // Reload: ExecReload sends SIGHUP; systemctl waits for RELOADING=1 … READY=1.
     container.ok("systemctl reload icegate-relay icegate-signal");
-    let journal = container.ok("journalctl --no-pager -u icegate-relay -u icegate-signal");
-    assert!(
+    // The daemons log the reload before READY=1, but journald reads their output and the
+    // notification socket separately: the line can reach the journal after reload returns.
+    let mut journal = String::new();
+    let reloaded = eventually(Duration::from_secs(10), || {
+        journal = container.ok("journalctl --no-pager -u icegate-relay -u icegate-signal");
         journal.contains("configuration reloaded")
-            && journal.contains("JWT keys and TURN secret reloaded"),
-        "both daemons log their reload:\n{journal}"
-    );
+            && journal.contains("JWT keys and TURN secret reloaded")
+    });
+    assert!(reloaded, "both daemons log their reload:\n{journal}");
     for unit in debian::PACKAGES {
         assert_eq!(container.show(unit, "ActiveState"), "active", "{unit}");
     }

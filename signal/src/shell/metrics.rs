@@ -53,6 +53,8 @@ pub struct Metrics {
     pub pbx_calls: IntCounterVec,
     /// Calls the Asterisk gateway tracks now.
     pub pbx_calls_active: IntGauge,
+    /// ARI events the gateway handled, by type (`unreadable` for malformed frames).
+    pub ari_events: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -171,6 +173,11 @@ impl Metrics {
             pbx_calls_active: gauge(
                 "icegate_signal_asterisk_calls_active",
                 "Calls the Asterisk gateway tracks now.",
+            ),
+            ari_events: counter_vec(
+                "icegate_signal_asterisk_ari_events_total",
+                "ARI events the gateway handled, by type: the ARI type name, other for types it does not read, unreadable for malformed frames.",
+                &["event"],
             ),
             registry,
         };

@@ -160,7 +160,7 @@ async fn run(
             },
             Some(event) = next_io(&mut links) => {
                 if let Some(links) = links.as_mut() {
-                    handle_io(&mut board, links, event);
+                    handle_io(&mut board, links, event, &metrics);
                 }
             }
             () = sleep_until(deadline) => board.handle_timeout(Instant::now()),
@@ -213,7 +213,7 @@ fn handle_input(
 }
 
 /// What an Asterisk connection reports.
-fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
+fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io, metrics: &Metrics) {
     let now = Instant::now();
     match event {
         Io::SipConnected(outbox) => {
@@ -233,7 +233,9 @@ fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
             board.ari_connected(now);
         }
         Io::AriEvent(generation, text) if generation == links.ari_generation => {
-            board.handle_ari_event(&text, now)
+            if let Some(event) = board.handle_ari_event(&text, now) {
+                metrics.ari_events.with_label_values(&[event]).inc();
+            }
         }
         Io::AriClosed(generation) if generation == links.ari_generation => {
             if board.gateway().is_some_and(Gateway::is_ari_connected) {

@@ -3,6 +3,12 @@
 //! credentials from the shared test kit, `icegate-testkit`), and a [`Harness`] (one server
 //! on a fake clock) whose helpers drive a client through the usual exchanges.
 //!
+//! Why two encoders: the core's tests need attributes the kit has no reason to carry
+//! (EVEN-PORT, RESERVATION-TOKEN, ADDITIONAL-ADDRESS-FAMILY, PASSWORD-ALGORITHMS, ...) and
+//! full integrity checks of every answer, and `stun-rs` is the independent codec kept for
+//! exactly that cross-check of the wire format; what all three consumers (these tests, the
+//! cross-process tests, the benchmark) send alike comes from the kit.
+//!
 //! Its imports are re-exported, so a test module needs only `use super::harness::*;`.
 
 pub(super) use std::net::{IpAddr, SocketAddr};
