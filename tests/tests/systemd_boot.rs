@@ -208,19 +208,24 @@ impl Container {
             log,
         };
         let deadline = Instant::now() + BOOT;
+        let mut state = String::new();
         loop {
-            if container.init == 0 {
-                container.init = child_of(container.nspawn.id()).unwrap_or(0);
-            }
+            // Looked up again each time: nspawn's first child is a short-lived helper that
+            // sets up the namespaces and exits, and the container's init replaces it as
+            // nspawn's child; a pid kept from too early would point at nothing.
+            container.init = child_of(container.nspawn.id()).unwrap_or(0);
             if container.init != 0 {
-                let state = container.exec("systemctl is-system-running").1;
+                state = container.exec("systemctl is-system-running").1;
                 if matches!(state.trim(), "running" | "degraded") {
                     return container;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "the container did not boot within {BOOT:?}:\n{}",
+                "the container did not boot within {BOOT:?} (init pid {}, \
+                 `systemctl is-system-running`: {:?}):\n{}",
+                container.init,
+                state.trim(),
                 fs::read_to_string(&container.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(250));
