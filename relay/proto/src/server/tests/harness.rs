@@ -40,7 +40,7 @@ pub(super) use crate::channels::{MAX_CHANNEL, MIN_CHANNEL};
 pub(super) use crate::config::{RelayAddress, ServerConfig};
 pub(super) use crate::ledger::Ledger;
 pub(super) use crate::metrics::{
-    AuthFailure, Counters, Direction, DropReason, PeerDenials, QuotaKind,
+    AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials, QuotaKind,
 };
 pub(super) use crate::nonce::NonceKey;
 pub(super) use crate::peer_filter::{self, PeerFilter};
@@ -682,6 +682,10 @@ impl Harness {
 
     pub(super) fn auth_failures(&self, reason: AuthFailure) -> u64 {
         Counters::get(&self.counters.auth_failures[reason as usize])
+    }
+
+    pub(super) fn requests(&self, method: MethodLabel, code: u16) -> u64 {
+        Counters::get(&self.counters.requests[method as usize][crate::metrics::result_index(code)])
     }
 
     pub(super) fn quota_rejections(&self, kind: QuotaKind) -> u64 {
