@@ -1,0 +1,169 @@
+//! WebSocket close hygiene of the icegate-signal binary (RFC 6455 §5.5.1, §7.4): a client's
+//! close is answered with the same code before the server drops the connection, and frames
+//! that break the protocol are closed with 1007 (text that is not UTF-8) or 1002 (anything
+//! else), sent as hand-written frames over a plain TCP socket.
+#![deny(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use icegate_tests::signal::{Signal, SignalConfig, RECV_TIMEOUT};
+
+#[test]
+fn a_client_close_is_answered_with_its_code_then_the_server_closes_tcp() {
+    let signal = Signal::start(SignalConfig::default());
+
+    let mut client = signal.connect("name=alice");
+    client.expect("welcome");
+    assert_eq!(client.close_handshake(Some(1000)), Ok(Some(1000)));
+    assert!(client.server_closed_tcp(), "the server kept the connection");
+
+    // Any code the client may send is echoed, before authentication too.
+    let mut client = signal.connect("");
+    assert_eq!(client.close_handshake(Some(4000)), Ok(Some(4000)));
+    assert!(client.server_closed_tcp());
+
+    // A close without a code gets one without a code (a browser reports 1005, still clean).
+    let mut client = signal.connect("name=bob");
+    client.expect("welcome");
+    assert_eq!(client.close_handshake(None), Ok(None));
+    assert!(client.server_closed_tcp());
+
+    // Closes the client starts are not the server's: none is counted.
+    let metrics = signal.metrics();
+    assert_eq!(
+        metrics.sum("icegate_signal_closes_total", &[]),
+        0.0,
+        "{}",
+        metrics.raw
+    );
+}
+
+/// A WebSocket client that writes frames byte by byte, for frames no library would send.
+struct RawClient {
+    tcp: TcpStream,
+}
+
+impl RawClient {
+    /// Connects to `/ws` (no credential, so the server sends nothing before it is asked).
+    fn connect(addr: SocketAddr) -> RawClient {
+        let mut tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+        write!(
+            tcp,
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).expect("the upgrade response");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        RawClient { tcp }
+    }
+
+    /// Writes one frame: `first` is the FIN, RSV and opcode byte; a short payload, masked with
+    /// a fixed key unless `masked` is false.
+    fn send(&mut self, first: u8, masked: bool, payload: &[u8]) {
+        assert!(payload.len() < 126);
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        if masked {
+            frame.extend(key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.extend(payload);
+        }
+        self.tcp.write_all(&frame).unwrap();
+    }
+
+    /// Reads the server's frames up to its close; its code (`None` if it had none). Panics if
+    /// the connection ends without one, or on a data frame.
+    fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next_frame() {
+                (0x8, payload) => {
+                    return (payload.len() >= 2)
+                        .then(|| u16::from_be_bytes([payload[0], payload[1]]))
+                }
+                (0x9 | 0xa, _) => continue,
+                (other, payload) => panic!("expected a close, got opcode {other:#x}: {payload:?}"),
+            }
+        }
+    }
+
+    /// The next frame of the server: its opcode and payload.
+    fn next_frame(&mut self) -> (u8, Vec<u8>) {
+        {
+            let mut head = [0u8; 2];
+            self.tcp
+                .read_exact(&mut head)
+                .expect("a close frame before the end of the connection");
+            assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut ext = [0u8; 2];
+                    self.tcp.read_exact(&mut ext).unwrap();
+                    u16::from_be_bytes(ext) as usize
+                }
+                127 => {
+                    let mut ext = [0u8; 8];
+                    self.tcp.read_exact(&mut ext).unwrap();
+                    u64::from_be_bytes(ext) as usize
+                }
+                short => short as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.tcp.read_exact(&mut payload).unwrap();
+            (head[0] & 0x0f, payload)
+        }
+    }
+}
+
+#[test]
+fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
+    let signal = Signal::start(SignalConfig::default());
+    let ping = br#"{"v":1,"type":"ping","id":1}"#;
+
+    // The raw client itself is sound: a well-formed masked text frame is answered.
+    let mut sound = RawClient::connect(signal.addr());
+    sound.send(0x81, true, ping);
+    let (opcode, pong) = sound.next_frame();
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&pong).contains(r#""type":"pong""#));
+    sound.send(0x88, true, &1000u16.to_be_bytes());
+    assert_eq!(sound.expect_close(), Some(1000));
+
+    let cases: [(&str, u8, bool, &[u8], u16); 6] = [
+        (
+            "text that is not UTF-8",
+            0x81,
+            true,
+            b"{\"v\":1,\"type\":\"\xff\"}",
+            1007,
+        ),
+        ("an unmasked frame", 0x81, false, ping, 1002),
+        ("a reserved bit", 0xc1, true, ping, 1002),
+        ("a reserved data opcode", 0x83, true, ping, 1002),
+        ("a fragmented ping", 0x09, true, b"x", 1002),
+        ("a continuation of nothing", 0x80, true, ping, 1002),
+    ];
+    for (what, first, masked, payload, code) in cases {
+        let mut client = RawClient::connect(signal.addr());
+        client.send(first, masked, payload);
+        assert_eq!(client.expect_close(), Some(code), "{what}");
+    }
+
+    let metrics = signal.metrics();
+    let closes = |code| metrics.sum("icegate_signal_closes_total", &[("code", code)]);
+    assert_eq!(
+        (closes("1007"), closes("1002")),
+        (1.0, 5.0),
+        "{}",
+        metrics.raw
+    );
+}
