@@ -245,14 +245,23 @@ fn upgrade(
     }
     let accept = derive_accept_key(key.as_bytes());
     let query = request.uri().query();
-    let name = match query_param(query, "name").map(UserId::new) {
+    // A name that is there but unusable is refused rather than ignored, so the client learns
+    // why instead of waiting for a welcome that does not come.
+    let name = match query_raw(query, "name").map(|raw| percent_decode(raw).map(UserId::new)) {
         None => None,
-        Some(Ok(name)) => Some(name),
-        Some(Err(error)) => {
+        Some(Some(Ok(name))) => Some(name),
+        Some(Some(Err(error))) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadMessage,
                 &error.to_string(),
+            )
+        }
+        Some(None) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadMessage,
+                "name is not percent-encoded UTF-8",
             )
         }
     };
@@ -348,11 +357,16 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 
 /// The percent-decoded value of `name` in a query string.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query_raw(query, name).and_then(percent_decode)
+}
+
+/// The value of `name` in a query string, as written.
+fn query_raw<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| *key == name)
-        .and_then(|(_, value)| percent_decode(value))
+        .map(|(_, value)| value)
 }
 
 /// Decodes `%XX` escapes and `+` (a space in form encoding); `None` on a malformed escape
@@ -421,6 +435,8 @@ mod tests {
         assert_eq!(query_param(Some("name=%4"), "name"), None);
         assert_eq!(query_param(Some("name=%ff"), "name"), None);
         assert_eq!(query_param(None, "name"), None);
+        assert_eq!(query_raw(Some("name=%ff&x=1"), "name"), Some("%ff"));
+        assert_eq!(query_raw(Some("x=1"), "name"), None);
     }
 
     #[test]
