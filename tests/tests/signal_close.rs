@@ -66,12 +66,19 @@ impl RawClient {
         RawClient { tcp }
     }
 
-    /// Writes one frame: `first` is the FIN, RSV and opcode byte; a short payload, masked with
-    /// a fixed key unless `masked` is false.
+    /// Writes one frame: `first` is the FIN, RSV and opcode byte; a payload of less than
+    /// 64 KiB, masked with a fixed key unless `masked` is false.
     fn send(&mut self, first: u8, masked: bool, payload: &[u8]) {
-        assert!(payload.len() < 126);
         let key = [0x37, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        let mut frame = vec![first];
+        match u8::try_from(payload.len()) {
+            Ok(len) if len < 126 => frame.push(len | mask_bit),
+            _ => {
+                frame.push(126 | mask_bit);
+                frame.extend(u16::try_from(payload.len()).unwrap().to_be_bytes());
+            }
+        }
         if masked {
             frame.extend(key);
             frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
@@ -138,7 +145,30 @@ fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
     sound.send(0x88, true, &1000u16.to_be_bytes());
     assert_eq!(sound.expect_close(), Some(1000));
 
-    let cases: [(&str, u8, bool, &[u8], u16); 6] = [
+    let long_ping = [b'p'; 126];
+    let cases: [(&str, u8, bool, &[u8], u16); 9] = [
+        (
+            "a close reason that is not UTF-8",
+            0x88,
+            true,
+            b"\x03\xe8\xff",
+            1007,
+        ),
+        (
+            "a control frame over 125 bytes",
+            0x89,
+            true,
+            &long_ping,
+            1002,
+        ),
+        // Answered by tungstenite itself, as a reply to the client's close: not counted.
+        (
+            "a close code no endpoint may send",
+            0x88,
+            true,
+            b"\x03\xed",
+            1002,
+        ),
         (
             "text that is not UTF-8",
             0x81,
@@ -162,7 +192,7 @@ fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
     let closes = |code| metrics.sum("icegate_signal_closes_total", &[("code", code)]);
     assert_eq!(
         (closes("1007"), closes("1002")),
-        (1.0, 5.0),
+        (2.0, 6.0),
         "{}",
         metrics.raw
     );
