@@ -197,3 +197,47 @@ fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
         metrics.raw
     );
 }
+
+#[test]
+fn chromium_closes_cleanly_and_a_foreign_page_is_refused() {
+    use std::time::Duration;
+    let signal = Signal::start(SignalConfig::default());
+    let url = format!("http://{}/", signal.addr());
+    let run = icegate_tests::browser::run_script(
+        "close.mjs",
+        &url,
+        (1, 1),
+        Duration::from_secs(30),
+        Duration::from_secs(40),
+        &[],
+        || {},
+    );
+    let result = &run.result;
+    if result["ok"] != true {
+        signal.dump_log(40);
+    }
+    assert_eq!(result["ok"], true, "{result}\n{}", run.stderr);
+    // The browser's codes: its own 1000 and 4000 echoed; a close without a code reads 1005.
+    assert_eq!(
+        (
+            &result["closes"]["code1000"],
+            &result["closes"]["code4000"],
+            &result["closes"]["noCode"]
+        ),
+        (&1000.into(), &4000.into(), &1005.into()),
+        "{result}"
+    );
+    // Refused before the upgrade: the browser only sees an abnormal close.
+    assert_eq!(result["foreign"]["code"], 1006, "{result}");
+    assert_eq!(result["foreign"]["wasClean"], false, "{result}");
+    let metrics = signal.metrics();
+    assert_eq!(
+        metrics.sum(
+            "icegate_signal_connections_refused_total",
+            &[("reason", "origin")]
+        ),
+        1.0,
+        "{}",
+        metrics.raw
+    );
+}
