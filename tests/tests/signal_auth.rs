@@ -274,6 +274,11 @@ fn without_a_jwt_key_tokens_are_not_credentials() {
     client.send(json!({"v":1,"type":"hello","id":1,"token":token}));
     assert_eq!(client.expect_error("token_required")["id"], 1);
     assert_eq!(client.expect_close(), Some(4401));
+    // As is a hello with neither.
+    let mut client = signal.connect("");
+    client.send(json!({"v":1,"type":"hello","id":3}));
+    assert_eq!(client.expect_error("token_required")["id"], 3);
+    assert_eq!(client.expect_close(), Some(4401));
     // With a name as well, the name is used and the token ignored.
     let mut client = signal.connect("");
     client.send(json!({"v":1,"type":"hello","id":2,"token":"garbage","name":"z"}));
