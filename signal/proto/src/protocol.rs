@@ -26,6 +26,11 @@ pub const MAX_NAME_LEN: usize = 64;
 pub mod close {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unmasked frame, reserved bits, a bad
+    /// opcode, a fragmented control frame, ...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame or message exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
     /// The client does not read fast enough: its outgoing queue overflowed.
@@ -536,6 +541,8 @@ pub enum ErrorCode {
     PbxUnavailable,
     /// An `offer` crossed one from the other end, which goes first: roll back and answer it.
     Glare,
+    /// The page's origin may not use this server (`allowed-origins`).
+    OriginNotAllowed,
 }
 
 impl ErrorCode {
@@ -564,6 +571,7 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::PbxUnavailable => "pbx_unavailable",
             ErrorCode::Glare => "glare",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }

@@ -191,6 +191,9 @@ impl Metrics {
         for via in ["http", "ws"] {
             metrics.ice_credentials.with_label_values(&[via]);
         }
+        for reason in ["too_many_connections", "origin"] {
+            metrics.connections_refused.with_label_values(&[reason]);
+        }
         metrics
     }
 
