@@ -63,6 +63,9 @@ pub struct Settings {
     pub proc_group: Option<String>,
     /// Caps and timeouts of TCP/TLS client connections.
     pub streams: StreamSettings,
+    /// `relay-ip` was not set and a listening address is a wildcard: the relay addresses are
+    /// the host's, as listed at start.
+    pub relay_ip_auto: bool,
 }
 
 /// Caps and timeouts of TCP/TLS client connections (`crate::stream_admission`,
@@ -131,7 +134,12 @@ impl Settings {
             Some(path) => load_toml::<FileConfig>(path)?,
             None => FileConfig::default(),
         };
-        merge::merge(cli, file, cli.config.as_deref())
+        merge::merge(
+            cli,
+            file,
+            cli.config.as_deref(),
+            &crate::host_addresses::host_ips,
+        )
     }
 
     /// What is allowed but risky in this configuration, one sentence each, for the start-up
@@ -158,7 +166,7 @@ impl Settings {
             })
             .collect();
         let mut summary = format!(
-            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
+            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {}{} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
             self.udp,
@@ -168,6 +176,11 @@ impl Settings {
                 None => "off".into(),
             },
             relays.join(", "),
+            if self.relay_ip_auto {
+                " (relay-ip unset: the host's addresses)"
+            } else {
+                ""
+            },
             self.min_port,
             self.max_port,
             self.server.realm,
@@ -210,6 +223,69 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads with `host` as the host's interface addresses.
+    fn load_on_host(args: &[&str], host: &[&str]) -> Result<Settings, ConfigError> {
+        let host: Vec<IpAddr> = host.iter().map(|ip| ip.parse().unwrap()).collect();
+        merge::merge(
+            &cli(args),
+            FileConfig::default(),
+            None,
+            &|| Ok(host.clone()),
+        )
+    }
+
+    #[test]
+    fn a_wildcard_listener_without_relay_ip_relays_from_the_hosts_reachable_addresses() {
+        let host = [
+            "127.0.0.1",
+            "192.0.2.2",
+            "169.254.1.1",
+            "10.0.0.5",
+            "::1",
+            "fe80::1",
+            "2001:db8::2",
+        ];
+        let relays = |s: &Settings| -> Vec<String> {
+            s.server
+                .relay_addresses
+                .iter()
+                .map(|r| r.local.to_string())
+                .collect()
+        };
+        let v4 = load_on_host(&["--user", "a:b"], &host).unwrap();
+        assert_eq!(relays(&v4), ["192.0.2.2", "10.0.0.5"]);
+        assert!(v4.relay_ip_auto);
+        assert!(v4.summary().contains("relay-ip unset"), "{}", v4.summary());
+        let both = load_on_host(&["--user", "a:b", "-L", "0.0.0.0", "-L", "::"], &host).unwrap();
+        assert_eq!(relays(&both), ["192.0.2.2", "10.0.0.5", "2001:db8::2"]);
+        // A wildcard next to an exact address keeps the exact one.
+        let mixed = load_on_host(&["--user", "a:b", "-L", "::", "-L", "192.0.2.2"], &host).unwrap();
+        assert_eq!(relays(&mixed), ["2001:db8::2", "192.0.2.2"]);
+
+        // Set by hand, or listening on exact addresses: no guessing.
+        let set = load_on_host(&["--user", "a:b", "-E", "192.0.2.9"], &host).unwrap();
+        assert_eq!(relays(&set), ["192.0.2.9"]);
+        assert!(!set.relay_ip_auto);
+        let exact = load_on_host(&["--user", "a:b", "-L", "127.0.0.1"], &host).unwrap();
+        assert_eq!(relays(&exact), ["127.0.0.1"]);
+        assert!(!exact.summary().contains("relay-ip unset"));
+
+        // Only loopback and link-local: nothing to relay from, and the error says what to set.
+        let e = load_on_host(&["--user", "a:b"], &["127.0.0.1", "169.254.1.1", "::1"]).unwrap_err();
+        assert_eq!(e.key(), Some("relay-ip"), "{e}");
+        let e = merge::merge(
+            &cli(&["--user", "a:b"]),
+            FileConfig::default(),
+            None,
+            &|| Err(std::io::Error::other("no netlink")),
+        )
+        .unwrap_err();
+        assert!(
+            e.key() == Some("relay-ip") && e.to_string().contains("no netlink"),
+            "{e}"
+        );
+    }
     use clap::Parser;
     use icegate_common::credentials::Secret;
     use std::io::Write;

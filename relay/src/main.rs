@@ -18,6 +18,7 @@
 
 mod config;
 mod framing;
+mod host_addresses;
 mod limits;
 mod metrics;
 #[allow(unsafe_code)]
@@ -217,6 +218,13 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         .iter()
         .map(|r| r.local)
         .collect();
+    if settings.relay_ip_auto {
+        tracing::info!(
+            relay = ?relay_ips,
+            "relay-ip not set: relaying from the host's addresses of the wildcard listening-ip's \
+             family (listed at start; set relay-ip to choose)"
+        );
+    }
     let ports = relay_ips.len() as u64 * (u64::from(settings.max_port - settings.min_port) + 1);
     let nofile = match limits::raise_nofile(ports) {
         Ok(limit) if limit.soft < limit.wanted => {

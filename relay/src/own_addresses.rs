@@ -19,7 +19,7 @@ use crate::config::Settings;
 /// not be listed (the list then lacks what a wildcard listener stands for).
 pub fn own_addresses(settings: &Settings) -> (SelfAddresses, Option<io::Error>) {
     let mut listing_error = None;
-    let mut local = || match local_ips() {
+    let mut local = || match crate::host_addresses::host_ips() {
         Ok(ips) => ips,
         Err(error) => {
             listing_error.get_or_insert(error);
@@ -85,18 +85,6 @@ fn listener_nets(
 }
 
 /// Every address configured on a local interface now.
-fn local_ips() -> io::Result<Vec<IpAddr>> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
-    Ok(addrs
-        .filter_map(|a| a.address)
-        .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|s| IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +143,11 @@ mod tests {
         ]);
         let (own, error) = own_addresses(&s);
         assert!(error.is_none(), "{error:?}");
-        for ip in local_ips().unwrap().into_iter().filter(IpAddr::is_ipv4) {
+        for ip in crate::host_addresses::host_ips()
+            .unwrap()
+            .into_iter()
+            .filter(IpAddr::is_ipv4)
+        {
             assert!(own.contains(SocketAddr::new(ip, 3478)), "{ip}");
             assert!(own.contains(SocketAddr::new(ip, 9641)), "{ip}");
         }

@@ -16,15 +16,21 @@ use icegate_relay_proto::ServerConfig;
 use ipnet::IpNet;
 
 use super::{Cli, FileConfig, Redirect, Settings, StreamSettings};
+use crate::host_addresses::usable_for_relaying;
 
 /// Builds the error about `key`: `true` for a value from the command line, `false` for one
 /// from the file.
 type Invalid<'a> = &'a dyn Fn(bool, &str, String) -> ConfigError;
 
+/// Lists the host's interface addresses (asked only when `relay-ip` must be chosen for a
+/// wildcard listener).
+pub(super) type HostIps<'a> = &'a dyn Fn() -> std::io::Result<Vec<IpAddr>>;
+
 pub(super) fn merge(
     cli: &Cli,
     f: FileConfig,
     path: Option<&Path>,
+    host_ips: HostIps<'_>,
 ) -> Result<Settings, ConfigError> {
     // Where a value came from decides what the error names.
     let src = |from_cli: bool| if from_cli { None } else { path };
@@ -42,7 +48,8 @@ pub(super) fn merge(
         .0
         .unwrap_or(5349);
     let (min_port, max_port) = port_range(cli, &f, &invalid)?;
-    let relay_addresses = relay_addresses(cli, &f, &listening_ips, &invalid)?;
+    let (relay_addresses, relay_ip_auto) =
+        relay_addresses(cli, &f, &listening_ips, host_ips, &invalid)?;
     let realm = pick(cli.realm.clone(), f.realm.clone())
         .0
         .unwrap_or_else(|| "icegate".into());
@@ -91,6 +98,7 @@ pub(super) fn merge(
         proc_user: pick(cli.proc_user.clone(), process.user).0,
         proc_group: pick(cli.proc_group.clone(), process.group).0,
         streams,
+        relay_ip_auto,
     })
 }
 
@@ -162,19 +170,59 @@ fn alternate_address(entry: &str, default_port: u16) -> Option<SocketAddr> {
         .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
 }
 
-/// `relay-ip` (by default the listening addresses) and what `external-ip` advertises for
-/// them.
+/// `relay-ip` (by default the listening addresses; for a wildcard one, the host's addresses of
+/// its family that peers can reach, as coturn does) and what `external-ip` advertises for
+/// them; and whether the host's addresses were chosen.
 fn relay_addresses(
     cli: &Cli,
     f: &FileConfig,
     listening_ips: &[IpAddr],
+    host_ips: HostIps<'_>,
     invalid: Invalid<'_>,
-) -> Result<Vec<RelayAddress>, ConfigError> {
+) -> Result<(Vec<RelayAddress>, bool), ConfigError> {
     let (relay_ips, relay_cli) = pick_vec(&cli.relay_ip, f.relay_ip.clone());
-    let relay_ips = if relay_ips.is_empty() {
-        listening_ips.to_vec()
-    } else {
+    let auto = relay_ips.is_empty() && listening_ips.iter().any(IpAddr::is_unspecified);
+    let relay_ips = if !relay_ips.is_empty() {
         relay_ips
+    } else if auto {
+        let host = host_ips().map_err(|error| {
+            invalid(
+                relay_cli,
+                "relay-ip",
+                format!(
+                    "not set, and the host's addresses cannot be listed for a wildcard \
+                     listening-ip ({error}): set relay-ip"
+                ),
+            )
+        })?;
+        let mut chosen: Vec<IpAddr> = Vec::new();
+        for listening in listening_ips {
+            let candidates: Vec<IpAddr> = if listening.is_unspecified() {
+                host.iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv4() == listening.is_ipv4() && usable_for_relaying(*ip))
+                    .collect()
+            } else {
+                vec![*listening]
+            };
+            for ip in candidates {
+                if !chosen.contains(&ip) {
+                    chosen.push(ip);
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return Err(invalid(
+                relay_cli,
+                "relay-ip",
+                "not set, and the host has no address peers could reach (only loopback or \
+                 link-local) for a wildcard listening-ip: set relay-ip (or listening-ip)"
+                    .into(),
+            ));
+        }
+        chosen
+    } else {
+        listening_ips.to_vec()
     };
     if let Some(ip) = relay_ips.iter().find(|ip| ip.is_unspecified()) {
         return Err(invalid(
@@ -228,7 +276,7 @@ fn relay_addresses(
             }
         }
     }
-    Ok(relay_addresses)
+    Ok((relay_addresses, auto))
 }
 
 /// Static users (`user`) and TURN REST secrets (`use-auth-secret`, `static-auth-secret`,
