@@ -306,6 +306,8 @@ fn perform(
                     };
                     metrics.pbx_calls.with_label_values(&[label]).inc();
                 }
+                // Only a switchboard that joined a cluster publishes; none does yet.
+                Output::Bus { .. } => {}
                 Output::Log(text) => tracing::info!(target: "icegate_signal::gateway", "{text}"),
             }
         }

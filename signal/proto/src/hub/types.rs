@@ -1,6 +1,7 @@
 //! The hub's API types: its configuration, the two kinds of [`Endpoint`] a call leg ends at,
 //! what it asks the shell to do ([`Output`]), what the PBX tells it ([`PbxEvent`]) and may be
-//! asked ([`PbxRequest`]), call events for metrics, and why a session is refused.
+//! asked ([`PbxRequest`]), call events for metrics, and why a session is refused; and the ids
+//! of the cluster ([`InstanceId`], [`RemoteSession`]) for legs on other instances.
 
 use std::time::Duration;
 
@@ -38,6 +39,21 @@ impl Default for HubConfig {
     }
 }
 
+crate::protocol::hex_id!(
+    /// One icegate-signal process of a cluster (`redis-url`): random at each start, so a
+    /// restarted process is a new instance.
+    InstanceId
+);
+
+/// A session connected to another instance of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemoteSession {
+    /// The instance the session's WebSocket is connected to.
+    pub instance: InstanceId,
+    /// The session, as that instance named it.
+    pub session: SessionId,
+}
+
 /// Where one leg of a call ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -45,6 +61,8 @@ pub enum Endpoint {
     Session(SessionId),
     /// The PBX, through the gateway.
     Pbx,
+    /// A session on another instance of the cluster: its messages go over the bus.
+    Remote(RemoteSession),
 }
 
 /// What happened to calls, for metrics.
