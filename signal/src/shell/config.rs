@@ -17,9 +17,11 @@ use icegate_signal_proto::limits::Limits;
 mod asterisk;
 mod cli;
 mod merge;
+mod redis;
 
 pub use asterisk::{Asterisk, ServerUrl};
 pub use cli::{Cli, FileConfig};
+pub use redis::RedisUrl;
 
 /// Where the server listens by default: loopback, so a first run exposes nothing.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -87,6 +89,8 @@ pub struct Settings {
     pub hub: HubConfig,
     /// The Asterisk gateway, when configured.
     pub asterisk: Option<Asterisk>,
+    /// The cluster's Redis, when several processes serve as one.
+    pub redis_url: Option<RedisUrl>,
 }
 
 impl Settings {
@@ -130,7 +134,7 @@ impl Settings {
             .collect();
         let mut summary = format!(
             "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
-             credential-ttl: {} s\n  metrics: {}\n  asterisk: {}",
+             credential-ttl: {} s\n  metrics: {}\n  asterisk: {}\n  cluster: {}",
             self.listen,
             match (self.anonymous, self.keys.auth.is_configured()) {
                 (true, true) => "anonymous, or JWT",
@@ -156,6 +160,12 @@ impl Settings {
                 a.ari.path,
                 a.app
             )),
+            self.redis_url
+                .as_ref()
+                .map_or("off (one process)".into(), |url| format!(
+                    "Redis at {}",
+                    url.redacted()
+                )),
         );
         for warning in self.warnings() {
             summary.push_str("\n  warning: ");
