@@ -562,6 +562,15 @@ impl WsClient {
         let _ = self.ws.flush();
     }
 
+    /// Waits up to `timeout` (instead of [`RECV_TIMEOUT`]) for each following message.
+    pub fn set_recv_timeout(&mut self, timeout: Duration) {
+        let tcp = match self.ws.get_ref() {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        };
+        tcp.set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// Drops the TCP connection without a close handshake, as a crashed browser would.
     pub fn kill(self) {
         let stream = self.ws.get_ref();
