@@ -1,10 +1,13 @@
 //! Two icegate-signal processes joined by a real redis-server (`--redis-url`): a call between
-//! users on different instances, an instance killed mid-call, and Redis stopped and started
-//! again under both, with WebSocket clients on each instance.
+//! users on different instances, an instance killed mid-call, Redis stopped and started again
+//! under both, and the Asterisk stand-in calling a user through the instance she is not on,
+//! with WebSocket clients on each instance.
 #![deny(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
+use icegate_tests::asterisk::pbx_calls::OFFER as PBX_OFFER;
+use icegate_tests::asterisk::{AsteriskStandIn, Config};
 use icegate_tests::redis::RedisServer;
 use icegate_tests::signal::{eventually, Signal, SignalConfig, WsClient};
 use serde_json::{json, Value};
@@ -227,4 +230,76 @@ fn without_redis_local_calls_work_and_remote_ones_fail_clearly_until_it_returns(
     bob.send(json!({"v":1,"type":"hangup","id":3,"call":again}));
     assert_eq!(bob.expect("ack")["id"], 3);
     assert_eq!(alice.expect("hangup")["reason"], "normal");
+}
+
+#[test]
+fn asterisk_reaches_a_user_through_the_instance_she_is_not_connected_to() {
+    let redis = RedisServer::start();
+    let pbx = AsteriskStandIn::start(Config::default());
+    // Each instance its own gateway, SIP contact and Stasis application (Asterisk gives an
+    // application to one WebSocket only).
+    let gateway = |app: &str| {
+        let mut args = pbx.gateway_args();
+        args.extend(["--asterisk-app".into(), app.into()]);
+        args.extend(["--redis-url".into(), redis.url()]);
+        let signal = Signal::start(SignalConfig {
+            args,
+            ..SignalConfig::default()
+        });
+        signal.assert_gateway_up(JOIN_TIMEOUT);
+        signal
+    };
+    let a = gateway("icegate-a");
+    // B registers last, so the stand-in's INVITEs for the endpoint go to B's contact.
+    let b = gateway("icegate-b");
+    wait_joined(&[&a, &b]);
+    let mut bob = join(&a, "bob");
+    // Once a user on B can ring bob, B knows where he is.
+    let mut probe = join(&b, "probe");
+    let probe_call = call(&mut probe, "bob");
+    assert_eq!(bob.expect("incoming")["from"], "probe");
+    probe.send(json!({"v":1,"type":"hangup","call":probe_call}));
+    assert_eq!(bob.expect("hangup")["call"], probe_call.as_str());
+
+    let channel = pbx
+        .lock()
+        .originate(
+            "PJSIP/bob@icegate",
+            None,
+            vec![],
+            Some("\"Reception\" <100>"),
+            None,
+        )
+        .expect("originate");
+    let channel = channel["id"].as_str().unwrap().to_owned();
+    let incoming = bob.expect("incoming");
+    assert_eq!(incoming["from"], "100");
+    let call = incoming["call"].as_str().unwrap().to_owned();
+    bob.send(
+        json!({"v":1,"type":"answer","call":call,"sdp":PBX_OFFER.replace("actpass", "active")}),
+    );
+    bob.send(json!({"v":1,"type":"candidate","call":call,"candidate":null}));
+    assert!(
+        eventually(JOIN_TIMEOUT, || pbx
+            .channels()
+            .iter()
+            .any(|c| c["id"] == channel.as_str() && c["state"] == "Up")),
+        "{:?}",
+        pbx.channels()
+    );
+    // The SIP leg is B's: its gateway answered, A's saw no call.
+    let answered = |s: &Signal| {
+        s.metrics().sum(
+            "icegate_signal_asterisk_calls_total",
+            &[("result", "answered")],
+        )
+    };
+    assert_eq!((answered(&a), answered(&b)), (0.0, 1.0));
+
+    assert!(pbx.hangup(&channel, 16));
+    let hangup = bob.expect("hangup");
+    assert_eq!(
+        (hangup["call"].as_str(), hangup["reason"].as_str()),
+        (Some(call.as_str()), Some("normal"))
+    );
 }
