@@ -310,6 +310,15 @@ impl Switchboard {
                         message,
                     } => out.push_back(Output::Session { session, message }),
                     HubOutput::Event(event) => out.push_back(Output::Call(event)),
+                    HubOutput::Membership {
+                        session,
+                        room,
+                        joined,
+                    } => {
+                        if let Some(cluster) = cluster.as_mut() {
+                            cluster.room_changed(session, room, joined, now);
+                        }
+                    }
                     HubOutput::Send {
                         to: Endpoint::Remote(to),
                         message,
@@ -384,6 +393,16 @@ fn cluster_to_hub(hub: &mut Hub, message: ClusterToHub, now: Instant) {
         ClusterToHub::RemoteClosed(session) => {
             hub.close_remote_session(session, HangupReason::Disconnected)
         }
+        ClusterToHub::RemoteRoom {
+            session,
+            room,
+            joined: true,
+        } => hub.join_remote_room(session, room),
+        ClusterToHub::RemoteRoom {
+            session,
+            room,
+            joined: false,
+        } => hub.leave_remote_room(session, &room),
         ClusterToHub::InstanceLost(instance) => {
             hub.close_instance(instance, HangupReason::Unavailable)
         }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //!   local sessions open/close ──► Joined / Left (broadcast, numbered by `seq`)
+//!   local sessions join/leave rooms ──► Room (broadcast, numbered too)
 //!   every heartbeat interval  ──► Heartbeat{seq} (broadcast)
 //!   bus (re)connected         ──► Snapshot + Sync (broadcast): "here are mine, send me yours"
 //!   hub's Send{to: Remote}    ──► Deliver (to the session's instance)
@@ -29,12 +30,12 @@
 //! the switchboard (`icegate_signal_asterisk::switchboard`), which routes [`Output::Hub`] into
 //! the hub and the hub's messages for remote sessions into [`Cluster::send`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::hub::{InstanceId, RemoteSession};
 use crate::protocol::{
-    CallId, ClientMessage, HangupReason, RequestId, ServerMessage, SessionId, UserId,
+    CallId, ClientMessage, HangupReason, RequestId, RoomId, ServerMessage, SessionId, UserId,
 };
 
 pub mod wire;
@@ -106,6 +107,15 @@ pub enum ToHub {
     },
     /// A session on another instance closed: its calls end with `disconnected`.
     RemoteClosed(RemoteSession),
+    /// A session on another instance joined or left a room.
+    RemoteRoom {
+        /// The session.
+        session: RemoteSession,
+        /// The room.
+        room: RoomId,
+        /// Joined, or left.
+        joined: bool,
+    },
     /// An instance is gone (silent too long, or the bus is lost): its sessions' calls end
     /// with `unavailable`.
     InstanceLost(InstanceId),
@@ -154,6 +164,8 @@ struct Peer {
     sync_asked: Option<Instant>,
     /// Its sessions.
     sessions: HashMap<SessionId, UserId>,
+    /// The rooms its sessions are in.
+    rooms: HashSet<(SessionId, RoomId)>,
 }
 
 /// One instance's side of the cluster.
@@ -165,6 +177,8 @@ pub struct Cluster {
     seq: u64,
     /// This instance's sessions, for snapshots.
     local: BTreeMap<SessionId, UserId>,
+    /// The rooms they are in.
+    local_rooms: BTreeSet<(SessionId, RoomId)>,
     peers: HashMap<InstanceId, Peer>,
     /// Local sessions in calls owned by another instance, and that owner: where the
     /// session's requests about the call go.
@@ -184,6 +198,7 @@ impl Cluster {
             connected: false,
             seq: 0,
             local: BTreeMap::new(),
+            local_rooms: BTreeSet::new(),
             peers: HashMap::new(),
             proxies: HashMap::new(),
             next_heartbeat: None,
@@ -230,8 +245,38 @@ impl Cluster {
         }
         self.seq += 1;
         self.proxies.retain(|(s, _), _| *s != session);
+        // Its rooms go with it, here and (from `Left`) at the others.
+        self.local_rooms.retain(|(s, _)| *s != session);
         let seq = self.seq;
         self.publish(Channel::All, Body::Left { seq, session });
+    }
+
+    /// A session here joined (`joined`) or left a room: the others learn it, so that calls
+    /// to the room ring it.
+    pub fn room_changed(&mut self, session: SessionId, room: RoomId, joined: bool, _now: Instant) {
+        if !self.local.contains_key(&session) {
+            return;
+        }
+        let key = (session, room.clone());
+        let changed = if joined {
+            self.local_rooms.insert(key)
+        } else {
+            self.local_rooms.remove(&key)
+        };
+        if !changed {
+            return;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        self.publish(
+            Channel::All,
+            Body::Room {
+                seq,
+                session,
+                room,
+                joined,
+            },
+        );
     }
 
     /// The instance that owns the call `message` is about, when that call is not here but
@@ -315,6 +360,7 @@ impl Cluster {
             deadline,
             sync_asked: None,
             sessions: HashMap::new(),
+            rooms: HashSet::new(),
         });
         peer.deadline = deadline;
         match body {
@@ -333,8 +379,22 @@ impl Cluster {
                     self.remote_closed(from, session);
                 }
             }
+            Body::Room {
+                seq,
+                session,
+                room,
+                joined,
+            } => {
+                if self.in_sequence(from, seq, now) {
+                    self.remote_room(from, session, room, joined);
+                }
+            }
             Body::Sync => self.publish(Channel::Instance(from), self.snapshot()),
-            Body::Snapshot { seq, sessions } => self.apply_snapshot(from, seq, sessions),
+            Body::Snapshot {
+                seq,
+                sessions,
+                rooms,
+            } => self.apply_snapshot(from, seq, sessions, rooms),
             Body::Deliver { session, message } => self.deliver(from, session, message),
             Body::Request {
                 session,
@@ -416,6 +476,7 @@ impl Cluster {
                 .iter()
                 .map(|(session, user)| (*session, user.clone()))
                 .collect(),
+            rooms: self.local_rooms.iter().cloned().collect(),
         }
     }
 
@@ -466,6 +527,8 @@ impl Cluster {
     fn remote_closed(&mut self, instance: InstanceId, session: SessionId) {
         if let Some(peer) = self.peers.get_mut(&instance) {
             peer.sessions.remove(&session);
+            // The hub drops a closed session's rooms with it.
+            peer.rooms.retain(|(s, _)| *s != session);
         }
         self.out
             .push_back(Output::Hub(ToHub::RemoteClosed(RemoteSession {
@@ -474,12 +537,34 @@ impl Cluster {
             })));
     }
 
-    /// Replaces what is known of `instance`'s sessions.
+    fn remote_room(
+        &mut self,
+        instance: InstanceId,
+        session: SessionId,
+        room: RoomId,
+        joined: bool,
+    ) {
+        if let Some(peer) = self.peers.get_mut(&instance) {
+            if joined {
+                peer.rooms.insert((session, room.clone()));
+            } else {
+                peer.rooms.remove(&(session, room.clone()));
+            }
+        }
+        self.out.push_back(Output::Hub(ToHub::RemoteRoom {
+            session: RemoteSession { instance, session },
+            room,
+            joined,
+        }));
+    }
+
+    /// Replaces what is known of `instance`'s sessions and their rooms.
     fn apply_snapshot(
         &mut self,
         instance: InstanceId,
         seq: u64,
         sessions: Vec<(SessionId, UserId)>,
+        rooms: Vec<(SessionId, RoomId)>,
     ) {
         let Some(peer) = self.peers.get_mut(&instance) else {
             return;
@@ -503,11 +588,32 @@ impl Cluster {
             .map(|(s, user)| (*s, user.clone()))
             .collect();
         new.sort_unstable();
+        // Rooms left by sessions that stay; those of closed sessions go with them.
+        let fresh_rooms: HashSet<(SessionId, RoomId)> = rooms.into_iter().collect();
+        let mut left: Vec<(SessionId, RoomId)> = peer
+            .rooms
+            .iter()
+            .filter(|entry| !fresh_rooms.contains(*entry) && fresh.contains_key(&entry.0))
+            .cloned()
+            .collect();
+        left.sort_unstable();
+        let mut joined: Vec<(SessionId, RoomId)> = fresh_rooms
+            .iter()
+            .filter(|entry| !peer.rooms.contains(*entry) && fresh.contains_key(&entry.0))
+            .cloned()
+            .collect();
+        joined.sort_unstable();
+        for (session, room) in left {
+            self.remote_room(instance, session, room, false);
+        }
         for session in gone {
             self.remote_closed(instance, session);
         }
         for (session, user) in new {
             self.remote_opened(instance, session, user);
+        }
+        for (session, room) in joined {
+            self.remote_room(instance, session, room, true);
         }
     }
 

@@ -94,6 +94,8 @@ pub struct Hub {
     remote: HashMap<RemoteSession, remote::RemotePeer>,
     /// The remote sessions of each user.
     remote_users: HashMap<UserId, Vec<RemoteSession>>,
+    /// The remote members of each room.
+    remote_rooms: HashMap<RoomId, Vec<RemoteSession>>,
     /// Set while the cluster's other instances cannot be reached: a call to a user with no
     /// session here is then `cluster_unavailable` rather than `unknown_user`.
     cluster_unreachable: bool,
@@ -115,6 +117,7 @@ impl Hub {
             pbx_calls: Vec::new(),
             remote: HashMap::new(),
             remote_users: HashMap::new(),
+            remote_rooms: HashMap::new(),
             cluster_unreachable: false,
             outputs: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -347,10 +350,12 @@ impl Hub {
                 if !caller.rooms.contains(&room) {
                     return Err((ErrorCode::UnknownRoom, "join the room before calling it"));
                 }
+                let remote = self.remote_rooms.get(&room).into_iter().flatten();
                 let targets: Vec<Endpoint> = self.rooms[&room]
                     .iter()
                     .filter(|s| **s != session)
                     .map(|s| Endpoint::Session(*s))
+                    .chain(remote.map(|r| Endpoint::Remote(*r)))
                     .collect();
                 if targets.is_empty() {
                     return Err((ErrorCode::UnknownRoom, "nobody else is in the room"));
@@ -745,12 +750,21 @@ impl Hub {
         if state.rooms.len() >= self.config.max_rooms_per_session {
             return Err((ErrorCode::TooManyRooms, "this session is in too many rooms"));
         }
+        let remote_members = self.remote_rooms.get(&room).map_or(0, Vec::len);
         let members = self.rooms.entry(room.clone()).or_default();
-        if members.len() >= self.config.max_room_members {
+        if members.len() + remote_members >= self.config.max_room_members {
+            if members.is_empty() {
+                self.rooms.remove(&room);
+            }
             return Err((ErrorCode::TooManyRooms, "the room is full"));
         }
         members.push(session);
-        state.rooms.push(room);
+        state.rooms.push(room.clone());
+        self.outputs.push_back(Output::Membership {
+            session,
+            room,
+            joined: true,
+        });
         Ok(())
     }
 
@@ -771,6 +785,11 @@ impl Hub {
                 self.rooms.remove(room);
             }
         }
+        self.outputs.push_back(Output::Membership {
+            session,
+            room: room.clone(),
+            joined: false,
+        });
     }
 }
 

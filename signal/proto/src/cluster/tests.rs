@@ -3,6 +3,7 @@
 //! presence, gaps and snapshots, liveness, the proxy table, and the bus's loss and return.
 
 use super::*;
+use crate::protocol::RoomId;
 
 const A: InstanceId = InstanceId(0xa);
 const B: InstanceId = InstanceId(0xb);
@@ -404,6 +405,13 @@ fn every_bus_message_reads_back_as_it_was_written() {
         Body::Snapshot {
             seq: 5,
             sessions: vec![(SessionId(2), user("carol"))],
+            rooms: vec![(SessionId(2), RoomId::new("standup").unwrap())],
+        },
+        Body::Room {
+            seq: 6,
+            session: SessionId(2),
+            room: RoomId::new("standup").unwrap(),
+            joined: false,
         },
         Body::Deliver {
             session: SessionId(2),
@@ -433,4 +441,62 @@ fn every_bus_message_reads_back_as_it_was_written() {
             envelope
         );
     }
+}
+
+fn room_change(instance: InstanceId, session: u64, room: &str, joined: bool) -> ToHub {
+    ToHub::RemoteRoom {
+        session: RemoteSession {
+            instance,
+            session: SessionId(session),
+        },
+        room: RoomId::new(room).unwrap(),
+        joined,
+    }
+}
+
+#[test]
+fn room_memberships_travel_with_presence_and_are_repaired_by_snapshots() {
+    let mut net = Net::new(&[A, B]);
+    let now = net.now;
+    let standup = RoomId::new("standup").unwrap();
+    net.node(B).session_opened(SessionId(1), user("bob"), now);
+    net.node(B)
+        .room_changed(SessionId(1), standup.clone(), true, now);
+    // Joining twice says nothing new.
+    net.node(B)
+        .room_changed(SessionId(1), standup.clone(), true, now);
+    net.pump();
+    assert_eq!(
+        net.hub_of(A),
+        [opened(B, 1, "bob"), room_change(B, 1, "standup", true)]
+    );
+
+    // Leaving is lost; the next heartbeat's snapshot repairs it.
+    net.lossy = true;
+    net.node(B)
+        .room_changed(SessionId(1), standup.clone(), false, now);
+    net.pump();
+    net.lossy = false;
+    net.advance(HEARTBEAT);
+    assert_eq!(net.hub_of(A), [room_change(B, 1, "standup", false)]);
+
+    // A newcomer learns rooms from the snapshot, after the sessions they belong to.
+    let now = net.now;
+    net.node(B).room_changed(SessionId(1), standup, true, now);
+    net.pump();
+    net.nodes.push(Cluster::new(ClusterConfig::new(C)));
+    net.hub.push(Vec::new());
+    net.sessions.push(Vec::new());
+    net.node(C).connected(now);
+    net.pump();
+    let heard = net.hub_of(C);
+    let bob = heard
+        .iter()
+        .position(|m| *m == opened(B, 1, "bob"))
+        .unwrap();
+    let room = heard
+        .iter()
+        .position(|m| *m == room_change(B, 1, "standup", true))
+        .unwrap();
+    assert!(bob < room, "{heard:?}");
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hub::InstanceId;
-use crate::protocol::{ClientMessage, RequestId, ServerMessage, SessionId, UserId};
+use crate::protocol::{ClientMessage, RequestId, RoomId, ServerMessage, SessionId, UserId};
 
 /// The version of the bus format; messages with another are dropped.
 pub const WIRE_VERSION: u32 = 1;
@@ -47,6 +47,17 @@ pub enum Body {
         /// The session.
         session: SessionId,
     },
+    /// Broadcast: a session of the sender joined (`joined`) or left a room.
+    Room {
+        /// The sender's presence sequence number after this change.
+        seq: u64,
+        /// The session.
+        session: SessionId,
+        /// The room.
+        room: RoomId,
+        /// Joined, or left.
+        joined: bool,
+    },
     /// "Send me your sessions": broadcast by an instance that (re)connected, or sent to one
     /// instance whose presence a receiver lost track of. Answered with a [`Body::Snapshot`]
     /// to the asker.
@@ -57,6 +68,9 @@ pub enum Body {
         seq: u64,
         /// Its sessions and their users.
         sessions: Vec<(SessionId, UserId)>,
+        /// The rooms its sessions are in.
+        #[serde(default)]
+        rooms: Vec<(SessionId, RoomId)>,
     },
     /// To the instance a session is connected to: a message for that session from the hub
     /// that owns one of its calls.

@@ -7,13 +7,15 @@
 use std::time::Instant;
 
 use super::{Endpoint, Hub, InstanceId, RemoteSession};
-use crate::protocol::{CallId, ClientMessage, HangupReason, RequestId, UserId};
+use crate::protocol::{CallId, ClientMessage, HangupReason, RequestId, RoomId, UserId};
 
 /// A session on another instance, as far as this hub cares.
 pub(super) struct RemotePeer {
     user: UserId,
     /// Calls owned here that it is a leg of.
     pub(super) calls: Vec<CallId>,
+    /// Rooms it is in.
+    rooms: Vec<RoomId>,
 }
 
 impl Hub {
@@ -37,6 +39,7 @@ impl Hub {
             RemotePeer {
                 user,
                 calls: Vec::new(),
+                rooms: Vec::new(),
             },
         );
     }
@@ -53,6 +56,9 @@ impl Hub {
             let _ = self.leave_call(call, Endpoint::Remote(session), reason);
         }
         if let Some(peer) = self.remote.remove(&session) {
+            for room in &peer.rooms {
+                self.remove_remote_member(room, session);
+            }
             if let Some(sessions) = self.remote_users.get_mut(&peer.user) {
                 sessions.retain(|s| *s != session);
                 if sessions.is_empty() {
@@ -75,6 +81,40 @@ impl Hub {
         sessions.sort_unstable();
         for session in sessions {
             self.close_remote_session(session, reason);
+        }
+    }
+
+    /// A remote session joined `room`: calls to the room from here ring it too. Rooms have no
+    /// member limit across instances beyond each instance's own check when joining.
+    pub fn join_remote_room(&mut self, session: RemoteSession, room: RoomId) {
+        let Some(peer) = self.remote.get_mut(&session) else {
+            return;
+        };
+        if peer.rooms.contains(&room) {
+            return;
+        }
+        peer.rooms.push(room.clone());
+        self.remote_rooms.entry(room).or_default().push(session);
+    }
+
+    /// A remote session left `room`.
+    pub fn leave_remote_room(&mut self, session: RemoteSession, room: &RoomId) {
+        let Some(peer) = self.remote.get_mut(&session) else {
+            return;
+        };
+        let before = peer.rooms.len();
+        peer.rooms.retain(|r| r != room);
+        if peer.rooms.len() != before {
+            self.remove_remote_member(room, session);
+        }
+    }
+
+    fn remove_remote_member(&mut self, room: &RoomId, session: RemoteSession) {
+        if let Some(members) = self.remote_rooms.get_mut(room) {
+            members.retain(|s| *s != session);
+            if members.is_empty() {
+                self.remote_rooms.remove(room);
+            }
         }
     }
 

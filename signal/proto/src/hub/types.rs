@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::protocol::{
-    CallId, Digits, Extension, HangupReason, Media, ServerMessage, SessionId, UserId,
+    CallId, Digits, Extension, HangupReason, Media, RoomId, ServerMessage, SessionId, UserId,
 };
 
 /// The hub's limits and timers.
@@ -107,6 +107,16 @@ pub enum Output {
     },
     /// Count a call event.
     Event(CallEvent),
+    /// A local session joined or left a room: for the cluster, so that calls to the room
+    /// from other instances ring it.
+    Membership {
+        /// The session.
+        session: SessionId,
+        /// The room.
+        room: RoomId,
+        /// Joined, or left (also by closing).
+        joined: bool,
+    },
 }
 
 /// What a browser may ask of the PBX in a call with it.

@@ -4,7 +4,7 @@
 
 use icegate_signal_proto::cluster::{ClusterConfig, INSTANCE_TIMEOUT};
 use icegate_signal_proto::hub::InstanceId;
-use icegate_signal_proto::protocol::Digits;
+use icegate_signal_proto::protocol::{Digits, RoomId};
 
 use super::*;
 
@@ -423,4 +423,54 @@ fn the_pbx_calls_a_user_on_the_other_instance_through_this_instances_gateway() {
     assert_eq!(pair.a.sb.hub().call_count(), 0, "{:?}", pair.a.sent);
     let sip: Vec<String> = pair.a.sip.iter().map(|m| m.encode()).collect();
     assert!(sip.iter().any(|m| m.starts_with("BYE ")), "{sip:?}");
+}
+
+#[test]
+fn a_call_to_a_room_rings_its_members_on_both_instances() {
+    let mut pair = Pair::plain();
+    let alice = pair.a.open("alice");
+    let carol = pair.a.open("carol");
+    let bob = pair.b.open("bob");
+    let join = ClientMessage::Join {
+        room: RoomId::new("standup").unwrap(),
+    };
+    for (on_b, session) in [(false, alice), (false, carol), (true, bob)] {
+        pair.request(on_b, session, 1, join.clone());
+    }
+    pair.a.sent.clear();
+    pair.b.sent.clear();
+    pair.request(
+        false,
+        alice,
+        2,
+        ClientMessage::Call {
+            to: Target::Room(RoomId::new("standup").unwrap()),
+            sdp: "offer".into(),
+        },
+    );
+    let call = acked_call(&pair.a.take_sent(alice));
+    assert_eq!(pair.a.take_sent(carol).len(), 1, "incoming");
+    let incoming = pair.b.take_sent(bob);
+    assert!(
+        matches!(&incoming[..], [ServerMessage::Incoming { call: c, room: Some(_), .. }] if *c == call),
+        "{incoming:?}"
+    );
+    // bob answers from B: carol's leg ends, alice gets the answer.
+    pair.request(
+        true,
+        bob,
+        3,
+        ClientMessage::Answer {
+            call,
+            sdp: "answer".into(),
+        },
+    );
+    assert_eq!(
+        pair.a.take_sent(carol),
+        [hangup(call, HangupReason::AnsweredElsewhere)]
+    );
+    assert!(pair.a.take_sent(alice).contains(&ServerMessage::Answer {
+        call,
+        sdp: "answer".into()
+    }));
 }

@@ -238,3 +238,76 @@ fn requests_of_unknown_remote_sessions_and_strangers_to_a_call_are_refused() {
     );
     assert!(world.take().is_empty());
 }
+
+#[test]
+fn a_call_to_a_room_rings_its_members_on_other_instances_and_they_leave_with_their_session() {
+    let mut world = World::new();
+    let alice = world.open("alice");
+    let standup = RoomId::new("standup").unwrap();
+    world.request(
+        alice,
+        1,
+        ClientMessage::Join {
+            room: standup.clone(),
+        },
+    );
+    assert_eq!(world.rooms, [(alice, standup.clone(), true)]);
+    world.take();
+    // Nobody else in the room yet.
+    world.request(
+        alice,
+        2,
+        ClientMessage::Call {
+            to: Target::Room(standup.clone()),
+            sdp: "offer".into(),
+        },
+    );
+    assert_eq!(error_code(&world.take()[0].1), Some(ErrorCode::UnknownRoom));
+
+    world
+        .hub
+        .open_remote_session(remote(1), UserId::new("bob").unwrap());
+    world.hub.join_remote_room(remote(1), standup.clone());
+    world.request(
+        alice,
+        3,
+        ClientMessage::Call {
+            to: Target::Room(standup.clone()),
+            sdp: "offer".into(),
+        },
+    );
+    let ringing = take_remote(&mut world);
+    assert!(
+        matches!(&ringing[..], [(to, ServerMessage::Incoming { room: Some(room), .. })]
+            if *to == remote(1) && *room == standup),
+        "{ringing:?}"
+    );
+    world.take();
+
+    // Its session gone, the remote member is out of the room too.
+    world
+        .hub
+        .close_remote_session(remote(1), HangupReason::Disconnected);
+    world.drain();
+    world.take();
+    world.request(
+        alice,
+        4,
+        ClientMessage::Call {
+            to: Target::Room(standup.clone()),
+            sdp: "offer".into(),
+        },
+    );
+    assert_eq!(error_code(&world.take()[0].1), Some(ErrorCode::UnknownRoom));
+
+    // Leaving here is reported for the cluster.
+    world.rooms.clear();
+    world.request(
+        alice,
+        5,
+        ClientMessage::Leave {
+            room: standup.clone(),
+        },
+    );
+    assert_eq!(world.rooms, [(alice, standup, false)]);
+}
