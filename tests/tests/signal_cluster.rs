@@ -167,6 +167,41 @@ fn a_call_between_users_on_two_instances_rings_answers_trickles_and_hangs_up() {
 }
 
 #[test]
+fn a_call_to_a_room_rings_its_members_on_both_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis);
+    let b = instance(&redis);
+    wait_joined(&[&a, &b]);
+    let mut alice = join(&a, "alice");
+    let mut bob = join(&b, "bob");
+    for client in [&mut alice, &mut bob] {
+        client.send(json!({"v":1,"type":"join","id":"j","room":"standup"}));
+        assert_eq!(client.expect("ack")["id"], "j");
+    }
+    // Until bob's membership has reached A.
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let id = loop {
+        alice.send(json!({"v":1,"type":"call","id":"r","to":{"room":"standup"},"sdp":OFFER}));
+        let reply = alice.recv_json();
+        match reply["type"].as_str() {
+            Some("ack") => break reply["call"].as_str().expect("call id").to_owned(),
+            Some("error") if reply["code"] == "unknown_room" && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => panic!("calling the room: {reply}"),
+        }
+    };
+    let incoming = bob.expect("incoming");
+    assert_eq!(
+        (incoming["call"].as_str(), incoming["room"].as_str()),
+        (Some(id.as_str()), Some("standup"))
+    );
+    bob.send(json!({"v":1,"type":"hangup","id":"h","call":id,"reason":"declined"}));
+    assert_eq!(bob.expect("ack")["id"], "h");
+    assert_eq!(alice.expect("hangup")["reason"], "declined");
+}
+
+#[test]
 fn a_killed_instances_calls_end_unavailable_and_its_users_are_gone_within_15_s() {
     let redis = RedisServer::start();
     let a = instance(&redis);

@@ -374,7 +374,9 @@ impl Switchboard {
                             out.push_back(Output::Session { session, message })
                         }
                         ClusterOutput::Hub(message) => cluster_to_hub(hub, message, now),
-                        ClusterOutput::Log(text) => out.push_back(Output::Log(text)),
+                        ClusterOutput::Log(text) => {
+                            out.push_back(Output::Log(format!("cluster: {text}")))
+                        }
                     }
                 }
             }
