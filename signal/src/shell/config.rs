@@ -195,6 +195,33 @@ mod tests {
     }
 
     #[test]
+    fn redis_url_from_the_file_or_the_flag_never_shown_with_its_password() {
+        let base = "anonymous = true\n";
+        assert!(
+            load_file(base, &[]).unwrap().redis_url.is_none(),
+            "off by default"
+        );
+        let file = format!("{base}redis-url = \"redis://:hunter2@10.0.0.5:6379\"\n");
+        let settings = load_file(&file, &[]).unwrap();
+        let summary = settings.summary();
+        assert!(
+            summary.contains("cluster: Redis at redis://:***@10.0.0.5:6379"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"));
+        let settings = load_file(&file, &["--redis-url", "redis://127.0.0.1:7000"]).unwrap();
+        assert_eq!(
+            settings.redis_url.unwrap().expose(),
+            "redis://127.0.0.1:7000",
+            "the flag wins"
+        );
+        let error =
+            load_file(&format!("{base}redis-url = \"http://:hunter2@x\"\n"), &[]).unwrap_err();
+        assert_eq!(error.key(), Some("redis-url"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
     fn turn_secret_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
