@@ -17,6 +17,17 @@ mod merge;
 pub use cli::Cli;
 use file::FileConfig;
 
+/// `redirect`: when Allocates go to an alternate server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirect {
+    /// Every Allocate, as coturn does with `alternate-server`.
+    #[default]
+    Always,
+    /// Only those the total quota or a drain would refuse.
+    WhenFull,
+}
+
 /// Everything the runtime needs, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -170,6 +181,24 @@ impl Settings {
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.workers,
         );
+        let alternates = &self.server.alternates;
+        if !alternates.plain.is_empty() || !alternates.tls.is_empty() {
+            let list = |l: &[SocketAddr]| {
+                l.iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            summary.push_str(&format!(
+                "\n  alternate servers ({}): udp/tcp [{}], tls [{}]",
+                match alternates.when {
+                    icegate_relay_proto::config::RedirectWhen::Always => "every Allocate",
+                    icegate_relay_proto::config::RedirectWhen::Full => "when full",
+                },
+                list(&alternates.plain),
+                list(&alternates.tls),
+            ));
+        }
         for warning in self.warnings() {
             summary.push_str("\n  warning: ");
             summary.push_str(&warning);

@@ -42,6 +42,7 @@ use icegate_common::signals::{control_signals, ControlSignal};
 use icegate_common::systemd;
 use icegate_common::tls::{self, ReloadableCert};
 use icegate_signal_proto::hub::Hub;
+use icegate_signal_proto::origin::{own_origins, AllowedOrigins, OriginPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -126,6 +127,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         health_grace,
         credential_ttl,
         anonymous,
+        allowed_origins,
         metrics_listen,
         log_format: _,
         limits,
@@ -181,9 +183,11 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         stopped.clone(),
     )
     .map_err(StartError::Switchboard)?;
+    let origins = origin_policy(listen, cert.as_deref(), &allowed_origins);
     let shared = Arc::new(Shared::new(
         anonymous,
         keys,
+        origins,
         relays,
         credential_ttl,
         limits,
@@ -236,7 +240,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     );
     while let Some(ControlSignal::Reload) = signals.recv().await {
         systemd::reloading();
-        reload(&cli, &shared, cert.as_deref());
+        reload(&cli, &shared, listen, cert.as_deref());
         systemd::ready(&status_line(&metrics, false));
     }
 
@@ -265,17 +269,36 @@ fn status_line(metrics: &Metrics, stopping: bool) -> String {
     }
 }
 
-/// Re-reads the certificate and the keys; a broken file keeps what is running.
-fn reload(cli: &Cli, shared: &Shared, cert: Option<&ReloadableCert>) {
-    match Settings::load(cli) {
+/// The origins allowed: the server's own (from `listen` and the certificate's names) and
+/// the configured ones.
+fn origin_policy(
+    listen: SocketAddr,
+    cert: Option<&ReloadableCert>,
+    configured: &AllowedOrigins,
+) -> OriginPolicy {
+    let names = cert
+        .map(shell::server::certificate_dns_names)
+        .unwrap_or_default();
+    OriginPolicy::new(own_origins(listen, cert.is_some(), &names), configured)
+}
+
+/// Re-reads the certificate, the keys and the allowed origins; a broken file keeps what is
+/// running.
+fn reload(cli: &Cli, shared: &Shared, listen: SocketAddr, cert: Option<&ReloadableCert>) {
+    let allowed_origins = match Settings::load(cli) {
         Ok(fresh) => {
             shared.set_keys(fresh.keys);
             tracing::info!(
-                "JWT keys and TURN secret reloaded; other settings change only on restart"
+                "JWT keys and TURN secret reloaded, and allowed-origins; other settings change \
+                 only on restart"
             );
+            Some(fresh.allowed_origins)
         }
-        Err(error) => tracing::error!("reload failed, keeping the running configuration: {error}"),
-    }
+        Err(error) => {
+            tracing::error!("reload failed, keeping the running configuration: {error}");
+            None
+        }
+    };
     if let Some(cert) = cert {
         match cert.reload() {
             Ok(()) => {
@@ -285,5 +308,9 @@ fn reload(cli: &Cli, shared: &Shared, cert: Option<&ReloadableCert>) {
                 tracing::error!("TLS certificate reload failed, keeping the old one: {error}")
             }
         }
+    }
+    // After the certificate, whose names are origins of the server's own.
+    if let Some(configured) = allowed_origins {
+        shared.set_origins(origin_policy(listen, cert, &configured));
     }
 }

@@ -384,7 +384,73 @@ fn uclient_dual_allocation(kind: ServerKind) {
     run_dual_stack(kind, v4, v4, &["-Z"], "ipv4");
 }
 
+/// `alternate-server` (coturn's option, RFC 8489 §10): the first relay answers every
+/// authenticated Allocate with 300 and ALTERNATE-SERVER, and `turnutils_uclient` follows it
+/// to the second, where the allocations are made and the media flows.
+fn uclient_follows_a_redirect_to_the_alternate_server(kind: ServerKind) {
+    let target = Relay::start(kind, RelayConfig::default());
+    let _peer = Peer::start(target.ports.peer());
+    let alternate = format!("127.0.0.1:{}", target.ports.listen());
+    let redirect_args = vec!["--alternate-server".to_string(), alternate];
+    let redirector = Relay::start(
+        kind,
+        RelayConfig {
+            icegate_args: redirect_args.clone(),
+            coturn_args: redirect_args,
+            ..RelayConfig::default()
+        },
+    );
+    let clients = 3;
+    let args: Vec<String> = [
+        "-n",
+        "50",
+        "-m",
+        "3",
+        "-l",
+        "172",
+        "-z",
+        "20",
+        "-c",
+        "-u",
+        "alice",
+        "-w",
+        "secret",
+        "-e",
+        "127.0.0.1",
+        "-r",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([target.ports.peer().to_string()])
+    .collect();
+    let report = run_uclient(&args, redirector.ports.listen(), UCLIENT_TIMEOUT);
+    assert!(
+        report.status.is_some_and(|s| s.success()) && report.sent >= 150,
+        "turnutils_uclient against the redirecting relay: {:?}, sent {}:\n{}",
+        report.status,
+        report.sent,
+        report.output
+    );
+    assert_eq!(
+        (report.lost, report.received),
+        (0, report.sent),
+        "{}",
+        report.output
+    );
+    if kind == ServerKind::Icegate {
+        let redirected = redirector.metrics().sum(
+            "icegate_relay_requests_total",
+            &[("method", "allocate"), ("result", "300")],
+        );
+        assert!(redirected >= f64::from(clients), "300s sent: {redirected}");
+        let here = |relay: &Relay| relay.metrics().sum("icegate_relay_allocations_total", &[]);
+        assert_eq!(here(&redirector), 0.0, "the redirecting relay allocated");
+        assert!(here(&target) >= f64::from(clients), "{}", here(&target));
+    }
+}
+
 server_tests!(
+    uclient_follows_a_redirect_to_the_alternate_server,
     stunclient_mapped_address,
     uclient_udp_channels_default,
     uclient_udp_static_user,

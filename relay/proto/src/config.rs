@@ -1,11 +1,12 @@
 //! What the core needs to know about its deployment. Parsed and validated by the runtime.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::auth::Credentials;
 use crate::peer_filter::PeerFilter;
 use crate::rate_limit::RateLimitConfig;
+use crate::transport::Transport;
 
 /// The core's configuration. Everything here may change on reload except the relay addresses.
 #[derive(Debug, Clone)]
@@ -32,6 +33,41 @@ pub struct ServerConfig {
     pub max_permissions: usize,
     /// Relay addresses advertised to clients, by the local address their sockets bind to.
     pub relay_addresses: Vec<RelayAddress>,
+    /// Other relays Allocates are sent to (300 Try Alternate), and when.
+    pub alternates: Alternates,
+}
+
+/// Other relays that Allocates are redirected to with 300 (Try Alternate) and ALTERNATE-SERVER
+/// (RFC 8489 §10), round-robin, as coturn's `alternate-server` and `tls-alternate-server`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alternates {
+    /// For clients over UDP and TCP.
+    pub plain: Vec<SocketAddr>,
+    /// For clients over TLS.
+    pub tls: Vec<SocketAddr>,
+    /// When an Allocate is redirected.
+    pub when: RedirectWhen,
+}
+
+impl Alternates {
+    /// The list for clients over `transport`.
+    pub fn for_transport(&self, transport: Transport) -> &[SocketAddr] {
+        match transport {
+            Transport::Tls => &self.tls,
+            Transport::Udp | Transport::Tcp => &self.plain,
+        }
+    }
+}
+
+/// When Allocates go to an alternate server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedirectWhen {
+    /// Every Allocate, as coturn does: this relay only hands clients out.
+    #[default]
+    Always,
+    /// Only an Allocate this relay would refuse for capacity: the total quota is reached, or
+    /// it is draining for shutdown.
+    Full,
 }
 
 /// A local address relay sockets bind to, and the address clients are told about.
@@ -95,6 +131,7 @@ impl ServerConfig {
                     advertised: ip,
                 })
                 .collect(),
+            alternates: Alternates::default(),
         }
     }
 }

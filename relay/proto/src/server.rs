@@ -47,6 +47,7 @@ use crate::transport::{Family, FiveTuple};
 mod allocate;
 mod authenticate;
 mod data_path;
+mod redirect;
 mod replies;
 mod requests;
 
@@ -143,6 +144,8 @@ pub struct Server {
     rng: StdRng,
     next_sweep: Instant,
     draining: bool,
+    /// Where the round-robin over the alternate servers goes on.
+    next_alternate: usize,
 }
 
 impl Server {
@@ -170,6 +173,7 @@ impl Server {
             rng: StdRng::seed_from_u64(seed),
             next_sweep: now + SWEEP_INTERVAL,
             draining: false,
+            next_alternate: 0,
         }
     }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use icegate_common::logging::LogFormat;
 
+use super::Redirect;
+
 /// Command-line flags. Names follow coturn's `turnserver` where one exists.
 #[derive(Debug, Default, Parser)]
 #[command(
@@ -63,6 +65,17 @@ pub struct Cli {
     /// Allocations in total; 0 = unlimited.
     #[arg(long)]
     pub total_quota: Option<u32>,
+    /// Another relay Allocates over UDP and TCP are sent to (300 Try Alternate), `IP` or
+    /// `IP:PORT` (port 3478 by default; repeatable; round-robin).
+    #[arg(long = "alternate-server")]
+    pub alternate_server: Vec<String>,
+    /// The same for Allocates over TLS (port 5349 by default).
+    #[arg(long = "tls-alternate-server")]
+    pub tls_alternate_server: Vec<String>,
+    /// When Allocates go to an alternate server: `always` (as coturn) or `when-full` (only
+    /// those the total quota or a drain would refuse). Default: always.
+    #[arg(long)]
+    pub redirect: Option<Redirect>,
     /// Bandwidth cap per allocation in bytes per second; 0 = unlimited.
     #[arg(long)]
     pub max_bps: Option<u64>,

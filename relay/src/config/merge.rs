@@ -2,20 +2,20 @@
 //! order their errors have always been reported. An error names the flag when the value came
 //! from the command line, else the file and its key.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use icegate_common::config::{pick, pick_vec, ConfigError};
 use icegate_common::credentials::{self, Secret};
 use icegate_relay_proto::auth::Credentials;
-use icegate_relay_proto::config::{RelayAddress, Timers};
+use icegate_relay_proto::config::{Alternates, RedirectWhen, RelayAddress, Timers};
 use icegate_relay_proto::peer_filter::{parse_ip_range, PeerFilter};
 use icegate_relay_proto::rate_limit::RateLimitConfig;
 use icegate_relay_proto::ServerConfig;
 use ipnet::IpNet;
 
-use super::{Cli, FileConfig, Settings, StreamSettings};
+use super::{Cli, FileConfig, Redirect, Settings, StreamSettings};
 
 /// Builds the error about `key`: `true` for a value from the command line, `false` for one
 /// from the file.
@@ -69,6 +69,7 @@ pub(super) fn merge(
     server.user_quota = pick(cli.user_quota, f.user_quota).0.unwrap_or(0);
     server.total_quota = pick(cli.total_quota, f.total_quota).0.unwrap_or(0);
     server.max_bps = pick(cli.max_bps, f.max_bps).0.unwrap_or(0);
+    server.alternates = alternates(cli, &f, &invalid)?;
 
     let process = f.process.unwrap_or_default();
     Ok(Settings {
@@ -106,6 +107,59 @@ fn port_range(cli: &Cli, f: &FileConfig, invalid: Invalid<'_>) -> Result<(u16, u
         ));
     }
     Ok((min_port, max_port))
+}
+
+/// `alternate-server`, `tls-alternate-server` and `redirect`.
+fn alternates(cli: &Cli, f: &FileConfig, invalid: Invalid<'_>) -> Result<Alternates, ConfigError> {
+    let list = |key: &str, flags: &[String], file: Option<Vec<String>>, default_port: u16| {
+        let (entries, from_cli) = pick_vec(flags, file);
+        entries
+            .iter()
+            .map(|entry| {
+                alternate_address(entry, default_port).ok_or_else(|| {
+                    invalid(
+                        from_cli,
+                        key,
+                        format!("{entry:?} is not IP, IP:PORT or [IPv6]:PORT"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<SocketAddr>, ConfigError>>()
+    };
+    let redirect = pick(cli.redirect, f.redirect).0.unwrap_or_default();
+    Ok(Alternates {
+        plain: list(
+            "alternate-server",
+            &cli.alternate_server,
+            f.alternate_server.clone(),
+            3478,
+        )?,
+        tls: list(
+            "tls-alternate-server",
+            &cli.tls_alternate_server,
+            f.tls_alternate_server.clone(),
+            5349,
+        )?,
+        when: match redirect {
+            Redirect::Always => RedirectWhen::Always,
+            Redirect::WhenFull => RedirectWhen::Full,
+        },
+    })
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT` (coturn's forms), with `default_port` when none is given.
+fn alternate_address(entry: &str, default_port: u16) -> Option<SocketAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| {
+            entry
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, default_port))
+        })
+        .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
 }
 
 /// `relay-ip` (by default the listening addresses) and what `external-ip` advertises for

@@ -224,9 +224,14 @@ impl Switchboard {
         self.with_gateway(now, |gateway| gateway.ari_connection_lost(now));
     }
 
-    /// A text frame of the ARI events WebSocket.
-    pub fn handle_ari_event(&mut self, text: &str, now: Instant) {
-        self.with_gateway(now, |gateway| gateway.handle_ari_event(text, now));
+    /// A text frame of the ARI events WebSocket; its type as
+    /// [`Gateway::handle_ari_event`] names it (`None` without a gateway).
+    pub fn handle_ari_event(&mut self, text: &str, now: Instant) -> Option<&'static str> {
+        let mut name = None;
+        self.with_gateway(now, |gateway| {
+            name = Some(gateway.handle_ari_event(text, now))
+        });
+        name
     }
 
     /// The response to an [`Output::AriRequest`] (status 0 when there was none).

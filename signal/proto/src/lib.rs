@@ -20,4 +20,5 @@ pub mod conn;
 pub mod hub;
 pub mod ice;
 pub mod limits;
+pub mod origin;
 pub mod protocol;

@@ -26,6 +26,11 @@ pub const MAX_NAME_LEN: usize = 64;
 pub mod close {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unmasked frame, reserved bits, a bad
+    /// opcode, a fragmented control frame, ...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame or message exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
     /// The client does not read fast enough: its outgoing queue overflowed.
@@ -564,6 +569,8 @@ pub enum ErrorCode {
     /// The called user has no session on this instance, and the other instances cannot be
     /// reached now (the cluster bus, Redis, is down).
     ClusterUnavailable,
+    /// The page's origin may not use this server (`allowed-origins`).
+    OriginNotAllowed,
 }
 
 impl ErrorCode {
@@ -593,6 +600,7 @@ impl ErrorCode {
             ErrorCode::PbxUnavailable => "pbx_unavailable",
             ErrorCode::Glare => "glare",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }

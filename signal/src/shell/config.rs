@@ -13,6 +13,7 @@ use icegate_signal_proto::auth::Authenticator;
 use icegate_signal_proto::hub::HubConfig;
 use icegate_signal_proto::ice::Relay;
 use icegate_signal_proto::limits::Limits;
+use icegate_signal_proto::origin::{own_origins, AllowedOrigins};
 
 mod asterisk;
 mod cli;
@@ -79,6 +80,8 @@ pub struct Settings {
     pub credential_ttl: u64,
     /// Whether clients may connect without a token.
     pub anonymous: bool,
+    /// Web origins allowed besides the server's own (`allowed-origins`); SIGHUP reloads them.
+    pub allowed_origins: AllowedOrigins,
     /// Metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Log format.
@@ -106,10 +109,29 @@ impl Settings {
     /// What is allowed but risky in this configuration, one sentence each, for the start-up
     /// log and `--check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        self.metrics_listen
+        let mut warnings: Vec<String> = self
+            .metrics_listen
             .and_then(|addr| exposure_warning(addr, "Health checks and metrics of icegate-signal"))
             .into_iter()
-            .collect()
+            .collect();
+        if self.allowed_origins.any() && self.anonymous {
+            warnings.push(
+                "allowed-origins = [\"*\"] with anonymous: a page on any web site a visitor opens \
+                 can use this server, and get TURN credentials for its relays"
+                    .into(),
+            );
+        }
+        warnings
+    }
+
+    /// The origins of pages this server serves itself, from `listen` and TLS, and the DNS names
+    /// of the certificate (see [`own_origins`]).
+    pub fn own_origins(&self, cert_dns_names: &[String]) -> Vec<String> {
+        own_origins(
+            self.listen,
+            !matches!(self.tls, TlsMode::Plain),
+            cert_dns_names,
+        )
     }
 
     /// A summary for `--check-config`, without any secret, and the [`Settings::warnings`].
@@ -134,7 +156,7 @@ impl Settings {
             .collect();
         let mut summary = format!(
             "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
-             credential-ttl: {} s\n  metrics: {}\n  asterisk: {}\n  cluster: {}",
+             origins: {}\n  credential-ttl: {} s\n  metrics: {}\n  asterisk: {}\n  cluster: {}",
             self.listen,
             match (self.anonymous, self.keys.auth.is_configured()) {
                 (true, true) => "anonymous, or JWT",
@@ -146,6 +168,7 @@ impl Settings {
             } else {
                 relays.join("; ")
             },
+            self.origins_summary(),
             self.credential_ttl,
             self.metrics_listen
                 .map_or("off".into(), |address| address.to_string()),
@@ -172,6 +195,20 @@ impl Settings {
             summary.push_str(&warning);
         }
         summary
+    }
+
+    /// The allowed origins for the summary: the certificate is not read here, so its names
+    /// are mentioned, not listed.
+    fn origins_summary(&self) -> String {
+        if self.allowed_origins.any() {
+            return "any (\"*\")".into();
+        }
+        let mut parts = self.own_origins(&[]);
+        if !matches!(self.tls, TlsMode::Plain) {
+            parts.push("the certificate's DNS names".into());
+        }
+        parts.extend(self.allowed_origins.origins().iter().cloned());
+        parts.join(", ")
     }
 }
 
@@ -335,6 +372,76 @@ mod tests {
         assert_eq!(error.key(), Some("anonymous"));
         let error = Settings::load(&cli(&["--anonymous", "--cert", "c.pem"])).unwrap_err();
         assert_eq!(error.key(), Some("pkey"));
+    }
+
+    #[test]
+    fn allowed_origins_from_flags_or_file() {
+        let settings = Settings::load(&cli(&["--anonymous"])).unwrap();
+        assert!(!settings.allowed_origins.any());
+        assert!(settings.allowed_origins.origins().is_empty());
+        assert!(
+            settings
+                .summary()
+                .contains("origins: https://127.0.0.1:8443, the certificate's DNS names\n"),
+            "{}",
+            settings.summary()
+        );
+        let settings = Settings::load(&cli(&[
+            "--anonymous",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:80",
+            "--allowed-origins",
+            "https://A.example,https://b.example:443",
+            "--allowed-origins",
+            "http://c.example:8080",
+        ]))
+        .unwrap();
+        assert_eq!(
+            settings.allowed_origins.origins(),
+            [
+                "https://a.example",
+                "https://b.example",
+                "http://c.example:8080"
+            ]
+        );
+        assert!(
+            settings.summary().contains(
+                "origins: http://127.0.0.1, https://a.example, https://b.example, http://c.example:8080\n"
+            ),
+            "{}",
+            settings.summary()
+        );
+
+        // Flags replace the file's list; errors name the key, and the file or the flag.
+        let file = "anonymous = true\nallowed-origins = [\"https://file.example\"]\n";
+        let settings = load_file(file, &[]).unwrap();
+        assert_eq!(settings.allowed_origins.origins(), ["https://file.example"]);
+        let settings = load_file(file, &["--allowed-origins", "https://flag.example"]).unwrap();
+        assert_eq!(settings.allowed_origins.origins(), ["https://flag.example"]);
+        let error = load_file(
+            "anonymous = true\nallowed-origins = [\"https://app.example/\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), Some("allowed-origins"));
+        assert!(error.file().is_some(), "{error}");
+        assert!(error.to_string().contains("no path"), "{error}");
+        let error = load_file(file, &["--allowed-origins", "*.example"]).unwrap_err();
+        assert_eq!((error.key(), error.file()), (Some("allowed-origins"), None));
+
+        // "*" is explicit, and in anonymous mode warned about.
+        let any = load_file("anonymous = true\nallowed-origins = [\"*\"]\n", &[]).unwrap();
+        assert!(any.allowed_origins.any());
+        assert!(
+            any.summary().contains("origins: any (\"*\")"),
+            "{}",
+            any.summary()
+        );
+        assert_eq!(any.warnings().len(), 1, "{:?}", any.warnings());
+        assert!(any.warnings()[0].contains("allowed-origins"));
+        let jwt = Settings::load(&cli(&["--jwt-secret", "k", "--allowed-origins", "*"])).unwrap();
+        assert!(jwt.warnings().is_empty(), "{:?}", jwt.warnings());
     }
 
     #[test]

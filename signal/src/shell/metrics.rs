@@ -62,6 +62,8 @@ pub struct Metrics {
     /// Cluster bus messages, by direction (`in`, `out`; `dropped` when the outbox was full
     /// or the bus down, `invalid` for unusable ones received).
     pub bus_messages: IntCounterVec,
+    /// ARI events the gateway handled, by type (`unreadable` for malformed frames).
+    pub ari_events: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -198,6 +200,11 @@ impl Metrics {
                 "Cluster bus messages, by direction: in, out, dropped (outbox full), invalid (unusable, received).",
                 &["direction"],
             ),
+            ari_events: counter_vec(
+                "icegate_signal_asterisk_ari_events_total",
+                "ARI events the gateway handled, by type: the ARI type name, other for types it does not read, unreadable for malformed frames.",
+                &["event"],
+            ),
             registry,
         };
         // Series that exist from the start read as 0 rather than missing in dashboards.
@@ -212,6 +219,9 @@ impl Metrics {
         }
         for direction in ["in", "out", "dropped", "invalid"] {
             metrics.bus_messages.with_label_values(&[direction]);
+        }
+        for reason in ["too_many_connections", "origin"] {
+            metrics.connections_refused.with_label_values(&[reason]);
         }
         metrics
     }

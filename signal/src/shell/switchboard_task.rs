@@ -201,7 +201,7 @@ async fn run(
             },
             Some(event) = next_io(&mut links) => {
                 if let Some(links) = links.as_mut() {
-                    handle_io(&mut board, links, event);
+                    handle_io(&mut board, links, event, &metrics);
                 }
             }
             Some(event) = next_bus(&mut bus) => handle_bus(&mut board, event, &metrics),
@@ -271,7 +271,7 @@ fn handle_bus(board: &mut Switchboard, event: BusEvent, metrics: &Metrics) {
 }
 
 /// What an Asterisk connection reports.
-fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
+fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io, metrics: &Metrics) {
     let now = Instant::now();
     match event {
         Io::SipConnected(outbox) => {
@@ -291,7 +291,9 @@ fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
             board.ari_connected(now);
         }
         Io::AriEvent(generation, text) if generation == links.ari_generation => {
-            board.handle_ari_event(&text, now)
+            if let Some(event) = board.handle_ari_event(&text, now) {
+                metrics.ari_events.with_label_values(&[event]).inc();
+            }
         }
         Io::AriClosed(generation) if generation == links.ari_generation => {
             if board.gateway().is_some_and(Gateway::is_ari_connected) {

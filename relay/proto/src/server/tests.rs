@@ -19,4 +19,5 @@ mod peer_filter;
 mod permissions_channels;
 mod quotas;
 mod rate_limit;
+mod redirect;
 mod refresh;
