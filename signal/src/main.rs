@@ -7,6 +7,7 @@
 //!   relay health tasks (poll /readyz) ──► relay_up flags ──► ICE servers           ▼
 //!   switchboard task (owns Hub + Gateway) ◄── bounded inbox ── connection tasks ◄── bounded outbox each
 //!        ▲ └─► SIP WebSocket task, ARI events task, ARI REST request tasks ─► bounded io ─┘
+//!        └───► bus task (redis-url: Redis pub/sub to the other instances) ─► bounded events
 //!   main: signals (SIGHUP reloads certificate and keys, SIGTERM closes with 1001), /metrics
 //! ```
 //!
@@ -17,6 +18,7 @@
 
 mod shell {
     pub mod asterisk_io;
+    pub mod bus;
     pub mod config;
     pub mod inbox;
     pub mod metrics;
@@ -66,8 +68,8 @@ enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
-    #[error("Asterisk gateway: {0}")]
-    Asterisk(shell::switchboard_task::SpawnError),
+    #[error("{0}")]
+    Switchboard(shell::switchboard_task::SpawnError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -131,6 +133,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         limits,
         hub: hub_config,
         asterisk,
+        redis_url,
     } = settings;
 
     let listen_error = |addr, what| move |source| StartError::Listen { addr, what, source };
@@ -174,11 +177,12 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let gateway_done = shell::switchboard_task::spawn(
         Hub::new(hub_config, rand::random()),
         asterisk,
+        redis_url,
         hub_rx,
         metrics.clone(),
         stopped.clone(),
     )
-    .map_err(StartError::Asterisk)?;
+    .map_err(StartError::Switchboard)?;
     let origins = origin_policy(listen, cert.as_deref(), &allowed_origins);
     let shared = Arc::new(Shared::new(
         anonymous,

@@ -567,6 +567,15 @@ impl WsClient {
         let _ = self.ws.flush();
     }
 
+    /// Waits up to `timeout` (instead of [`RECV_TIMEOUT`]) for each following message.
+    pub fn set_recv_timeout(&mut self, timeout: Duration) {
+        let tcp = match self.ws.get_ref() {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        };
+        tcp.set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// Starts the closing handshake with `code` (none: an empty close frame) and reads until
     /// the server's close frame: `Ok` with its code (`None` for an empty one), or `Err` saying
     /// what came instead.

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ice::IceServers;
@@ -73,21 +73,21 @@ macro_rules! hex_id {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub u64);
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{:016x}", self.0)
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(d)?;
                 if text.len() != 16 {
                     return Err(serde::de::Error::custom(concat!(
                         stringify!($name),
@@ -101,6 +101,9 @@ macro_rules! hex_id {
         }
     };
 }
+
+/// For the cluster's instance ids (`hub::InstanceId`), which travel the same way.
+pub(crate) use hex_id;
 
 hex_id!(
     /// One authenticated WebSocket connection.
@@ -341,8 +344,10 @@ impl HangupReason {
     }
 }
 
-/// A message from a client, without its envelope (`v`, `id`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A message from a client, without its envelope (`v`, `id`). It serializes too, in the same
+/// shape, for the cluster bus (`cluster::wire`), which carries a session's call requests to
+/// the instance that owns the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ClientMessage {
     /// Authenticates a connection that gave no credentials in the URL.
@@ -455,6 +460,26 @@ impl ClientMessage {
         }
     }
 
+    /// The call the message is about, if it is about one.
+    pub fn call(&self) -> Option<CallId> {
+        match self {
+            ClientMessage::Ringing { call }
+            | ClientMessage::Answer { call, .. }
+            | ClientMessage::Offer { call, .. }
+            | ClientMessage::Candidate { call, .. }
+            | ClientMessage::Hangup { call, .. }
+            | ClientMessage::Dtmf { call, .. }
+            | ClientMessage::Transfer { call, .. }
+            | ClientMessage::Play { call, .. } => Some(*call),
+            ClientMessage::Hello { .. }
+            | ClientMessage::Call { .. }
+            | ClientMessage::Join { .. }
+            | ClientMessage::Leave { .. }
+            | ClientMessage::RefreshIce
+            | ClientMessage::Ping => None,
+        }
+    }
+
     /// The SDP the message carries, if any, for the size limit.
     pub fn sdp(&self) -> Option<&str> {
         match self {
@@ -541,6 +566,9 @@ pub enum ErrorCode {
     PbxUnavailable,
     /// An `offer` crossed one from the other end, which goes first: roll back and answer it.
     Glare,
+    /// The called user has no session on this instance, and the other instances cannot be
+    /// reached now (the cluster bus, Redis, is down).
+    ClusterUnavailable,
     /// The page's origin may not use this server (`allowed-origins`).
     OriginNotAllowed,
 }
@@ -571,13 +599,15 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::PbxUnavailable => "pbx_unavailable",
             ErrorCode::Glare => "glare",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }
 
-/// A message from the server.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A message from the server. It deserializes too, for the cluster bus (`cluster::wire`),
+/// which carries messages for a session to the instance it is connected to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ServerMessage {
     /// The session is authenticated; the first message after `hello` or a URL credential.

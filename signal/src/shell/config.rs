@@ -18,9 +18,11 @@ use icegate_signal_proto::origin::{own_origins, AllowedOrigins};
 mod asterisk;
 mod cli;
 mod merge;
+mod redis;
 
 pub use asterisk::{Asterisk, ServerUrl};
 pub use cli::{Cli, FileConfig};
+pub use redis::RedisUrl;
 
 /// Where the server listens by default: loopback, so a first run exposes nothing.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -90,6 +92,8 @@ pub struct Settings {
     pub hub: HubConfig,
     /// The Asterisk gateway, when configured.
     pub asterisk: Option<Asterisk>,
+    /// The cluster's Redis, when several processes serve as one.
+    pub redis_url: Option<RedisUrl>,
 }
 
 impl Settings {
@@ -152,7 +156,7 @@ impl Settings {
             .collect();
         let mut summary = format!(
             "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
-             origins: {}\n  credential-ttl: {} s\n  metrics: {}\n  asterisk: {}",
+             origins: {}\n  credential-ttl: {} s\n  metrics: {}\n  asterisk: {}\n  cluster: {}",
             self.listen,
             match (self.anonymous, self.keys.auth.is_configured()) {
                 (true, true) => "anonymous, or JWT",
@@ -179,6 +183,12 @@ impl Settings {
                 a.ari.path,
                 a.app
             )),
+            self.redis_url
+                .as_ref()
+                .map_or("off (one process)".into(), |url| format!(
+                    "Redis at {}",
+                    url.redacted()
+                )),
         );
         for warning in self.warnings() {
             summary.push_str("\n  warning: ");
@@ -219,6 +229,33 @@ mod tests {
         let mut cli = cli(args);
         cli.config = Some(path);
         Settings::load(&cli)
+    }
+
+    #[test]
+    fn redis_url_from_the_file_or_the_flag_never_shown_with_its_password() {
+        let base = "anonymous = true\n";
+        assert!(
+            load_file(base, &[]).unwrap().redis_url.is_none(),
+            "off by default"
+        );
+        let file = format!("{base}redis-url = \"redis://:hunter2@10.0.0.5:6379\"\n");
+        let settings = load_file(&file, &[]).unwrap();
+        let summary = settings.summary();
+        assert!(
+            summary.contains("cluster: Redis at redis://:***@10.0.0.5:6379"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"));
+        let settings = load_file(&file, &["--redis-url", "redis://127.0.0.1:7000"]).unwrap();
+        assert_eq!(
+            settings.redis_url.unwrap().expose(),
+            "redis://127.0.0.1:7000",
+            "the flag wins"
+        );
+        let error =
+            load_file(&format!("{base}redis-url = \"http://:hunter2@x\"\n"), &[]).unwrap_err();
+        assert_eq!(error.key(), Some("redis-url"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]

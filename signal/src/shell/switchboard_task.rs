@@ -1,24 +1,27 @@
 //! The one task that owns the [`Switchboard`]: the hub and, when Asterisk is configured, the
 //! gateway, joined in one sans-IO core. It is the only place where hub and gateway meet, and
-//! it drives both from one loop over four inputs: the connections' inbox, the Asterisk
-//! connections' events, the core's timer and the shutdown signal.
+//! it drives both from one loop over five inputs: the connections' inbox, the Asterisk
+//! connections' events, the cluster bus's events (with `redis-url`), the core's timer and the
+//! shutdown signal.
 //!
 //! ```text
 //!   connection tasks ──► inbox (bounded, send may wait) ─┐                    ┌─► session outboxes (try_send;
 //!   SIP WebSocket task ─► io (bounded) ─────────────────┤  switchboard task  │    full → disconnected, 1013)
 //!   ARI events task(s) ─► io ───────────────────────────┤ (owns Switchboard: ├─► SIP WebSocket task (outbox)
 //!   ARI REST request tasks ► io ────────────────────────┤  Hub ⇄ Gateway)    ├─► ARI events task (per connect)
-//!   timer (poll_timeout), shutdown ─────────────────────┘                    └─► one task per REST request
+//!   bus task (Redis) ─► events (bounded) ───────────────┤                    ├─► one task per REST request
+//!   timer (poll_timeout), shutdown ─────────────────────┘                    └─► bus task (outbox, try_send)
 //! ```
 //!
 //! The task never waits on a client: it answers each session over that session's own bounded
 //! outbox with `try_send`, and a session whose outbox is full is closed in the hub (its calls
 //! end for the other parties) and disconnected. Nor does it wait on Asterisk: SIP frames go to
 //! the SIP WebSocket task's outbox with `try_send` (dropped while it is not writable, as SIP
-//! over a lost connection is), and ARI requests are spawned.
+//! over a lost connection is), and ARI requests are spawned. Nor on Redis: bus messages go to
+//! the bus task's outbox with `try_send` (dropped and counted when it is full).
 //!
 //! Module dependencies point one way, with no cycle: `main → switchboard_task → {asterisk_io,
-//! inbox, state, metrics, config}`, `main → server → ws → {inbox, state, metrics}`,
+//! bus, inbox, state, metrics, config}`, `bus → config`, `main → server → ws → {inbox, state, metrics}`,
 //! `asterisk_io → {state, config}`, `state → {inbox, config, metrics}`; `inbox`, `config` and
 //! `metrics` import no other shell module.
 
@@ -29,18 +32,28 @@ use icegate_signal_asterisk::ari::controller::{ControllerConfig, RequestId};
 use icegate_signal_asterisk::gateway::{CallResult, Gateway, GatewayConfig};
 use icegate_signal_asterisk::sip::UaConfig;
 use icegate_signal_asterisk::switchboard::{Output, Switchboard};
-use icegate_signal_proto::hub::Hub;
+use icegate_signal_proto::cluster::{Channel, Cluster, ClusterConfig};
+use icegate_signal_proto::hub::{Hub, InstanceId};
 use icegate_signal_proto::protocol::{ServerMessage, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::asterisk_io::{self, Clients, Io};
-use super::config::Asterisk;
+use super::bus::{self, BusEvent, BusLink};
+use super::config::{Asterisk, RedisUrl};
 use super::inbox::HubInput;
 use super::metrics::Metrics;
 use super::state;
 
-/// Why the gateway cannot start.
-pub type SpawnError = asterisk_io::IoError;
+/// Why the switchboard cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The Asterisk gateway's clients.
+    #[error("Asterisk gateway: {0}")]
+    Asterisk(#[from] asterisk_io::IoError),
+    /// The Redis client of the cluster bus.
+    #[error("cluster bus (redis-url): {0}")]
+    Redis(#[from] redis::RedisError),
+}
 
 /// How long the gateway may take at shutdown for Asterisk to answer its BYEs and the
 /// unregistration.
@@ -80,18 +93,20 @@ struct Links {
     done: oneshot::Sender<()>,
 }
 
-/// Starts the switchboard task (and, with Asterisk, the SIP connection task). With Asterisk,
-/// returns a receiver that completes once the gateway's shutdown work (BYEs, unregistration)
-/// is done after `shutdown` is set; the hub goes on serving the connections still closing.
+/// Starts the switchboard task (and, with Asterisk, the SIP connection task; with `redis`, the
+/// cluster bus task). With Asterisk, returns a receiver that completes once the gateway's
+/// shutdown work (BYEs, unregistration) is done after `shutdown` is set; the hub goes on
+/// serving the connections still closing.
 pub fn spawn(
     hub: Hub,
     asterisk: Option<Asterisk>,
+    redis: Option<RedisUrl>,
     inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<oneshot::Receiver<()>>, SpawnError> {
     let now = Instant::now();
-    let (board, links, done) = match asterisk {
+    let (mut board, links, done) = match asterisk {
         Some(settings) => {
             let (io_tx, io_rx) = mpsc::channel(asterisk_io::IO_CAPACITY);
             let clients = Clients::new(&settings, io_tx.clone())?;
@@ -119,7 +134,20 @@ pub fn spawn(
         }
         None => (Switchboard::new(hub, None, now), None, None),
     };
-    tokio::spawn(run(board, inbox, links, metrics, shutdown));
+    let bus = match redis {
+        Some(url) => {
+            // Random at each start: a restarted process is a new instance to the others.
+            let instance = InstanceId(rand::random());
+            let channels = vec![Channel::All.name(), Channel::Instance(instance).name()];
+            let link = bus::spawn(&url, channels)?;
+            tracing::info!(%instance, redis = %url.redacted(), "joining the cluster");
+            board.join_cluster(Cluster::new(ClusterConfig::new(instance)), now);
+            metrics.cluster_configured.set(1);
+            Some(link)
+        }
+        None => None,
+    };
+    tokio::spawn(run(board, inbox, links, bus, metrics, shutdown));
     Ok(done)
 }
 
@@ -128,14 +156,27 @@ async fn run(
     mut board: Switchboard,
     mut inbox: mpsc::Receiver<HubInput>,
     mut links: Option<Links>,
+    mut bus: Option<BusLink>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
     loop {
         // Outputs first: `Switchboard::new` may have queued the first ARI connect.
-        perform(&mut board, &mut outboxes, &mut links, &metrics);
+        perform(
+            &mut board,
+            &mut outboxes,
+            &mut links,
+            bus.as_ref(),
+            &metrics,
+        );
         metrics.sessions_active.set(outboxes.len() as i64);
+        if let Some(cluster) = board.cluster() {
+            metrics
+                .redis_connected
+                .set(i64::from(cluster.is_connected()));
+            metrics.cluster_instances.set(cluster.peer_count() as i64);
+        }
         if let Some(gateway) = board.gateway() {
             metrics
                 .sip_registered
@@ -163,6 +204,7 @@ async fn run(
                     handle_io(&mut board, links, event, &metrics);
                 }
             }
+            Some(event) = next_bus(&mut bus) => handle_bus(&mut board, event, &metrics),
             () = sleep_until(deadline) => board.handle_timeout(Instant::now()),
             () = state::shutdown(&mut shutdown), if may_close => {
                 let now = Instant::now();
@@ -212,6 +254,22 @@ fn handle_input(
     }
 }
 
+/// What the bus task reports.
+fn handle_bus(board: &mut Switchboard, event: BusEvent, metrics: &Metrics) {
+    let now = Instant::now();
+    match event {
+        BusEvent::Connected => board.bus_connected(now),
+        BusEvent::Message(payload) => {
+            metrics.bus_messages.with_label_values(&["in"]).inc();
+            if let Err(error) = board.handle_bus(&payload, now) {
+                metrics.bus_messages.with_label_values(&["invalid"]).inc();
+                tracing::warn!(%error, "cluster bus message dropped");
+            }
+        }
+        BusEvent::Lost => board.bus_disconnected(now),
+    }
+}
+
 /// What an Asterisk connection reports.
 fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io, metrics: &Metrics) {
     let now = Instant::now();
@@ -258,6 +316,7 @@ fn perform(
     board: &mut Switchboard,
     outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
     links: &mut Option<Links>,
+    bus: Option<&BusLink>,
     metrics: &Metrics,
 ) {
     loop {
@@ -308,6 +367,12 @@ fn perform(
                     };
                     metrics.pbx_calls.with_label_values(&[label]).inc();
                 }
+                Output::Bus { channel, payload } => {
+                    let sent = bus
+                        .is_some_and(|bus| bus.outbox.try_send((channel.name(), payload)).is_ok());
+                    let direction = if sent { "out" } else { "dropped" };
+                    metrics.bus_messages.with_label_values(&[direction]).inc();
+                }
                 Output::Log(text) => tracing::info!(target: "icegate_signal::gateway", "{text}"),
             }
         }
@@ -344,6 +409,14 @@ fn finish_gateway(board: &Switchboard, links: &mut Option<Links>) {
     // the ARI tasks.
     if let Some(links) = links.take() {
         let _ = links.done.send(());
+    }
+}
+
+/// The next report of the bus task; never without a cluster.
+async fn next_bus(bus: &mut Option<BusLink>) -> Option<BusEvent> {
+    match bus {
+        Some(bus) => bus.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

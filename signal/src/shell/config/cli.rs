@@ -142,6 +142,10 @@ pub struct Cli {
     /// Asterisk (which does not trickle). Default: 2000.
     #[arg(long)]
     pub candidate_gather_timeout: Option<u64>,
+    /// Redis 7 (or Valkey) that joins several icegate-signal processes into one cluster
+    /// (`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`); without it, one process serves alone.
+    #[arg(long)]
+    pub redis_url: Option<String>,
 }
 
 /// The TOML file; keys are the flags' long names.
@@ -186,4 +190,5 @@ pub struct FileConfig {
     pub(super) asterisk_dial_endpoint: Option<String>,
     pub(super) asterisk_ca: Option<PathBuf>,
     pub(super) candidate_gather_timeout: Option<u64>,
+    pub(super) redis_url: Option<String>,
 }

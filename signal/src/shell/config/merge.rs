@@ -16,6 +16,7 @@ use icegate_signal_proto::origin::AllowedOrigins;
 
 use super::asterisk::asterisk;
 use super::cli::{Cli, FileConfig};
+use super::redis::redis_url;
 use super::{
     Keys, Settings, TlsMode, DEFAULT_CREDENTIAL_TTL, DEFAULT_HEALTH_GRACE, DEFAULT_HEALTH_INTERVAL,
     DEFAULT_LISTEN,
@@ -43,6 +44,7 @@ pub(super) fn merge(
     let (turn_secret, relays) = relays(cli, &f, &invalid)?;
     let timers = timers(cli, &f, &invalid)?;
     let limits = limits(cli, &f, timers.idle, &invalid)?;
+    let redis_url = redis_url(cli, &f, &invalid)?;
 
     Ok(Settings {
         listen,
@@ -64,6 +66,7 @@ pub(super) fn merge(
         },
         limits,
         asterisk,
+        redis_url,
     })
 }
 
