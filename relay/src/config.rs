@@ -194,6 +194,25 @@ impl Settings {
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.workers,
         );
+        summary.push_str("\n  rfc5780 (NAT behaviour discovery): ");
+        match &self.server.nat_discovery {
+            Some(nat) => {
+                let pairs: Vec<String> = nat
+                    .ip_pairs
+                    .iter()
+                    .map(|(a, b)| format!("{a} and {b}"))
+                    .collect();
+                summary.push_str(&format!(
+                    "on over UDP, addresses {}, ports {} and {} (alt-listening-port)",
+                    pairs.join("; "),
+                    nat.ports.0,
+                    nat.ports.1
+                ));
+            }
+            None => {
+                summary.push_str("off (on with two listening-ip of one family, unless no-rfc5780)")
+            }
+        }
         let alternates = &self.server.alternates;
         if !alternates.plain.is_empty() || !alternates.tls.is_empty() {
             let list = |l: &[SocketAddr]| {
@@ -502,6 +521,96 @@ mod tests {
                 "stream-idle-timeout 30 s -> 10 s"
             ]
         );
+    }
+
+    #[test]
+    fn rfc5780_is_on_with_two_listening_ips_of_one_family_as_in_coturn() {
+        use icegate_relay_proto::config::NatDiscovery;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let two = [
+            "--user",
+            "a:b",
+            "-L",
+            "127.0.0.1",
+            "-L",
+            "::1",
+            "-L",
+            "127.0.0.2",
+        ];
+        let s = Settings::load(&cli(&two)).unwrap();
+        assert_eq!(
+            s.server.nat_discovery,
+            Some(NatDiscovery {
+                ip_pairs: vec![(ip("127.0.0.1"), ip("127.0.0.2"))],
+                ports: (3478, 3479),
+            })
+        );
+        assert!(
+            s.summary()
+                .contains("rfc5780 (NAT behaviour discovery): on over UDP, addresses 127.0.0.1 and 127.0.0.2, ports 3478 and 3479"),
+            "{}",
+            s.summary()
+        );
+        let mut args = two.to_vec();
+        args.extend_from_slice(&["--alt-listening-port", "4000"]);
+        let s = Settings::load(&cli(&args)).unwrap();
+        assert_eq!(s.server.nat_discovery.unwrap().ports, (3478, 4000));
+
+        // One address per family, a wildcard, no-rfc5780 or no UDP: off.
+        for off in [
+            &["--user", "a:b", "-L", "127.0.0.1", "-L", "::1"][..],
+            &[
+                "--user",
+                "a:b",
+                "-L",
+                "0.0.0.0",
+                "-L",
+                "127.0.0.1",
+                "-E",
+                "127.0.0.1",
+            ],
+            &[
+                "--user",
+                "a:b",
+                "-L",
+                "127.0.0.1",
+                "-L",
+                "127.0.0.2",
+                "--no-rfc5780",
+            ],
+            &[
+                "--user",
+                "a:b",
+                "-L",
+                "127.0.0.1",
+                "-L",
+                "127.0.0.2",
+                "--no-udp",
+            ],
+        ] {
+            let s = Settings::load(&cli(off)).unwrap();
+            assert_eq!(s.server.nat_discovery, None, "{off:?}");
+            assert!(s
+                .summary()
+                .contains("rfc5780 (NAT behaviour discovery): off"));
+        }
+
+        // The alternate port must be another port; the error names it and the file.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "listening-ip = [\"127.0.0.1\", \"127.0.0.2\"]\nuser = [\"a:b\"]\n\
+             listening-port = 3478\nalt-listening-port = 3478"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
+        assert!(
+            e.key() == Some("alt-listening-port") && e.to_string().contains(&path),
+            "{e}"
+        );
+        let e = Settings::load(&cli(&["--config", &path, "--no-rfc5780"]));
+        assert!(e.is_ok(), "off, the alternate port is not used: {e:?}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub fn own_addresses(settings: &Settings) -> (SelfAddresses, Option<io::Error>) 
     if settings.tls.is_some() {
         turn_ports.push(settings.tls_port);
     }
+    // RFC 5780's second port (`alt-listening-port`) is a UDP listener like the first.
+    if let Some(nat) = &settings.server.nat_discovery {
+        turn_ports.push(nat.ports.1);
+    }
     let advertised: Vec<IpAddr> = settings
         .server
         .relay_addresses

@@ -91,7 +91,9 @@ impl World {
         let mut answers = Vec::new();
         while let Some(command) = self.server.poll_command() {
             match command {
-                Command::SendToClient { data, .. } => answers.push(data),
+                Command::SendToClient { data, .. } | Command::SendFrom { data, .. } => {
+                    answers.push(data)
+                }
                 Command::BindRelay { relay, .. } => {
                     self.relay = relay;
                     self.server.relay_bound(relay, true, self.now);

@@ -35,6 +35,52 @@ pub struct ServerConfig {
     pub relay_addresses: Vec<RelayAddress>,
     /// Other relays Allocates are sent to (300 Try Alternate), and when.
     pub alternates: Alternates,
+    /// RFC 5780 NAT behaviour discovery over UDP, when on: the addresses Bindings may be
+    /// answered from.
+    pub nat_discovery: Option<NatDiscovery>,
+}
+
+/// RFC 5780 NAT behaviour discovery (coturn's, on with two listening IPs of one family): the
+/// two IPs and two ports a Binding over UDP can be answered from, each listened on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatDiscovery {
+    /// Pairs of listening IPs of one family: each is the other's "other" IP.
+    pub ip_pairs: Vec<(IpAddr, IpAddr)>,
+    /// `listening-port` and `alt-listening-port`: each is the other's "other" port.
+    pub ports: (u16, u16),
+}
+
+impl NatDiscovery {
+    /// The IP paired with `ip`, if it is in a pair.
+    pub fn other_ip(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.ip_pairs.iter().find_map(|&(a, b)| {
+            if a == ip {
+                Some(b)
+            } else if b == ip {
+                Some(a)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The port paired with `port`, if it is one of the two.
+    pub fn other_port(&self, port: u16) -> Option<u16> {
+        match self.ports {
+            (p, alt) if p == port => Some(alt),
+            (p, alt) if alt == port => Some(p),
+            _ => None,
+        }
+    }
+
+    /// OTHER-ADDRESS (RFC 5780 §7.4) for a request received at `local`: the other IP and the
+    /// other port, or `None` when `local` is not one of the discovery addresses.
+    pub fn other_address(&self, local: SocketAddr) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.other_ip(local.ip())?,
+            self.other_port(local.port())?,
+        ))
+    }
 }
 
 /// Other relays that Allocates are redirected to with 300 (Try Alternate) and ALTERNATE-SERVER
@@ -132,6 +178,7 @@ impl ServerConfig {
                 })
                 .collect(),
             alternates: Alternates::default(),
+            nat_discovery: None,
         }
     }
 }

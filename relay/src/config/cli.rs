@@ -28,6 +28,13 @@ pub struct Cli {
     /// UDP and TCP port. Default: 3478.
     #[arg(long, short = 'p')]
     pub listening_port: Option<u16>,
+    /// The second UDP port of RFC 5780 NAT behaviour discovery, on with two listening-ip of
+    /// one family; 0 = listening-port + 1 (coturn's default). Default: 0.
+    #[arg(long)]
+    pub alt_listening_port: Option<u16>,
+    /// No RFC 5780 NAT behaviour discovery, even with two listening-ip of one family.
+    #[arg(long)]
+    pub no_rfc5780: bool,
     /// TLS port (TLS is on when a certificate is configured). Default: 5349.
     #[arg(long)]
     pub tls_listening_port: Option<u16>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use icegate_common::config::{pick, pick_vec, ConfigError};
 use icegate_common::credentials::{self, Secret};
 use icegate_relay_proto::auth::Credentials;
-use icegate_relay_proto::config::{Alternates, RedirectWhen, RelayAddress, Timers};
+use icegate_relay_proto::config::{Alternates, NatDiscovery, RedirectWhen, RelayAddress, Timers};
 use icegate_relay_proto::peer_filter::{parse_ip_range, PeerFilter};
 use icegate_relay_proto::rate_limit::RateLimitConfig;
 use icegate_relay_proto::ServerConfig;
@@ -77,6 +77,8 @@ pub(super) fn merge(
     server.total_quota = pick(cli.total_quota, f.total_quota).0.unwrap_or(0);
     server.max_bps = pick(cli.max_bps, f.max_bps).0.unwrap_or(0);
     server.alternates = alternates(cli, &f, &invalid)?;
+    let udp = !(cli.no_udp || f.no_udp.unwrap_or(false));
+    server.nat_discovery = nat_discovery(cli, &f, &listening_ips, port, udp, &invalid)?;
 
     let process = f.process.unwrap_or_default();
     Ok(Settings {
@@ -86,7 +88,7 @@ pub(super) fn merge(
         tls_port,
         min_port,
         max_port,
-        udp: !(cli.no_udp || f.no_udp.unwrap_or(false)),
+        udp,
         tcp: !(cli.no_tcp || f.no_tcp.unwrap_or(false)),
         tls,
         metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
@@ -100,6 +102,57 @@ pub(super) fn merge(
         streams,
         relay_ip_auto,
     })
+}
+
+/// `alt-listening-port` and `no-rfc5780`: RFC 5780 NAT behaviour discovery is on, as in
+/// coturn, when UDP is and two listening IPs share a family (the first two exact ones of each
+/// family make a pair; a wildcard cannot be answered from as one address).
+fn nat_discovery(
+    cli: &Cli,
+    f: &FileConfig,
+    listening_ips: &[IpAddr],
+    port: u16,
+    udp: bool,
+    invalid: Invalid<'_>,
+) -> Result<Option<NatDiscovery>, ConfigError> {
+    if cli.no_rfc5780 || f.no_rfc5780.unwrap_or(false) || !udp {
+        return Ok(None);
+    }
+    let mut ip_pairs = Vec::new();
+    for v4 in [true, false] {
+        let mut family = listening_ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified());
+        if let (Some(&a), Some(&b)) = (family.next(), family.next()) {
+            ip_pairs.push((a, b));
+        }
+    }
+    if ip_pairs.is_empty() {
+        return Ok(None);
+    }
+    let (alt, alt_cli) = pick(cli.alt_listening_port, f.alt_listening_port);
+    let alt = match alt.unwrap_or(0) {
+        // coturn's default: the port after listening-port.
+        0 => port.checked_add(1).ok_or_else(|| {
+            invalid(
+                alt_cli,
+                "alt-listening-port",
+                "0 means listening-port + 1, and listening-port is 65535: set it".into(),
+            )
+        })?,
+        p if p == port => {
+            return Err(invalid(
+                alt_cli,
+                "alt-listening-port",
+                format!("must differ from listening-port ({port})"),
+            ))
+        }
+        p => p,
+    };
+    Ok(Some(NatDiscovery {
+        ip_pairs,
+        ports: (port, alt),
+    }))
 }
 
 /// `min-port` and `max-port`.

@@ -15,6 +15,7 @@ mod binding;
 mod data_path;
 mod data_path_allocations;
 mod malformed;
+mod nat_discovery;
 mod peer_filter;
 mod permissions_channels;
 mod quotas;
