@@ -464,6 +464,51 @@ server_tests!(
     uclient_dual_allocation,
 );
 
+/// RFC 5780: `turnutils_natdiscovery`'s mapping and filtering tests, with 1500 bytes of
+/// PADDING, against a relay listening on 127.0.0.1 and 127.0.0.2. Loopback neither maps nor
+/// filters, so both come out endpoint independent; the filtering test's second answer (change
+/// IP and port) comes from the other address and the alternate port.
+fn natdiscovery_mapping_and_filtering(kind: ServerKind) {
+    require_tool("turnutils_natdiscovery");
+    let relay = Relay::start(
+        kind,
+        RelayConfig {
+            second_listening_ip: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            ..RelayConfig::default()
+        },
+    );
+    let (status, out) = run_with_timeout(
+        Command::new("turnutils_natdiscovery").args([
+            "-m",
+            "-f",
+            "-P",
+            "-p",
+            &relay.ports.listen().to_string(),
+            "127.0.0.1",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "turnutils_natdiscovery failed ({status:?}):\n{out}"
+    );
+    assert!(!out.contains("timeout"), "an answer never came:\n{out}");
+    for verdict in [
+        "NAT with Endpoint Independent Mapping!",
+        "NAT with Endpoint Independent Filtering!",
+    ] {
+        assert!(out.contains(verdict), "no {verdict:?} in:\n{out}");
+    }
+    let other = format!("127.0.0.2:{}", relay.alt_port());
+    assert!(
+        out.contains(&format!("Other addr: : {other}"))
+            && out.contains(&format!("Response origin: : {other}")),
+        "no answer from the other address {other}:\n{out}"
+    );
+}
+
+server_tests!(natdiscovery_mapping_and_filtering);
+
 /// TLS at a high packet rate (2 ms per client): many frames queue up for one client at once.
 /// Each must still go out in a TLS record of its own, or `turnutils_uclient` leaves the later
 /// ones unread and reports them lost. icegate only: coturn itself loses a few percent here.

@@ -12,10 +12,12 @@
 //!
 //! Off (no pair of listening IPs, `no-rfc5780`, or a request over TCP/TLS, which cannot be
 //! answered from elsewhere), a Binding asking for any of this (a CHANGE-REQUEST with a flag
-//! set, RESPONSE-PORT, PADDING) gets 420 naming those attributes, as RFC 5780 §6.1 has a
-//! server that does not support them answer; coturn does the same for CHANGE-REQUEST. A
-//! CHANGE-REQUEST with no flag set asks for nothing and is answered as a plain Binding (coturn
-//! accepts it for the STUN clients that always send one).
+//! set, RESPONSE-PORT, PADDING) gets 420 naming those attributes, as RFC 8489 §7.3.1 has a
+//! server answer comprehension-required attributes it does not act on. coturn (4.6.1, with
+//! `no-rfc5780`) answers 420 to such a CHANGE-REQUEST too, but ignores RESPONSE-PORT and
+//! PADDING, so its answer goes to the source port unpadded, which the client cannot tell from
+//! an answer that honoured them. A CHANGE-REQUEST with no flag set asks for nothing and is
+//! answered as a plain Binding, as coturn does for the STUN clients that always send one.
 
 use std::net::SocketAddr;
 
