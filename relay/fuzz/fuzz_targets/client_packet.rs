@@ -50,7 +50,13 @@ impl World {
         let mut credentials = Credentials::new();
         credentials.add_user(USER, PASSWORD);
         let relay_ip = IpAddr::from([192, 0, 2, 10]);
-        let config = ServerConfig::new(REALM, credentials, &[relay_ip]);
+        let mut config = ServerConfig::new(REALM, credentials, &[relay_ip]);
+        // RFC 5780 on for the listener the client reaches, so that CHANGE-REQUEST,
+        // RESPONSE-PORT and PADDING reach the answers from elsewhere.
+        config.nat_discovery = Some(icegate_relay_proto::config::NatDiscovery {
+            ip_pairs: vec![(IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]))],
+            ports: (3478, 3479),
+        });
         let ledger = Arc::new(Ledger::new(
             &[relay_ip],
             50_000,
