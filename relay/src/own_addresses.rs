@@ -1,7 +1,8 @@
 //! The relay's own listening addresses, which the peer filter refuses as peers.
 //!
 //! The core only compares a peer with the list; what is on it is known here: the TURN ports
-//! (UDP, TCP, TLS) and the metrics port, on each listening address. A wildcard listener
+//! (UDP, TCP, TLS, and RFC 5780's `alt-listening-port`) and the metrics port, on each listening
+//! address. A wildcard listener
 //! (`0.0.0.0`, `::`) answers on every local address, so it stands for all of them as the
 //! kernel lists them now (a reload lists them again), plus all of loopback. The unspecified
 //! address is on the list for every port, since a datagram sent to it is delivered locally,
@@ -133,6 +134,26 @@ mod tests {
         }
         // No TLS configured: its port is nobody's.
         assert!(!own.contains(sa("127.0.0.1:5349")));
+    }
+
+    #[test]
+    fn rfc5780s_alternate_port_is_one_of_ours_while_it_is_on() {
+        let two = [
+            "-L",
+            "127.0.0.1",
+            "-L",
+            "127.0.0.2",
+            "--alt-listening-port",
+            "4000",
+        ];
+        let (own, _) = own_addresses(&settings(&two));
+        for peer in ["127.0.0.1:4000", "127.0.0.2:4000", "127.0.0.2:3478"] {
+            assert!(own.contains(sa(peer)), "{peer}");
+        }
+        let mut off = two.to_vec();
+        off.push("--no-rfc5780");
+        let (own, _) = own_addresses(&settings(&off));
+        assert!(!own.contains(sa("127.0.0.1:4000")));
     }
 
     #[test]
