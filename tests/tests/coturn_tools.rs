@@ -509,6 +509,67 @@ fn natdiscovery_mapping_and_filtering(kind: ServerKind) {
 
 server_tests!(natdiscovery_mapping_and_filtering);
 
+/// RFC 5780 over real sockets, beside what `turnutils_natdiscovery` asks: RESPONSE-PORT sends
+/// the answer to another port of the asking address (and nothing to the asking port), and a
+/// CHANGE-REQUEST to change the port is answered from the alternate port.
+fn binding_response_port_and_change_port(kind: ServerKind) {
+    use icegate_testkit::{method::BINDING, Message};
+    use std::net::{SocketAddr, UdpSocket};
+    let relay = Relay::start(
+        kind,
+        RelayConfig {
+            second_listening_ip: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            ..RelayConfig::default()
+        },
+    );
+    let socket = || {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    let (asking, elsewhere) = (socket(), socket());
+    // The answer to `tid`: a Binding success, and where it came from.
+    let answer = |s: &UdpSocket, tid: [u8; 12]| -> SocketAddr {
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).expect("an answer");
+        assert!(n >= 20 && buf[..2] == [0x01, 0x01], "{:02x?}", &buf[..n]);
+        assert_eq!(buf[8..20], tid);
+        from
+    };
+
+    let port = elsewhere.local_addr().unwrap().port().to_be_bytes();
+    let tid: [u8; 12] = rand::random();
+    let request = Message::request(BINDING, tid)
+        .attr(0x0027, &[port[0], port[1], 0, 0])
+        .fingerprint()
+        .finish();
+    asking.send_to(&request, relay.udp_addr()).unwrap();
+    assert_eq!(answer(&elsewhere, tid), relay.udp_addr());
+    asking
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        asking.recv_from(&mut [0u8; 1500]).is_err(),
+        "RESPONSE-PORT: an answer came to the asking port too"
+    );
+
+    let tid: [u8; 12] = rand::random();
+    let request = Message::request(BINDING, tid)
+        .attr(0x0003, &[0, 0, 0, 2])
+        .fingerprint()
+        .finish();
+    asking
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    asking.send_to(&request, relay.udp_addr()).unwrap();
+    assert_eq!(
+        answer(&asking, tid),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, relay.alt_port()))
+    );
+}
+
+server_tests!(binding_response_port_and_change_port);
+
 /// TLS at a high packet rate (2 ms per client): many frames queue up for one client at once.
 /// Each must still go out in a TLS record of its own, or `turnutils_uclient` leaves the later
 /// ones unread and reports them lost. icegate only: coturn itself loses a few percent here.
