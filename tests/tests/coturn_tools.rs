@@ -570,6 +570,34 @@ fn binding_response_port_and_change_port(kind: ServerKind) {
 
 server_tests!(binding_response_port_and_change_port);
 
+/// With one listening address RFC 5780 is off: `turnutils_natdiscovery`'s mapping and filtering
+/// tests with PADDING are told 420 at their first request, rather than answered unpadded as if
+/// it had been honoured (coturn ignores PADDING there; icegate only). Without PADDING, the first
+/// answer names no OTHER-ADDRESS and the tool asks no CHANGE-REQUEST.
+#[test]
+fn natdiscovery_with_one_address_is_answered_420() {
+    require_tool("turnutils_natdiscovery");
+    let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+    let port = relay.ports.listen().to_string();
+    for flags in [["-m", "-P"], ["-f", "-P"]] {
+        let (status, out) = run_with_timeout(
+            Command::new("turnutils_natdiscovery")
+                .args(flags)
+                .args(["-p", &port, "127.0.0.1"]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            status.map(|s| s.success()).unwrap_or(false),
+            "turnutils_natdiscovery {flags:?} failed ({status:?}):\n{out}"
+        );
+        assert!(
+            out.contains("The response is an error 420 (Unknown Attribute)")
+                && !out.contains("Endpoint Independent"),
+            "{flags:?}:\n{out}"
+        );
+    }
+}
+
 /// TLS at a high packet rate (2 ms per client): many frames queue up for one client at once.
 /// Each must still go out in a TLS record of its own, or `turnutils_uclient` leaves the later
 /// ones unread and reports them lost. icegate only: coturn itself loses a few percent here.
