@@ -274,3 +274,35 @@ fn answers_from_elsewhere_cost_the_source_its_rate_limit() {
     h.assert_no_commands();
     assert_eq!(Counters::get(&h.counters.rate_limited), 1);
 }
+
+#[test]
+fn on_an_answer_grows_by_its_three_address_attributes() {
+    let mut config = nat_config();
+    if let Some(nat) = config.nat_discovery.as_mut() {
+        nat.ip_pairs.push((ip("2001:db8::1"), ip("2001:db8::2")));
+    }
+    let v6 = FiveTuple {
+        transport: Transport::Udp,
+        client: sa("[2001:db8:5::7]:61000"),
+        server: sa("[2001:db8::1]:3478"),
+    };
+    let answer_len = |h: &mut Harness, from: FiveTuple| {
+        let tid = h.tid();
+        let bytes = encode(
+            BINDING,
+            MessageClass::Request,
+            tid,
+            vec![Fingerprint::default().into()],
+        );
+        h.packet(from, &bytes);
+        h.expect_send(from).len()
+    };
+    let (mut on, mut off) = (Harness::with(config), Harness::new());
+    // MAPPED-ADDRESS, OTHER-ADDRESS and RESPONSE-ORIGIN: 12 bytes each over IPv4, 24 over IPv6.
+    for (from, growth) in [(udp_client(1), 36), (v6, 72)] {
+        assert_eq!(
+            answer_len(&mut on, from),
+            answer_len(&mut off, from) + growth
+        );
+    }
+}
