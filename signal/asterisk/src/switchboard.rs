@@ -79,6 +79,9 @@ pub enum Output {
         /// The message.
         payload: String,
     },
+    /// The cluster bus's subscription hears nothing: drop the Redis connections and connect
+    /// again (then [`Switchboard::bus_disconnected`] and [`Switchboard::bus_connected`]).
+    BusReconnect,
     /// Something for the log (never holds a secret).
     Log(String),
 }
@@ -379,6 +382,7 @@ impl Switchboard {
                             out.push_back(Output::Session { session, message })
                         }
                         ClusterOutput::Hub(message) => cluster_to_hub(hub, message, now),
+                        ClusterOutput::Reconnect => out.push_back(Output::BusReconnect),
                         ClusterOutput::Log(text) => {
                             out.push_back(Output::Log(format!("cluster: {text}")))
                         }

@@ -8,8 +8,9 @@
 //!   switchboard task ◄── events (bounded) ── Connected / Message / Lost ◄── SUBSCRIBE ──┘
 //! ```
 //!
-//! A lost connection (an error, a closed socket, or a PUBLISH unanswered within
-//! [`RESPONSE_TIMEOUT`]) is reported as `Lost`, then the task reconnects with backoff, from
+//! A lost connection (an error, a closed socket, a PUBLISH unanswered within
+//! [`RESPONSE_TIMEOUT`], or the cluster core finding that this instance's own broadcasts no
+//! longer come back) is reported as `Lost`, then the task reconnects with backoff, from
 //! [`BACKOFF_FIRST`] doubling to [`BACKOFF_MAX`], and reports `Connected` once subscribed
 //! again; the cluster core re-announces this instance's sessions then. What was queued while
 //! the bus was down is dropped: the core publishes nothing while it is down. The task ends
@@ -17,10 +18,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::config::RedisUrl;
 
@@ -59,6 +62,9 @@ pub struct BusLink {
     pub outbox: mpsc::Sender<Publish>,
     /// What the bus task reports.
     pub events: mpsc::Receiver<BusEvent>,
+    /// Told when the cluster core finds the subscription deaf: the task drops both
+    /// connections, reports `Lost` and connects again.
+    pub reconnect: Arc<Notify>,
 }
 
 /// Starts the bus task for `url`, subscribed to `channels`.
@@ -66,10 +72,19 @@ pub fn spawn(url: &RedisUrl, channels: Vec<String>) -> Result<BusLink, redis::Re
     let client = Client::open(url.expose())?;
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-    tokio::spawn(run(client, url.redacted(), channels, outbox_rx, events_tx));
+    let reconnect = Arc::new(Notify::new());
+    tokio::spawn(run(
+        client,
+        url.redacted(),
+        channels,
+        outbox_rx,
+        events_tx,
+        Arc::clone(&reconnect),
+    ));
     Ok(BusLink {
         outbox: outbox_tx,
         events: events_rx,
+        reconnect,
     })
 }
 
@@ -80,6 +95,7 @@ async fn run(
     channels: Vec<String>,
     mut outbox: mpsc::Receiver<Publish>,
     events: mpsc::Sender<BusEvent>,
+    reconnect: Arc<Notify>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut warned = false;
@@ -94,7 +110,7 @@ async fn run(
                 if events.send(BusEvent::Connected).await.is_err() {
                     return;
                 }
-                match serve(pubsub, publisher, &mut outbox, &events).await {
+                match serve(pubsub, publisher, &mut outbox, &events, &reconnect).await {
                     Served::Done => return,
                     Served::Lost(reason) => {
                         tracing::warn!(redis = %name, %reason, "cluster bus lost; reconnecting");
@@ -164,10 +180,14 @@ async fn serve(
     mut publisher: MultiplexedConnection,
     outbox: &mut mpsc::Receiver<Publish>,
     events: &mpsc::Sender<BusEvent>,
+    reconnect: &Notify,
 ) -> Served {
     let (_sink, mut messages) = pubsub.split();
     loop {
         tokio::select! {
+            () = reconnect.notified() => {
+                return Served::Lost("this instance's own messages stopped coming back".into());
+            }
             message = messages.next() => match message {
                 Some(message) => {
                     let payload = message.get_payload_bytes().to_vec();

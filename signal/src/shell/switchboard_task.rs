@@ -373,6 +373,11 @@ fn perform(
                     let direction = if sent { "out" } else { "dropped" };
                     metrics.bus_messages.with_label_values(&[direction]).inc();
                 }
+                Output::BusReconnect => {
+                    if let Some(bus) = bus {
+                        bus.reconnect.notify_one();
+                    }
+                }
                 Output::Log(text) => tracing::info!(target: "icegate_signal::gateway", "{text}"),
             }
         }
