@@ -251,6 +251,15 @@ impl Switchboard {
         self.with_gateway(now, |gateway| gateway.shutdown(now));
     }
 
+    /// icegate-signal is stopping and its sessions have closed: the cluster says goodbye
+    /// ([`Cluster::leave`]) so the other instances drop what is left of this one at once.
+    pub fn leave_cluster(&mut self, now: Instant) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.leave(now);
+            self.route(now);
+        }
+    }
+
     // ---- time ----
 
     /// The hub's ring timeouts and the gateway's timers (SIP transactions and registration

@@ -7,6 +7,7 @@
 //!   local sessions open/close ──► Joined / Left (broadcast, numbered by `seq`)
 //!   local sessions join/leave rooms ──► Room (broadcast, numbered too)
 //!   every heartbeat interval  ──► Heartbeat{seq} (broadcast)
+//!   stopping (sessions closed) ──► Goodbye (broadcast, last; nothing after it)
 //!   bus (re)connected         ──► Snapshot + Sync (broadcast): "here are mine, send me yours"
 //!   hub's Send{to: Remote}    ──► Deliver (to the session's instance)
 //!   local request in a call owned elsewhere ──► Request (to the owner)
@@ -14,6 +15,7 @@
 //!   heard: Joined/Left/Snapshot ──► hub: open/close remote sessions
 //!          Deliver               ──► the local session (and the proxy table: its calls elsewhere)
 //!          Request               ──► hub: handle_remote_message
+//!          Goodbye               ──► hub: close_instance, at once
 //!          own broadcasts   ──► proof the subscription hears; none for `instance_timeout`
 //!                                ──► Reconnect, and the bus counts as lost
 //!          nothing from an instance for `instance_timeout`, or the bus lost
@@ -189,6 +191,8 @@ pub struct Cluster {
     /// session's requests about the call go.
     proxies: HashMap<(SessionId, CallId), InstanceId>,
     next_heartbeat: Option<Instant>,
+    /// Said goodbye: stopping, and silent from now on.
+    left: bool,
     /// While the bus is up: when it counts as lost unless one of this instance's own
     /// broadcasts has come back by then (see [`Cluster::handle_timeout`]).
     echo_deadline: Option<Instant>,
@@ -211,6 +215,7 @@ impl Cluster {
             proxies: HashMap::new(),
             next_heartbeat: None,
             echo_deadline: None,
+            left: false,
             out,
         }
     }
@@ -329,6 +334,24 @@ impl Cluster {
         );
     }
 
+    /// This instance is stopping: a last [`Body::Goodbye`] tells the others to drop its
+    /// sessions and end their calls with them now; after it, nothing more is published (a
+    /// heartbeat would bring this instance back to their view).
+    pub fn leave(&mut self, _now: Instant) {
+        if self.left {
+            return;
+        }
+        self.publish(Channel::All, Body::Goodbye);
+        self.left = true;
+        self.next_heartbeat = None;
+        self.echo_deadline = None;
+    }
+
+    /// Whether [`Cluster::leave`] was called.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
     // ---- the bus ----
 
     /// The bus is up (again): announce this instance's sessions and ask for everyone's.
@@ -366,7 +389,18 @@ impl Cluster {
             return Ok(());
         }
         if from == self.config.instance {
-            self.echo_deadline = Some(now + self.config.instance_timeout);
+            // (Its own goodbye comes back too; after it, nothing is expected.)
+            if !self.left {
+                self.echo_deadline = Some(now + self.config.instance_timeout);
+            }
+            return Ok(());
+        }
+        if matches!(body, Body::Goodbye) {
+            self.out.push_back(Output::Log(format!(
+                "instance {from} said goodbye: its sessions are gone"
+            )));
+            // Known or not (a goodbye can be the first word heard of one), it is gone.
+            self.lose(from);
             return Ok(());
         }
         let deadline = now + self.config.instance_timeout;
@@ -405,6 +439,8 @@ impl Cluster {
                 }
             }
             Body::Sync => self.publish(Channel::Instance(from), self.snapshot()),
+            // Handled before the sender was (re)entered as a peer.
+            Body::Goodbye => {}
             Body::Snapshot {
                 seq,
                 sessions,
@@ -489,7 +525,8 @@ impl Cluster {
 
     fn publish(&mut self, channel: Channel, body: Body) {
         // While the bus is down there is nobody to tell; a reconnect announces everything.
-        if !self.connected {
+        // After goodbye, this instance stays silent.
+        if !self.connected || self.left {
             return;
         }
         let payload = Envelope {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::config::RedisUrl;
 
@@ -53,13 +53,20 @@ pub enum BusEvent {
     Lost,
 }
 
-/// One message to publish: the channel's name and the payload.
-pub type Publish = (String, String);
+/// What the switchboard task gives the bus task.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Publish the payload on the channel of this name.
+    Publish(String, String),
+    /// Answer once everything queued before has been published (at shutdown, so that the
+    /// goodbye is out before the process ends). Dropped unanswered while the bus is down.
+    Flush(oneshot::Sender<()>),
+}
 
 /// The switchboard task's ends of the bus.
 pub struct BusLink {
     /// Where messages to publish go (`try_send`).
-    pub outbox: mpsc::Sender<Publish>,
+    pub outbox: mpsc::Sender<Outgoing>,
     /// What the bus task reports.
     pub events: mpsc::Receiver<BusEvent>,
     /// Told when the cluster core finds the subscription deaf: the task drops both
@@ -93,7 +100,7 @@ async fn run(
     client: Client,
     name: String,
     channels: Vec<String>,
-    mut outbox: mpsc::Receiver<Publish>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     events: mpsc::Sender<BusEvent>,
     reconnect: Arc<Notify>,
 ) {
@@ -178,7 +185,7 @@ enum Served {
 async fn serve(
     pubsub: redis::aio::PubSub,
     mut publisher: MultiplexedConnection,
-    outbox: &mut mpsc::Receiver<Publish>,
+    outbox: &mut mpsc::Receiver<Outgoing>,
     events: &mpsc::Sender<BusEvent>,
     reconnect: &Notify,
 ) -> Served {
@@ -201,19 +208,31 @@ async fn serve(
                 let Some(first) = first else {
                     return Served::Done;
                 };
-                // Everything queued goes in one pipeline, in order.
+                // Everything queued goes in one pipeline, in order; flushes are answered once
+                // it has been sent.
                 let mut pipe = redis::pipe();
-                pipe.publish(first.0, first.1).ignore();
-                let mut queued = 1;
-                while queued < BATCH {
-                    let Ok((channel, payload)) = outbox.try_recv() else {
-                        break;
-                    };
-                    pipe.publish(channel, payload).ignore();
-                    queued += 1;
+                let mut flushes = Vec::new();
+                let mut next = Some(first);
+                let mut queued = 0;
+                while let Some(item) = next.take() {
+                    match item {
+                        Outgoing::Publish(channel, payload) => {
+                            pipe.publish(channel, payload).ignore();
+                            queued += 1;
+                        }
+                        Outgoing::Flush(done) => flushes.push(done),
+                    }
+                    if queued < BATCH {
+                        next = outbox.try_recv().ok();
+                    }
                 }
-                if let Err(error) = pipe.query_async::<()>(&mut publisher).await {
-                    return Served::Lost(error.to_string());
+                if queued > 0 {
+                    if let Err(error) = pipe.query_async::<()>(&mut publisher).await {
+                        return Served::Lost(error.to_string());
+                    }
+                }
+                for done in flushes {
+                    let _ = done.send(());
                 }
             }
         }
@@ -221,7 +240,7 @@ async fn serve(
 }
 
 /// Completes once the outbox's sender is gone.
-async fn outbox_closed(outbox: &mut mpsc::Receiver<Publish>) {
+async fn outbox_closed(outbox: &mut mpsc::Receiver<Outgoing>) {
     // Messages that arrive meanwhile are from before a reconnect: dropped, as above.
     while outbox.recv().await.is_some() {}
 }

@@ -540,3 +540,28 @@ fn a_deaf_subscription_is_noticed_by_its_own_heartbeats_not_coming_back() {
     net.advance(INSTANCE_TIMEOUT * 2);
     assert_eq!(net.reconnects, [A]);
 }
+
+#[test]
+fn goodbye_drops_the_instance_at_once_and_it_stays_silent() {
+    let mut net = Net::new(&[A, B]);
+    let now = net.now;
+    net.node(A).session_opened(SessionId(1), user("alice"), now);
+    net.pump();
+    assert_eq!(net.hub_of(B), [opened(A, 1, "alice")], "B knows alice on A");
+    net.node(A).leave(now);
+    assert!(net.node(A).has_left());
+    net.pump();
+    assert_eq!(
+        net.hub_of(B),
+        [ToHub::InstanceLost(A)],
+        "no waiting out the timeout"
+    );
+    assert_eq!(net.node(B).peer_count(), 0);
+    // A publishes nothing more: no heartbeat brings it back, a late session change is not
+    // announced, and it does not count its own silence as a deaf bus.
+    net.node(A).session_closed(SessionId(1), now);
+    net.advance(INSTANCE_TIMEOUT * 2);
+    assert_eq!(net.node(B).peer_count(), 0);
+    assert!(net.hub_of(B).is_empty());
+    assert!(net.reconnects.is_empty());
+}
