@@ -174,7 +174,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let (stop, stopped) = watch::channel(false);
     let (hub_tx, hub_rx) = mpsc::channel(shell::inbox::INBOX_CAPACITY);
-    let gateway_done = shell::switchboard_task::spawn(
+    let shutdown_done = shell::switchboard_task::spawn(
         Hub::new(hub_config, rand::random()),
         asterisk,
         redis_url,
@@ -252,10 +252,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     while metrics.connections_active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(done) = gateway_done {
-        // The gateway's BYEs and unregistration, bounded by its own wait.
-        let _ = tokio::time::timeout_at(deadline, done).await;
-    }
+    // The gateway's BYEs and unregistration (bounded by its own wait) and the cluster's
+    // goodbye.
+    let _ = tokio::time::timeout_at(deadline, shutdown_done).await;
     Ok(())
 }
 

@@ -226,6 +226,40 @@ fn a_killed_instances_calls_end_unavailable_and_its_users_are_gone_within_15_s()
     assert_eq!(metric(&a, "icegate_signal_cluster_instances"), 0.0);
 }
 
+/// A stopped instance (SIGTERM) says goodbye last: the others drop it at once, not after
+/// the silence of a killed one. Its users' sessions close first, as their WebSockets do.
+#[test]
+fn a_stopped_instance_says_goodbye_and_is_gone_at_once() {
+    let redis = RedisServer::start();
+    let a = instance(&redis);
+    let mut b = instance(&redis);
+    wait_joined(&[&a, &b]);
+    let mut alice = join(&a, "alice");
+    let _bob = join(&b, "bob");
+    let probe = call(&mut alice, "bob");
+    alice.send(json!({"v":1,"type":"hangup","call":probe}));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(
+        eventually(JOIN_TIMEOUT, || !b.is_running()),
+        "B did not stop"
+    );
+    // Gone by its goodbye, not by the timeout: A says which.
+    assert!(
+        eventually(JOIN_TIMEOUT, || a.log().contains("said goodbye")),
+        "A heard no goodbye:\n{}",
+        a.log()
+    );
+    assert!(!a.log().contains("silent for"), "{}", a.log());
+    assert_eq!(metric(&a, "icegate_signal_cluster_instances"), 0.0);
+    alice.send(json!({"v":1,"type":"call","id":9,"to":{"user":"bob"},"sdp":OFFER}));
+    assert_eq!(alice.expect_error("unknown_user")["id"], 9);
+}
+
 #[test]
 fn without_redis_local_calls_work_and_remote_ones_fail_clearly_until_it_returns() {
     let mut redis = RedisServer::start();

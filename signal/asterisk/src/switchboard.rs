@@ -79,6 +79,9 @@ pub enum Output {
         /// The message.
         payload: String,
     },
+    /// The cluster bus's subscription hears nothing: drop the Redis connections and connect
+    /// again (then [`Switchboard::bus_disconnected`] and [`Switchboard::bus_connected`]).
+    BusReconnect,
     /// Something for the log (never holds a secret).
     Log(String),
 }
@@ -248,6 +251,15 @@ impl Switchboard {
         self.with_gateway(now, |gateway| gateway.shutdown(now));
     }
 
+    /// icegate-signal is stopping and its sessions have closed: the cluster says goodbye
+    /// ([`Cluster::leave`]) so the other instances drop what is left of this one at once.
+    pub fn leave_cluster(&mut self, now: Instant) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.leave(now);
+            self.route(now);
+        }
+    }
+
     // ---- time ----
 
     /// The hub's ring timeouts and the gateway's timers (SIP transactions and registration
@@ -379,6 +391,7 @@ impl Switchboard {
                             out.push_back(Output::Session { session, message })
                         }
                         ClusterOutput::Hub(message) => cluster_to_hub(hub, message, now),
+                        ClusterOutput::Reconnect => out.push_back(Output::BusReconnect),
                         ClusterOutput::Log(text) => {
                             out.push_back(Output::Log(format!("cluster: {text}")))
                         }

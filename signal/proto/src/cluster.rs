@@ -7,6 +7,7 @@
 //!   local sessions open/close ──► Joined / Left (broadcast, numbered by `seq`)
 //!   local sessions join/leave rooms ──► Room (broadcast, numbered too)
 //!   every heartbeat interval  ──► Heartbeat{seq} (broadcast)
+//!   stopping (sessions closed) ──► Goodbye (broadcast, last; nothing after it)
 //!   bus (re)connected         ──► Snapshot + Sync (broadcast): "here are mine, send me yours"
 //!   hub's Send{to: Remote}    ──► Deliver (to the session's instance)
 //!   local request in a call owned elsewhere ──► Request (to the owner)
@@ -14,6 +15,9 @@
 //!   heard: Joined/Left/Snapshot ──► hub: open/close remote sessions
 //!          Deliver               ──► the local session (and the proxy table: its calls elsewhere)
 //!          Request               ──► hub: handle_remote_message
+//!          Goodbye               ──► hub: close_instance, at once
+//!          own broadcasts   ──► proof the subscription hears; none for `instance_timeout`
+//!                                ──► Reconnect, and the bus counts as lost
 //!          nothing from an instance for `instance_timeout`, or the bus lost
 //!                                ──► hub: close_instance (its calls end `unavailable`), and the
 //!                                    local sessions in calls it owned get hangup `unavailable`
@@ -149,6 +153,9 @@ pub enum Output {
     },
     /// Feed this into the hub.
     Hub(ToHub),
+    /// The bus's subscription has gone deaf: drop the connection and connect again (then
+    /// call [`Cluster::disconnected`] and [`Cluster::connected`] as for any loss).
+    Reconnect,
     /// Something for the log.
     Log(String),
 }
@@ -184,6 +191,11 @@ pub struct Cluster {
     /// session's requests about the call go.
     proxies: HashMap<(SessionId, CallId), InstanceId>,
     next_heartbeat: Option<Instant>,
+    /// Said goodbye: stopping, and silent from now on.
+    left: bool,
+    /// While the bus is up: when it counts as lost unless one of this instance's own
+    /// broadcasts has come back by then (see [`Cluster::handle_timeout`]).
+    echo_deadline: Option<Instant>,
     out: VecDeque<Output>,
 }
 
@@ -202,6 +214,8 @@ impl Cluster {
             peers: HashMap::new(),
             proxies: HashMap::new(),
             next_heartbeat: None,
+            echo_deadline: None,
+            left: false,
             out,
         }
     }
@@ -320,6 +334,24 @@ impl Cluster {
         );
     }
 
+    /// This instance is stopping: a last [`Body::Goodbye`] tells the others to drop its
+    /// sessions and end their calls with them now; after it, nothing more is published (a
+    /// heartbeat would bring this instance back to their view).
+    pub fn leave(&mut self, _now: Instant) {
+        if self.left {
+            return;
+        }
+        self.publish(Channel::All, Body::Goodbye);
+        self.left = true;
+        self.next_heartbeat = None;
+        self.echo_deadline = None;
+    }
+
+    /// Whether [`Cluster::leave`] was called.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
     // ---- the bus ----
 
     /// The bus is up (again): announce this instance's sessions and ask for everyone's.
@@ -329,6 +361,7 @@ impl Cluster {
         self.publish(Channel::All, self.snapshot());
         self.publish(Channel::All, Body::Sync);
         self.next_heartbeat = Some(now + self.config.heartbeat);
+        self.echo_deadline = Some(now + self.config.instance_timeout);
     }
 
     /// The bus is lost: every other instance is out of reach, so their sessions' calls end
@@ -339,6 +372,7 @@ impl Cluster {
         }
         self.connected = false;
         self.next_heartbeat = None;
+        self.echo_deadline = None;
         let mut peers: Vec<InstanceId> = self.peers.keys().copied().collect();
         peers.sort_unstable();
         for peer in peers {
@@ -347,11 +381,26 @@ impl Cluster {
         self.out.push_back(Output::Hub(ToHub::Reachable(false)));
     }
 
-    /// A message from the bus. Messages of this instance (its own broadcasts come back) are
-    /// ignored.
+    /// A message from the bus. This instance's own broadcasts come back: they prove that its
+    /// subscription still hears the bus, and are otherwise ignored.
     pub fn handle_bus(&mut self, payload: &[u8], now: Instant) -> Result<(), WireError> {
         let Envelope { from, body, .. } = Envelope::decode(payload)?;
-        if from == self.config.instance || !self.connected {
+        if !self.connected {
+            return Ok(());
+        }
+        if from == self.config.instance {
+            // (Its own goodbye comes back too; after it, nothing is expected.)
+            if !self.left {
+                self.echo_deadline = Some(now + self.config.instance_timeout);
+            }
+            return Ok(());
+        }
+        if matches!(body, Body::Goodbye) {
+            self.out.push_back(Output::Log(format!(
+                "instance {from} said goodbye: its sessions are gone"
+            )));
+            // Known or not (a goodbye can be the first word heard of one), it is gone.
+            self.lose(from);
             return Ok(());
         }
         let deadline = now + self.config.instance_timeout;
@@ -390,6 +439,8 @@ impl Cluster {
                 }
             }
             Body::Sync => self.publish(Channel::Instance(from), self.snapshot()),
+            // Handled before the sender was (re)entered as a peer.
+            Body::Goodbye => {}
             Body::Snapshot {
                 seq,
                 sessions,
@@ -416,6 +467,19 @@ impl Cluster {
 
     /// Sends the heartbeat when due, and drops instances silent for too long.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Publishing can go on working while the subscription hears nothing (a connection
+        // cut without a reset): the others would think this instance fine while it thinks
+        // them all gone. Its own heartbeats not coming back shows it; start over.
+        if self.echo_deadline.is_some_and(|due| due <= now) {
+            self.out.push_back(Output::Log(format!(
+                "this instance's own messages have not come back over the bus for {:?}: \
+                 reconnecting",
+                self.config.instance_timeout
+            )));
+            self.out.push_back(Output::Reconnect);
+            self.disconnected(now);
+            return;
+        }
         if self.next_heartbeat.is_some_and(|due| due <= now) {
             let seq = self.seq;
             self.publish(Channel::All, Body::Heartbeat { seq });
@@ -437,10 +501,15 @@ impl Cluster {
         }
     }
 
-    /// When [`Cluster::handle_timeout`] is due: the next heartbeat, or the earliest deadline
-    /// of another instance.
+    /// When [`Cluster::handle_timeout`] is due: the next heartbeat, the earliest deadline of
+    /// another instance, or the one for this instance's own messages to come back.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let deadline = self.peers.values().map(|peer| peer.deadline).min();
+        let deadline = self
+            .peers
+            .values()
+            .map(|peer| peer.deadline)
+            .chain(self.echo_deadline)
+            .min();
         match (self.next_heartbeat, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -456,7 +525,8 @@ impl Cluster {
 
     fn publish(&mut self, channel: Channel, body: Body) {
         // While the bus is down there is nobody to tell; a reconnect announces everything.
-        if !self.connected {
+        // After goodbye, this instance stays silent.
+        if !self.connected || self.left {
             return;
         }
         let payload = Envelope {

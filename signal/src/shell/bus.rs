@@ -8,8 +8,9 @@
 //!   switchboard task ◄── events (bounded) ── Connected / Message / Lost ◄── SUBSCRIBE ──┘
 //! ```
 //!
-//! A lost connection (an error, a closed socket, or a PUBLISH unanswered within
-//! [`RESPONSE_TIMEOUT`]) is reported as `Lost`, then the task reconnects with backoff, from
+//! A lost connection (an error, a closed socket, a PUBLISH unanswered within
+//! [`RESPONSE_TIMEOUT`], or the cluster core finding that this instance's own broadcasts no
+//! longer come back) is reported as `Lost`, then the task reconnects with backoff, from
 //! [`BACKOFF_FIRST`] doubling to [`BACKOFF_MAX`], and reports `Connected` once subscribed
 //! again; the cluster core re-announces this instance's sessions then. What was queued while
 //! the bus was down is dropped: the core publishes nothing while it is down. The task ends
@@ -17,10 +18,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::config::RedisUrl;
 
@@ -50,15 +53,25 @@ pub enum BusEvent {
     Lost,
 }
 
-/// One message to publish: the channel's name and the payload.
-pub type Publish = (String, String);
+/// What the switchboard task gives the bus task.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Publish the payload on the channel of this name.
+    Publish(String, String),
+    /// Answer once everything queued before has been published (at shutdown, so that the
+    /// goodbye is out before the process ends). Dropped unanswered while the bus is down.
+    Flush(oneshot::Sender<()>),
+}
 
 /// The switchboard task's ends of the bus.
 pub struct BusLink {
     /// Where messages to publish go (`try_send`).
-    pub outbox: mpsc::Sender<Publish>,
+    pub outbox: mpsc::Sender<Outgoing>,
     /// What the bus task reports.
     pub events: mpsc::Receiver<BusEvent>,
+    /// Told when the cluster core finds the subscription deaf: the task drops both
+    /// connections, reports `Lost` and connects again.
+    pub reconnect: Arc<Notify>,
 }
 
 /// Starts the bus task for `url`, subscribed to `channels`.
@@ -66,10 +79,19 @@ pub fn spawn(url: &RedisUrl, channels: Vec<String>) -> Result<BusLink, redis::Re
     let client = Client::open(url.expose())?;
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-    tokio::spawn(run(client, url.redacted(), channels, outbox_rx, events_tx));
+    let reconnect = Arc::new(Notify::new());
+    tokio::spawn(run(
+        client,
+        url.redacted(),
+        channels,
+        outbox_rx,
+        events_tx,
+        Arc::clone(&reconnect),
+    ));
     Ok(BusLink {
         outbox: outbox_tx,
         events: events_rx,
+        reconnect,
     })
 }
 
@@ -78,8 +100,9 @@ async fn run(
     client: Client,
     name: String,
     channels: Vec<String>,
-    mut outbox: mpsc::Receiver<Publish>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     events: mpsc::Sender<BusEvent>,
+    reconnect: Arc<Notify>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut warned = false;
@@ -94,7 +117,7 @@ async fn run(
                 if events.send(BusEvent::Connected).await.is_err() {
                     return;
                 }
-                match serve(pubsub, publisher, &mut outbox, &events).await {
+                match serve(pubsub, publisher, &mut outbox, &events, &reconnect).await {
                     Served::Done => return,
                     Served::Lost(reason) => {
                         tracing::warn!(redis = %name, %reason, "cluster bus lost; reconnecting");
@@ -162,12 +185,16 @@ enum Served {
 async fn serve(
     pubsub: redis::aio::PubSub,
     mut publisher: MultiplexedConnection,
-    outbox: &mut mpsc::Receiver<Publish>,
+    outbox: &mut mpsc::Receiver<Outgoing>,
     events: &mpsc::Sender<BusEvent>,
+    reconnect: &Notify,
 ) -> Served {
     let (_sink, mut messages) = pubsub.split();
     loop {
         tokio::select! {
+            () = reconnect.notified() => {
+                return Served::Lost("this instance's own messages stopped coming back".into());
+            }
             message = messages.next() => match message {
                 Some(message) => {
                     let payload = message.get_payload_bytes().to_vec();
@@ -181,19 +208,31 @@ async fn serve(
                 let Some(first) = first else {
                     return Served::Done;
                 };
-                // Everything queued goes in one pipeline, in order.
+                // Everything queued goes in one pipeline, in order; flushes are answered once
+                // it has been sent.
                 let mut pipe = redis::pipe();
-                pipe.publish(first.0, first.1).ignore();
-                let mut queued = 1;
-                while queued < BATCH {
-                    let Ok((channel, payload)) = outbox.try_recv() else {
-                        break;
-                    };
-                    pipe.publish(channel, payload).ignore();
-                    queued += 1;
+                let mut flushes = Vec::new();
+                let mut next = Some(first);
+                let mut queued = 0;
+                while let Some(item) = next.take() {
+                    match item {
+                        Outgoing::Publish(channel, payload) => {
+                            pipe.publish(channel, payload).ignore();
+                            queued += 1;
+                        }
+                        Outgoing::Flush(done) => flushes.push(done),
+                    }
+                    if queued < BATCH {
+                        next = outbox.try_recv().ok();
+                    }
                 }
-                if let Err(error) = pipe.query_async::<()>(&mut publisher).await {
-                    return Served::Lost(error.to_string());
+                if queued > 0 {
+                    if let Err(error) = pipe.query_async::<()>(&mut publisher).await {
+                        return Served::Lost(error.to_string());
+                    }
+                }
+                for done in flushes {
+                    let _ = done.send(());
                 }
             }
         }
@@ -201,7 +240,7 @@ async fn serve(
 }
 
 /// Completes once the outbox's sender is gone.
-async fn outbox_closed(outbox: &mut mpsc::Receiver<Publish>) {
+async fn outbox_closed(outbox: &mut mpsc::Receiver<Outgoing>) {
     // Messages that arrive meanwhile are from before a reconnect: dropped, as above.
     while outbox.recv().await.is_some() {}
 }

@@ -217,6 +217,10 @@ impl Metrics {
         for via in ["http", "ws"] {
             metrics.ice_credentials.with_label_values(&[via]);
         }
+        // The two that mean trouble, so a rate over them reads 0 rather than nothing.
+        for event in ["unreadable", "other"] {
+            metrics.ari_events.with_label_values(&[event]);
+        }
         for direction in ["in", "out", "dropped", "invalid"] {
             metrics.bus_messages.with_label_values(&[direction]);
         }

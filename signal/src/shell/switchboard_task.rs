@@ -38,7 +38,7 @@ use icegate_signal_proto::protocol::{ServerMessage, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::asterisk_io::{self, Clients, Io};
-use super::bus::{self, BusEvent, BusLink};
+use super::bus::{self, BusEvent, BusLink, Outgoing};
 use super::config::{Asterisk, RedisUrl};
 use super::inbox::HubInput;
 use super::metrics::Metrics;
@@ -89,14 +89,27 @@ struct Links {
     ari_generation: u64,
     /// Set at shutdown: the gateway ends its calls and unregisters until quiet or this passes.
     closing: Option<Instant>,
-    /// Told when the gateway's shutdown work is done.
-    done: oneshot::Sender<()>,
+}
+
+/// How long after the shutdown signal the cluster says goodbye even if sessions are still
+/// closing (within icegate-signal's own grace for closing connections).
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+
+/// Shutdown's progress: the gateway's BYEs and unregistration (in [`Links`]), then the
+/// cluster's goodbye once the sessions have closed, flushed to Redis.
+struct Stopping {
+    /// When the goodbye goes even with sessions left.
+    leave_by: Instant,
+    /// The bus task's answer once the goodbye is published.
+    flushed: Option<oneshot::Receiver<()>>,
+    /// Told when all of it is done.
+    done: Option<oneshot::Sender<()>>,
 }
 
 /// Starts the switchboard task (and, with Asterisk, the SIP connection task; with `redis`, the
-/// cluster bus task). With Asterisk, returns a receiver that completes once the gateway's
-/// shutdown work (BYEs, unregistration) is done after `shutdown` is set; the hub goes on
-/// serving the connections still closing.
+/// cluster bus task). Returns a receiver that completes once the shutdown work is done after
+/// `shutdown` is set: the gateway's BYEs and unregistration, and the cluster's goodbye once
+/// the sessions have closed. The hub goes on serving the connections still closing.
 pub fn spawn(
     hub: Hub,
     asterisk: Option<Asterisk>,
@@ -104,9 +117,9 @@ pub fn spawn(
     inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
-) -> Result<Option<oneshot::Receiver<()>>, SpawnError> {
+) -> Result<oneshot::Receiver<()>, SpawnError> {
     let now = Instant::now();
-    let (mut board, links, done) = match asterisk {
+    let (mut board, links) = match asterisk {
         Some(settings) => {
             let (io_tx, io_rx) = mpsc::channel(asterisk_io::IO_CAPACITY);
             let clients = Clients::new(&settings, io_tx.clone())?;
@@ -117,22 +130,16 @@ pub fn spawn(
             ));
             let gateway = Gateway::new(gateway_config(&settings), rand::random(), now);
             metrics.asterisk_configured.set(1);
-            let (done_tx, done_rx) = oneshot::channel();
             let links = Links {
                 clients,
                 io: io_rx,
                 sip_outbox: None,
                 ari_generation: 0,
                 closing: None,
-                done: done_tx,
             };
-            (
-                Switchboard::new(hub, Some(gateway), now),
-                Some(links),
-                Some(done_rx),
-            )
+            (Switchboard::new(hub, Some(gateway), now), Some(links))
         }
-        None => (Switchboard::new(hub, None, now), None, None),
+        None => (Switchboard::new(hub, None, now), None),
     };
     let bus = match redis {
         Some(url) => {
@@ -147,8 +154,9 @@ pub fn spawn(
         }
         None => None,
     };
-    tokio::spawn(run(board, inbox, links, bus, metrics, shutdown));
-    Ok(done)
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(run(board, inbox, links, bus, metrics, shutdown, done_tx));
+    Ok(done_rx)
 }
 
 /// Runs the switchboard until every inbox sender is gone.
@@ -159,7 +167,10 @@ async fn run(
     mut bus: Option<BusLink>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
+    done: oneshot::Sender<()>,
 ) {
+    let mut done = Some(done);
+    let mut stopping: Option<Stopping> = None;
     let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
     loop {
         // Outputs first: `Switchboard::new` may have queued the first ARI connect.
@@ -187,13 +198,27 @@ async fn run(
             metrics.pbx_calls_active.set(gateway.call_count() as i64);
         }
         finish_gateway(&board, &mut links);
+        if let Some(stop) = stopping.as_mut() {
+            finish(
+                &mut board,
+                stop,
+                &mut outboxes,
+                &mut links,
+                bus.as_ref(),
+                &metrics,
+            );
+        }
 
         let closing = links.as_ref().and_then(|l| l.closing);
-        let deadline = match (board.poll_timeout(), closing) {
-            (Some(timer), Some(give_up)) => Some(timer.min(give_up)),
-            (timer, give_up) => timer.or(give_up),
-        };
-        let may_close = links.as_ref().is_some_and(|l| l.closing.is_none());
+        // While a goodbye is still to come, wake up for it even if no session closes.
+        let leave_by = stopping
+            .as_ref()
+            .filter(|_| board.cluster().is_some_and(|c| !c.has_left()))
+            .map(|stop| stop.leave_by);
+        let deadline = [board.poll_timeout(), closing, leave_by]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             input = inbox.recv() => match input {
                 Some(input) => handle_input(&mut board, &mut outboxes, input),
@@ -206,12 +231,22 @@ async fn run(
             }
             Some(event) = next_bus(&mut bus) => handle_bus(&mut board, event, &metrics),
             () = sleep_until(deadline) => board.handle_timeout(Instant::now()),
-            () = state::shutdown(&mut shutdown), if may_close => {
+            Ok(()) | Err(_) = flushed(&mut stopping) => {
+                if let Some(stop) = stopping.as_mut() {
+                    stop.flushed = None;
+                }
+            }
+            () = state::shutdown(&mut shutdown), if stopping.is_none() => {
                 let now = Instant::now();
                 if let Some(links) = links.as_mut() {
                     links.closing = Some(now + SHUTDOWN_WAIT);
                 }
                 board.shutdown(now);
+                stopping = Some(Stopping {
+                    leave_by: now + LEAVE_WAIT,
+                    flushed: None,
+                    done: done.take(),
+                });
             }
         }
     }
@@ -368,10 +403,18 @@ fn perform(
                     metrics.pbx_calls.with_label_values(&[label]).inc();
                 }
                 Output::Bus { channel, payload } => {
-                    let sent = bus
-                        .is_some_and(|bus| bus.outbox.try_send((channel.name(), payload)).is_ok());
+                    let sent = bus.is_some_and(|bus| {
+                        bus.outbox
+                            .try_send(Outgoing::Publish(channel.name(), payload))
+                            .is_ok()
+                    });
                     let direction = if sent { "out" } else { "dropped" };
                     metrics.bus_messages.with_label_values(&[direction]).inc();
+                }
+                Output::BusReconnect => {
+                    if let Some(bus) = bus {
+                        bus.reconnect.notify_one();
+                    }
                 }
                 Output::Log(text) => tracing::info!(target: "icegate_signal::gateway", "{text}"),
             }
@@ -407,8 +450,48 @@ fn finish_gateway(board: &Switchboard, links: &mut Option<Links>) {
     }
     // Dropping the SIP outbox lets the SIP connection close; dropping the io receiver ends
     // the ARI tasks.
-    if let Some(links) = links.take() {
-        let _ = links.done.send(());
+    *links = None;
+}
+
+/// At shutdown: once the sessions have closed (or [`LEAVE_WAIT`] has passed), the cluster's
+/// goodbye, with a flush of the bus behind it; once that is out (or the bus is down) and the
+/// gateway is finished, shutdown's work is done.
+fn finish(
+    board: &mut Switchboard,
+    stop: &mut Stopping,
+    outboxes: &mut HashMap<SessionId, mpsc::Sender<ServerMessage>>,
+    links: &mut Option<Links>,
+    bus: Option<&BusLink>,
+    metrics: &Metrics,
+) {
+    let now = Instant::now();
+    let leave = board.cluster().is_some_and(|c| !c.has_left())
+        && (outboxes.is_empty() || now >= stop.leave_by);
+    if leave {
+        board.leave_cluster(now);
+        // The goodbye into the bus task's queue, then the flush behind it.
+        perform(board, outboxes, links, bus, metrics);
+        if let Some(bus) = bus {
+            let (tx, rx) = oneshot::channel();
+            if bus.outbox.try_send(Outgoing::Flush(tx)).is_ok() {
+                stop.flushed = Some(rx);
+            }
+        }
+    }
+    let cluster_done = board.cluster().is_none_or(Cluster::has_left) && stop.flushed.is_none();
+    if links.is_none() && cluster_done {
+        if let Some(done) = stop.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Completes when the bus task has published the goodbye (or dropped the flush); never while
+/// there is none to wait for.
+async fn flushed(stopping: &mut Option<Stopping>) -> Result<(), oneshot::error::RecvError> {
+    match stopping.as_mut().and_then(|s| s.flushed.as_mut()) {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -21,6 +21,10 @@ struct Net {
     sessions: Vec<Vec<(SessionId, ServerMessage)>>,
     /// While set, published payloads are dropped instead of carried.
     lossy: bool,
+    /// Nodes whose subscription hears nothing, while what they publish still goes out.
+    deaf: Vec<InstanceId>,
+    /// The nodes that asked for a reconnect, in order.
+    reconnects: Vec<InstanceId>,
 }
 
 impl Net {
@@ -34,6 +38,8 @@ impl Net {
             hub: instances.iter().map(|_| Vec::new()).collect(),
             sessions: instances.iter().map(|_| Vec::new()).collect(),
             lossy: false,
+            deaf: Vec::new(),
+            reconnects: Vec::new(),
         };
         for index in 0..instances.len() {
             net.nodes[index].connected(net.now);
@@ -61,6 +67,7 @@ impl Net {
                             self.sessions[index].push((session, message))
                         }
                         Output::Hub(message) => self.hub[index].push(message),
+                        Output::Reconnect => self.reconnects.push(node.instance()),
                         Output::Log(_) => {}
                     }
                 }
@@ -77,7 +84,7 @@ impl Net {
                         Channel::All => true,
                         Channel::Instance(id) => id == node.instance(),
                     };
-                    if to_it && node.is_connected() {
+                    if to_it && node.is_connected() && !self.deaf.contains(&node.instance()) {
                         node.handle_bus(payload.as_bytes(), self.now).unwrap();
                     }
                 }
@@ -499,4 +506,62 @@ fn room_memberships_travel_with_presence_and_are_repaired_by_snapshots() {
         .position(|m| *m == room_change(B, 1, "standup", true))
         .unwrap();
     assert!(bob < room, "{heard:?}");
+}
+
+#[test]
+fn a_deaf_subscription_is_noticed_by_its_own_heartbeats_not_coming_back() {
+    let mut net = Net::new(&[A, B]);
+    // While A hears its own broadcasts, it stays: a whole timeout and more of heartbeats.
+    net.advance(INSTANCE_TIMEOUT * 2);
+    assert!(net.reconnects.is_empty());
+    assert!(net.node(A).is_connected());
+
+    // A's subscription goes deaf while its publishing still works: B keeps hearing A (so A
+    // seems fine to the others), and A hears no one, not even itself.
+    net.deaf.push(A);
+    net.advance(INSTANCE_TIMEOUT - Duration::from_secs(1));
+    assert!(net.reconnects.is_empty(), "too early");
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.reconnects, [A], "A asks for a new connection");
+    assert!(!net.node(A).is_connected());
+    assert_eq!(
+        net.hub_of(A),
+        [ToHub::InstanceLost(B), ToHub::Reachable(false)],
+        "A's calls with B end as on any loss of the bus"
+    );
+    assert!(net.node(B).is_connected() && net.reconnects.len() == 1);
+
+    // Reconnected, A hears again: B is back in its view, and nothing more is asked.
+    net.deaf.clear();
+    let now = net.now;
+    net.node(A).connected(now);
+    net.pump();
+    assert_eq!(net.node(A).peer_count(), 1);
+    net.advance(INSTANCE_TIMEOUT * 2);
+    assert_eq!(net.reconnects, [A]);
+}
+
+#[test]
+fn goodbye_drops_the_instance_at_once_and_it_stays_silent() {
+    let mut net = Net::new(&[A, B]);
+    let now = net.now;
+    net.node(A).session_opened(SessionId(1), user("alice"), now);
+    net.pump();
+    assert_eq!(net.hub_of(B), [opened(A, 1, "alice")], "B knows alice on A");
+    net.node(A).leave(now);
+    assert!(net.node(A).has_left());
+    net.pump();
+    assert_eq!(
+        net.hub_of(B),
+        [ToHub::InstanceLost(A)],
+        "no waiting out the timeout"
+    );
+    assert_eq!(net.node(B).peer_count(), 0);
+    // A publishes nothing more: no heartbeat brings it back, a late session change is not
+    // announced, and it does not count its own silence as a deaf bus.
+    net.node(A).session_closed(SessionId(1), now);
+    net.advance(INSTANCE_TIMEOUT * 2);
+    assert_eq!(net.node(B).peer_count(), 0);
+    assert!(net.hub_of(B).is_empty());
+    assert!(net.reconnects.is_empty());
 }

@@ -80,6 +80,10 @@ pub enum Body {
         /// The message.
         message: ServerMessage,
     },
+    /// Broadcast once, last, by an instance that is stopping: its sessions are gone and its
+    /// calls with the receiver's sessions end now, not after the silence of
+    /// [`INSTANCE_TIMEOUT`](super::INSTANCE_TIMEOUT).
+    Goodbye,
     /// To the instance that owns a call: what a session of the sender says in it.
     Request {
         /// The session, on the sending instance.
