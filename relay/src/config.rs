@@ -17,6 +17,17 @@ mod merge;
 pub use cli::Cli;
 use file::FileConfig;
 
+/// `redirect`: when Allocates go to an alternate server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirect {
+    /// Every Allocate, as coturn does with `alternate-server`.
+    #[default]
+    Always,
+    /// Only those the total quota or a drain would refuse.
+    WhenFull,
+}
+
 /// Everything the runtime needs, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -52,6 +63,9 @@ pub struct Settings {
     pub proc_group: Option<String>,
     /// Caps and timeouts of TCP/TLS client connections.
     pub streams: StreamSettings,
+    /// `relay-ip` was not set and a listening address is a wildcard: the relay addresses are
+    /// the host's, as listed at start.
+    pub relay_ip_auto: bool,
 }
 
 /// Caps and timeouts of TCP/TLS client connections (`crate::stream_admission`,
@@ -120,7 +134,12 @@ impl Settings {
             Some(path) => load_toml::<FileConfig>(path)?,
             None => FileConfig::default(),
         };
-        merge::merge(cli, file, cli.config.as_deref())
+        merge::merge(
+            cli,
+            file,
+            cli.config.as_deref(),
+            &crate::host_addresses::host_ips,
+        )
     }
 
     /// What is allowed but risky in this configuration, one sentence each, for the start-up
@@ -147,7 +166,7 @@ impl Settings {
             })
             .collect();
         let mut summary = format!(
-            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
+            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {}{} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
             self.udp,
@@ -157,6 +176,11 @@ impl Settings {
                 None => "off".into(),
             },
             relays.join(", "),
+            if self.relay_ip_auto {
+                " (relay-ip unset: the host's addresses)"
+            } else {
+                ""
+            },
             self.min_port,
             self.max_port,
             self.server.realm,
@@ -170,6 +194,43 @@ impl Settings {
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.workers,
         );
+        summary.push_str("\n  rfc5780 (NAT behaviour discovery): ");
+        match &self.server.nat_discovery {
+            Some(nat) => {
+                let pairs: Vec<String> = nat
+                    .ip_pairs
+                    .iter()
+                    .map(|(a, b)| format!("{a} and {b}"))
+                    .collect();
+                summary.push_str(&format!(
+                    "on over UDP, addresses {}, ports {} and {} (alt-listening-port)",
+                    pairs.join("; "),
+                    nat.ports.0,
+                    nat.ports.1
+                ));
+            }
+            None => {
+                summary.push_str("off (on with two listening-ip of one family, unless no-rfc5780)")
+            }
+        }
+        let alternates = &self.server.alternates;
+        if !alternates.plain.is_empty() || !alternates.tls.is_empty() {
+            let list = |l: &[SocketAddr]| {
+                l.iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            summary.push_str(&format!(
+                "\n  alternate servers ({}): udp/tcp [{}], tls [{}]",
+                match alternates.when {
+                    icegate_relay_proto::config::RedirectWhen::Always => "every Allocate",
+                    icegate_relay_proto::config::RedirectWhen::Full => "when full",
+                },
+                list(&alternates.plain),
+                list(&alternates.tls),
+            ));
+        }
         for warning in self.warnings() {
             summary.push_str("\n  warning: ");
             summary.push_str(&warning);
@@ -181,6 +242,69 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads with `host` as the host's interface addresses.
+    fn load_on_host(args: &[&str], host: &[&str]) -> Result<Settings, ConfigError> {
+        let host: Vec<IpAddr> = host.iter().map(|ip| ip.parse().unwrap()).collect();
+        merge::merge(
+            &cli(args),
+            FileConfig::default(),
+            None,
+            &|| Ok(host.clone()),
+        )
+    }
+
+    #[test]
+    fn a_wildcard_listener_without_relay_ip_relays_from_the_hosts_reachable_addresses() {
+        let host = [
+            "127.0.0.1",
+            "192.0.2.2",
+            "169.254.1.1",
+            "10.0.0.5",
+            "::1",
+            "fe80::1",
+            "2001:db8::2",
+        ];
+        let relays = |s: &Settings| -> Vec<String> {
+            s.server
+                .relay_addresses
+                .iter()
+                .map(|r| r.local.to_string())
+                .collect()
+        };
+        let v4 = load_on_host(&["--user", "a:b"], &host).unwrap();
+        assert_eq!(relays(&v4), ["192.0.2.2", "10.0.0.5"]);
+        assert!(v4.relay_ip_auto);
+        assert!(v4.summary().contains("relay-ip unset"), "{}", v4.summary());
+        let both = load_on_host(&["--user", "a:b", "-L", "0.0.0.0", "-L", "::"], &host).unwrap();
+        assert_eq!(relays(&both), ["192.0.2.2", "10.0.0.5", "2001:db8::2"]);
+        // A wildcard next to an exact address keeps the exact one.
+        let mixed = load_on_host(&["--user", "a:b", "-L", "::", "-L", "192.0.2.2"], &host).unwrap();
+        assert_eq!(relays(&mixed), ["2001:db8::2", "192.0.2.2"]);
+
+        // Set by hand, or listening on exact addresses: no guessing.
+        let set = load_on_host(&["--user", "a:b", "-E", "192.0.2.9"], &host).unwrap();
+        assert_eq!(relays(&set), ["192.0.2.9"]);
+        assert!(!set.relay_ip_auto);
+        let exact = load_on_host(&["--user", "a:b", "-L", "127.0.0.1"], &host).unwrap();
+        assert_eq!(relays(&exact), ["127.0.0.1"]);
+        assert!(!exact.summary().contains("relay-ip unset"));
+
+        // Only loopback and link-local: nothing to relay from, and the error says what to set.
+        let e = load_on_host(&["--user", "a:b"], &["127.0.0.1", "169.254.1.1", "::1"]).unwrap_err();
+        assert_eq!(e.key(), Some("relay-ip"), "{e}");
+        let e = merge::merge(
+            &cli(&["--user", "a:b"]),
+            FileConfig::default(),
+            None,
+            &|| Err(std::io::Error::other("no netlink")),
+        )
+        .unwrap_err();
+        assert!(
+            e.key() == Some("relay-ip") && e.to_string().contains("no netlink"),
+            "{e}"
+        );
+    }
     use clap::Parser;
     use icegate_common::credentials::Secret;
     use std::io::Write;
@@ -397,6 +521,96 @@ mod tests {
                 "stream-idle-timeout 30 s -> 10 s"
             ]
         );
+    }
+
+    #[test]
+    fn rfc5780_is_on_with_two_listening_ips_of_one_family_as_in_coturn() {
+        use icegate_relay_proto::config::NatDiscovery;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let two = [
+            "--user",
+            "a:b",
+            "-L",
+            "127.0.0.1",
+            "-L",
+            "::1",
+            "-L",
+            "127.0.0.2",
+        ];
+        let s = Settings::load(&cli(&two)).unwrap();
+        assert_eq!(
+            s.server.nat_discovery,
+            Some(NatDiscovery {
+                ip_pairs: vec![(ip("127.0.0.1"), ip("127.0.0.2"))],
+                ports: (3478, 3479),
+            })
+        );
+        assert!(
+            s.summary()
+                .contains("rfc5780 (NAT behaviour discovery): on over UDP, addresses 127.0.0.1 and 127.0.0.2, ports 3478 and 3479"),
+            "{}",
+            s.summary()
+        );
+        let mut args = two.to_vec();
+        args.extend_from_slice(&["--alt-listening-port", "4000"]);
+        let s = Settings::load(&cli(&args)).unwrap();
+        assert_eq!(s.server.nat_discovery.unwrap().ports, (3478, 4000));
+
+        // One address per family, a wildcard, no-rfc5780 or no UDP: off.
+        for off in [
+            &["--user", "a:b", "-L", "127.0.0.1", "-L", "::1"][..],
+            &[
+                "--user",
+                "a:b",
+                "-L",
+                "0.0.0.0",
+                "-L",
+                "127.0.0.1",
+                "-E",
+                "127.0.0.1",
+            ],
+            &[
+                "--user",
+                "a:b",
+                "-L",
+                "127.0.0.1",
+                "-L",
+                "127.0.0.2",
+                "--no-rfc5780",
+            ],
+            &[
+                "--user",
+                "a:b",
+                "-L",
+                "127.0.0.1",
+                "-L",
+                "127.0.0.2",
+                "--no-udp",
+            ],
+        ] {
+            let s = Settings::load(&cli(off)).unwrap();
+            assert_eq!(s.server.nat_discovery, None, "{off:?}");
+            assert!(s
+                .summary()
+                .contains("rfc5780 (NAT behaviour discovery): off"));
+        }
+
+        // The alternate port must be another port; the error names it and the file.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "listening-ip = [\"127.0.0.1\", \"127.0.0.2\"]\nuser = [\"a:b\"]\n\
+             listening-port = 3478\nalt-listening-port = 3478"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let e = Settings::load(&cli(&["--config", &path])).unwrap_err();
+        assert!(
+            e.key() == Some("alt-listening-port") && e.to_string().contains(&path),
+            "{e}"
+        );
+        let e = Settings::load(&cli(&["--config", &path, "--no-rfc5780"]));
+        assert!(e.is_ok(), "off, the alternate port is not used: {e:?}");
     }
 
     #[test]

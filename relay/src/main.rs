@@ -18,6 +18,7 @@
 
 mod config;
 mod framing;
+mod host_addresses;
 mod limits;
 mod metrics;
 #[allow(unsafe_code)]
@@ -147,6 +148,9 @@ fn claim_listening_ports(settings: &Settings) -> Result<Vec<sockets::PortLock>, 
             wanted.push((Listening::Tcp, tls, "tls", "tls-listening-port"));
         }
     }
+    for addr in alt_udp_listeners(settings) {
+        wanted.push((Listening::Udp, addr, "udp", "alt-listening-port"));
+    }
     if let Some(addr) = settings.metrics_listen {
         wanted.push((Listening::Tcp, addr, "metrics http", "metrics-listen"));
     }
@@ -201,9 +205,29 @@ fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
                 ))?);
             }
         }
+        for addr in alt_udp_listeners(settings) {
+            l.udp.push(sockets::udp_listener(addr).map_err(listen_err(
+                addr,
+                "udp",
+                "alt-listening-port",
+            ))?);
+        }
         all.push(l);
     }
     Ok(all)
+}
+
+/// The UDP listeners RFC 5780 adds: `alt-listening-port` on each address of a pair. (The
+/// listening port on them is bound as for every listening address.)
+fn alt_udp_listeners(settings: &Settings) -> Vec<SocketAddr> {
+    let Some(nat) = &settings.server.nat_discovery else {
+        return Vec::new();
+    };
+    nat.ip_pairs
+        .iter()
+        .flat_map(|&(a, b)| [a, b])
+        .map(|ip| SocketAddr::new(ip, nat.ports.1))
+        .collect()
 }
 
 fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
@@ -217,6 +241,13 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         .iter()
         .map(|r| r.local)
         .collect();
+    if settings.relay_ip_auto {
+        tracing::info!(
+            relay = ?relay_ips,
+            "relay-ip not set: relaying from the host's addresses of the wildcard listening-ip's \
+             family (listed at start; set relay-ip to choose)"
+        );
+    }
     let ports = relay_ips.len() as u64 * (u64::from(settings.max_port - settings.min_port) + 1);
     let nofile = match limits::raise_nofile(ports) {
         Ok(limit) if limit.soft < limit.wanted => {
@@ -521,13 +552,16 @@ fn reload(
                 || fresh.listening_ips != running.listening_ips
                 || fresh.port != running.port
                 || (fresh.min_port, fresh.max_port) != (running.min_port, running.max_port)
+                || fresh.server.nat_discovery != running.server.nat_discovery
             {
                 tracing::warn!(
-                    "listening and relay addresses and the port range change only on restart; \
-                     keeping the running ones"
+                    "listening and relay addresses, the port range and RFC 5780 change only on \
+                     restart; keeping the running ones"
                 );
             }
             fresh.server.relay_addresses = running.server.relay_addresses.clone();
+            // The listeners RFC 5780 answers from are the running ones.
+            fresh.server.nat_discovery = running.server.nat_discovery.clone();
             // The listeners are the running ones; the local addresses are listed again.
             fresh.server.peer_filter = refuse_own_addresses(running, &fresh.server.peer_filter);
             let changed = running.streams.changes(&fresh.streams);

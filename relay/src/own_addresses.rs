@@ -1,7 +1,8 @@
 //! The relay's own listening addresses, which the peer filter refuses as peers.
 //!
 //! The core only compares a peer with the list; what is on it is known here: the TURN ports
-//! (UDP, TCP, TLS) and the metrics port, on each listening address. A wildcard listener
+//! (UDP, TCP, TLS, and RFC 5780's `alt-listening-port`) and the metrics port, on each listening
+//! address. A wildcard listener
 //! (`0.0.0.0`, `::`) answers on every local address, so it stands for all of them as the
 //! kernel lists them now (a reload lists them again), plus all of loopback. The unspecified
 //! address is on the list for every port, since a datagram sent to it is delivered locally,
@@ -19,7 +20,7 @@ use crate::config::Settings;
 /// not be listed (the list then lacks what a wildcard listener stands for).
 pub fn own_addresses(settings: &Settings) -> (SelfAddresses, Option<io::Error>) {
     let mut listing_error = None;
-    let mut local = || match local_ips() {
+    let mut local = || match crate::host_addresses::host_ips() {
         Ok(ips) => ips,
         Err(error) => {
             listing_error.get_or_insert(error);
@@ -33,6 +34,10 @@ pub fn own_addresses(settings: &Settings) -> (SelfAddresses, Option<io::Error>) 
     }
     if settings.tls.is_some() {
         turn_ports.push(settings.tls_port);
+    }
+    // RFC 5780's second port (`alt-listening-port`) is a UDP listener like the first.
+    if let Some(nat) = &settings.server.nat_discovery {
+        turn_ports.push(nat.ports.1);
     }
     let advertised: Vec<IpAddr> = settings
         .server
@@ -85,18 +90,6 @@ fn listener_nets(
 }
 
 /// Every address configured on a local interface now.
-fn local_ips() -> io::Result<Vec<IpAddr>> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
-    Ok(addrs
-        .filter_map(|a| a.address)
-        .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|s| IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +137,26 @@ mod tests {
     }
 
     #[test]
+    fn rfc5780s_alternate_port_is_one_of_ours_while_it_is_on() {
+        let two = [
+            "-L",
+            "127.0.0.1",
+            "-L",
+            "127.0.0.2",
+            "--alt-listening-port",
+            "4000",
+        ];
+        let (own, _) = own_addresses(&settings(&two));
+        for peer in ["127.0.0.1:4000", "127.0.0.2:4000", "127.0.0.2:3478"] {
+            assert!(own.contains(sa(peer)), "{peer}");
+        }
+        let mut off = two.to_vec();
+        off.push("--no-rfc5780");
+        let (own, _) = own_addresses(&settings(&off));
+        assert!(!own.contains(sa("127.0.0.1:4000")));
+    }
+
+    #[test]
     fn a_wildcard_listener_is_every_local_address() {
         let s = settings(&[
             "--listening-ip",
@@ -155,7 +168,11 @@ mod tests {
         ]);
         let (own, error) = own_addresses(&s);
         assert!(error.is_none(), "{error:?}");
-        for ip in local_ips().unwrap().into_iter().filter(IpAddr::is_ipv4) {
+        for ip in crate::host_addresses::host_ips()
+            .unwrap()
+            .into_iter()
+            .filter(IpAddr::is_ipv4)
+        {
             assert!(own.contains(SocketAddr::new(ip, 3478)), "{ip}");
             assert!(own.contains(SocketAddr::new(ip, 9641)), "{ip}");
         }

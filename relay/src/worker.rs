@@ -587,6 +587,17 @@ impl Worker {
         }
     }
 
+    /// A datagram from the UDP listener bound to `from` (RFC 5780: another address or port
+    /// of the relay's than the one the request reached); every worker has one of each.
+    fn send_from(&self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        let sent = self
+            .listener(from)
+            .map(|i| self.udp[i].1.try_send_to(bytes, to).is_ok());
+        if sent != Some(true) {
+            self.stats.send_failed();
+        }
+    }
+
     /// Carries out what the core asked for, then re-arms the timer.
     fn drain(self: &Rc<Self>, now: Instant) {
         loop {
@@ -594,6 +605,7 @@ impl Worker {
             let Some(command) = command else { break };
             match command {
                 Command::SendToClient { to, data } => self.send_to_client(to, &data),
+                Command::SendFrom { from, to, data } => self.send_from(from, to, &data),
                 Command::BindRelay {
                     relay,
                     addr,

@@ -7,6 +7,7 @@
 //!   relay health tasks (poll /readyz) ──► relay_up flags ──► ICE servers           ▼
 //!   switchboard task (owns Hub + Gateway) ◄── bounded inbox ── connection tasks ◄── bounded outbox each
 //!        ▲ └─► SIP WebSocket task, ARI events task, ARI REST request tasks ─► bounded io ─┘
+//!        └───► bus task (redis-url: Redis pub/sub to the other instances) ─► bounded events
 //!   main: signals (SIGHUP reloads certificate and keys, SIGTERM closes with 1001), /metrics
 //! ```
 //!
@@ -17,6 +18,7 @@
 
 mod shell {
     pub mod asterisk_io;
+    pub mod bus;
     pub mod config;
     pub mod inbox;
     pub mod metrics;
@@ -40,6 +42,7 @@ use icegate_common::signals::{control_signals, ControlSignal};
 use icegate_common::systemd;
 use icegate_common::tls::{self, ReloadableCert};
 use icegate_signal_proto::hub::Hub;
+use icegate_signal_proto::origin::{own_origins, AllowedOrigins, OriginPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -65,8 +68,8 @@ enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
-    #[error("Asterisk gateway: {0}")]
-    Asterisk(shell::switchboard_task::SpawnError),
+    #[error("{0}")]
+    Switchboard(shell::switchboard_task::SpawnError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -124,11 +127,13 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         health_grace,
         credential_ttl,
         anonymous,
+        allowed_origins,
         metrics_listen,
         log_format: _,
         limits,
         hub: hub_config,
         asterisk,
+        redis_url,
     } = settings;
 
     let listen_error = |addr, what| move |source| StartError::Listen { addr, what, source };
@@ -169,17 +174,20 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let (stop, stopped) = watch::channel(false);
     let (hub_tx, hub_rx) = mpsc::channel(shell::inbox::INBOX_CAPACITY);
-    let gateway_done = shell::switchboard_task::spawn(
+    let shutdown_done = shell::switchboard_task::spawn(
         Hub::new(hub_config, rand::random()),
         asterisk,
+        redis_url,
         hub_rx,
         metrics.clone(),
         stopped.clone(),
     )
-    .map_err(StartError::Asterisk)?;
+    .map_err(StartError::Switchboard)?;
+    let origins = origin_policy(listen, cert.as_deref(), &allowed_origins);
     let shared = Arc::new(Shared::new(
         anonymous,
         keys,
+        origins,
         relays,
         credential_ttl,
         limits,
@@ -232,7 +240,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     );
     while let Some(ControlSignal::Reload) = signals.recv().await {
         systemd::reloading();
-        reload(&cli, &shared, cert.as_deref());
+        reload(&cli, &shared, listen, cert.as_deref());
         systemd::ready(&status_line(&metrics, false));
     }
 
@@ -244,10 +252,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     while metrics.connections_active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(done) = gateway_done {
-        // The gateway's BYEs and unregistration, bounded by its own wait.
-        let _ = tokio::time::timeout_at(deadline, done).await;
-    }
+    // The gateway's BYEs and unregistration (bounded by its own wait) and the cluster's
+    // goodbye.
+    let _ = tokio::time::timeout_at(deadline, shutdown_done).await;
     Ok(())
 }
 
@@ -261,17 +268,36 @@ fn status_line(metrics: &Metrics, stopping: bool) -> String {
     }
 }
 
-/// Re-reads the certificate and the keys; a broken file keeps what is running.
-fn reload(cli: &Cli, shared: &Shared, cert: Option<&ReloadableCert>) {
-    match Settings::load(cli) {
+/// The origins allowed: the server's own (from `listen` and the certificate's names) and
+/// the configured ones.
+fn origin_policy(
+    listen: SocketAddr,
+    cert: Option<&ReloadableCert>,
+    configured: &AllowedOrigins,
+) -> OriginPolicy {
+    let names = cert
+        .map(shell::server::certificate_dns_names)
+        .unwrap_or_default();
+    OriginPolicy::new(own_origins(listen, cert.is_some(), &names), configured)
+}
+
+/// Re-reads the certificate, the keys and the allowed origins; a broken file keeps what is
+/// running.
+fn reload(cli: &Cli, shared: &Shared, listen: SocketAddr, cert: Option<&ReloadableCert>) {
+    let allowed_origins = match Settings::load(cli) {
         Ok(fresh) => {
             shared.set_keys(fresh.keys);
             tracing::info!(
-                "JWT keys and TURN secret reloaded; other settings change only on restart"
+                "JWT keys and TURN secret reloaded, and allowed-origins; other settings change \
+                 only on restart"
             );
+            Some(fresh.allowed_origins)
         }
-        Err(error) => tracing::error!("reload failed, keeping the running configuration: {error}"),
-    }
+        Err(error) => {
+            tracing::error!("reload failed, keeping the running configuration: {error}");
+            None
+        }
+    };
     if let Some(cert) = cert {
         match cert.reload() {
             Ok(()) => {
@@ -281,5 +307,9 @@ fn reload(cli: &Cli, shared: &Shared, cert: Option<&ReloadableCert>) {
                 tracing::error!("TLS certificate reload failed, keeping the old one: {error}")
             }
         }
+    }
+    // After the certificate, whose names are origins of the server's own.
+    if let Some(configured) = allowed_origins {
+        shared.set_origins(origin_policy(listen, cert, &configured));
     }
 }

@@ -1,11 +1,15 @@
-//! The Debian packages, built for the tests that install them: a release build of both
-//! binaries, then `cargo deb --no-build` for each (tests/packages.rs, tests/systemd_boot.rs).
+//! The Debian packages, built for the tests that install them (tests/packages.rs,
+//! tests/systemd_boot.rs): `cargo deb --no-build --profile dev` packages the debug binaries
+//! the other cross-process tests run. What these tests check is the packaging (paths, modes,
+//! users, conffiles, maintainer scripts, units), which does not depend on the profile; a
+//! release build here cost CI three minutes for nothing they check. Operators build the real
+//! packages with `cargo deb` (release), as docs/operations.md says.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use crate::workspace_root;
+use crate::{workspace_binary, workspace_root};
 
 /// The two packages, named as their binaries.
 pub const PACKAGES: [&str; 2] = ["icegate-relay", "icegate-signal"];
@@ -27,27 +31,34 @@ pub fn cargo_deb_available() -> bool {
 /// the timing lines.
 pub fn build_packages(out: &Path, tag: &str) -> Vec<PathBuf> {
     let started = Instant::now();
-    // One release build of both binaries (the command scripts/start runs, so its artifacts
-    // are shared): built together, their common dependencies compile once, with one feature
-    // set. Then cargo deb packages them without building again.
-    run(Command::new(cargo())
-        .args(["build", "--release", "--quiet"])
-        .args(PACKAGES.iter().flat_map(|p| ["-p", p, "--bin", p]))
-        .current_dir(workspace_root())
-        .stdin(Stdio::null()));
-    eprintln!("[{tag}] release build: {:.0?}", started.elapsed());
+    // The debug binaries every other cross-process test runs (built once if missing).
+    for package in PACKAGES {
+        let env_override = format!("{}_BIN", package.to_uppercase().replace('-', "_"));
+        let bin = workspace_binary(package, &env_override);
+        assert!(
+            std::env::var_os(&env_override).is_none(),
+            "{env_override} is set ({}), but cargo deb packages target/debug/{package}: unset \
+             it to test the packages",
+            bin.display()
+        );
+    }
     let debs = PACKAGES.iter().map(|p| package(p, out)).collect();
-    eprintln!(
-        "[{tag}] release build and both packages: {:.0?}",
-        started.elapsed()
-    );
+    eprintln!("[{tag}] both packages: {:.0?}", started.elapsed());
     debs
 }
 
-/// `cargo deb -p PACKAGE --no-build` into `out`; the .deb's path.
+/// `cargo deb -p PACKAGE --no-build --profile dev` into `out`; the .deb's path.
 fn package(package: &str, out: &Path) -> PathBuf {
     let stdout = run(Command::new(cargo())
-        .args(["deb", "-p", package, "--no-build", "--output"])
+        .args([
+            "deb",
+            "-p",
+            package,
+            "--no-build",
+            "--profile",
+            "dev",
+            "--output",
+        ])
         .arg(out)
         .current_dir(workspace_root())
         .stdin(Stdio::null()));

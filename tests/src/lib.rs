@@ -17,6 +17,7 @@ pub mod metrics;
 #[allow(unsafe_code)]
 pub mod netns;
 pub mod ports;
+pub mod redis;
 pub mod server;
 pub mod signal;
 pub mod streams;

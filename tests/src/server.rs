@@ -55,6 +55,10 @@ pub struct RelayConfig {
     pub icegate_args: Vec<String>,
     /// Extra arguments, for coturn only.
     pub coturn_args: Vec<String>,
+    /// A second listening address of 127.0.0.1's family (e.g. 127.0.0.2), which turns RFC 5780
+    /// NAT behaviour discovery on in both servers, with the block's TLS port (so no TLS) as
+    /// `alt-listening-port`: see [`Relay::alt_port`].
+    pub second_listening_ip: Option<Ipv4Addr>,
 }
 
 impl Default for RelayConfig {
@@ -72,6 +76,7 @@ impl Default for RelayConfig {
             denied_peers: vec![],
             icegate_args: vec![],
             coturn_args: vec![],
+            second_listening_ip: None,
         }
     }
 }
@@ -182,6 +187,20 @@ impl Relay {
         let listen = self.ports.listen().to_string();
         let (min, max) = (min.to_string(), max.to_string());
         push(&["--listening-ip", "127.0.0.1", "--listening-port", &listen]);
+        let rfc5780 = c.second_listening_ip.is_some();
+        if let Some(ip) = c.second_listening_ip {
+            assert!(
+                !c.tls,
+                "RFC 5780's alt-listening-port takes the block's TLS port"
+            );
+            let alt = self.alt_port().to_string();
+            push(&[
+                "--listening-ip",
+                &ip.to_string(),
+                "--alt-listening-port",
+                &alt,
+            ]);
+        }
         push(&[
             "--relay-ip",
             "127.0.0.1",
@@ -236,10 +255,16 @@ impl Relay {
             }
             ServerKind::Coturn => {
                 let pid = self.dir.path().join("turnserver.pid");
-                push(&["-n", "--no-cli", "--fingerprint", "--no-rfc5780"]);
+                push(&["-n", "--no-cli", "--fingerprint"]);
+                if !rfc5780 {
+                    push(&["--no-rfc5780"]);
+                }
                 push(&["--log-file", "stdout", "--simple-log"]);
                 push(&["--pidfile", pid.to_str().unwrap()]);
-                push(&["--alt-listening-port", "0", "--alt-tls-listening-port", "0"]);
+                if !rfc5780 {
+                    push(&["--alt-listening-port", "0"]);
+                }
+                push(&["--alt-tls-listening-port", "0"]);
                 if !c.users.is_empty() && c.auth_secrets.is_empty() {
                     push(&["--lt-cred-mech"]);
                 }
@@ -306,6 +331,10 @@ impl Relay {
     }
     pub fn tcp_addr(&self) -> SocketAddr {
         self.udp_addr()
+    }
+    /// RFC 5780's second port (`alt-listening-port`) with [`RelayConfig::second_listening_ip`].
+    pub fn alt_port(&self) -> u16 {
+        self.ports.tls()
     }
     pub fn tls_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.tls()))

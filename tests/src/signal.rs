@@ -183,11 +183,16 @@ impl Signal {
 
     /// `GET path` on the main listener (plain HTTP only), with extra request headers.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
-        assert!(!self.config.tls, "Signal::get speaks plain HTTP");
+        self.request("GET", path, headers)
+    }
+
+    /// `METHOD path` on the main listener (plain HTTP only), with extra request headers.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+        assert!(!self.config.tls, "Signal::request speaks plain HTTP");
         let mut stream = TcpStream::connect(self.addr()).expect("connect");
         stream.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
         let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr()
         );
         for (name, value) in headers {
@@ -560,6 +565,42 @@ impl WsClient {
             reason: "bye".into(),
         }));
         let _ = self.ws.flush();
+    }
+
+    /// Waits up to `timeout` (instead of [`RECV_TIMEOUT`]) for each following message.
+    pub fn set_recv_timeout(&mut self, timeout: Duration) {
+        let tcp = match self.ws.get_ref() {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        };
+        tcp.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    /// Starts the closing handshake with `code` (none: an empty close frame) and reads until
+    /// the server's close frame: `Ok` with its code (`None` for an empty one), or `Err` saying
+    /// what came instead.
+    pub fn close_handshake(&mut self, code: Option<u16>) -> Result<Option<u16>, String> {
+        let frame = code.map(|code| tungstenite::protocol::CloseFrame {
+            code: CloseCode::from(code),
+            reason: "bye".into(),
+        });
+        self.ws
+            .close(frame)
+            .map_err(|e| format!("sending the close: {e}"))?;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return Ok(frame.map(|f| u16::from(f.code))),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(other) => return Err(format!("a message instead of the close: {other:?}")),
+                Err(e) => return Err(format!("no close frame from the server: {e}")),
+            }
+        }
+    }
+
+    /// After [`close_handshake`](Self::close_handshake): whether the server then ended the
+    /// TCP connection (the client's next read ends without error or data).
+    pub fn server_closed_tcp(&mut self) -> bool {
+        matches!(self.ws.read(), Err(tungstenite::Error::ConnectionClosed))
     }
 
     /// Drops the TCP connection without a close handshake, as a crashed browser would.

@@ -52,20 +52,22 @@ impl Rig {
         client
     }
 
-    /// The stand-in and icegate-signal hold no call any more.
     /// Waits until the gateway has handled every ARI event the stand-in has sent so far
-    /// (`events_sent` says only what was sent). They come over one WebSocket and are handled
-    /// in order: a malformed event sent now is logged as unreadable after all of them.
+    /// (`events_sent` says only what was sent): icegate-signal counts each one it handled in
+    /// `icegate_signal_asterisk_ari_events_total`.
     fn wait_ari_events_handled(&self) {
-        let unreadable = || self.signal.log().matches("unreadable ARI event").count();
-        let before = unreadable();
-        self.pbx.send_ari_raw("{\"type\":\"StasisStart\"}");
+        let sent = self.pbx.events_sent().len() as f64;
         assert!(
-            eventually(WAIT, || unreadable() > before),
-            "the gateway did not log the malformed marker event"
+            eventually(WAIT, || self
+                .signal
+                .metrics()
+                .sum("icegate_signal_asterisk_ari_events_total", &[])
+                >= sent),
+            "the gateway did not count the {sent} ARI events the stand-in sent"
         );
     }
 
+    /// The stand-in and icegate-signal hold no call any more.
     fn assert_no_leaks(&self) {
         let clean = eventually(WAIT, || {
             let metrics = self.signal.metrics();

@@ -830,6 +830,14 @@ fn asterisk_real_stasis_dtmf_travels_in_the_media_both_ways() {
 
     // A key pressed in the browser's media: Asterisk receives it on the browser's channel
     // (ChannelDtmfReceived and the `dtmf` log level)...
+    // (The gateway counts the ARI events it has handled: the proof below waits for this one.)
+    let handled = || {
+        rig.signal.metrics().sum(
+            "icegate_signal_asterisk_ari_events_total",
+            &[("event", "ChannelDtmfReceived")],
+        )
+    };
+    let dtmf_events_before = handled();
     browser.press('5');
     let five = rig
         .observer
@@ -841,9 +849,12 @@ fn asterisk_real_stasis_dtmf_travels_in_the_media_both_ways() {
         "{}",
         rig.ast.messages()
     );
-    // ... and it is the browser's own digit: the gateway does not send it back as `dtmf`
-    // (the gateway had the observer's event as long; the ping's pong is the next message).
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // ... and it is the browser's own digit: the gateway does not send it back as `dtmf`.
+    // Once the gateway has counted the event as handled, the ping's pong is the next message.
+    assert!(
+        eventually(WAIT, || handled() > dtmf_events_before),
+        "the gateway never handled the ChannelDtmfReceived"
+    );
     alice.ping(2);
 
     alice.send(json!({"v":1,"type":"hangup","call":call700}));

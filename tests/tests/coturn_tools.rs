@@ -384,7 +384,73 @@ fn uclient_dual_allocation(kind: ServerKind) {
     run_dual_stack(kind, v4, v4, &["-Z"], "ipv4");
 }
 
+/// `alternate-server` (coturn's option, RFC 8489 §10): the first relay answers every
+/// authenticated Allocate with 300 and ALTERNATE-SERVER, and `turnutils_uclient` follows it
+/// to the second, where the allocations are made and the media flows.
+fn uclient_follows_a_redirect_to_the_alternate_server(kind: ServerKind) {
+    let target = Relay::start(kind, RelayConfig::default());
+    let _peer = Peer::start(target.ports.peer());
+    let alternate = format!("127.0.0.1:{}", target.ports.listen());
+    let redirect_args = vec!["--alternate-server".to_string(), alternate];
+    let redirector = Relay::start(
+        kind,
+        RelayConfig {
+            icegate_args: redirect_args.clone(),
+            coturn_args: redirect_args,
+            ..RelayConfig::default()
+        },
+    );
+    let clients = 3;
+    let args: Vec<String> = [
+        "-n",
+        "50",
+        "-m",
+        "3",
+        "-l",
+        "172",
+        "-z",
+        "20",
+        "-c",
+        "-u",
+        "alice",
+        "-w",
+        "secret",
+        "-e",
+        "127.0.0.1",
+        "-r",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([target.ports.peer().to_string()])
+    .collect();
+    let report = run_uclient(&args, redirector.ports.listen(), UCLIENT_TIMEOUT);
+    assert!(
+        report.status.is_some_and(|s| s.success()) && report.sent >= 150,
+        "turnutils_uclient against the redirecting relay: {:?}, sent {}:\n{}",
+        report.status,
+        report.sent,
+        report.output
+    );
+    assert_eq!(
+        (report.lost, report.received),
+        (0, report.sent),
+        "{}",
+        report.output
+    );
+    if kind == ServerKind::Icegate {
+        let redirected = redirector.metrics().sum(
+            "icegate_relay_requests_total",
+            &[("method", "allocate"), ("result", "300")],
+        );
+        assert!(redirected >= f64::from(clients), "300s sent: {redirected}");
+        let here = |relay: &Relay| relay.metrics().sum("icegate_relay_allocations_total", &[]);
+        assert_eq!(here(&redirector), 0.0, "the redirecting relay allocated");
+        assert!(here(&target) >= f64::from(clients), "{}", here(&target));
+    }
+}
+
 server_tests!(
+    uclient_follows_a_redirect_to_the_alternate_server,
     stunclient_mapped_address,
     uclient_udp_channels_default,
     uclient_udp_static_user,
@@ -397,6 +463,140 @@ server_tests!(
     uclient_ipv6,
     uclient_dual_allocation,
 );
+
+/// RFC 5780: `turnutils_natdiscovery`'s mapping and filtering tests, with 1500 bytes of
+/// PADDING, against a relay listening on 127.0.0.1 and 127.0.0.2. Loopback neither maps nor
+/// filters, so both come out endpoint independent; the filtering test's second answer (change
+/// IP and port) comes from the other address and the alternate port.
+fn natdiscovery_mapping_and_filtering(kind: ServerKind) {
+    require_tool("turnutils_natdiscovery");
+    let relay = Relay::start(
+        kind,
+        RelayConfig {
+            second_listening_ip: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            ..RelayConfig::default()
+        },
+    );
+    let (status, out) = run_with_timeout(
+        Command::new("turnutils_natdiscovery").args([
+            "-m",
+            "-f",
+            "-P",
+            "-p",
+            &relay.ports.listen().to_string(),
+            "127.0.0.1",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "turnutils_natdiscovery failed ({status:?}):\n{out}"
+    );
+    assert!(!out.contains("timeout"), "an answer never came:\n{out}");
+    for verdict in [
+        "NAT with Endpoint Independent Mapping!",
+        "NAT with Endpoint Independent Filtering!",
+    ] {
+        assert!(out.contains(verdict), "no {verdict:?} in:\n{out}");
+    }
+    let other = format!("127.0.0.2:{}", relay.alt_port());
+    assert!(
+        out.contains(&format!("Other addr: : {other}"))
+            && out.contains(&format!("Response origin: : {other}")),
+        "no answer from the other address {other}:\n{out}"
+    );
+}
+
+server_tests!(natdiscovery_mapping_and_filtering);
+
+/// RFC 5780 over real sockets, beside what `turnutils_natdiscovery` asks: RESPONSE-PORT sends
+/// the answer to another port of the asking address (and nothing to the asking port), and a
+/// CHANGE-REQUEST to change the port is answered from the alternate port.
+fn binding_response_port_and_change_port(kind: ServerKind) {
+    use icegate_testkit::{method::BINDING, Message};
+    use std::net::{SocketAddr, UdpSocket};
+    let relay = Relay::start(
+        kind,
+        RelayConfig {
+            second_listening_ip: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            ..RelayConfig::default()
+        },
+    );
+    let socket = || {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    let (asking, elsewhere) = (socket(), socket());
+    // The answer to `tid`: a Binding success, and where it came from.
+    let answer = |s: &UdpSocket, tid: [u8; 12]| -> SocketAddr {
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).expect("an answer");
+        assert!(n >= 20 && buf[..2] == [0x01, 0x01], "{:02x?}", &buf[..n]);
+        assert_eq!(buf[8..20], tid);
+        from
+    };
+
+    let port = elsewhere.local_addr().unwrap().port().to_be_bytes();
+    let tid: [u8; 12] = rand::random();
+    let request = Message::request(BINDING, tid)
+        .attr(0x0027, &[port[0], port[1], 0, 0])
+        .fingerprint()
+        .finish();
+    asking.send_to(&request, relay.udp_addr()).unwrap();
+    assert_eq!(answer(&elsewhere, tid), relay.udp_addr());
+    asking
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        asking.recv_from(&mut [0u8; 1500]).is_err(),
+        "RESPONSE-PORT: an answer came to the asking port too"
+    );
+
+    let tid: [u8; 12] = rand::random();
+    let request = Message::request(BINDING, tid)
+        .attr(0x0003, &[0, 0, 0, 2])
+        .fingerprint()
+        .finish();
+    asking
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    asking.send_to(&request, relay.udp_addr()).unwrap();
+    assert_eq!(
+        answer(&asking, tid),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, relay.alt_port()))
+    );
+}
+
+server_tests!(binding_response_port_and_change_port);
+
+/// With one listening address RFC 5780 is off: `turnutils_natdiscovery`'s mapping and filtering
+/// tests with PADDING are told 420 at their first request, rather than answered unpadded as if
+/// it had been honoured (coturn ignores PADDING there; icegate only). Without PADDING, the first
+/// answer names no OTHER-ADDRESS and the tool asks no CHANGE-REQUEST.
+#[test]
+fn natdiscovery_with_one_address_is_answered_420() {
+    require_tool("turnutils_natdiscovery");
+    let relay = Relay::start(ServerKind::Icegate, RelayConfig::default());
+    let port = relay.ports.listen().to_string();
+    for flags in [["-m", "-P"], ["-f", "-P"]] {
+        let (status, out) = run_with_timeout(
+            Command::new("turnutils_natdiscovery")
+                .args(flags)
+                .args(["-p", &port, "127.0.0.1"]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            status.map(|s| s.success()).unwrap_or(false),
+            "turnutils_natdiscovery {flags:?} failed ({status:?}):\n{out}"
+        );
+        assert!(
+            out.contains("The response is an error 420 (Unknown Attribute)")
+                && !out.contains("Endpoint Independent"),
+            "{flags:?}:\n{out}"
+        );
+    }
+}
 
 /// TLS at a high packet rate (2 ms per client): many frames queue up for one client at once.
 /// Each must still go out in a TLS record of its own, or `turnutils_uclient` leaves the later

@@ -81,6 +81,46 @@ fn check_config_warns_about_a_metrics_listener_off_loopback() {
     assert!(!out.contains("warning"), "warning for loopback:\n{out}");
 }
 
+/// coturn's default: with a wildcard listener and no `relay-ip`, the relay relays from the
+/// host's addresses. Which ones is read independently with `ip -j addr` (scope global: not
+/// loopback, not link-local); a host without one must be refused, naming `relay-ip`.
+#[test]
+fn check_config_without_relay_ip_shows_the_hosts_addresses() {
+    let ip = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show"])
+        .output()
+        .expect("ip (iproute2) is installed by scripts/install-deps");
+    let interfaces: serde_json::Value =
+        serde_json::from_slice(&ip.stdout).expect("ip -j prints JSON");
+    let expected: Vec<String> = interfaces
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] == "global")
+        .filter_map(|a| a["local"].as_str().map(str::to_owned))
+        .collect();
+    let (status, out) = run_icegate_once(&["--check-config", "--user", "carol:pw"], RUN_ONCE);
+    if expected.is_empty() {
+        assert_ne!(status.and_then(|s| s.code()), Some(0), "{out}");
+        assert!(out.contains("relay-ip"), "{out}");
+        return;
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("relay:"))
+        .unwrap_or_else(|| panic!("no relay line:\n{out}"));
+    assert_eq!(
+        line.trim(),
+        format!(
+            "relay: {} (relay-ip unset: the host's addresses) ports 49152-65535",
+            expected.join(", ")
+        ),
+        "ip -j addr says {expected:?}"
+    );
+}
+
 /// Runs `--check-config` and a real start on a config file with `body`; both must fail,
 /// naming the file and `key`.
 fn assert_config_rejected(body: &str, key: &str) {

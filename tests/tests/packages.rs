@@ -1,6 +1,6 @@
-//! The Debian packages: `cargo deb` builds icegate-relay and icegate-signal (a release build,
-//! minutes), `dpkg -i` installs them on this machine, and the installed system is checked:
-//! paths, owners and modes, the `icegate` system user, the generated secret both
+//! The Debian packages: `cargo deb` packages icegate-relay and icegate-signal (the debug
+//! binaries the other tests run: see `icegate_tests::debian`), `dpkg -i` installs them on
+//! this machine, and the installed system is checked: paths, owners and modes, the `icegate` system user, the generated secret both
 //! configurations use, conffiles, `--check-config` as user icegate, a relay and a signal
 //! server started as icegate from the installed files (a TURN credential handed out by the
 //! signal server allocates on the relay). Then a reinstall keeps the secret, the certificate

@@ -213,3 +213,74 @@ fn sighup_reloads_the_jwt_secret_and_keeps_sessions() {
     // The session opened before the reload is still there.
     old.ping(1);
 }
+
+#[test]
+fn an_invalid_hello_name_is_a_bad_message_and_the_connection_stays() {
+    let signal = Signal::start(SignalConfig::default());
+    let mut client = signal.connect("");
+    for bad in ["bad name!", "", &"x".repeat(65)] {
+        client.send(json!({"v":1,"type":"hello","id":1,"name":bad}));
+        assert_eq!(client.expect_error("bad_message")["id"], 1, "{bad:?}");
+    }
+    // Still open and still waiting for its hello.
+    client.ping(2);
+    assert_eq!(client.hello_name("alice")["user"], "alice");
+    assert_eq!(
+        signal
+            .metrics()
+            .sum("icegate_signal_closes_total", &[("code", "4401")]),
+        0.0
+    );
+}
+
+#[test]
+fn an_invalid_url_name_is_refused_with_400_before_the_upgrade() {
+    let signal = Signal::start(SignalConfig::default());
+    for query in ["name=bad%20name!", "name=", "name=%ff"] {
+        match signal.try_connect(query, &[]) {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 400, "{query}");
+                let body = response.body().clone().unwrap_or_default();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["code"], "bad_message", "{query}: {body}");
+            }
+            Err(other) => panic!("{query}: {other}"),
+            Ok(_) => panic!("{query}: upgraded"),
+        }
+    }
+    let metrics = signal.metrics();
+    assert_eq!(
+        metrics.sum("icegate_signal_connections_total", &[]),
+        0.0,
+        "{}",
+        metrics.raw
+    );
+}
+
+#[test]
+fn without_a_jwt_key_tokens_are_not_credentials() {
+    // Anonymous mode without jwt-secret or jwt-public-key.
+    let signal = Signal::start(SignalConfig::default());
+    let token = hs256_token("any-secret", "alice", 300);
+
+    // A token in the URL is ignored: the name is what counts.
+    let mut client = signal.connect("token=garbage&name=x");
+    assert_eq!(client.expect("welcome")["user"], "x");
+    let mut client = signal.connect(&format!("token={token}&name=y"));
+    assert_eq!(client.expect("welcome")["user"], "y");
+
+    // A hello with a token and no name has no credential the server can use.
+    let mut client = signal.connect("");
+    client.send(json!({"v":1,"type":"hello","id":1,"token":token}));
+    assert_eq!(client.expect_error("token_required")["id"], 1);
+    assert_eq!(client.expect_close(), Some(4401));
+    // As is a hello with neither.
+    let mut client = signal.connect("");
+    client.send(json!({"v":1,"type":"hello","id":3}));
+    assert_eq!(client.expect_error("token_required")["id"], 3);
+    assert_eq!(client.expect_close(), Some(4401));
+    // With a name as well, the name is used and the token ignored.
+    let mut client = signal.connect("");
+    client.send(json!({"v":1,"type":"hello","id":2,"token":"garbage","name":"z"}));
+    assert_eq!(client.expect("welcome")["user"], "z");
+}

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use icegate_tests::debian::{self, run};
+use icegate_tests::signal::eventually;
 
 /// The Debian root the container boots, made once and reused (each boot works on a copy).
 const ROOT: &str = "/var/tmp/icegate-test-bookworm";
@@ -88,12 +89,15 @@ fn packaged_units_start_reload_watchdog_and_stop_under_systemd() {
 
     // Reload: ExecReload sends SIGHUP; systemctl waits for RELOADING=1 … READY=1.
     container.ok("systemctl reload icegate-relay icegate-signal");
-    let journal = container.ok("journalctl --no-pager -u icegate-relay -u icegate-signal");
-    assert!(
+    // The daemons log the reload before READY=1, but journald reads their output and the
+    // notification socket separately: the line can reach the journal after reload returns.
+    let mut journal = String::new();
+    let reloaded = eventually(Duration::from_secs(10), || {
+        journal = container.ok("journalctl --no-pager -u icegate-relay -u icegate-signal");
         journal.contains("configuration reloaded")
-            && journal.contains("JWT keys and TURN secret reloaded"),
-        "both daemons log their reload:\n{journal}"
-    );
+            && journal.contains("JWT keys and TURN secret reloaded")
+    });
+    assert!(reloaded, "both daemons log their reload:\n{journal}");
     for unit in debian::PACKAGES {
         assert_eq!(container.show(unit, "ActiveState"), "active", "{unit}");
     }
@@ -204,19 +208,24 @@ impl Container {
             log,
         };
         let deadline = Instant::now() + BOOT;
+        let mut state = String::new();
         loop {
-            if container.init == 0 {
-                container.init = child_of(container.nspawn.id()).unwrap_or(0);
-            }
+            // Looked up again each time: nspawn's first child is a short-lived helper that
+            // sets up the namespaces and exits, and the container's init replaces it as
+            // nspawn's child; a pid kept from too early would point at nothing.
+            container.init = child_of(container.nspawn.id()).unwrap_or(0);
             if container.init != 0 {
-                let state = container.exec("systemctl is-system-running").1;
+                state = container.exec("systemctl is-system-running").1;
                 if matches!(state.trim(), "running" | "degraded") {
                     return container;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "the container did not boot within {BOOT:?}:\n{}",
+                "the container did not boot within {BOOT:?} (init pid {}, \
+                 `systemctl is-system-running`: {:?}):\n{}",
+                container.init,
+                state.trim(),
                 fs::read_to_string(&container.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(250));

@@ -50,7 +50,13 @@ impl World {
         let mut credentials = Credentials::new();
         credentials.add_user(USER, PASSWORD);
         let relay_ip = IpAddr::from([192, 0, 2, 10]);
-        let config = ServerConfig::new(REALM, credentials, &[relay_ip]);
+        let mut config = ServerConfig::new(REALM, credentials, &[relay_ip]);
+        // RFC 5780 on for the listener the client reaches, so that CHANGE-REQUEST,
+        // RESPONSE-PORT and PADDING reach the answers from elsewhere.
+        config.nat_discovery = Some(icegate_relay_proto::config::NatDiscovery {
+            ip_pairs: vec![(IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]))],
+            ports: (3478, 3479),
+        });
         let ledger = Arc::new(Ledger::new(
             &[relay_ip],
             50_000,
@@ -91,7 +97,9 @@ impl World {
         let mut answers = Vec::new();
         while let Some(command) = self.server.poll_command() {
             match command {
-                Command::SendToClient { data, .. } => answers.push(data),
+                Command::SendToClient { data, .. } | Command::SendFrom { data, .. } => {
+                    answers.push(data)
+                }
                 Command::BindRelay { relay, .. } => {
                     self.relay = relay;
                     self.server.relay_bound(relay, true, self.now);

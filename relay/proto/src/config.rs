@@ -1,11 +1,12 @@
 //! What the core needs to know about its deployment. Parsed and validated by the runtime.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::auth::Credentials;
 use crate::peer_filter::PeerFilter;
 use crate::rate_limit::RateLimitConfig;
+use crate::transport::Transport;
 
 /// The core's configuration. Everything here may change on reload except the relay addresses.
 #[derive(Debug, Clone)]
@@ -32,6 +33,87 @@ pub struct ServerConfig {
     pub max_permissions: usize,
     /// Relay addresses advertised to clients, by the local address their sockets bind to.
     pub relay_addresses: Vec<RelayAddress>,
+    /// Other relays Allocates are sent to (300 Try Alternate), and when.
+    pub alternates: Alternates,
+    /// RFC 5780 NAT behaviour discovery over UDP, when on: the addresses Bindings may be
+    /// answered from.
+    pub nat_discovery: Option<NatDiscovery>,
+}
+
+/// RFC 5780 NAT behaviour discovery (coturn's, on with two listening IPs of one family): the
+/// two IPs and two ports a Binding over UDP can be answered from, each listened on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatDiscovery {
+    /// Pairs of listening IPs of one family: each is the other's "other" IP.
+    pub ip_pairs: Vec<(IpAddr, IpAddr)>,
+    /// `listening-port` and `alt-listening-port`: each is the other's "other" port.
+    pub ports: (u16, u16),
+}
+
+impl NatDiscovery {
+    /// The IP paired with `ip`, if it is in a pair.
+    pub fn other_ip(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.ip_pairs.iter().find_map(|&(a, b)| {
+            if a == ip {
+                Some(b)
+            } else if b == ip {
+                Some(a)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The port paired with `port`, if it is one of the two.
+    pub fn other_port(&self, port: u16) -> Option<u16> {
+        match self.ports {
+            (p, alt) if p == port => Some(alt),
+            (p, alt) if alt == port => Some(p),
+            _ => None,
+        }
+    }
+
+    /// OTHER-ADDRESS (RFC 5780 §7.4) for a request received at `local`: the other IP and the
+    /// other port, or `None` when `local` is not one of the discovery addresses.
+    pub fn other_address(&self, local: SocketAddr) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.other_ip(local.ip())?,
+            self.other_port(local.port())?,
+        ))
+    }
+}
+
+/// Other relays that Allocates are redirected to with 300 (Try Alternate) and ALTERNATE-SERVER
+/// (RFC 8489 §10), round-robin, as coturn's `alternate-server` and `tls-alternate-server`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alternates {
+    /// For clients over UDP and TCP.
+    pub plain: Vec<SocketAddr>,
+    /// For clients over TLS.
+    pub tls: Vec<SocketAddr>,
+    /// When an Allocate is redirected.
+    pub when: RedirectWhen,
+}
+
+impl Alternates {
+    /// The list for clients over `transport`.
+    pub fn for_transport(&self, transport: Transport) -> &[SocketAddr] {
+        match transport {
+            Transport::Tls => &self.tls,
+            Transport::Udp | Transport::Tcp => &self.plain,
+        }
+    }
+}
+
+/// When Allocates go to an alternate server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedirectWhen {
+    /// Every Allocate, as coturn does: this relay only hands clients out.
+    #[default]
+    Always,
+    /// Only an Allocate this relay would refuse for capacity: the total quota is reached, or
+    /// it is draining for shutdown.
+    Full,
 }
 
 /// A local address relay sockets bind to, and the address clients are told about.
@@ -95,6 +177,8 @@ impl ServerConfig {
                     advertised: ip,
                 })
                 .collect(),
+            alternates: Alternates::default(),
+            nat_discovery: None,
         }
     }
 }

@@ -49,8 +49,8 @@ impl MethodLabel {
 }
 
 /// Request results, as metric labels: success or the error code.
-pub const RESULTS: [u16; 14] = [
-    0, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508,
+pub const RESULTS: [u16; 15] = [
+    0, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508,
 ];
 
 /// The label value for an entry of [`RESULTS`].
@@ -62,8 +62,11 @@ pub fn result_label(code: u16) -> String {
     }
 }
 
-fn result_index(code: u16) -> usize {
-    RESULTS.iter().position(|&c| c == code).unwrap_or(12)
+pub(crate) fn result_index(code: u16) -> usize {
+    // A code not listed counts as 500: it is a bug here, not the client's doing.
+    const INTERNAL: usize = 13;
+    debug_assert_eq!(RESULTS[INTERNAL], 500);
+    RESULTS.iter().position(|&c| c == code).unwrap_or(INTERNAL)
 }
 
 /// Why a request failed authentication, as metric labels.

@@ -18,6 +18,7 @@
 //! | `authenticate` | a request's long-term credentials (nonce, integrity, ...); 401/438 |
 //! | `allocate` | Allocate, parsed into a checked request, then carried out |
 //! | `requests` | the other requests: Binding, Refresh, CreatePermission, ChannelBind |
+//! | `nat_discovery` | RFC 5780 on Binding: CHANGE-REQUEST, RESPONSE-PORT, PADDING, OTHER-ADDRESS |
 //! | `replies` | building, signing, counting and queueing responses |
 
 use std::collections::VecDeque;
@@ -47,6 +48,8 @@ use crate::transport::{Family, FiveTuple};
 mod allocate;
 mod authenticate;
 mod data_path;
+mod nat_discovery;
+mod redirect;
 mod replies;
 mod requests;
 
@@ -73,6 +76,16 @@ pub enum Command {
     SendToClient {
         /// Where to.
         to: FiveTuple,
+        /// The message.
+        data: Vec<u8>,
+    },
+    /// Send a STUN message over UDP from the listener bound to `from`: a Binding answered
+    /// from another of the relay's addresses or to another port of the client (RFC 5780).
+    SendFrom {
+        /// The listening address (IP and port) to send from.
+        from: SocketAddr,
+        /// Where to.
+        to: SocketAddr,
         /// The message.
         data: Vec<u8>,
     },
@@ -143,6 +156,8 @@ pub struct Server {
     rng: StdRng,
     next_sweep: Instant,
     draining: bool,
+    /// Where the round-robin over the alternate servers goes on.
+    next_alternate: usize,
 }
 
 impl Server {
@@ -170,6 +185,7 @@ impl Server {
             rng: StdRng::seed_from_u64(seed),
             next_sweep: now + SWEEP_INTERVAL,
             draining: false,
+            next_alternate: 0,
         }
     }
 
@@ -444,7 +460,7 @@ fn unknown_required_attributes(msg: &Message<'_>) -> Option<Vec<AttributeType>> 
         0x0022, // RESERVATION-TOKEN
         0x0024, // PRIORITY (ICE)
         0x0025, // USE-CANDIDATE (ICE)
-        0x0003, // CHANGE-REQUEST (RFC 5780; answered as a plain Binding)
+        0x0003, // CHANGE-REQUEST (RFC 5780, server/nat_discovery.rs)
         0x0026, // PADDING (RFC 5780)
         0x0027, // RESPONSE-PORT (RFC 5780)
     ];

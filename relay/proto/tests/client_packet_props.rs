@@ -55,11 +55,17 @@ impl World {
         let now = Instant::now();
         let mut credentials = Credentials::new();
         credentials.add_user(USER, PASSWORD);
-        let config = ServerConfig::new(
+        let mut config = ServerConfig::new(
             REALM,
             credentials,
             &[relay_ip(), "2001:db8::10".parse().unwrap()],
         );
+        // RFC 5780 on for the listener the client reaches, so that CHANGE-REQUEST,
+        // RESPONSE-PORT and PADDING reach the answers from elsewhere.
+        config.nat_discovery = Some(icegate_relay_proto::config::NatDiscovery {
+            ip_pairs: vec![(IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]))],
+            ports: (3478, 3479),
+        });
         let relay_ips: Vec<IpAddr> = config.relay_addresses.iter().map(|r| r.local).collect();
         let ledger = Arc::new(Ledger::new(
             &relay_ips,
@@ -103,7 +109,9 @@ impl World {
         let mut answers = Vec::new();
         while let Some(command) = self.server.poll_command() {
             match command {
-                Command::SendToClient { data, .. } => answers.push(data),
+                Command::SendToClient { data, .. } | Command::SendFrom { data, .. } => {
+                    answers.push(data)
+                }
                 Command::BindRelay { relay, .. } => self.server.relay_bound(relay, true, self.now),
                 Command::CloseRelay { .. } => {}
             }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use icegate_common::logging::LogFormat;
 
+use super::Redirect;
+
 /// Command-line flags. Names follow coturn's `turnserver` where one exists.
 #[derive(Debug, Default, Parser)]
 #[command(
@@ -26,6 +28,13 @@ pub struct Cli {
     /// UDP and TCP port. Default: 3478.
     #[arg(long, short = 'p')]
     pub listening_port: Option<u16>,
+    /// The second UDP port of RFC 5780 NAT behaviour discovery, on with two listening-ip of
+    /// one family; 0 = listening-port + 1 (coturn's default). Default: 0.
+    #[arg(long)]
+    pub alt_listening_port: Option<u16>,
+    /// No RFC 5780 NAT behaviour discovery, even with two listening-ip of one family.
+    #[arg(long)]
+    pub no_rfc5780: bool,
     /// TLS port (TLS is on when a certificate is configured). Default: 5349.
     #[arg(long)]
     pub tls_listening_port: Option<u16>,
@@ -63,6 +72,17 @@ pub struct Cli {
     /// Allocations in total; 0 = unlimited.
     #[arg(long)]
     pub total_quota: Option<u32>,
+    /// Another relay Allocates over UDP and TCP are sent to (300 Try Alternate), `IP` or
+    /// `IP:PORT` (port 3478 by default; repeatable; round-robin).
+    #[arg(long = "alternate-server")]
+    pub alternate_server: Vec<String>,
+    /// The same for Allocates over TLS (port 5349 by default).
+    #[arg(long = "tls-alternate-server")]
+    pub tls_alternate_server: Vec<String>,
+    /// When Allocates go to an alternate server: `always` (as coturn) or `when-full` (only
+    /// those the total quota or a drain would refuse). Default: always.
+    #[arg(long)]
+    pub redirect: Option<Redirect>,
     /// Bandwidth cap per allocation in bytes per second; 0 = unlimited.
     #[arg(long)]
     pub max_bps: Option<u64>,

@@ -2,29 +2,35 @@
 //! order their errors have always been reported. An error names the flag when the value came
 //! from the command line, else the file and its key.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use icegate_common::config::{pick, pick_vec, ConfigError};
 use icegate_common::credentials::{self, Secret};
 use icegate_relay_proto::auth::Credentials;
-use icegate_relay_proto::config::{RelayAddress, Timers};
+use icegate_relay_proto::config::{Alternates, NatDiscovery, RedirectWhen, RelayAddress, Timers};
 use icegate_relay_proto::peer_filter::{parse_ip_range, PeerFilter};
 use icegate_relay_proto::rate_limit::RateLimitConfig;
 use icegate_relay_proto::ServerConfig;
 use ipnet::IpNet;
 
-use super::{Cli, FileConfig, Settings, StreamSettings};
+use super::{Cli, FileConfig, Redirect, Settings, StreamSettings};
+use crate::host_addresses::usable_for_relaying;
 
 /// Builds the error about `key`: `true` for a value from the command line, `false` for one
 /// from the file.
 type Invalid<'a> = &'a dyn Fn(bool, &str, String) -> ConfigError;
 
+/// Lists the host's interface addresses (asked only when `relay-ip` must be chosen for a
+/// wildcard listener).
+pub(super) type HostIps<'a> = &'a dyn Fn() -> std::io::Result<Vec<IpAddr>>;
+
 pub(super) fn merge(
     cli: &Cli,
     f: FileConfig,
     path: Option<&Path>,
+    host_ips: HostIps<'_>,
 ) -> Result<Settings, ConfigError> {
     // Where a value came from decides what the error names.
     let src = |from_cli: bool| if from_cli { None } else { path };
@@ -42,7 +48,8 @@ pub(super) fn merge(
         .0
         .unwrap_or(5349);
     let (min_port, max_port) = port_range(cli, &f, &invalid)?;
-    let relay_addresses = relay_addresses(cli, &f, &listening_ips, &invalid)?;
+    let (relay_addresses, relay_ip_auto) =
+        relay_addresses(cli, &f, &listening_ips, host_ips, &invalid)?;
     let realm = pick(cli.realm.clone(), f.realm.clone())
         .0
         .unwrap_or_else(|| "icegate".into());
@@ -69,6 +76,9 @@ pub(super) fn merge(
     server.user_quota = pick(cli.user_quota, f.user_quota).0.unwrap_or(0);
     server.total_quota = pick(cli.total_quota, f.total_quota).0.unwrap_or(0);
     server.max_bps = pick(cli.max_bps, f.max_bps).0.unwrap_or(0);
+    server.alternates = alternates(cli, &f, &invalid)?;
+    let udp = !(cli.no_udp || f.no_udp.unwrap_or(false));
+    server.nat_discovery = nat_discovery(cli, &f, &listening_ips, port, udp, &invalid)?;
 
     let process = f.process.unwrap_or_default();
     Ok(Settings {
@@ -78,7 +88,7 @@ pub(super) fn merge(
         tls_port,
         min_port,
         max_port,
-        udp: !(cli.no_udp || f.no_udp.unwrap_or(false)),
+        udp,
         tcp: !(cli.no_tcp || f.no_tcp.unwrap_or(false)),
         tls,
         metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
@@ -90,7 +100,59 @@ pub(super) fn merge(
         proc_user: pick(cli.proc_user.clone(), process.user).0,
         proc_group: pick(cli.proc_group.clone(), process.group).0,
         streams,
+        relay_ip_auto,
     })
+}
+
+/// `alt-listening-port` and `no-rfc5780`: RFC 5780 NAT behaviour discovery is on, as in
+/// coturn, when UDP is and two listening IPs share a family (the first two exact ones of each
+/// family make a pair; a wildcard cannot be answered from as one address).
+fn nat_discovery(
+    cli: &Cli,
+    f: &FileConfig,
+    listening_ips: &[IpAddr],
+    port: u16,
+    udp: bool,
+    invalid: Invalid<'_>,
+) -> Result<Option<NatDiscovery>, ConfigError> {
+    if cli.no_rfc5780 || f.no_rfc5780.unwrap_or(false) || !udp {
+        return Ok(None);
+    }
+    let mut ip_pairs = Vec::new();
+    for v4 in [true, false] {
+        let mut family = listening_ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified());
+        if let (Some(&a), Some(&b)) = (family.next(), family.next()) {
+            ip_pairs.push((a, b));
+        }
+    }
+    if ip_pairs.is_empty() {
+        return Ok(None);
+    }
+    let (alt, alt_cli) = pick(cli.alt_listening_port, f.alt_listening_port);
+    let alt = match alt.unwrap_or(0) {
+        // coturn's default: the port after listening-port.
+        0 => port.checked_add(1).ok_or_else(|| {
+            invalid(
+                alt_cli,
+                "alt-listening-port",
+                "0 means listening-port + 1, and listening-port is 65535: set it".into(),
+            )
+        })?,
+        p if p == port => {
+            return Err(invalid(
+                alt_cli,
+                "alt-listening-port",
+                format!("must differ from listening-port ({port})"),
+            ))
+        }
+        p => p,
+    };
+    Ok(Some(NatDiscovery {
+        ip_pairs,
+        ports: (port, alt),
+    }))
 }
 
 /// `min-port` and `max-port`.
@@ -108,19 +170,112 @@ fn port_range(cli: &Cli, f: &FileConfig, invalid: Invalid<'_>) -> Result<(u16, u
     Ok((min_port, max_port))
 }
 
-/// `relay-ip` (by default the listening addresses) and what `external-ip` advertises for
-/// them.
+/// `alternate-server`, `tls-alternate-server` and `redirect`.
+fn alternates(cli: &Cli, f: &FileConfig, invalid: Invalid<'_>) -> Result<Alternates, ConfigError> {
+    let list = |key: &str, flags: &[String], file: Option<Vec<String>>, default_port: u16| {
+        let (entries, from_cli) = pick_vec(flags, file);
+        entries
+            .iter()
+            .map(|entry| {
+                alternate_address(entry, default_port).ok_or_else(|| {
+                    invalid(
+                        from_cli,
+                        key,
+                        format!("{entry:?} is not IP, IP:PORT or [IPv6]:PORT"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<SocketAddr>, ConfigError>>()
+    };
+    let redirect = pick(cli.redirect, f.redirect).0.unwrap_or_default();
+    Ok(Alternates {
+        plain: list(
+            "alternate-server",
+            &cli.alternate_server,
+            f.alternate_server.clone(),
+            3478,
+        )?,
+        tls: list(
+            "tls-alternate-server",
+            &cli.tls_alternate_server,
+            f.tls_alternate_server.clone(),
+            5349,
+        )?,
+        when: match redirect {
+            Redirect::Always => RedirectWhen::Always,
+            Redirect::WhenFull => RedirectWhen::Full,
+        },
+    })
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT` (coturn's forms), with `default_port` when none is given.
+fn alternate_address(entry: &str, default_port: u16) -> Option<SocketAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| {
+            entry
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, default_port))
+        })
+        .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+}
+
+/// `relay-ip` (by default the listening addresses; for a wildcard one, the host's addresses of
+/// its family that peers can reach, as coturn does) and what `external-ip` advertises for
+/// them; and whether the host's addresses were chosen.
 fn relay_addresses(
     cli: &Cli,
     f: &FileConfig,
     listening_ips: &[IpAddr],
+    host_ips: HostIps<'_>,
     invalid: Invalid<'_>,
-) -> Result<Vec<RelayAddress>, ConfigError> {
+) -> Result<(Vec<RelayAddress>, bool), ConfigError> {
     let (relay_ips, relay_cli) = pick_vec(&cli.relay_ip, f.relay_ip.clone());
-    let relay_ips = if relay_ips.is_empty() {
-        listening_ips.to_vec()
-    } else {
+    let auto = relay_ips.is_empty() && listening_ips.iter().any(IpAddr::is_unspecified);
+    let relay_ips = if !relay_ips.is_empty() {
         relay_ips
+    } else if auto {
+        let host = host_ips().map_err(|error| {
+            invalid(
+                relay_cli,
+                "relay-ip",
+                format!(
+                    "not set, and the host's addresses cannot be listed for a wildcard \
+                     listening-ip ({error}): set relay-ip"
+                ),
+            )
+        })?;
+        let mut chosen: Vec<IpAddr> = Vec::new();
+        for listening in listening_ips {
+            let candidates: Vec<IpAddr> = if listening.is_unspecified() {
+                host.iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv4() == listening.is_ipv4() && usable_for_relaying(*ip))
+                    .collect()
+            } else {
+                vec![*listening]
+            };
+            for ip in candidates {
+                if !chosen.contains(&ip) {
+                    chosen.push(ip);
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return Err(invalid(
+                relay_cli,
+                "relay-ip",
+                "not set, and the host has no address peers could reach (only loopback or \
+                 link-local) for a wildcard listening-ip: set relay-ip (or listening-ip)"
+                    .into(),
+            ));
+        }
+        chosen
+    } else {
+        listening_ips.to_vec()
     };
     if let Some(ip) = relay_ips.iter().find(|ip| ip.is_unspecified()) {
         return Err(invalid(
@@ -174,7 +329,7 @@ fn relay_addresses(
             }
         }
     }
-    Ok(relay_addresses)
+    Ok((relay_addresses, auto))
 }
 
 /// Static users (`user`) and TURN REST secrets (`use-auth-secret`, `static-auth-secret`,

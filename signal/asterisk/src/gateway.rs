@@ -32,6 +32,8 @@ mod hub;
 pub mod sdp;
 mod sip;
 
+pub use ari::UNREADABLE_ARI_EVENT;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

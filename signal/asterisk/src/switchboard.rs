@@ -12,6 +12,14 @@
 //!                                                  PbxRequest ⇄ ToHub)  └─► Output::Log
 //! ```
 //!
+//! In a cluster (`redis-url`) the switchboard joins a third core the same way, the
+//! [`Cluster`]: the hub's messages for sessions on other instances go into it and come out as
+//! bus messages ([`Output::Bus`]); what comes off the bus goes through it into the hub (remote
+//! sessions, their requests, lost instances) or out to local sessions; and a local session's
+//! request about a call another instance owns goes to that instance instead of the hub. A PBX
+//! call for a user connected to another instance is therefore bridged: the PBX leg stays with
+//! this instance's gateway and hub, the browser leg is remote.
+//!
 //! Call order: after any input, drain [`Switchboard::poll_output`] until `None`, then re-arm
 //! the timer from [`Switchboard::poll_timeout`]. Every input takes `now`; nothing here reads a
 //! clock. Without a gateway the hub is configured without a PBX (`HubConfig::pbx` false), so
@@ -20,11 +28,15 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use icegate_signal_proto::cluster::wire::WireError;
+use icegate_signal_proto::cluster::{
+    Channel, Cluster, Output as ClusterOutput, ToHub as ClusterToHub,
+};
 use icegate_signal_proto::hub::{
     CallEvent, Endpoint, Hub, OpenError, Output as HubOutput, PbxEvent,
 };
 use icegate_signal_proto::protocol::{
-    ClientMessage, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
+    ClientMessage, ErrorCode, HangupReason, RequestId, ServerMessage, SessionId, UserId,
 };
 
 use crate::ari::controller::RequestId as AriRequestId;
@@ -60,6 +72,16 @@ pub enum Output {
     Call(CallEvent),
     /// Count how a call with the PBX ended.
     PbxResult(CallResult),
+    /// Publish this on the cluster bus.
+    Bus {
+        /// The channel.
+        channel: Channel,
+        /// The message.
+        payload: String,
+    },
+    /// The cluster bus's subscription hears nothing: drop the Redis connections and connect
+    /// again (then [`Switchboard::bus_disconnected`] and [`Switchboard::bus_connected`]).
+    BusReconnect,
     /// Something for the log (never holds a secret).
     Log(String),
 }
@@ -68,6 +90,7 @@ pub enum Output {
 pub struct Switchboard {
     hub: Hub,
     gateway: Option<Gateway>,
+    cluster: Option<Cluster>,
     out: VecDeque<Output>,
 }
 
@@ -78,10 +101,18 @@ impl Switchboard {
         let mut board = Switchboard {
             hub,
             gateway,
+            cluster: None,
             out: VecDeque::new(),
         };
         board.route(now);
         board
+    }
+
+    /// Joins the cluster (`redis-url`): from now on calls reach users on other instances once
+    /// [`Switchboard::bus_connected`] says the bus is up.
+    pub fn join_cluster(&mut self, cluster: Cluster, now: Instant) {
+        self.cluster = Some(cluster);
+        self.route(now);
     }
 
     // ---- getters ----
@@ -96,11 +127,19 @@ impl Switchboard {
         self.gateway.as_ref()
     }
 
+    /// The cluster, when `redis-url` is configured.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
     // ---- browser sessions ----
 
     /// Opens a session for an authenticated user.
     pub fn open_session(&mut self, user: UserId, now: Instant) -> Result<SessionId, OpenError> {
-        let result = self.hub.open_session(user, now);
+        let result = self.hub.open_session(user.clone(), now);
+        if let (Ok(session), Some(cluster)) = (result, &mut self.cluster) {
+            cluster.session_opened(session, user, now);
+        }
         self.route(now);
         result
     }
@@ -108,6 +147,9 @@ impl Switchboard {
     /// Closes a session: its calls end for the other parties, the PBX among them.
     pub fn close_session(&mut self, session: SessionId, now: Instant) {
         self.hub.close_session(session, now);
+        if let Some(cluster) = &mut self.cluster {
+            cluster.session_closed(session, now);
+        }
         self.route(now);
     }
 
@@ -119,8 +161,43 @@ impl Switchboard {
         message: ClientMessage,
         now: Instant,
     ) {
-        self.hub.handle_message(session, id, message, now);
+        let owner = self
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.owner(session, &message));
+        match (owner, &mut self.cluster) {
+            (Some(owner), Some(cluster)) => cluster.forward(owner, session, id, message, now),
+            _ => self.hub.handle_message(session, id, message, now),
+        }
         self.route(now);
+    }
+
+    // ---- the cluster bus ----
+
+    /// The bus (Redis) is up, again or for the first time.
+    pub fn bus_connected(&mut self, now: Instant) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.connected(now);
+            self.route(now);
+        }
+    }
+
+    /// The bus is lost: calls with other instances end, calls within this one go on.
+    pub fn bus_disconnected(&mut self, now: Instant) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.disconnected(now);
+            self.route(now);
+        }
+    }
+
+    /// A message from the bus.
+    pub fn handle_bus(&mut self, payload: &[u8], now: Instant) -> Result<(), WireError> {
+        let Some(cluster) = &mut self.cluster else {
+            return Ok(());
+        };
+        let result = cluster.handle_bus(payload, now);
+        self.route(now);
+        result
     }
 
     // ---- Asterisk's transports ----
@@ -150,9 +227,14 @@ impl Switchboard {
         self.with_gateway(now, |gateway| gateway.ari_connection_lost(now));
     }
 
-    /// A text frame of the ARI events WebSocket.
-    pub fn handle_ari_event(&mut self, text: &str, now: Instant) {
-        self.with_gateway(now, |gateway| gateway.handle_ari_event(text, now));
+    /// A text frame of the ARI events WebSocket; its type as
+    /// [`Gateway::handle_ari_event`] names it (`None` without a gateway).
+    pub fn handle_ari_event(&mut self, text: &str, now: Instant) -> Option<&'static str> {
+        let mut name = None;
+        self.with_gateway(now, |gateway| {
+            name = Some(gateway.handle_ari_event(text, now))
+        });
+        name
     }
 
     /// The response to an [`Output::AriRequest`] (status 0 when there was none).
@@ -169,6 +251,15 @@ impl Switchboard {
         self.with_gateway(now, |gateway| gateway.shutdown(now));
     }
 
+    /// icegate-signal is stopping and its sessions have closed: the cluster says goodbye
+    /// ([`Cluster::leave`]) so the other instances drop what is left of this one at once.
+    pub fn leave_cluster(&mut self, now: Instant) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.leave(now);
+            self.route(now);
+        }
+    }
+
     // ---- time ----
 
     /// The hub's ring timeouts and the gateway's timers (SIP transactions and registration
@@ -182,17 +273,23 @@ impl Switchboard {
                 gateway.handle_timeout(now);
             }
         }
+        if let Some(cluster) = &mut self.cluster {
+            if cluster.poll_timeout().is_some_and(|due| due <= now) {
+                cluster.handle_timeout(now);
+            }
+        }
         self.route(now);
     }
 
-    /// When [`Switchboard::handle_timeout`] is due: the earliest of the hub's and the
-    /// gateway's timers.
+    /// When [`Switchboard::handle_timeout`] is due: the earliest of the hub's, the gateway's
+    /// and the cluster's timers.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let gateway = self.gateway.as_ref().and_then(Gateway::poll_timeout);
-        match (self.hub.poll_timeout(), gateway) {
-            (Some(hub), Some(gateway)) => Some(hub.min(gateway)),
-            (hub, gateway) => hub.or(gateway),
-        }
+        let cluster = self.cluster.as_ref().and_then(Cluster::poll_timeout);
+        [self.hub.poll_timeout(), gateway, cluster]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing to do.
@@ -209,10 +306,17 @@ impl Switchboard {
         }
     }
 
-    /// Moves outputs until both cores are drained: the hub's PBX outputs into the gateway,
-    /// the gateway's messages for the hub into the hub, everything else out.
+    /// Moves outputs until every core is drained: the hub's PBX outputs into the gateway,
+    /// the gateway's messages for the hub into the hub, the hub's messages for remote
+    /// sessions into the cluster and the cluster's for the hub into the hub, everything else
+    /// out.
     fn route(&mut self, now: Instant) {
-        let Switchboard { hub, gateway, out } = self;
+        let Switchboard {
+            hub,
+            gateway,
+            cluster,
+            out,
+        } = self;
         loop {
             let mut progressed = false;
             while let Some(output) = hub.poll_output() {
@@ -223,6 +327,24 @@ impl Switchboard {
                         message,
                     } => out.push_back(Output::Session { session, message }),
                     HubOutput::Event(event) => out.push_back(Output::Call(event)),
+                    HubOutput::Membership {
+                        session,
+                        room,
+                        joined,
+                    } => {
+                        if let Some(cluster) = cluster.as_mut() {
+                            cluster.room_changed(session, room, joined, now);
+                        }
+                    }
+                    HubOutput::Send {
+                        to: Endpoint::Remote(to),
+                        message,
+                    } => {
+                        // Without a cluster the hub knows no remote session.
+                        if let Some(cluster) = cluster.as_mut() {
+                            cluster.send(to, message, now);
+                        }
+                    }
                     // Without a gateway the hub has no PBX and never addresses it.
                     output @ (HubOutput::Send {
                         to: Endpoint::Pbx, ..
@@ -258,9 +380,54 @@ impl Switchboard {
                     }
                 }
             }
+            if let Some(cluster) = cluster.as_mut() {
+                while let Some(output) = cluster.poll_output() {
+                    progressed = true;
+                    match output {
+                        ClusterOutput::Publish { channel, payload } => {
+                            out.push_back(Output::Bus { channel, payload })
+                        }
+                        ClusterOutput::Session { session, message } => {
+                            out.push_back(Output::Session { session, message })
+                        }
+                        ClusterOutput::Hub(message) => cluster_to_hub(hub, message, now),
+                        ClusterOutput::Reconnect => out.push_back(Output::BusReconnect),
+                        ClusterOutput::Log(text) => {
+                            out.push_back(Output::Log(format!("cluster: {text}")))
+                        }
+                    }
+                }
+            }
             if !progressed {
                 return;
             }
+        }
+    }
+}
+
+/// Feeds what the cluster says to the hub.
+fn cluster_to_hub(hub: &mut Hub, message: ClusterToHub, now: Instant) {
+    match message {
+        ClusterToHub::Reachable(reachable) => hub.set_cluster_reachable(reachable),
+        ClusterToHub::RemoteOpened { session, user } => hub.open_remote_session(session, user),
+        ClusterToHub::RemoteClosed(session) => {
+            hub.close_remote_session(session, HangupReason::Disconnected)
+        }
+        ClusterToHub::RemoteRoom {
+            session,
+            room,
+            joined: true,
+        } => hub.join_remote_room(session, room),
+        ClusterToHub::RemoteRoom {
+            session,
+            room,
+            joined: false,
+        } => hub.leave_remote_room(session, &room),
+        ClusterToHub::InstanceLost(instance) => {
+            hub.close_instance(instance, HangupReason::Unavailable)
+        }
+        ClusterToHub::Request { from, id, message } => {
+            hub.handle_remote_message(from, id, message, now)
         }
     }
 }

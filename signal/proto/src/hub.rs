@@ -23,6 +23,13 @@
 //! PBX can do (transfer, play); what the PBX says comes back through [`Hub::handle_pbx`]. The
 //! call logic is the same whichever end is a browser.
 //!
+//! In a cluster (`redis-url`), a leg may also end at a session on another instance
+//! ([`Endpoint::Remote`]): a call is owned by the instance where it started, whose hub runs
+//! it; what the hub sends to a remote session goes out as [`Output::Send`] for the cluster core
+//! to put on the bus, and what that session says comes back through
+//! [`Hub::handle_remote_message`]. Which remote sessions exist is told by the cluster core
+//! (`hub/remote.rs`: [`Hub::open_remote_session`], [`Hub::close_instance`], …).
+//!
 //! Call order: after any `open_session`, `close_session`, `handle_message`, `handle_pbx`,
 //! `set_pbx_available` or `handle_timeout`, drain [`Hub::poll_output`] until it returns `None`,
 //! then re-arm the timer from [`Hub::poll_timeout`].
@@ -40,9 +47,13 @@ use crate::protocol::{
     ServerMessage, SessionId, Target, UserId,
 };
 
+mod remote;
 mod types;
 
-pub use types::{CallEvent, Endpoint, HubConfig, OpenError, Output, PbxEvent, PbxRequest};
+pub use types::{
+    CallEvent, Endpoint, HubConfig, InstanceId, OpenError, Output, PbxEvent, PbxRequest,
+    RemoteSession,
+};
 
 /// A refused request: the code and a message for people.
 type Refusal = (ErrorCode, &'static str);
@@ -79,6 +90,15 @@ pub struct Hub {
     pbx_available: bool,
     /// Calls with a PBX leg, to end when the PBX goes away.
     pbx_calls: Vec<CallId>,
+    /// Sessions on other instances of the cluster, as the cluster core reports them.
+    remote: HashMap<RemoteSession, remote::RemotePeer>,
+    /// The remote sessions of each user.
+    remote_users: HashMap<UserId, Vec<RemoteSession>>,
+    /// The remote members of each room.
+    remote_rooms: HashMap<RoomId, Vec<RemoteSession>>,
+    /// Set while the cluster's other instances cannot be reached: a call to a user with no
+    /// session here is then `cluster_unavailable` rather than `unknown_user`.
+    cluster_unreachable: bool,
     outputs: VecDeque<Output>,
     rng: StdRng,
 }
@@ -95,6 +115,10 @@ impl Hub {
             deadlines: BTreeSet::new(),
             pbx_available: false,
             pbx_calls: Vec::new(),
+            remote: HashMap::new(),
+            remote_users: HashMap::new(),
+            remote_rooms: HashMap::new(),
+            cluster_unreachable: false,
             outputs: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
         }
@@ -174,28 +198,44 @@ impl Hub {
         let me = Endpoint::Session(session);
         let result = match message {
             ClientMessage::Call { to, sdp } => self.call(session, to, sdp, now).map(Some),
-            ClientMessage::Ringing { call } => self.ringing(me, call).map(|()| None),
-            ClientMessage::Answer { call, sdp } => self.answer(me, call, sdp).map(|()| None),
-            ClientMessage::Offer { call, sdp } => self.offer(me, call, sdp).map(|()| None),
-            ClientMessage::Candidate { call, candidate } => {
-                self.candidate(me, call, candidate).map(|()| None)
-            }
-            ClientMessage::Hangup { call, reason } => {
-                self.leave_call(call, me, reason).map(|()| None)
-            }
-            ClientMessage::Dtmf { call, digits } => self.dtmf(me, call, digits).map(|()| None),
-            ClientMessage::Transfer { call, to } => self
-                .pbx_request(me, call, PbxRequest::Transfer(to))
-                .map(|()| None),
-            ClientMessage::Play { call, media } => self
-                .pbx_request(me, call, PbxRequest::Play(media))
-                .map(|()| None),
             ClientMessage::Join { room } => self.join(session, room).map(|()| None),
             ClientMessage::Leave { room } => self.leave_room(session, room).map(|()| None),
-            ClientMessage::Hello { .. } | ClientMessage::RefreshIce | ClientMessage::Ping => {
-                Err((ErrorCode::BadMessage, "not a call or room message"))
-            }
+            other => self.in_call(me, other).map(|()| None),
         };
+        self.reply(me, id, result);
+    }
+
+    /// What a session says within a call it is part of, whichever instance it is on.
+    fn in_call(&mut self, me: Endpoint, message: ClientMessage) -> Result<(), Refusal> {
+        match message {
+            ClientMessage::Ringing { call } => self.ringing(me, call),
+            ClientMessage::Answer { call, sdp } => self.answer(me, call, sdp),
+            ClientMessage::Offer { call, sdp } => self.offer(me, call, sdp),
+            ClientMessage::Candidate { call, candidate } => self.candidate(me, call, candidate),
+            ClientMessage::Hangup { call, reason } => self.leave_call(call, me, reason),
+            ClientMessage::Dtmf { call, digits } => self.dtmf(me, call, digits),
+            ClientMessage::Transfer { call, to } => {
+                self.pbx_request(me, call, PbxRequest::Transfer(to))
+            }
+            ClientMessage::Play { call, media } => {
+                self.pbx_request(me, call, PbxRequest::Play(media))
+            }
+            ClientMessage::Call { .. }
+            | ClientMessage::Join { .. }
+            | ClientMessage::Leave { .. }
+            | ClientMessage::Hello { .. }
+            | ClientMessage::RefreshIce
+            | ClientMessage::Ping => Err((ErrorCode::BadMessage, "not a call or room message")),
+        }
+    }
+
+    /// The `ack` or `error` for a request with `id`; only an error when there is no `id`.
+    fn reply(
+        &mut self,
+        me: Endpoint,
+        id: Option<RequestId>,
+        result: Result<Option<CallId>, Refusal>,
+    ) {
         match (result, id) {
             (Ok(call), Some(id)) => self.send(me, ServerMessage::Ack { id, call }),
             (Ok(_), None) => {}
@@ -310,10 +350,12 @@ impl Hub {
                 if !caller.rooms.contains(&room) {
                     return Err((ErrorCode::UnknownRoom, "join the room before calling it"));
                 }
+                let remote = self.remote_rooms.get(&room).into_iter().flatten();
                 let targets: Vec<Endpoint> = self.rooms[&room]
                     .iter()
                     .filter(|s| **s != session)
                     .map(|s| Endpoint::Session(*s))
+                    .chain(remote.map(|r| Endpoint::Remote(*r)))
                     .collect();
                 if targets.is_empty() {
                     return Err((ErrorCode::UnknownRoom, "nobody else is in the room"));
@@ -344,21 +386,35 @@ impl Hub {
         Ok(self.start_call(me, from, room, targets, sdp, now))
     }
 
-    /// The sessions of `user` other than `except`; `unknown_user` when there are none.
+    /// The sessions of `user` other than `except`, here and on the cluster's other instances;
+    /// `unknown_user` when there are none (`cluster_unavailable` when the other instances
+    /// cannot be asked).
     fn user_sessions(
         &self,
         user: &UserId,
         except: Option<SessionId>,
     ) -> Result<Vec<Endpoint>, Refusal> {
-        let targets: Vec<Endpoint> = self
+        let local = self
             .users
             .get(user)
             .into_iter()
             .flatten()
             .filter(|s| Some(**s) != except)
-            .map(|s| Endpoint::Session(*s))
-            .collect();
+            .map(|s| Endpoint::Session(*s));
+        let remote = self
+            .remote_users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|r| Endpoint::Remote(*r));
+        let targets: Vec<Endpoint> = local.chain(remote).collect();
         if targets.is_empty() {
+            if self.cluster_unreachable {
+                return Err((
+                    ErrorCode::ClusterUnavailable,
+                    "the user is not connected here and the other instances cannot be reached",
+                ));
+            }
             return Err((ErrorCode::UnknownUser, "no such user is connected"));
         }
         Ok(targets)
@@ -661,6 +717,11 @@ impl Hub {
                 }
             }
             Endpoint::Pbx => self.pbx_calls.push(call),
+            Endpoint::Remote(remote) => {
+                if let Some(state) = self.remote.get_mut(&remote) {
+                    state.calls.push(call);
+                }
+            }
         }
     }
 
@@ -673,6 +734,11 @@ impl Hub {
                 }
             }
             Endpoint::Pbx => self.pbx_calls.retain(|c| *c != call),
+            Endpoint::Remote(remote) => {
+                if let Some(state) = self.remote.get_mut(&remote) {
+                    state.calls.retain(|c| *c != call);
+                }
+            }
         }
     }
 
@@ -684,12 +750,21 @@ impl Hub {
         if state.rooms.len() >= self.config.max_rooms_per_session {
             return Err((ErrorCode::TooManyRooms, "this session is in too many rooms"));
         }
+        let remote_members = self.remote_rooms.get(&room).map_or(0, Vec::len);
         let members = self.rooms.entry(room.clone()).or_default();
-        if members.len() >= self.config.max_room_members {
+        if members.len() + remote_members >= self.config.max_room_members {
+            if members.is_empty() {
+                self.rooms.remove(&room);
+            }
             return Err((ErrorCode::TooManyRooms, "the room is full"));
         }
         members.push(session);
-        state.rooms.push(room);
+        state.rooms.push(room.clone());
+        self.outputs.push_back(Output::Membership {
+            session,
+            room,
+            joined: true,
+        });
         Ok(())
     }
 
@@ -710,6 +785,11 @@ impl Hub {
                 self.rooms.remove(room);
             }
         }
+        self.outputs.push_back(Output::Membership {
+            session,
+            room: room.clone(),
+            joined: false,
+        });
     }
 }
 

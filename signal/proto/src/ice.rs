@@ -8,14 +8,14 @@
 use std::time::{Duration, Instant};
 
 use icegate_common::credentials::{self, Secret};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How many failed checks in a row mark a relay down once it has passed a check, so that one
 /// lost probe does not take a working relay out of every new call.
 pub const FAILURES_TO_DOWN: u32 = 2;
 
 /// One `RTCIceServer` dictionary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceServer {
     /// `stun:`, `turn:` and `turns:` URIs of one relay.
     pub urls: Vec<String>,
@@ -28,7 +28,7 @@ pub struct IceServer {
 }
 
 /// `{"iceServers": [...], "ttl": N}`: what `/v1/ice-servers` returns and `welcome` carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceServers {
     /// Usable as `RTCConfiguration.iceServers` as it is.
     #[serde(rename = "iceServers")]

@@ -15,8 +15,10 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod hub;
 pub mod ice;
 pub mod limits;
+pub mod origin;
 pub mod protocol;

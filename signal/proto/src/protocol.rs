@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ice::IceServers;
@@ -22,23 +22,10 @@ pub const MAX_ID_LEN: usize = 64;
 /// The longest user or room name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
-/// WebSocket close codes the server uses (RFC 6455 §7.4; 4000–4999 are ours).
-pub mod close {
-    /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A frame or message exceeded the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The client does not read fast enough: its outgoing queue overflowed.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// No valid credentials were presented, or none in time.
-    pub const UNAUTHORIZED: u16 = 4401;
-    /// Too many connections from this address or sessions for this user.
-    pub const TOO_MANY_CONNECTIONS: u16 = 4403;
-    /// Nothing was received for the idle timeout, not even a pong.
-    pub const IDLE_TIMEOUT: u16 = 4408;
-    /// The client kept sending after being told it is rate limited.
-    pub const RATE_LIMITED: u16 = 4429;
-}
+pub mod close;
+mod error_code;
+
+pub use error_code::ErrorCode;
 
 /// A client's request id: a string or a non-negative integer, echoed verbatim in the reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,21 +55,21 @@ macro_rules! hex_id {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub u64);
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{:016x}", self.0)
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(d)?;
                 if text.len() != 16 {
                     return Err(serde::de::Error::custom(concat!(
                         stringify!($name),
@@ -96,6 +83,9 @@ macro_rules! hex_id {
         }
     };
 }
+
+/// For the cluster's instance ids (`hub::InstanceId`), which travel the same way.
+pub(crate) use hex_id;
 
 hex_id!(
     /// One authenticated WebSocket connection.
@@ -336,8 +326,10 @@ impl HangupReason {
     }
 }
 
-/// A message from a client, without its envelope (`v`, `id`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A message from a client, without its envelope (`v`, `id`). It serializes too, in the same
+/// shape, for the cluster bus (`cluster::wire`), which carries a session's call requests to
+/// the instance that owns the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ClientMessage {
     /// Authenticates a connection that gave no credentials in the URL.
@@ -450,6 +442,26 @@ impl ClientMessage {
         }
     }
 
+    /// The call the message is about, if it is about one.
+    pub fn call(&self) -> Option<CallId> {
+        match self {
+            ClientMessage::Ringing { call }
+            | ClientMessage::Answer { call, .. }
+            | ClientMessage::Offer { call, .. }
+            | ClientMessage::Candidate { call, .. }
+            | ClientMessage::Hangup { call, .. }
+            | ClientMessage::Dtmf { call, .. }
+            | ClientMessage::Transfer { call, .. }
+            | ClientMessage::Play { call, .. } => Some(*call),
+            ClientMessage::Hello { .. }
+            | ClientMessage::Call { .. }
+            | ClientMessage::Join { .. }
+            | ClientMessage::Leave { .. }
+            | ClientMessage::RefreshIce
+            | ClientMessage::Ping => None,
+        }
+    }
+
     /// The SDP the message carries, if any, for the size limit.
     pub fn sdp(&self) -> Option<&str> {
         match self {
@@ -488,88 +500,9 @@ pub struct Request {
     pub message: ClientMessage,
 }
 
-/// A stable, machine-readable error code. Clients branch on these; never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame is not a JSON object.
-    BadJson,
-    /// `v` is missing or not a version this server speaks.
-    UnsupportedVersion,
-    /// `type` names no message this server knows.
-    UnknownType,
-    /// The message's fields do not fit its type.
-    BadMessage,
-    /// Binary frames are not part of the protocol.
-    BinaryNotSupported,
-    /// A credential is needed (a token, or a name in anonymous mode) and none was given.
-    TokenRequired,
-    /// The token is malformed, its signature is wrong or its claims are unusable.
-    InvalidToken,
-    /// The token's `exp` has passed.
-    TokenExpired,
-    /// The message needs an authenticated session; send `hello` first.
-    NotAuthenticated,
-    /// `hello` on a session that is already authenticated.
-    AlreadyAuthenticated,
-    /// The called user has no connected session.
-    UnknownUser,
-    /// The called room has no other member, or the caller is not in it.
-    UnknownRoom,
-    /// No such call, or this session is not part of it.
-    UnknownCall,
-    /// The message does not fit the call's state (e.g. a second answer).
-    InvalidState,
-    /// The SDP is larger than the configured limit.
-    SdpTooLarge,
-    /// Too many messages per second; this one was dropped.
-    RateLimited,
-    /// This session already has the maximum number of calls.
-    TooManyCalls,
-    /// Too many rooms for this session, or the room is full.
-    TooManyRooms,
-    /// Too many connections from this address.
-    TooManyConnections,
-    /// Too many sessions for this user.
-    TooManySessions,
-    /// A call to an extension, but no PBX is configured or it cannot be reached now.
-    PbxUnavailable,
-    /// An `offer` crossed one from the other end, which goes first: roll back and answer it.
-    Glare,
-}
-
-impl ErrorCode {
-    /// The wire name, also the metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::UnsupportedVersion => "unsupported_version",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::BadMessage => "bad_message",
-            ErrorCode::BinaryNotSupported => "binary_not_supported",
-            ErrorCode::TokenRequired => "token_required",
-            ErrorCode::InvalidToken => "invalid_token",
-            ErrorCode::TokenExpired => "token_expired",
-            ErrorCode::NotAuthenticated => "not_authenticated",
-            ErrorCode::AlreadyAuthenticated => "already_authenticated",
-            ErrorCode::UnknownUser => "unknown_user",
-            ErrorCode::UnknownRoom => "unknown_room",
-            ErrorCode::UnknownCall => "unknown_call",
-            ErrorCode::InvalidState => "invalid_state",
-            ErrorCode::SdpTooLarge => "sdp_too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::TooManyCalls => "too_many_calls",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::TooManyConnections => "too_many_connections",
-            ErrorCode::TooManySessions => "too_many_sessions",
-            ErrorCode::PbxUnavailable => "pbx_unavailable",
-            ErrorCode::Glare => "glare",
-        }
-    }
-}
-
-/// A message from the server.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A message from the server. It deserializes too, for the cluster bus (`cluster::wire`),
+/// which carries messages for a session to the instance it is connected to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ServerMessage {
     /// The session is authenticated; the first message after `hello` or a URL credential.

@@ -13,13 +13,16 @@ use icegate_signal_proto::auth::Authenticator;
 use icegate_signal_proto::hub::HubConfig;
 use icegate_signal_proto::ice::Relay;
 use icegate_signal_proto::limits::Limits;
+use icegate_signal_proto::origin::{own_origins, AllowedOrigins};
 
 mod asterisk;
 mod cli;
 mod merge;
+mod redis;
 
 pub use asterisk::{Asterisk, ServerUrl};
 pub use cli::{Cli, FileConfig};
+pub use redis::RedisUrl;
 
 /// Where the server listens by default: loopback, so a first run exposes nothing.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -77,6 +80,8 @@ pub struct Settings {
     pub credential_ttl: u64,
     /// Whether clients may connect without a token.
     pub anonymous: bool,
+    /// Web origins allowed besides the server's own (`allowed-origins`); SIGHUP reloads them.
+    pub allowed_origins: AllowedOrigins,
     /// Metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Log format.
@@ -87,6 +92,8 @@ pub struct Settings {
     pub hub: HubConfig,
     /// The Asterisk gateway, when configured.
     pub asterisk: Option<Asterisk>,
+    /// The cluster's Redis, when several processes serve as one.
+    pub redis_url: Option<RedisUrl>,
 }
 
 impl Settings {
@@ -102,10 +109,29 @@ impl Settings {
     /// What is allowed but risky in this configuration, one sentence each, for the start-up
     /// log and `--check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        self.metrics_listen
+        let mut warnings: Vec<String> = self
+            .metrics_listen
             .and_then(|addr| exposure_warning(addr, "Health checks and metrics of icegate-signal"))
             .into_iter()
-            .collect()
+            .collect();
+        if self.allowed_origins.any() && self.anonymous {
+            warnings.push(
+                "allowed-origins = [\"*\"] with anonymous: a page on any web site a visitor opens \
+                 can use this server, and get TURN credentials for its relays"
+                    .into(),
+            );
+        }
+        warnings
+    }
+
+    /// The origins of pages this server serves itself, from `listen` and TLS, and the DNS names
+    /// of the certificate (see [`own_origins`]).
+    pub fn own_origins(&self, cert_dns_names: &[String]) -> Vec<String> {
+        own_origins(
+            self.listen,
+            !matches!(self.tls, TlsMode::Plain),
+            cert_dns_names,
+        )
     }
 
     /// A summary for `--check-config`, without any secret, and the [`Settings::warnings`].
@@ -130,7 +156,7 @@ impl Settings {
             .collect();
         let mut summary = format!(
             "icegate-signal configuration OK\n  listen: {} ({tls})\n  auth: {}\n  relays: {}\n  \
-             credential-ttl: {} s\n  metrics: {}\n  asterisk: {}",
+             origins: {}\n  credential-ttl: {} s\n  metrics: {}\n  asterisk: {}\n  cluster: {}",
             self.listen,
             match (self.anonymous, self.keys.auth.is_configured()) {
                 (true, true) => "anonymous, or JWT",
@@ -142,6 +168,7 @@ impl Settings {
             } else {
                 relays.join("; ")
             },
+            self.origins_summary(),
             self.credential_ttl,
             self.metrics_listen
                 .map_or("off".into(), |address| address.to_string()),
@@ -156,12 +183,32 @@ impl Settings {
                 a.ari.path,
                 a.app
             )),
+            self.redis_url
+                .as_ref()
+                .map_or("off (one process)".into(), |url| format!(
+                    "Redis at {}",
+                    url.redacted()
+                )),
         );
         for warning in self.warnings() {
             summary.push_str("\n  warning: ");
             summary.push_str(&warning);
         }
         summary
+    }
+
+    /// The allowed origins for the summary: the certificate is not read here, so its names
+    /// are mentioned, not listed.
+    fn origins_summary(&self) -> String {
+        if self.allowed_origins.any() {
+            return "any (\"*\")".into();
+        }
+        let mut parts = self.own_origins(&[]);
+        if !matches!(self.tls, TlsMode::Plain) {
+            parts.push("the certificate's DNS names".into());
+        }
+        parts.extend(self.allowed_origins.origins().iter().cloned());
+        parts.join(", ")
     }
 }
 
@@ -182,6 +229,33 @@ mod tests {
         let mut cli = cli(args);
         cli.config = Some(path);
         Settings::load(&cli)
+    }
+
+    #[test]
+    fn redis_url_from_the_file_or_the_flag_never_shown_with_its_password() {
+        let base = "anonymous = true\n";
+        assert!(
+            load_file(base, &[]).unwrap().redis_url.is_none(),
+            "off by default"
+        );
+        let file = format!("{base}redis-url = \"redis://:hunter2@10.0.0.5:6379\"\n");
+        let settings = load_file(&file, &[]).unwrap();
+        let summary = settings.summary();
+        assert!(
+            summary.contains("cluster: Redis at redis://:***@10.0.0.5:6379"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"));
+        let settings = load_file(&file, &["--redis-url", "redis://127.0.0.1:7000"]).unwrap();
+        assert_eq!(
+            settings.redis_url.unwrap().expose(),
+            "redis://127.0.0.1:7000",
+            "the flag wins"
+        );
+        let error =
+            load_file(&format!("{base}redis-url = \"http://:hunter2@x\"\n"), &[]).unwrap_err();
+        assert_eq!(error.key(), Some("redis-url"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]
@@ -298,6 +372,76 @@ mod tests {
         assert_eq!(error.key(), Some("anonymous"));
         let error = Settings::load(&cli(&["--anonymous", "--cert", "c.pem"])).unwrap_err();
         assert_eq!(error.key(), Some("pkey"));
+    }
+
+    #[test]
+    fn allowed_origins_from_flags_or_file() {
+        let settings = Settings::load(&cli(&["--anonymous"])).unwrap();
+        assert!(!settings.allowed_origins.any());
+        assert!(settings.allowed_origins.origins().is_empty());
+        assert!(
+            settings
+                .summary()
+                .contains("origins: https://127.0.0.1:8443, the certificate's DNS names\n"),
+            "{}",
+            settings.summary()
+        );
+        let settings = Settings::load(&cli(&[
+            "--anonymous",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:80",
+            "--allowed-origins",
+            "https://A.example,https://b.example:443",
+            "--allowed-origins",
+            "http://c.example:8080",
+        ]))
+        .unwrap();
+        assert_eq!(
+            settings.allowed_origins.origins(),
+            [
+                "https://a.example",
+                "https://b.example",
+                "http://c.example:8080"
+            ]
+        );
+        assert!(
+            settings.summary().contains(
+                "origins: http://127.0.0.1, https://a.example, https://b.example, http://c.example:8080\n"
+            ),
+            "{}",
+            settings.summary()
+        );
+
+        // Flags replace the file's list; errors name the key, and the file or the flag.
+        let file = "anonymous = true\nallowed-origins = [\"https://file.example\"]\n";
+        let settings = load_file(file, &[]).unwrap();
+        assert_eq!(settings.allowed_origins.origins(), ["https://file.example"]);
+        let settings = load_file(file, &["--allowed-origins", "https://flag.example"]).unwrap();
+        assert_eq!(settings.allowed_origins.origins(), ["https://flag.example"]);
+        let error = load_file(
+            "anonymous = true\nallowed-origins = [\"https://app.example/\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), Some("allowed-origins"));
+        assert!(error.file().is_some(), "{error}");
+        assert!(error.to_string().contains("no path"), "{error}");
+        let error = load_file(file, &["--allowed-origins", "*.example"]).unwrap_err();
+        assert_eq!((error.key(), error.file()), (Some("allowed-origins"), None));
+
+        // "*" is explicit, and in anonymous mode warned about.
+        let any = load_file("anonymous = true\nallowed-origins = [\"*\"]\n", &[]).unwrap();
+        assert!(any.allowed_origins.any());
+        assert!(
+            any.summary().contains("origins: any (\"*\")"),
+            "{}",
+            any.summary()
+        );
+        assert_eq!(any.warnings().len(), 1, "{:?}", any.warnings());
+        assert!(any.warnings()[0].contains("allowed-origins"));
+        let jwt = Settings::load(&cli(&["--jwt-secret", "k", "--allowed-origins", "*"])).unwrap();
+        assert!(jwt.warnings().is_empty(), "{:?}", jwt.warnings());
     }
 
     #[test]

@@ -53,6 +53,17 @@ pub struct Metrics {
     pub pbx_calls: IntCounterVec,
     /// Calls the Asterisk gateway tracks now.
     pub pbx_calls_active: IntGauge,
+    /// 1 when `redis-url` is set (several processes serve as one), else 0.
+    pub cluster_configured: IntGauge,
+    /// 1 while the cluster bus (Redis) is connected; 0 while it is not, or without one.
+    pub redis_connected: IntGauge,
+    /// Other instances of the cluster known now.
+    pub cluster_instances: IntGauge,
+    /// Cluster bus messages, by direction (`in`, `out`; `dropped` when the outbox was full
+    /// or the bus down, `invalid` for unusable ones received).
+    pub bus_messages: IntCounterVec,
+    /// ARI events the gateway handled, by type (`unreadable` for malformed frames).
+    pub ari_events: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -172,6 +183,28 @@ impl Metrics {
                 "icegate_signal_asterisk_calls_active",
                 "Calls the Asterisk gateway tracks now.",
             ),
+            cluster_configured: gauge(
+                "icegate_signal_cluster_configured",
+                "1 when redis-url is set: then icegate_signal_redis_connected should be 1.",
+            ),
+            redis_connected: gauge(
+                "icegate_signal_redis_connected",
+                "1 while the cluster bus (Redis, redis-url) is connected; 0 while it is not, or without redis-url.",
+            ),
+            cluster_instances: gauge(
+                "icegate_signal_cluster_instances",
+                "Other icegate-signal instances of the cluster known now.",
+            ),
+            bus_messages: counter_vec(
+                "icegate_signal_bus_messages_total",
+                "Cluster bus messages, by direction: in, out, dropped (outbox full), invalid (unusable, received).",
+                &["direction"],
+            ),
+            ari_events: counter_vec(
+                "icegate_signal_asterisk_ari_events_total",
+                "ARI events the gateway handled, by type: the ARI type name, other for types it does not read, unreadable for malformed frames.",
+                &["event"],
+            ),
             registry,
         };
         // Series that exist from the start read as 0 rather than missing in dashboards.
@@ -183,6 +216,16 @@ impl Metrics {
         }
         for via in ["http", "ws"] {
             metrics.ice_credentials.with_label_values(&[via]);
+        }
+        // The two that mean trouble, so a rate over them reads 0 rather than nothing.
+        for event in ["unreadable", "other"] {
+            metrics.ari_events.with_label_values(&[event]);
+        }
+        for direction in ["in", "out", "dropped", "invalid"] {
+            metrics.bus_messages.with_label_values(&[direction]);
+        }
+        for reason in ["too_many_connections", "origin"] {
+            metrics.connections_refused.with_label_values(&[reason]);
         }
         metrics
     }

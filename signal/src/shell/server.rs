@@ -9,11 +9,14 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE,
-    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW,
+    AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE, VARY, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use icegate_common::tls::ReloadableCert;
 use icegate_signal_proto::protocol::{ErrorCode, ServerMessage, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -21,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
+use x509_parser::extensions::GeneralName;
 
 use super::state::Shared;
 use super::ws::{self, UrlCredentials};
@@ -33,6 +37,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The demo page, built into the binary.
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
+/// How long a browser may cache a CORS preflight's answer: origins change only on SIGHUP.
+const PREFLIGHT_MAX_AGE: &str = "600";
 
 /// Accepts connections until shutdown.
 pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
@@ -100,6 +106,9 @@ fn route(
     if !matches!(path, "/" | "/index.html" | "/ws" | "/v1/ice-servers") {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
+    if path == "/v1/ice-servers" && request.method() == Method::OPTIONS {
+        return preflight(request.headers(), shared);
+    }
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
@@ -109,7 +118,11 @@ fn route(
     }
     match path {
         "/ws" => upgrade(request, peer, shared),
-        "/v1/ice-servers" => ice_servers(&request, shared),
+        "/v1/ice-servers" => {
+            let mut response = ice_servers(&request, shared);
+            cors(request.headers(), response.headers_mut(), shared);
+            response
+        }
         _ => {
             let mut response = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
             response.headers_mut().insert(
@@ -119,6 +132,50 @@ fn route(
             response
         }
     }
+}
+
+/// The `Origin` header's value, when there is one.
+fn origin(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(ORIGIN)
+}
+
+/// Adds the CORS headers to a `/v1/ice-servers` answer when the request's origin is allowed.
+fn cors(request: &HeaderMap, response: &mut HeaderMap, shared: &Shared) {
+    // The answer depends on the Origin whatever it is, which caches must know.
+    response.insert(VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin(request) {
+        if shared.origins().allows(Some(origin.as_bytes())) {
+            response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        }
+    }
+}
+
+/// `OPTIONS /v1/ice-servers`: a CORS preflight, for the `Authorization` header a page's
+/// `fetch` sets. Only an allowed origin's preflight gets the CORS headers; without them the
+/// browser does not send the request.
+fn preflight(headers: &HeaderMap, shared: &Shared) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let out = response.headers_mut();
+    out.insert(ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+    if headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
+        cors(headers, out, shared);
+        if out.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+            out.insert(
+                ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, HEAD"),
+            );
+            out.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Authorization"),
+            );
+            out.insert(
+                ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static(PREFLIGHT_MAX_AGE),
+            );
+        }
+    }
+    response
 }
 
 /// `GET /v1/ice-servers`: `Authorization: Bearer TOKEN` or `?token=`; none in anonymous mode.
@@ -153,7 +210,7 @@ fn ice_servers(request: &Request<Incoming>, shared: &Shared) -> Response<Full<By
     response
 }
 
-/// `GET /ws`: checks the handshake and the per-address limit, answers 101 and hands the
+/// `GET /ws`: checks the handshake, the origin and the per-address limit, answers 101 and hands the
 /// upgraded connection to a new task.
 fn upgrade(
     request: Request<Incoming>,
@@ -177,16 +234,41 @@ fn upgrade(
             .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return response;
     }
+    // Before anything else is looked at: a page of another site learns nothing but the refusal.
+    if !shared
+        .origins()
+        .allows(origin(headers).map(HeaderValue::as_bytes))
+    {
+        shared
+            .metrics
+            .connections_refused
+            .with_label_values(&["origin"])
+            .inc();
+        return json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::OriginNotAllowed,
+            "this page's origin may not use this server",
+        );
+    }
     let accept = derive_accept_key(key.as_bytes());
     let query = request.uri().query();
-    let name = match query_param(query, "name").map(UserId::new) {
+    // A name that is there but unusable is refused rather than ignored, so the client learns
+    // why instead of waiting for a welcome that does not come.
+    let name = match query_raw(query, "name").map(|raw| percent_decode(raw).map(UserId::new)) {
         None => None,
-        Some(Ok(name)) => Some(name),
-        Some(Err(error)) => {
+        Some(Some(Ok(name))) => Some(name),
+        Some(Some(Err(error))) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadMessage,
                 &error.to_string(),
+            )
+        }
+        Some(None) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadMessage,
+                "name is not percent-encoded UTF-8",
             )
         }
     };
@@ -240,6 +322,30 @@ fn upgrade(
     response
 }
 
+/// The DNS names of the TLS certificate in use (its first, end-entity certificate): they
+/// name the server, so pages there are its own. A certificate that does not parse has none.
+pub fn certificate_dns_names(cert: &ReloadableCert) -> Vec<String> {
+    let current = cert.current();
+    let Some(leaf) = current.cert.first() else {
+        return Vec::new();
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(names)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(name) => Some(name.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether a comma-separated header contains `token`, ignoring case.
 fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
     headers
@@ -261,11 +367,16 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 
 /// The percent-decoded value of `name` in a query string.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query_raw(query, name).and_then(percent_decode)
+}
+
+/// The value of `name` in a query string, as written.
+fn query_raw<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| *key == name)
-        .and_then(|(_, value)| percent_decode(value))
+        .map(|(_, value)| value)
 }
 
 /// Decodes `%XX` escapes and `+` (a space in form encoding); `None` on a malformed escape
@@ -334,6 +445,20 @@ mod tests {
         assert_eq!(query_param(Some("name=%4"), "name"), None);
         assert_eq!(query_param(Some("name=%ff"), "name"), None);
         assert_eq!(query_param(None, "name"), None);
+        assert_eq!(query_raw(Some("name=%ff&x=1"), "name"), Some("%ff"));
+        assert_eq!(query_raw(Some("x=1"), "name"), None);
+    }
+
+    #[test]
+    fn certificate_dns_names_are_its_dns_san_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["localhost", "127.0.0.1", "signal.example.test", "::1"].map(String::from);
+        let (cert, key) = icegate_common::tls::generate_self_signed(dir.path(), &names).unwrap();
+        let cert = ReloadableCert::new(cert, key).unwrap();
+        assert_eq!(
+            certificate_dns_names(&cert),
+            ["localhost", "signal.example.test"]
+        );
     }
 
     #[test]

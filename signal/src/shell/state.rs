@@ -9,6 +9,7 @@ use icegate_common::clock::unix_now;
 use icegate_signal_proto::auth::AuthError;
 use icegate_signal_proto::ice::{self, IceServers, Relay};
 use icegate_signal_proto::limits::{ConnectionCounter, Limits};
+use icegate_signal_proto::origin::OriginPolicy;
 use icegate_signal_proto::protocol::UserId;
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +31,7 @@ pub struct Shared {
     /// Whether clients may connect without a token.
     pub anonymous: bool,
     keys: RwLock<Arc<Keys>>,
+    origins: RwLock<Arc<OriginPolicy>>,
     /// The relays, in configuration order.
     pub relays: Vec<Relay>,
     /// Whether each relay is handed out, set by the health checks.
@@ -53,6 +55,7 @@ impl Shared {
     pub fn new(
         anonymous: bool,
         keys: Keys,
+        origins: OriginPolicy,
         relays: Vec<Relay>,
         credential_ttl: u64,
         limits: Limits,
@@ -64,6 +67,7 @@ impl Shared {
         Shared {
             anonymous,
             keys: RwLock::new(Arc::new(keys)),
+            origins: RwLock::new(Arc::new(origins)),
             relays,
             relay_up,
             credential_ttl,
@@ -84,6 +88,16 @@ impl Shared {
     /// Replaces the keys (SIGHUP); connections already authenticated stay.
     pub fn set_keys(&self, keys: Keys) {
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// The web origins allowed now.
+    pub fn origins(&self) -> Arc<OriginPolicy> {
+        Arc::clone(&self.origins.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the allowed origins (SIGHUP); connections already open stay.
+    pub fn set_origins(&self, origins: OriginPolicy) {
+        *self.origins.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(origins);
     }
 
     /// Authenticates with a token, or, in anonymous mode and without a token, a chosen name.

@@ -1,24 +1,27 @@
 //! The one task that owns the [`Switchboard`]: the hub and, when Asterisk is configured, the
 //! gateway, joined in one sans-IO core. It is the only place where hub and gateway meet, and
-//! it drives both from one loop over four inputs: the connections' inbox, the Asterisk
-//! connections' events, the core's timer and the shutdown signal.
+//! it drives both from one loop over five inputs: the connections' inbox, the Asterisk
+//! connections' events, the cluster bus's events (with `redis-url`), the core's timer and the
+//! shutdown signal.
 //!
 //! ```text
 //!   connection tasks ──► inbox (bounded, send may wait) ─┐                    ┌─► session outboxes (try_send;
 //!   SIP WebSocket task ─► io (bounded) ─────────────────┤  switchboard task  │    full → disconnected, 1013)
 //!   ARI events task(s) ─► io ───────────────────────────┤ (owns Switchboard: ├─► SIP WebSocket task (outbox)
 //!   ARI REST request tasks ► io ────────────────────────┤  Hub ⇄ Gateway)    ├─► ARI events task (per connect)
-//!   timer (poll_timeout), shutdown ─────────────────────┘                    └─► one task per REST request
+//!   bus task (Redis) ─► events (bounded) ───────────────┤                    ├─► one task per REST request
+//!   timer (poll_timeout), shutdown ─────────────────────┘                    └─► bus task (outbox, try_send)
 //! ```
 //!
 //! The task never waits on a client: it answers each session over that session's own bounded
 //! outbox with `try_send`, and a session whose outbox is full is closed in the hub (its calls
 //! end for the other parties) and disconnected. Nor does it wait on Asterisk: SIP frames go to
 //! the SIP WebSocket task's outbox with `try_send` (dropped while it is not writable, as SIP
-//! over a lost connection is), and ARI requests are spawned.
+//! over a lost connection is), and ARI requests are spawned. Nor on Redis: bus messages go to
+//! the bus task's outbox with `try_send` (dropped and counted when it is full).
 //!
 //! Module dependencies point one way, with no cycle: `main → switchboard_task → {asterisk_io,
-//! inbox, state, metrics, config}`, `main → server → ws → {inbox, state, metrics}`,
+//! bus, inbox, state, metrics, config}`, `bus → config`, `main → server → ws → {inbox, state, metrics}`,
 //! `asterisk_io → {state, config}`, `state → {inbox, config, metrics}`; `inbox`, `config` and
 //! `metrics` import no other shell module.
 
@@ -29,18 +32,28 @@ use icegate_signal_asterisk::ari::controller::{ControllerConfig, RequestId};
 use icegate_signal_asterisk::gateway::{CallResult, Gateway, GatewayConfig};
 use icegate_signal_asterisk::sip::UaConfig;
 use icegate_signal_asterisk::switchboard::{Output, Switchboard};
-use icegate_signal_proto::hub::Hub;
+use icegate_signal_proto::cluster::{Channel, Cluster, ClusterConfig};
+use icegate_signal_proto::hub::{Hub, InstanceId};
 use icegate_signal_proto::protocol::SessionId;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::asterisk_io::{self, Clients, Io};
-use super::config::Asterisk;
+use super::bus::{self, BusEvent, BusLink, Outgoing};
+use super::config::{Asterisk, RedisUrl};
 use super::inbox::{HubInput, Outbox};
 use super::metrics::Metrics;
 use super::state;
 
-/// Why the gateway cannot start.
-pub type SpawnError = asterisk_io::IoError;
+/// Why the switchboard cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The Asterisk gateway's clients.
+    #[error("Asterisk gateway: {0}")]
+    Asterisk(#[from] asterisk_io::IoError),
+    /// The Redis client of the cluster bus.
+    #[error("cluster bus (redis-url): {0}")]
+    Redis(#[from] redis::RedisError),
+}
 
 /// How long the gateway may take at shutdown for Asterisk to answer its BYEs and the
 /// unregistration.
@@ -76,22 +89,37 @@ struct Links {
     ari_generation: u64,
     /// Set at shutdown: the gateway ends its calls and unregisters until quiet or this passes.
     closing: Option<Instant>,
-    /// Told when the gateway's shutdown work is done.
-    done: oneshot::Sender<()>,
 }
 
-/// Starts the switchboard task (and, with Asterisk, the SIP connection task). With Asterisk,
-/// returns a receiver that completes once the gateway's shutdown work (BYEs, unregistration)
-/// is done after `shutdown` is set; the hub goes on serving the connections still closing.
+/// How long after the shutdown signal the cluster says goodbye even if sessions are still
+/// closing (within icegate-signal's own grace for closing connections).
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+
+/// Shutdown's progress: the gateway's BYEs and unregistration (in [`Links`]), then the
+/// cluster's goodbye once the sessions have closed, flushed to Redis.
+struct Stopping {
+    /// When the goodbye goes even with sessions left.
+    leave_by: Instant,
+    /// The bus task's answer once the goodbye is published.
+    flushed: Option<oneshot::Receiver<()>>,
+    /// Told when all of it is done.
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Starts the switchboard task (and, with Asterisk, the SIP connection task; with `redis`, the
+/// cluster bus task). Returns a receiver that completes once the shutdown work is done after
+/// `shutdown` is set: the gateway's BYEs and unregistration, and the cluster's goodbye once
+/// the sessions have closed. The hub goes on serving the connections still closing.
 pub fn spawn(
     hub: Hub,
     asterisk: Option<Asterisk>,
+    redis: Option<RedisUrl>,
     inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
-) -> Result<Option<oneshot::Receiver<()>>, SpawnError> {
+) -> Result<oneshot::Receiver<()>, SpawnError> {
     let now = Instant::now();
-    let (board, links, done) = match asterisk {
+    let (mut board, links) = match asterisk {
         Some(settings) => {
             let (io_tx, io_rx) = mpsc::channel(asterisk_io::IO_CAPACITY);
             let clients = Clients::new(&settings, io_tx.clone())?;
@@ -102,25 +130,33 @@ pub fn spawn(
             ));
             let gateway = Gateway::new(gateway_config(&settings), rand::random(), now);
             metrics.asterisk_configured.set(1);
-            let (done_tx, done_rx) = oneshot::channel();
             let links = Links {
                 clients,
                 io: io_rx,
                 sip_outbox: None,
                 ari_generation: 0,
                 closing: None,
-                done: done_tx,
             };
-            (
-                Switchboard::new(hub, Some(gateway), now),
-                Some(links),
-                Some(done_rx),
-            )
+            (Switchboard::new(hub, Some(gateway), now), Some(links))
         }
-        None => (Switchboard::new(hub, None, now), None, None),
+        None => (Switchboard::new(hub, None, now), None),
     };
-    tokio::spawn(run(board, inbox, links, metrics, shutdown));
-    Ok(done)
+    let bus = match redis {
+        Some(url) => {
+            // Random at each start: a restarted process is a new instance to the others.
+            let instance = InstanceId(rand::random());
+            let channels = vec![Channel::All.name(), Channel::Instance(instance).name()];
+            let link = bus::spawn(&url, channels)?;
+            tracing::info!(%instance, redis = %url.redacted(), "joining the cluster");
+            board.join_cluster(Cluster::new(ClusterConfig::new(instance)), now);
+            metrics.cluster_configured.set(1);
+            Some(link)
+        }
+        None => None,
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(run(board, inbox, links, bus, metrics, shutdown, done_tx));
+    Ok(done_rx)
 }
 
 /// Runs the switchboard until every inbox sender is gone.
@@ -128,14 +164,30 @@ async fn run(
     mut board: Switchboard,
     mut inbox: mpsc::Receiver<HubInput>,
     mut links: Option<Links>,
+    mut bus: Option<BusLink>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
+    done: oneshot::Sender<()>,
 ) {
+    let mut done = Some(done);
+    let mut stopping: Option<Stopping> = None;
     let mut outboxes: HashMap<SessionId, Outbox> = HashMap::new();
     loop {
         // Outputs first: `Switchboard::new` may have queued the first ARI connect.
-        perform(&mut board, &mut outboxes, &mut links, &metrics);
+        perform(
+            &mut board,
+            &mut outboxes,
+            &mut links,
+            bus.as_ref(),
+            &metrics,
+        );
         metrics.sessions_active.set(outboxes.len() as i64);
+        if let Some(cluster) = board.cluster() {
+            metrics
+                .redis_connected
+                .set(i64::from(cluster.is_connected()));
+            metrics.cluster_instances.set(cluster.peer_count() as i64);
+        }
         if let Some(gateway) = board.gateway() {
             metrics
                 .sip_registered
@@ -146,13 +198,27 @@ async fn run(
             metrics.pbx_calls_active.set(gateway.call_count() as i64);
         }
         finish_gateway(&board, &mut links);
+        if let Some(stop) = stopping.as_mut() {
+            finish(
+                &mut board,
+                stop,
+                &mut outboxes,
+                &mut links,
+                bus.as_ref(),
+                &metrics,
+            );
+        }
 
         let closing = links.as_ref().and_then(|l| l.closing);
-        let deadline = match (board.poll_timeout(), closing) {
-            (Some(timer), Some(give_up)) => Some(timer.min(give_up)),
-            (timer, give_up) => timer.or(give_up),
-        };
-        let may_close = links.as_ref().is_some_and(|l| l.closing.is_none());
+        // While a goodbye is still to come, wake up for it even if no session closes.
+        let leave_by = stopping
+            .as_ref()
+            .filter(|_| board.cluster().is_some_and(|c| !c.has_left()))
+            .map(|stop| stop.leave_by);
+        let deadline = [board.poll_timeout(), closing, leave_by]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             input = inbox.recv() => match input {
                 Some(input) => handle_input(&mut board, &mut outboxes, input),
@@ -160,16 +226,27 @@ async fn run(
             },
             Some(event) = next_io(&mut links) => {
                 if let Some(links) = links.as_mut() {
-                    handle_io(&mut board, links, event);
+                    handle_io(&mut board, links, event, &metrics);
                 }
             }
+            Some(event) = next_bus(&mut bus) => handle_bus(&mut board, event, &metrics),
             () = sleep_until(deadline) => board.handle_timeout(Instant::now()),
-            () = state::shutdown(&mut shutdown), if may_close => {
+            Ok(()) | Err(_) = flushed(&mut stopping) => {
+                if let Some(stop) = stopping.as_mut() {
+                    stop.flushed = None;
+                }
+            }
+            () = state::shutdown(&mut shutdown), if stopping.is_none() => {
                 let now = Instant::now();
                 if let Some(links) = links.as_mut() {
                     links.closing = Some(now + SHUTDOWN_WAIT);
                 }
                 board.shutdown(now);
+                stopping = Some(Stopping {
+                    leave_by: now + LEAVE_WAIT,
+                    flushed: None,
+                    done: done.take(),
+                });
             }
         }
     }
@@ -212,8 +289,24 @@ fn handle_input(
     }
 }
 
+/// What the bus task reports.
+fn handle_bus(board: &mut Switchboard, event: BusEvent, metrics: &Metrics) {
+    let now = Instant::now();
+    match event {
+        BusEvent::Connected => board.bus_connected(now),
+        BusEvent::Message(payload) => {
+            metrics.bus_messages.with_label_values(&["in"]).inc();
+            if let Err(error) = board.handle_bus(&payload, now) {
+                metrics.bus_messages.with_label_values(&["invalid"]).inc();
+                tracing::warn!(%error, "cluster bus message dropped");
+            }
+        }
+        BusEvent::Lost => board.bus_disconnected(now),
+    }
+}
+
 /// What an Asterisk connection reports.
-fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
+fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io, metrics: &Metrics) {
     let now = Instant::now();
     match event {
         Io::SipConnected(outbox) => {
@@ -233,7 +326,9 @@ fn handle_io(board: &mut Switchboard, links: &mut Links, event: Io) {
             board.ari_connected(now);
         }
         Io::AriEvent(generation, text) if generation == links.ari_generation => {
-            board.handle_ari_event(&text, now)
+            if let Some(event) = board.handle_ari_event(&text, now) {
+                metrics.ari_events.with_label_values(&[event]).inc();
+            }
         }
         Io::AriClosed(generation) if generation == links.ari_generation => {
             if board.gateway().is_some_and(Gateway::is_ari_connected) {
@@ -256,6 +351,7 @@ fn perform(
     board: &mut Switchboard,
     outboxes: &mut HashMap<SessionId, Outbox>,
     links: &mut Option<Links>,
+    bus: Option<&BusLink>,
     metrics: &Metrics,
 ) {
     loop {
@@ -306,6 +402,20 @@ fn perform(
                     };
                     metrics.pbx_calls.with_label_values(&[label]).inc();
                 }
+                Output::Bus { channel, payload } => {
+                    let sent = bus.is_some_and(|bus| {
+                        bus.outbox
+                            .try_send(Outgoing::Publish(channel.name(), payload))
+                            .is_ok()
+                    });
+                    let direction = if sent { "out" } else { "dropped" };
+                    metrics.bus_messages.with_label_values(&[direction]).inc();
+                }
+                Output::BusReconnect => {
+                    if let Some(bus) = bus {
+                        bus.reconnect.notify_one();
+                    }
+                }
                 Output::Log(text) => tracing::info!(target: "icegate_signal::gateway", "{text}"),
             }
         }
@@ -340,8 +450,56 @@ fn finish_gateway(board: &Switchboard, links: &mut Option<Links>) {
     }
     // Dropping the SIP outbox lets the SIP connection close; dropping the io receiver ends
     // the ARI tasks.
-    if let Some(links) = links.take() {
-        let _ = links.done.send(());
+    *links = None;
+}
+
+/// At shutdown: once the sessions have closed (or [`LEAVE_WAIT`] has passed), the cluster's
+/// goodbye, with a flush of the bus behind it; once that is out (or the bus is down) and the
+/// gateway is finished, shutdown's work is done.
+fn finish(
+    board: &mut Switchboard,
+    stop: &mut Stopping,
+    outboxes: &mut HashMap<SessionId, Outbox>,
+    links: &mut Option<Links>,
+    bus: Option<&BusLink>,
+    metrics: &Metrics,
+) {
+    let now = Instant::now();
+    let leave = board.cluster().is_some_and(|c| !c.has_left())
+        && (outboxes.is_empty() || now >= stop.leave_by);
+    if leave {
+        board.leave_cluster(now);
+        // The goodbye into the bus task's queue, then the flush behind it.
+        perform(board, outboxes, links, bus, metrics);
+        if let Some(bus) = bus {
+            let (tx, rx) = oneshot::channel();
+            if bus.outbox.try_send(Outgoing::Flush(tx)).is_ok() {
+                stop.flushed = Some(rx);
+            }
+        }
+    }
+    let cluster_done = board.cluster().is_none_or(Cluster::has_left) && stop.flushed.is_none();
+    if links.is_none() && cluster_done {
+        if let Some(done) = stop.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Completes when the bus task has published the goodbye (or dropped the flush); never while
+/// there is none to wait for.
+async fn flushed(stopping: &mut Option<Stopping>) -> Result<(), oneshot::error::RecvError> {
+    match stopping.as_mut().and_then(|s| s.flushed.as_mut()) {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next report of the bus task; never without a cluster.
+async fn next_bus(bus: &mut Option<BusLink>) -> Option<BusEvent> {
+    match bus {
+        Some(bus) => bus.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

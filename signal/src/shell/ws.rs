@@ -12,8 +12,9 @@ use icegate_signal_proto::hub::OpenError;
 use icegate_signal_proto::protocol::{
     close, ErrorCode, RequestId, ServerMessage, SessionId, UserId,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -144,11 +145,30 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
 }
 
 /// Why the loop ended: who closes, and with what.
+#[derive(Debug, PartialEq, Eq)]
 enum End {
-    /// The client closed or the socket failed: nothing more to send.
+    /// The socket failed or the client vanished without a close: nothing more to send.
     Gone,
+    /// The client sent a close frame, which tungstenite has queued its reply to.
+    ClientClosed,
     /// The server closes with this code.
     Close(u16, &'static str),
+    /// The client broke the protocol: the server closes with this code. The reader has
+    /// stopped at the fault, so what the client sends after it is drained unread.
+    Broken(u16, &'static str),
+}
+
+/// How a failed read ends the connection: the close code for what the client got wrong
+/// (RFC 6455 §7.4.1), or nothing to send when the connection itself is gone.
+fn read_error_end(error: &WsError) -> End {
+    match error {
+        WsError::Capacity(_) => End::Broken(close::TOO_BIG, "message too big"),
+        WsError::Utf8(_) => End::Broken(close::INVALID_PAYLOAD, "text frame is not UTF-8"),
+        // The client dropped the TCP connection: there is nobody to tell.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+        WsError::Protocol(_) => End::Broken(close::PROTOCOL_ERROR, "protocol error"),
+        _ => End::Gone,
+    }
 }
 
 struct Task<'a, S> {
@@ -196,7 +216,14 @@ pub async fn run<S>(
     } else {
         task.serve().await
     };
-    if let End::Close(code, reason) = end {
+    if end == End::ClientClosed {
+        // Sends tungstenite's reply to the client's close (its code echoed) before the socket
+        // is dropped, so the browser sees a clean close (RFC 6455 §5.5.1).
+        if let Err(error) = task.ws.flush().await {
+            tracing::debug!(%error, "close reply not sent");
+        }
+    }
+    if let End::Close(code, reason) | End::Broken(code, reason) = end {
         shared.metrics.closed(code);
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -207,8 +234,17 @@ pub async fn run<S>(
         // receive buffer makes the kernel send a reset, and a reset can destroy the close
         // frame, and with it the close code, before the client reads it.
         if task.ws.send(Message::Close(Some(frame))).await.is_ok() {
+            let broken = matches!(end, End::Broken(..));
             let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                while let Some(Ok(_)) = task.ws.next().await {}
+                if broken {
+                    // The WebSocket reader ends at its first error: drain the socket itself.
+                    // On the heap: an array here would be part of every connection's future
+                    // for its whole life (4 KiB each), not only while it closes.
+                    let mut sink = vec![0u8; 4096];
+                    while let Ok(1..) = task.ws.get_mut().read(&mut sink).await {}
+                } else {
+                    while let Some(Ok(_)) = task.ws.next().await {}
+                }
             })
             .await;
         }
@@ -252,7 +288,8 @@ where
             };
             let now = Instant::now();
             let action = match step {
-                Step::Frame(None) | Step::Frame(Some(Ok(Message::Close(_)))) => return End::Gone,
+                Step::Frame(None) => return End::Gone,
+                Step::Frame(Some(Ok(Message::Close(_)))) => return End::ClientClosed,
                 Step::Frame(Some(Ok(Message::Text(text)))) => {
                     let action = self.conn.handle_text(text.as_str(), now);
                     self.shared.metrics.received(kind_of(&action));
@@ -267,12 +304,9 @@ where
                     self.conn.handle_heard(now);
                     Action::None
                 }
-                Step::Frame(Some(Err(WsError::Capacity(_)))) => {
-                    return End::Close(close::TOO_BIG, "message too big")
-                }
                 Step::Frame(Some(Err(error))) => {
                     tracing::debug!(%error, "websocket read failed");
-                    return End::Gone;
+                    return read_error_end(&error);
                 }
                 Step::Outbox(Some(message)) => {
                     if !self.send(*message).await {
@@ -452,6 +486,39 @@ fn kind_of(action: &Action) -> &'static str {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+
+    #[test]
+    fn read_errors_map_to_close_codes() {
+        let code = |error: WsError| match read_error_end(&error) {
+            End::Broken(code, _) => Some(code),
+            End::Gone | End::ClientClosed | End::Close(..) => None,
+        };
+        let too_big = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code(WsError::Capacity(too_big)), Some(1009));
+        assert_eq!(code(WsError::Utf8("\\xff".into())), Some(1007));
+        for violation in [
+            ProtocolError::UnmaskedFrameFromClient,
+            ProtocolError::NonZeroReservedBits,
+            ProtocolError::FragmentedControlFrame,
+            ProtocolError::ControlFrameTooBig,
+            ProtocolError::InvalidOpcode(3),
+            ProtocolError::UnknownDataFrameType(3),
+            ProtocolError::UnknownControlFrameType(11),
+            ProtocolError::UnexpectedContinueFrame,
+            ProtocolError::InvalidCloseSequence,
+        ] {
+            assert_eq!(code(WsError::Protocol(violation)), Some(1002));
+        }
+        let reset = ProtocolError::ResetWithoutClosingHandshake;
+        assert_eq!(code(WsError::Protocol(reset)), None);
+        assert_eq!(code(WsError::ConnectionClosed), None);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code(WsError::Io(io)), None);
+    }
 
     #[tokio::test]
     async fn spill_read_hands_over_everything_in_small_reads_and_keeps_nothing_after() {

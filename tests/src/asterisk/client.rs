@@ -147,3 +147,71 @@ pub async fn register(ws: &mut Ws, user: &str, password: &str) -> Result<SipMess
         .ok_or("no answer to the authenticated REGISTER")?;
     SipMessage::parse(&text)
 }
+
+/// The same, for tests against the stand-in: each waits [`checked::WAIT`] and panics with
+/// what went wrong, so a test reads as the exchange it checks.
+pub mod checked {
+    use super::{HttpReply, SipMessage, Ws};
+    use futures_util::SinkExt;
+    use serde_json::Value;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// How long each of these waits for an answer.
+    pub const WAIT: Duration = Duration::from_secs(5);
+
+    /// The next text frame, if one comes within [`WAIT`].
+    pub async fn recv_text(ws: &mut Ws) -> Option<String> {
+        super::recv_text(ws, WAIT).await
+    }
+
+    /// The next SIP message; panics on none or a malformed one.
+    pub async fn recv_sip(ws: &mut Ws) -> SipMessage {
+        let text = recv_text(ws)
+            .await
+            .expect("a SIP message from the stand-in");
+        SipMessage::parse(&text).unwrap_or_else(|e| panic!("stand-in sent bad SIP ({e}):\n{text}"))
+    }
+
+    /// The next ARI event; panics on none or non-JSON.
+    pub async fn recv_event(ws: &mut Ws) -> Value {
+        let text = recv_text(ws).await.expect("an ARI event from the stand-in");
+        serde_json::from_str(&text).expect("event is JSON")
+    }
+
+    /// Sends OPTIONS and asserts that the next SIP message is its 200. The stand-in reads one
+    /// connection in order and answers at once, so whatever it sent for the earlier messages came
+    /// before: this proves, without a wait, that it sent nothing else for them.
+    pub async fn options_answered_next(ws: &mut Ws, what: &str) {
+        let call_id = format!("opt{}", rand::random::<u32>());
+        let options = format!(
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS c.invalid;branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:icegate@127.0.0.1>;tag=t{call_id}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        ws.send(Message::text(options)).await.unwrap();
+        let next = recv_sip(ws).await;
+        assert!(
+            next.call_id() == call_id && next.status() == Some(200),
+            "{what}: before its answer to OPTIONS the stand-in sent {next:?}"
+        );
+    }
+
+    /// One HTTP request; panics when it cannot be made.
+    pub async fn http(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        auth: Option<(&str, &str)>,
+    ) -> HttpReply {
+        super::http(addr, method, path, auth, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// REGISTER with digest, as a UA does it; returns the final response.
+    pub async fn register(ws: &mut Ws) -> SipMessage {
+        super::register(ws, "icegate", "sip-secret")
+            .await
+            .expect("REGISTER")
+    }
+}

@@ -79,6 +79,8 @@ pub struct Options {
     /// with this certificate and key (PEM), as the commented lines of http.conf and
     /// pjsip.conf describe.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Sections appended to pjsip.conf (another endpoint, say).
+    pub extra_pjsip: String,
 }
 
 /// Removes the `;` of the first commented `key = ...` (or section) line.
@@ -155,10 +157,13 @@ pub fn write_config_with(
                     text = set_value(&text, "tlsprivatekey", &key.display().to_string());
                 }
             }
-            Some("pjsip.conf") if options.tls.is_some() => {
-                for line in ["[transport-wss]", "type", "protocol", "bind"] {
-                    text = uncomment_after(&text, "[transport-wss]", line);
+            Some("pjsip.conf") => {
+                if options.tls.is_some() {
+                    for line in ["[transport-wss]", "type", "protocol", "bind"] {
+                        text = uncomment_after(&text, "[transport-wss]", line);
+                    }
                 }
+                text.push_str(&options.extra_pjsip);
             }
             Some("rtp.conf") => {
                 // RTP ports inside this test's block, TURN at the block's relay port.
@@ -504,6 +509,7 @@ mod tests {
         let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         let options = Options {
             tls: Some((cert.clone(), key)),
+            ..Options::default()
         };
         write_config_with(dir.path(), &ports, &options).unwrap();
         let read = |f: &str| fs::read_to_string(dir.path().join(f)).unwrap();

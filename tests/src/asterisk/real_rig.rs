@@ -31,6 +31,8 @@ pub struct RigOptions {
     pub tls: bool,
     /// More icegate-signal flags.
     pub signal_args: Vec<String>,
+    /// Sections appended to Asterisk's pjsip.conf.
+    pub extra_pjsip: String,
 }
 
 /// icegate-relay, a real Asterisk, icegate-signal's gateway and an ARI observer.
@@ -65,7 +67,14 @@ impl RealRig {
         );
         let tls_dir = options.tls.then(|| tempfile::tempdir().expect("temp dir"));
         let tls = tls_dir.as_ref().map(|d| write_self_signed_cert(d.path()));
-        let ast = RealAsterisk::start_with(&bin, &relay.ports, &Options { tls: tls.clone() });
+        let ast = RealAsterisk::start_with(
+            &bin,
+            &relay.ports,
+            &Options {
+                tls: tls.clone(),
+                extra_pjsip: options.extra_pjsip.clone(),
+            },
+        );
         ast.wait_ready();
         let observer = AriObserver::connect(ast.addr);
         let turn_url = format!("turn:127.0.0.1:{}?transport=udp", relay.ports.listen());
@@ -102,6 +111,33 @@ impl RealRig {
         };
         rig.wait_available(REGISTER_WAIT);
         Some(rig)
+    }
+
+    /// Another icegate-signal with a gateway to the same Asterisk (plain `ws://` and
+    /// `http://`), registering as `sip_user` and taking ARI events for `app`, with `args`
+    /// appended: a second instance of a cluster. Waits until its gateway is up.
+    pub fn another_signal(&self, sip_user: &str, app: &str, args: Vec<String>) -> Signal {
+        let mut all = gateway_args(
+            &format!("ws://{}", self.ast.addr),
+            &format!("http://{}", self.ast.addr),
+        );
+        all.extend(["--asterisk-sip-user".into(), sip_user.into()]);
+        all.extend(["--asterisk-app".into(), app.into()]);
+        all.extend(["--candidate-gather-timeout".into(), "300".into()]);
+        all.extend(args);
+        let signal = Signal::start(SignalConfig {
+            anonymous: true,
+            static_auth_secret: Some(SECRET.into()),
+            relays: vec![format!(
+                "turn:127.0.0.1:{}?transport=udp",
+                self.relay.ports.listen()
+            )],
+            tls: false,
+            args: all,
+            ..SignalConfig::default()
+        });
+        signal.assert_gateway_up(REGISTER_WAIT);
+        signal
     }
 
     /// A metric of the signal server, summed over its labels.

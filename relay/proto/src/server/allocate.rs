@@ -21,6 +21,7 @@ use turn_types::attribute::{
 use turn_types::message::ALLOCATE;
 
 use super::authenticate::Authed;
+use super::redirect::Reason;
 use super::replies::{add_software, push_error, write_header};
 use super::{Command, RelayId, Server};
 use crate::allocation::{Allocation, PendingAllocate, Relay};
@@ -159,7 +160,13 @@ impl Server {
                 label,
             );
         }
+        if self.try_redirect(from, msg, &authed, Reason::Arrived) {
+            return;
+        }
         if self.draining {
+            if self.try_redirect(from, msg, &authed, Reason::Full) {
+                return;
+            }
             return self.error(
                 from,
                 msg,
@@ -210,6 +217,9 @@ impl Server {
             .admit(&quota_key, config.user_quota, config.total_quota)
         {
             self.counters.quota(kind);
+            if kind == QuotaKind::Total && self.try_redirect(from, msg, &authed, Reason::Full) {
+                return;
+            }
             let code = match kind {
                 QuotaKind::User => ErrorCode::ALLOCATION_QUOTA_REACHED,
                 _ => ErrorCode::INSUFFICIENT_CAPACITY,

@@ -1,6 +1,8 @@
 //! Responses: every answer to a client is finished, counted and queued here, so signing,
 //! SOFTWARE and FINGERPRINT are decided in one place.
 
+use std::net::SocketAddr;
+
 use stun_types::attribute::{AttributeType, ErrorCode, Software, UnknownAttributes};
 use stun_types::message::{
     Message, MessageClass, MessageWrite, MessageWriteExt, MessageWriteVec, Method, TransactionId,
@@ -46,11 +48,32 @@ impl Server {
     pub(super) fn send(
         &mut self,
         to: FiveTuple,
-        mut out: MessageWriteVec,
+        out: MessageWriteVec,
         signer: Option<(&LongTermKey, HmacAlgorithm)>,
         label: MethodLabel,
         code: u16,
     ) {
+        let data = self.seal(out, signer, label, code);
+        self.commands.push_back(Command::SendToClient { to, data });
+    }
+
+    /// A successful Binding answer sent over UDP from the listener at `from` to `to`
+    /// (RFC 5780: another address or port of ours, another port of the client's).
+    pub(super) fn send_from(&mut self, from: SocketAddr, to: SocketAddr, out: MessageWriteVec) {
+        let data = self.seal(out, None, MethodLabel::Binding, 0);
+        self.commands
+            .push_back(Command::SendFrom { from, to, data });
+    }
+
+    /// Finishes an answer: SOFTWARE where it belongs, signed when the request was
+    /// authenticated, FINGERPRINT; counted.
+    fn seal(
+        &mut self,
+        mut out: MessageWriteVec,
+        signer: Option<(&LongTermKey, HmacAlgorithm)>,
+        label: MethodLabel,
+        code: u16,
+    ) -> Vec<u8> {
         match signer {
             Some((key, hmac)) => {
                 // Authenticated answers may name our software; unauthenticated ones stay minimal
@@ -65,11 +88,20 @@ impl Server {
         }
         let _ = out.add_fingerprint();
         self.counters.request(label, code);
-        self.commands.push_back(Command::SendToClient {
-            to,
-            data: out.finish(),
-        });
+        out.finish()
     }
+}
+
+/// What [`add_software`] adds to an unsigned Binding answer, in bytes, and what FINGERPRINT
+/// adds after it: for sizing PADDING before they are written.
+pub(super) fn unsigned_binding_trailer_len(config: &ServerConfig) -> usize {
+    const FINGERPRINT: usize = 8;
+    let software = config
+        .software
+        .as_deref()
+        .filter(|s| Software::new(s).is_ok())
+        .map_or(0, |s| 4 + s.len().div_ceil(4) * 4);
+    software + FINGERPRINT
 }
 
 /// SOFTWARE, when one is configured (and valid). Takes the configuration rather than the

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::{Attribute, AttributeStaticType, ErrorCode, XorMappedAddress};
+use stun_types::attribute::{Attribute, AttributeStaticType, ErrorCode};
 use stun_types::message::{Message, MessageWriteExt, MessageWriteVec};
 use stun_types::AddressFamily;
 use turn_types::attribute::{ChannelNumber, Lifetime, RequestedAddressFamily, XorPeerAddress};
@@ -16,14 +16,13 @@ use crate::peer_filter::DenyReason;
 use crate::transport::{Family, FiveTuple};
 
 impl Server {
-    /// Binding (RFC 8489): unauthenticated, so rate limited like every other such answer.
+    /// Binding (RFC 8489): unauthenticated, so rate limited like every other such answer;
+    /// with RFC 5780 when it is on (`nat_discovery.rs`).
     pub(super) fn binding(&mut self, from: FiveTuple, msg: &Message<'_>, now: Instant) {
         if !self.rate_ok(from, now) {
             return;
         }
-        let mut out = Message::builder_success(msg, MessageWriteVec::with_capacity(64));
-        let _ = out.add_attribute(&XorMappedAddress::new(from.client, msg.transaction_id()));
-        self.send(from, out, None, MethodLabel::Binding, 0);
+        self.answer_binding(from, msg);
     }
 
     /// The allocation of `from`, checked against the requester (437, 441).

@@ -474,10 +474,11 @@ impl Controller {
 
     // ---- inputs from Asterisk ----
 
-    /// One text frame of the events WebSocket. An error is for the log: the connection and
-    /// every call go on.
-    pub fn handle_event(&mut self, text: &str, now: Instant) -> Result<(), EventError> {
+    /// One text frame of the events WebSocket; the event's [name](Event::name) once handled.
+    /// An error is for the log: the connection and every call go on.
+    pub fn handle_event(&mut self, text: &str, now: Instant) -> Result<&'static str, EventError> {
         let event = events::parse_event(text)?;
+        let name = event.name();
         match event {
             Event::StasisStart(start) => self.on_stasis_start(start.channel, start.args, now),
             Event::StasisEnd(e) => self.on_stasis_end(&e.channel.id, now),
@@ -525,7 +526,7 @@ impl Controller {
             | Event::ChannelLeftBridge(_)
             | Event::Other(_) => {}
         }
-        Ok(())
+        Ok(name)
     }
 
     /// The response to request `id`: its HTTP status and body (`""` for none).

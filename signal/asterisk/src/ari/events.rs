@@ -309,6 +309,28 @@ pub enum Event {
 }
 
 impl Event {
+    /// The ARI event type (`StasisStart`, ...), or `other` for a type this gateway does not
+    /// read: a bounded set, fit for a metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::StasisStart(_) => "StasisStart",
+            Event::StasisEnd(_) => "StasisEnd",
+            Event::ChannelStateChange(_) => "ChannelStateChange",
+            Event::ChannelDtmfReceived(_) => "ChannelDtmfReceived",
+            Event::ChannelHangupRequest(_) => "ChannelHangupRequest",
+            Event::ChannelDestroyed(_) => "ChannelDestroyed",
+            Event::ChannelVarset(_) => "ChannelVarset",
+            Event::PlaybackStarted(_) => "PlaybackStarted",
+            Event::PlaybackFinished(_) => "PlaybackFinished",
+            Event::Dial(_) => "Dial",
+            Event::ChannelEnteredBridge(_) => "ChannelEnteredBridge",
+            Event::ChannelLeftBridge(_) => "ChannelLeftBridge",
+            Event::BridgeDestroyed(_) => "BridgeDestroyed",
+            Event::ApplicationReplaced => "ApplicationReplaced",
+            Event::Other(_) => "other",
+        }
+    }
+
     /// The channel the event is about, if it is about one.
     pub fn channel(&self) -> Option<&Channel> {
         match self {

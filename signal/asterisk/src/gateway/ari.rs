@@ -9,6 +9,9 @@ use icegate_signal_proto::protocol::Digits;
 use super::{Gateway, ToHub};
 use crate::ari::controller::{CallEvent as AriEvent, CallKey as AriKey, RequestId as AriRequestId};
 
+/// What [`Gateway::handle_ari_event`] calls a frame that is no ARI event it can read.
+pub const UNREADABLE_ARI_EVENT: &str = "unreadable";
+
 impl Gateway {
     /// The ARI events WebSocket is open.
     pub fn ari_connected(&mut self, now: Instant) {
@@ -22,12 +25,19 @@ impl Gateway {
         self.pump(now);
     }
 
-    /// A text frame of the ARI events WebSocket; malformed ones are logged.
-    pub fn handle_ari_event(&mut self, text: &str, now: Instant) {
-        if let Err(error) = self.ari.handle_event(text, now) {
-            self.log(format!("unreadable ARI event: {error}"));
-        }
+    /// A text frame of the ARI events WebSocket; malformed ones are logged. Returns the
+    /// event's type for the metrics (see [`Event::name`](crate::ari::events::Event::name)),
+    /// [`UNREADABLE_ARI_EVENT`] for a malformed one.
+    pub fn handle_ari_event(&mut self, text: &str, now: Instant) -> &'static str {
+        let name = match self.ari.handle_event(text, now) {
+            Ok(name) => name,
+            Err(error) => {
+                self.log(format!("unreadable ARI event: {error}"));
+                UNREADABLE_ARI_EVENT
+            }
+        };
         self.pump(now);
+        name
     }
 
     /// The response to an [`Output::AriRequest`](super::Output::AriRequest): status and body

@@ -38,7 +38,7 @@ impl Gateway {
                     self.log(format!("{request:?} in call {call}: {error}"));
                 }
             }
-            HubOutput::Send { .. } | HubOutput::Event(_) => {}
+            HubOutput::Send { .. } | HubOutput::Event(_) | HubOutput::Membership { .. } => {}
         }
         self.pump(now);
     }

@@ -19,6 +19,8 @@ use crate::sip::message::Message;
 use crate::sip::method::Method as SipMethod;
 use crate::sip::registration::RETRY_FIRST;
 
+mod cluster;
+
 /// A switchboard on a fake clock, and what it said to each side.
 struct Board {
     sb: Switchboard,
@@ -30,6 +32,8 @@ struct Board {
     connects: usize,
     events: Vec<CallEvent>,
     results: Vec<CallResult>,
+    /// What it published on the cluster bus.
+    bus: Vec<(Channel, String)>,
 }
 
 impl Board {
@@ -59,6 +63,7 @@ impl Board {
             connects: 0,
             events: vec![],
             results: vec![],
+            bus: vec![],
         };
         board.drain();
         board
@@ -92,6 +97,10 @@ impl Board {
                 } => self.ari.push((id, method, path)),
                 Output::Call(event) => self.events.push(event),
                 Output::PbxResult(result) => self.results.push(result),
+                Output::Bus { channel, payload } => self.bus.push((channel, payload)),
+                Output::BusReconnect => {
+                    panic!("no test here leaves the bus deaf for an instance timeout")
+                }
                 Output::Log(_) => {}
             }
         }

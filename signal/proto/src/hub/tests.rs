@@ -7,4 +7,5 @@ mod calls;
 mod forking;
 mod limits;
 mod pbx;
+mod remote;
 mod renegotiation;

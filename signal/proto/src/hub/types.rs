@@ -1,11 +1,12 @@
 //! The hub's API types: its configuration, the two kinds of [`Endpoint`] a call leg ends at,
 //! what it asks the shell to do ([`Output`]), what the PBX tells it ([`PbxEvent`]) and may be
-//! asked ([`PbxRequest`]), call events for metrics, and why a session is refused.
+//! asked ([`PbxRequest`]), call events for metrics, and why a session is refused; and the ids
+//! of the cluster ([`InstanceId`], [`RemoteSession`]) for legs on other instances.
 
 use std::time::Duration;
 
 use crate::protocol::{
-    CallId, Digits, Extension, HangupReason, Media, ServerMessage, SessionId, UserId,
+    CallId, Digits, Extension, HangupReason, Media, RoomId, ServerMessage, SessionId, UserId,
 };
 
 /// The hub's limits and timers.
@@ -38,6 +39,21 @@ impl Default for HubConfig {
     }
 }
 
+crate::protocol::hex_id!(
+    /// One icegate-signal process of a cluster (`redis-url`): random at each start, so a
+    /// restarted process is a new instance.
+    InstanceId
+);
+
+/// A session connected to another instance of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemoteSession {
+    /// The instance the session's WebSocket is connected to.
+    pub instance: InstanceId,
+    /// The session, as that instance named it.
+    pub session: SessionId,
+}
+
 /// Where one leg of a call ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -45,6 +61,8 @@ pub enum Endpoint {
     Session(SessionId),
     /// The PBX, through the gateway.
     Pbx,
+    /// A session on another instance of the cluster: its messages go over the bus.
+    Remote(RemoteSession),
 }
 
 /// What happened to calls, for metrics.
@@ -89,6 +107,16 @@ pub enum Output {
     },
     /// Count a call event.
     Event(CallEvent),
+    /// A local session joined or left a room: for the cluster, so that calls to the room
+    /// from other instances ring it.
+    Membership {
+        /// The session.
+        session: SessionId,
+        /// The room.
+        room: RoomId,
+        /// Joined, or left (also by closing).
+        joined: bool,
+    },
 }
 
 /// What a browser may ask of the PBX in a call with it.

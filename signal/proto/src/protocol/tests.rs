@@ -275,6 +275,7 @@ fn error_code_names_match_serde() {
         ErrorCode::TooManySessions,
         ErrorCode::UnknownCall,
         ErrorCode::Glare,
+        ErrorCode::OriginNotAllowed,
     ] {
         assert_eq!(
             serde_json::to_value(code).unwrap(),

@@ -72,6 +72,10 @@ pub struct Cli {
     /// Allow `anonymous` on a listen address that is not loopback.
     #[arg(long)]
     pub anonymous_public: bool,
+    /// A web origin (`https://app.example.com[:PORT]`) whose pages may open /ws and read
+    /// /v1/ice-servers, besides the server's own (repeatable or comma-separated); "*" for any.
+    #[arg(long = "allowed-origins", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Address of the Prometheus /metrics, /healthz, /readyz listener.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -138,6 +142,10 @@ pub struct Cli {
     /// Asterisk (which does not trickle). Default: 2000.
     #[arg(long)]
     pub candidate_gather_timeout: Option<u64>,
+    /// Redis 7 (or Valkey) that joins several icegate-signal processes into one cluster
+    /// (`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`); without it, one process serves alone.
+    #[arg(long)]
+    pub redis_url: Option<String>,
 }
 
 /// The TOML file; keys are the flags' long names.
@@ -160,6 +168,7 @@ pub struct FileConfig {
     pub(super) jwt_public_key: Option<PathBuf>,
     pub(super) anonymous: Option<bool>,
     pub(super) anonymous_public: Option<bool>,
+    pub(super) allowed_origins: Option<Vec<String>>,
     pub(super) metrics_listen: Option<SocketAddr>,
     pub(super) log_format: Option<LogFormat>,
     pub(super) max_message_rate: Option<u32>,
@@ -181,4 +190,5 @@ pub struct FileConfig {
     pub(super) asterisk_dial_endpoint: Option<String>,
     pub(super) asterisk_ca: Option<PathBuf>,
     pub(super) candidate_gather_timeout: Option<u64>,
+    pub(super) redis_url: Option<String>,
 }

@@ -12,9 +12,11 @@ use icegate_signal_proto::auth::{Authenticator, KeyError};
 use icegate_signal_proto::hub::HubConfig;
 use icegate_signal_proto::ice::{self, IceConfigError, Relay};
 use icegate_signal_proto::limits::Limits;
+use icegate_signal_proto::origin::AllowedOrigins;
 
 use super::asterisk::asterisk;
 use super::cli::{Cli, FileConfig};
+use super::redis::redis_url;
 use super::{
     Keys, Settings, TlsMode, DEFAULT_CREDENTIAL_TTL, DEFAULT_HEALTH_GRACE, DEFAULT_HEALTH_INTERVAL,
     DEFAULT_LISTEN,
@@ -36,9 +38,13 @@ pub(super) fn merge(
     let asterisk = asterisk(cli, &f, &invalid)?;
     let (listen, tls) = listener(cli, &f, path, &invalid)?;
     let (auth, anonymous) = authentication(cli, &f, listen, path, &invalid)?;
+    let (origins, origins_cli) = pick_vec(&cli.allowed_origins, f.allowed_origins.clone());
+    let allowed_origins = AllowedOrigins::parse(&origins)
+        .map_err(|error| invalid(origins_cli, "allowed-origins", error.to_string()))?;
     let (turn_secret, relays) = relays(cli, &f, &invalid)?;
     let timers = timers(cli, &f, &invalid)?;
     let limits = limits(cli, &f, timers.idle, &invalid)?;
+    let redis_url = redis_url(cli, &f, &invalid)?;
 
     Ok(Settings {
         listen,
@@ -49,6 +55,7 @@ pub(super) fn merge(
         health_grace: Duration::from_secs(timers.health_grace),
         credential_ttl: timers.credential_ttl,
         anonymous,
+        allowed_origins,
         metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
         log_format: pick(cli.log_format, f.log_format).0.unwrap_or_default(),
         hub: HubConfig {
@@ -59,6 +66,7 @@ pub(super) fn merge(
         },
         limits,
         asterisk,
+        redis_url,
     })
 }
 

@@ -3,6 +3,12 @@
 //! credentials from the shared test kit, `icegate-testkit`), and a [`Harness`] (one server
 //! on a fake clock) whose helpers drive a client through the usual exchanges.
 //!
+//! Why two encoders: the core's tests need attributes the kit has no reason to carry
+//! (EVEN-PORT, RESERVATION-TOKEN, ADDITIONAL-ADDRESS-FAMILY, PASSWORD-ALGORITHMS, ...) and
+//! full integrity checks of every answer, and `stun-rs` is the independent codec kept for
+//! exactly that cross-check of the wire format; what all three consumers (these tests, the
+//! cross-process tests, the benchmark) send alike comes from the kit.
+//!
 //! Its imports are re-exported, so a test module needs only `use super::harness::*;`.
 
 pub(super) use std::net::{IpAddr, SocketAddr};
@@ -34,7 +40,7 @@ pub(super) use crate::channels::{MAX_CHANNEL, MIN_CHANNEL};
 pub(super) use crate::config::{RelayAddress, ServerConfig};
 pub(super) use crate::ledger::Ledger;
 pub(super) use crate::metrics::{
-    AuthFailure, Counters, Direction, DropReason, PeerDenials, QuotaKind,
+    AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials, QuotaKind,
 };
 pub(super) use crate::nonce::NonceKey;
 pub(super) use crate::peer_filter::{self, PeerFilter};
@@ -676,6 +682,10 @@ impl Harness {
 
     pub(super) fn auth_failures(&self, reason: AuthFailure) -> u64 {
         Counters::get(&self.counters.auth_failures[reason as usize])
+    }
+
+    pub(super) fn requests(&self, method: MethodLabel, code: u16) -> u64 {
+        Counters::get(&self.counters.requests[method as usize][crate::metrics::result_index(code)])
     }
 
     pub(super) fn quota_rejections(&self, kind: QuotaKind) -> u64 {

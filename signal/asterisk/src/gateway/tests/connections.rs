@@ -79,8 +79,15 @@ fn malformed_input_is_logged_not_fatal() {
         rig.gw.handle_sip(junk.as_bytes(), rig.now);
     }
     for junk in ["", "{", "[]", "{\"type\":\"StasisStart\"}", "{\"type\":42}"] {
-        rig.gw.handle_ari_event(junk, rig.now);
+        assert_eq!(
+            rig.gw.handle_ari_event(junk, rig.now),
+            UNREADABLE_ARI_EVENT,
+            "{junk}"
+        );
     }
+    // A well-formed event of a type the gateway does not read is no error: `other`.
+    let unknown = r#"{"type":"DeviceStateChanged","application":"icegate"}"#;
+    assert_eq!(rig.gw.handle_ari_event(unknown, rig.now), "other");
     rig.gw
         .handle_ari_response(AriRequestId(999), 500, "{", rig.now);
     rig.drain();

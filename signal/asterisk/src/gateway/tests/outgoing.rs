@@ -55,7 +55,10 @@ fn candidates_are_gathered_into_the_invite_then_ring_answer_dtmf_bye() {
     let dtmf = json!({"type": "ChannelDtmfReceived", "digit": "5", "duration_ms": 100,
         "application": "icegate", "timestamp": "2026-11-24T20:24:55.021+0000",
         "channel": channel("ch1", "Up", invite.call_id())});
-    rig.gw.handle_ari_event(&dtmf.to_string(), rig.now);
+    assert_eq!(
+        rig.gw.handle_ari_event(&dtmf.to_string(), rig.now),
+        "ChannelDtmfReceived"
+    );
     rig.drain();
     // Digits Asterisk received on the call's own channel are the browser's: not echoed back.
     assert_eq!(rig.hub, []);

@@ -18,6 +18,8 @@ pub(super) struct World {
     /// What the hub addressed to the PBX: `Send`s to it, `PbxCall`s and `PbxRequest`s.
     pub(super) pbx: Vec<Output>,
     pub(super) events: Vec<CallEvent>,
+    /// Room memberships the hub reported for the cluster.
+    pub(super) rooms: Vec<(SessionId, RoomId, bool)>,
 }
 
 impl World {
@@ -32,6 +34,7 @@ impl World {
             sent: Vec::new(),
             pbx: Vec::new(),
             events: Vec::new(),
+            rooms: Vec::new(),
         }
     }
 
@@ -52,6 +55,12 @@ impl World {
                     message,
                 } => self.sent.push((to, message)),
                 Output::Event(event) => self.events.push(event),
+                // For the cluster only; hub/tests/remote.rs reads them from `rooms`.
+                Output::Membership {
+                    session,
+                    room,
+                    joined,
+                } => self.rooms.push((session, room, joined)),
                 other => self.pbx.push(other),
             }
         }
