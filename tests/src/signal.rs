@@ -507,6 +507,34 @@ impl WsClient {
         }
     }
 
+    /// The next message, whatever its type; panics on a close.
+    pub fn recv_json(&mut self) -> Value {
+        match self.recv() {
+            Received::Json(value) => value,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Calls `to` (`{"user":…}` or `{"room":…}`) with `sdp` until the callee has reached this
+    /// client's signal instance (with `redis-url`, a few milliseconds after the user's welcome
+    /// or the room's join elsewhere), retrying on `unknown_user` and `unknown_room` for up to
+    /// `wait`; returns the call id.
+    pub fn call_when_known(&mut self, to: Value, sdp: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.send(json!({"v":1,"type":"call","id":"c","to":to,"sdp":sdp}));
+            let reply = self.recv_json();
+            let unknown = reply["code"] == "unknown_user" || reply["code"] == "unknown_room";
+            match reply["type"].as_str() {
+                Some("ack") => return reply["call"].as_str().expect("call id").to_owned(),
+                Some("error") if unknown && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => panic!("calling {to}: {reply}"),
+            }
+        }
+    }
+
     /// The next message, which must be JSON of `type`.
     pub fn expect(&mut self, kind: &str) -> Value {
         match self.recv() {

@@ -10,9 +10,8 @@
 use icegate_tests::asterisk::pbx_calls::{after_ringing, OFFER};
 use icegate_tests::asterisk::real_rig::{RealRig, RigOptions, REGISTER_WAIT, WAIT};
 use icegate_tests::redis::RedisServer;
-use icegate_tests::signal::{eventually, Received, Signal, WsClient};
+use icegate_tests::signal::{eventually, Signal};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
 
 /// The second instance's endpoint, auth and AOR: the sample's `icegate` ones under another
 /// name, with its own Stasis application for the dialplan (operations.md).
@@ -41,26 +40,6 @@ fn state(rig: &RealRig, id: &str) -> Value {
 
 fn metric(signal: &Signal, name: &str, labels: &[(&str, &str)]) -> f64 {
     signal.metrics().sum(name, labels)
-}
-
-/// `caller` calls `user` until the user's presence has reached the caller's instance;
-/// returns the call id.
-fn call_when_known(caller: &mut WsClient, user: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        caller.send(json!({"v":1,"type":"call","id":"c","to":{"user":user},"sdp":OFFER}));
-        let reply = match caller.recv() {
-            Received::Json(m) => m,
-            other => panic!("calling {user}: {other:?}"),
-        };
-        match reply["type"].as_str() {
-            Some("ack") => return reply["call"].as_str().expect("call id").to_owned(),
-            Some("error") if reply["code"] == "unknown_user" && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            _ => panic!("calling {user}: {reply}"),
-        }
-    }
 }
 
 #[test]
@@ -104,7 +83,7 @@ fn asterisk_real_cluster_dials_a_user_through_the_other_instance() {
         client
     };
     let mut probe = rig.browser("probe");
-    let probe_call = call_when_known(&mut probe, "bob");
+    let probe_call = probe.call_when_known(json!({ "user": "bob" }), OFFER, WAIT);
     assert_eq!(bob.expect("incoming")["from"], "probe");
     probe.send(json!({"v":1,"type":"hangup","call":probe_call}));
     assert_eq!(bob.expect("hangup")["call"], probe_call.as_str());

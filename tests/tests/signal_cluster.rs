@@ -10,7 +10,7 @@ use icegate_tests::asterisk::pbx_calls::OFFER as PBX_OFFER;
 use icegate_tests::asterisk::{AsteriskStandIn, Config};
 use icegate_tests::redis::RedisServer;
 use icegate_tests::signal::{eventually, Signal, SignalConfig, WsClient};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
 const ANSWER: &str = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
@@ -52,21 +52,9 @@ fn join(signal: &Signal, name: &str) -> WsClient {
     client
 }
 
-/// Calls `user` until its presence has reached the caller's instance (a few milliseconds
-/// after its welcome); returns the call id.
+/// Calls `user` once its presence has reached the caller's instance; returns the call id.
 fn call(caller: &mut WsClient, user: &str) -> String {
-    let deadline = Instant::now() + JOIN_TIMEOUT;
-    loop {
-        caller.send(json!({"v":1,"type":"call","id":"c","to":{"user":user},"sdp":OFFER}));
-        let reply = caller.recv_json();
-        match reply["type"].as_str() {
-            Some("ack") => return reply["call"].as_str().expect("call id").to_owned(),
-            Some("error") if reply["code"] == "unknown_user" && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            _ => panic!("calling {user}: {reply}"),
-        }
-    }
+    caller.call_when_known(json!({ "user": user }), OFFER, JOIN_TIMEOUT)
 }
 
 /// `caller` calls `callee`'s user, which answers; returns the call id.
@@ -78,19 +66,6 @@ fn answered_call(caller: &mut WsClient, callee: &mut WsClient, user: &str) -> St
     assert_eq!(callee.expect("ack")["id"], "a");
     assert_eq!(caller.expect("answer")["sdp"], ANSWER);
     id
-}
-
-trait RecvJson {
-    fn recv_json(&mut self) -> Value;
-}
-
-impl RecvJson for WsClient {
-    fn recv_json(&mut self) -> Value {
-        match self.recv() {
-            icegate_tests::signal::Received::Json(value) => value,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
 }
 
 #[test]
@@ -178,19 +153,8 @@ fn a_call_to_a_room_rings_its_members_on_both_instances() {
         client.send(json!({"v":1,"type":"join","id":"j","room":"standup"}));
         assert_eq!(client.expect("ack")["id"], "j");
     }
-    // Until bob's membership has reached A.
-    let deadline = Instant::now() + JOIN_TIMEOUT;
-    let id = loop {
-        alice.send(json!({"v":1,"type":"call","id":"r","to":{"room":"standup"},"sdp":OFFER}));
-        let reply = alice.recv_json();
-        match reply["type"].as_str() {
-            Some("ack") => break reply["call"].as_str().expect("call id").to_owned(),
-            Some("error") if reply["code"] == "unknown_room" && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            _ => panic!("calling the room: {reply}"),
-        }
-    };
+    // Once bob's membership has reached A.
+    let id = alice.call_when_known(json!({ "room": "standup" }), OFFER, JOIN_TIMEOUT);
     let incoming = bob.expect("incoming");
     assert_eq!(
         (incoming["call"].as_str(), incoming["room"].as_str()),
