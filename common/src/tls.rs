@@ -11,6 +11,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use x509_parser::extensions::GeneralName;
 
 /// The file name [`generate_self_signed`] gives the certificate.
 pub const CERT_FILE: &str = "cert.pem";
@@ -154,6 +155,30 @@ impl ReloadableCert {
     pub fn key_path(&self) -> &Path {
         &self.key_path
     }
+
+    /// The DNS names (subjectAltName) of the certificate in use, its first, end-entity one;
+    /// none when it does not parse. IP address entries are left out.
+    pub fn dns_names(&self) -> Vec<String> {
+        let current = self.current();
+        let Some(leaf) = current.cert.first() else {
+            return Vec::new();
+        };
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+            return Vec::new();
+        };
+        let Ok(Some(names)) = parsed.subject_alternative_name() else {
+            return Vec::new();
+        };
+        names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(name) => Some(name.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl fmt::Debug for ReloadableCert {
@@ -253,6 +278,15 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_names_are_the_certificates_dns_san_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["localhost", "127.0.0.1", "signal.example.test", "::1"].map(String::from);
+        let (cert, key) = generate_self_signed(dir.path(), &names).unwrap();
+        let cert = ReloadableCert::new(cert, key).unwrap();
+        assert_eq!(cert.dns_names(), ["localhost", "signal.example.test"]);
+    }
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

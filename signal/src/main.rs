@@ -275,9 +275,7 @@ fn origin_policy(
     cert: Option<&ReloadableCert>,
     configured: &AllowedOrigins,
 ) -> OriginPolicy {
-    let names = cert
-        .map(shell::server::certificate_dns_names)
-        .unwrap_or_default();
+    let names = cert.map(ReloadableCert::dns_names).unwrap_or_default();
     OriginPolicy::new(own_origins(listen, cert.is_some(), &names), configured)
 }
 

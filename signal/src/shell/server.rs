@@ -16,7 +16,6 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use icegate_common::tls::ReloadableCert;
 use icegate_signal_proto::protocol::{ErrorCode, ServerMessage, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -24,7 +23,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
-use x509_parser::extensions::GeneralName;
 
 use super::state::Shared;
 use super::ws::{self, UrlCredentials};
@@ -322,30 +320,6 @@ fn upgrade(
     response
 }
 
-/// The DNS names of the TLS certificate in use (its first, end-entity certificate): they
-/// name the server, so pages there are its own. A certificate that does not parse has none.
-pub fn certificate_dns_names(cert: &ReloadableCert) -> Vec<String> {
-    let current = cert.current();
-    let Some(leaf) = current.cert.first() else {
-        return Vec::new();
-    };
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(names)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    names
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(name) => Some(name.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Whether a comma-separated header contains `token`, ignoring case.
 fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
     headers
@@ -447,18 +421,6 @@ mod tests {
         assert_eq!(query_param(None, "name"), None);
         assert_eq!(query_raw(Some("name=%ff&x=1"), "name"), Some("%ff"));
         assert_eq!(query_raw(Some("x=1"), "name"), None);
-    }
-
-    #[test]
-    fn certificate_dns_names_are_its_dns_san_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = ["localhost", "127.0.0.1", "signal.example.test", "::1"].map(String::from);
-        let (cert, key) = icegate_common::tls::generate_self_signed(dir.path(), &names).unwrap();
-        let cert = ReloadableCert::new(cert, key).unwrap();
-        assert_eq!(
-            certificate_dns_names(&cert),
-            ["localhost", "signal.example.test"]
-        );
     }
 
     #[test]
