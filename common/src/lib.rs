@@ -34,3 +34,7 @@ pub mod systemd;
 /// TLS server setup: PEM loading, reloadable certificates, self-signed certificates.
 #[cfg(feature = "runtime")]
 pub mod tls;
+
+/// A server-side TLS stream that holds no buffer while idle (rustls's unbuffered API).
+#[cfg(feature = "runtime")]
+pub mod tls_stream;

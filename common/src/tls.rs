@@ -71,7 +71,7 @@ pub enum TlsError {
 }
 
 /// The crypto provider used for every config built here.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -45,7 +45,6 @@ use icegate_signal_proto::hub::Hub;
 use icegate_signal_proto::origin::{own_origins, AllowedOrigins, OriginPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use shell::config::{Cli, Settings, TlsMode};
 use shell::metrics::Metrics;
@@ -167,9 +166,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
         }
         TlsMode::Plain => None,
     };
-    let acceptor = cert
+    let tls_config = cert
         .as_ref()
-        .map(|cert| TlsAcceptor::from(tls::server_config(Arc::clone(cert), &[b"http/1.1"])));
+        .map(|cert| tls::server_config(Arc::clone(cert), &[b"http/1.1"]));
 
     let metrics = Metrics::new();
     let (stop, stopped) = watch::channel(false);
@@ -217,7 +216,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
     }
     tokio::spawn(shell::server::serve(
         listener,
-        acceptor,
+        tls_config,
         Arc::clone(&shared),
     ));
 

@@ -16,10 +16,10 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use icegate_common::tls_stream::TlsServerStream;
 use icegate_signal_proto::protocol::{ErrorCode, ServerMessage, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
@@ -39,7 +39,11 @@ const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const PREFLIGHT_MAX_AGE: &str = "600";
 
 /// Accepts connections until shutdown.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,8 +69,12 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
         tokio::spawn(async move {
             match tls {
                 None => serve_http(stream, peer, shared).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Some(config) => {
+                    // Not tokio-rustls: its connection keeps a 4 KiB read buffer for as long as
+                    // the session lives, most of an idle session's memory (docs/operations.md,
+                    // "Sizing icegate-signal").
+                    let handshake = TlsServerStream::accept(config, stream);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(stream)) => serve_http(stream, peer, shared).await,
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -292,20 +300,29 @@ fn upgrade(
     // Taken out of the request here, so that the task (which lives as long as the session)
     // holds the small upgrade handle rather than room for the whole request.
     let upgrade = hyper::upgrade::on(request);
+    // What the task needs after the upgrade, boxed: the values a future captures stay in it
+    // for its whole life, next to the room of the session it runs.
+    let start = Box::new((shared, credentials, admission, peer));
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let config = ws::websocket_config(shared.limits.max_message_bytes());
-                let ws = WebSocketStream::from_raw_socket(
-                    ws::SpillRead::new(TokioIo::new(upgraded)),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                ws::run(ws, shared, credentials, admission).await;
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                return tracing::debug!(peer = %start.3, %error, "WebSocket upgrade failed")
             }
-            Err(error) => tracing::debug!(%peer, %error, "WebSocket upgrade failed"),
-        }
+        };
+        let task = Box::pin(async move {
+            let (shared, credentials, admission, _) = *start;
+            let config = ws::websocket_config(shared.limits.max_message_bytes());
+            let ws = WebSocketStream::from_raw_socket(
+                ws::SpillRead::new(TokioIo::new(upgraded)),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            ws::task(ws, shared, credentials, admission)
+        })
+        .await;
+        ws::run(task).await;
     });
 
     let mut response = Response::new(Full::new(Bytes::new()));

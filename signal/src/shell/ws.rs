@@ -171,13 +171,19 @@ fn read_error_end(error: &WsError) -> End {
     }
 }
 
-struct Task<'a, S> {
-    /// Borrowed from `run`'s argument: moved into the task instead, the stream would be in
-    /// `run`'s future twice (an async fn keeps room for its arguments as they came in).
-    ws: &'a mut WebSocketStream<S>,
+/// Everything one connection owns. It lives in a box that the connection's task points to:
+/// the arguments of an async fn are kept twice in its future (as passed and as moved into
+/// the body) for the future's whole life, which for a 360-byte WebSocket stream was 700
+/// bytes of every idle session; a box is 8 bytes, twice.
+pub struct Task<S> {
+    ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     conn: Connection,
     session: Option<Session>,
+    /// Taken by the first authentication, from the upgrade request.
+    credentials: Option<UrlCredentials>,
+    /// Held for the connection's lifetime: it counts the connection against its address.
+    _admission: Admission,
 }
 
 struct Session {
@@ -187,34 +193,42 @@ struct Session {
     outbox: OutboxReceiver,
 }
 
-/// Runs one connection to its end. `admission` is held for the connection's lifetime.
-pub async fn run<S>(
-    mut ws: WebSocketStream<S>,
+/// A connection's task state, before [`run`].
+pub fn task<S>(
+    ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     credentials: UrlCredentials,
     admission: Admission,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    shared.metrics.connections_total.inc();
-    shared.metrics.connections_active.inc();
+) -> Box<Task<S>> {
     let conn = Connection::new(shared.limits.clone(), Instant::now());
-    let mut task = Task {
-        ws: &mut ws,
-        shared: Arc::clone(&shared),
+    Box::new(Task {
+        ws,
+        shared,
         conn,
         session: None,
-    };
-    let end = if credentials.token.is_some() || credentials.name.is_some() {
+        credentials: Some(credentials),
+        _admission: admission,
+    })
+}
+
+/// Runs one connection to its end.
+pub async fn run<S>(mut task: Box<Task<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = Arc::clone(&task.shared);
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_active.inc();
+    let authenticated = match task.credentials.take() {
         // Boxed, like `act` in `serve`: see there.
-        match Box::pin(task.authenticate(None, credentials.token.as_deref(), credentials.name))
-            .await
-        {
-            Ok(()) => task.serve().await,
-            Err(end) => end,
+        Some(credentials) if credentials.token.is_some() || credentials.name.is_some() => {
+            Box::pin(task.authenticate_from_url(credentials)).await
         }
-    } else {
-        task.serve().await
+        _ => Ok(()),
+    };
+    let end = match authenticated {
+        Ok(()) => task.serve().await,
+        Err(end) => end,
     };
     if end == End::ClientClosed {
         // Sends tungstenite's reply to the client's close (its code echoed) before the socket
@@ -258,10 +272,9 @@ pub async fn run<S>(
         .await;
     }
     shared.metrics.connections_active.dec();
-    drop(admission);
 }
 
-impl<S> Task<'_, S>
+impl<S> Task<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -398,6 +411,12 @@ where
             session.user.to_string()
         };
         self.shared.ice_servers(&turn_user, via)
+    }
+
+    /// [`Task::authenticate`] with the credentials of the upgrade request.
+    async fn authenticate_from_url(&mut self, credentials: UrlCredentials) -> Result<(), End> {
+        self.authenticate(None, credentials.token.as_deref(), credentials.name)
+            .await
     }
 
     /// Authenticates, opens the session in the hub and sends `welcome`; on failure sends the
