@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Debian's redis-server (`scripts/install-deps` installs it), for the cluster scenario.
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
 /// A server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -90,6 +93,8 @@ pub struct Setup {
     pub signal: bool,
     /// Signaling over TLS (wss), with a certificate the harness makes.
     pub tls: bool,
+    /// Two icegate-signal instances sharing one redis-server (`redis-url`), instead of one.
+    pub cluster: bool,
 }
 
 /// A running server.
@@ -105,6 +110,27 @@ pub struct Contender {
     child: Child,
     /// A directory of the harness's (certificate, Janus's configuration), removed on drop.
     dir: Option<PathBuf>,
+    /// The processes that run beside it in a cluster setup: the redis-server first, then
+    /// the other icegate-signal instances.
+    companions: Vec<Companion>,
+}
+
+/// A process started next to a contender (see [`Setup::cluster`]), killed with it.
+struct Companion {
+    child: Child,
+    /// Where clients reach it, for a signaling instance; `None` for the redis-server.
+    addr: Option<SocketAddrV4>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Companion {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// A port free for UDP and TCP on `ip` (the relay listens on both).
@@ -131,34 +157,23 @@ impl Contender {
 
     /// Starts `kind` with a scenario's `setup` and waits until it answers.
     pub fn start_with(kind: Kind, spec: &ServerSpec, setup: Setup) -> Result<Self, BenchError> {
+        let mut companions = Vec::new();
+        let redis_url = if setup.cluster {
+            let (redis, url) = start_redis(spec)?;
+            companions.push(redis);
+            Some(url)
+        } else {
+            None
+        };
         let port = free_port(spec.listen_ip)?;
         let addr = SocketAddrV4::new(spec.listen_ip, port);
         let (program, args, dir) = if setup.signal {
-            janus::signal_command(kind, spec, addr, setup.tls)?
+            janus::signal_command(kind, spec, addr, setup.tls, redis_url.as_deref())?
         } else {
             let (program, args) = Self::command(kind, spec, port, setup)?;
             (program, args, None)
         };
-        let mut cmd = match (&spec.cpus, Path::new("/usr/bin/taskset").exists()) {
-            (Some(cpus), true) => {
-                let mut c = Command::new("/usr/bin/taskset");
-                c.arg("-c").arg(cpus).arg(&program);
-                c
-            }
-            _ => Command::new(&program),
-        };
-        if let Some(dir) = &dir {
-            // Anything the server writes into its working directory goes with the directory.
-            cmd.current_dir(dir);
-        }
-        cmd.args(&args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .map_err(|e| BenchError::Contender(format!("start {}: {e}", program.display())))?;
+        let child = spawn(spec, &program, &args, dir.as_deref())?;
         let mut me = Self {
             kind,
             pid: child.id(),
@@ -166,13 +181,43 @@ impl Contender {
             tls: setup.tls,
             child,
             dir,
+            companions,
         };
         if setup.signal {
             me.wait_listening(Duration::from_secs(10))?;
         } else {
             me.wait_ready(Duration::from_secs(10))?;
         }
+        if setup.cluster {
+            // The second instance: the same settings, its own port, the same Redis.
+            let addr = SocketAddrV4::new(spec.listen_ip, free_port(spec.listen_ip)?);
+            let (program, args, dir) =
+                janus::signal_command(kind, spec, addr, setup.tls, redis_url.as_deref())?;
+            let child = spawn(spec, &program, &args, dir.as_deref())?;
+            me.companions.push(Companion {
+                child,
+                addr: Some(addr),
+                dir,
+            });
+            wait_accepting(addr, Duration::from_secs(10))?;
+        }
         Ok(me)
+    }
+
+    /// Where clients reach the server: its own address, then the other instances' of a
+    /// cluster.
+    pub fn instances(&self) -> Vec<SocketAddrV4> {
+        std::iter::once(self.addr)
+            .chain(self.companions.iter().filter_map(|c| c.addr))
+            .collect()
+    }
+
+    /// Every process of the contender (the server, then its companions), whose CPU and
+    /// memory count as the contender's.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.pid)
+            .chain(self.companions.iter().map(|c| c.child.id()))
+            .collect()
     }
 
     fn command(
@@ -349,6 +394,79 @@ impl Contender {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// Starts `program` as a server: pinned to the servers' CPUs when taskset is there, quiet,
+/// in `dir` when given (anything it writes there goes with the directory).
+fn spawn(
+    spec: &ServerSpec,
+    program: &Path,
+    args: &[String],
+    dir: Option<&Path>,
+) -> Result<Child, BenchError> {
+    let mut cmd = match (&spec.cpus, Path::new("/usr/bin/taskset").exists()) {
+        (Some(cpus), true) => {
+            let mut c = Command::new("/usr/bin/taskset");
+            c.arg("-c").arg(cpus).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    };
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Contender(format!("start {}: {e}", program.display())))
+}
+
+/// A redis-server on a free loopback port, without persistence, pinned like the servers
+/// (its CPU counts as the cluster's); returns it and its `redis-url`.
+fn start_redis(spec: &ServerSpec) -> Result<(Companion, String), BenchError> {
+    let port = free_port(spec.listen_ip)?;
+    let dir =
+        std::env::temp_dir().join(format!("icegate-bench-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::io(&dir, e))?;
+    let args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        &spec.listen_ip.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .into();
+    let child = spawn(spec, Path::new(REDIS_SERVER), &args, Some(&dir))?;
+    let addr = SocketAddrV4::new(spec.listen_ip, port);
+    let redis = Companion {
+        child,
+        addr: None,
+        dir: Some(dir),
+    };
+    wait_accepting(addr, Duration::from_secs(10))?;
+    Ok((redis, format!("redis://{addr}")))
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+fn wait_accepting(addr: SocketAddrV4, timeout: Duration) -> Result<(), BenchError> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let target = SocketAddr::V4(addr);
+        if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(BenchError::Contender(format!(
+        "nothing listened on {addr} within {timeout:?}"
+    )))
 }
 
 impl Drop for Contender {

@@ -24,6 +24,7 @@ pub fn signal_command(
     spec: &ServerSpec,
     addr: SocketAddrV4,
     tls: bool,
+    redis_url: Option<&str>,
 ) -> Result<(PathBuf, Vec<String>, Option<PathBuf>), BenchError> {
     let dir = std::env::temp_dir().join(format!(
         "icegate-bench-{}-{}-{}",
@@ -62,6 +63,9 @@ pub fn signal_command(
                 a.extend([s("--cert"), path(CERT_PEM), s("--pkey"), path(KEY_PEM)]);
             } else {
                 a.push(s("--plain-http"));
+            }
+            if let Some(url) = redis_url {
+                a.extend([s("--redis-url"), s(url)]);
             }
             (spec.signal_bin.clone(), a)
         }

@@ -57,10 +57,10 @@ struct RunArgs {
     )]
     contenders: Vec<String>,
     /// Scenarios, comma-separated: calls, blast, allocations, idle, attack, signal (wss),
-    /// signal-ws (plain ws).
+    /// signal-ws (plain ws), signal-cluster (ws, two icegate-signal instances over Redis).
     #[arg(
         long,
-        default_value = "calls,blast,allocations,idle,attack,signal,signal-ws",
+        default_value = "calls,blast,allocations,idle,attack,signal,signal-ws,signal-cluster",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -324,6 +324,10 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
                 params.fanout_rooms,
                 icegate_bench::scenario::signal::ROOM_MEMBERS,
                 params.fanout_secs,
+            ),
+            format!(
+                "signal-cluster: as signal-ws, icegate-signal only, with two instances sharing one redis-server ({}, no persistence; --redis-url): session n on instance n mod 2; the fan-out's rooms take their members from the two instances in turn, the caller on the first, so half of each room's members are reached through Redis; CPU and RSS are those of the two instances and the redis-server together, all three pinned like the servers",
+                "/usr/bin/redis-server"
             ),
             format!("wall time of the whole run: {:.0} s", started.elapsed().as_secs_f64()),
         ],

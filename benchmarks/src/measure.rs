@@ -56,9 +56,19 @@ pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Proc(format!("{path}: no VmRSS")))
 }
 
+/// The CPU seconds of all of `pids`.
+fn cpu_secs(pids: &[u32]) -> Result<f64, BenchError> {
+    pids.iter().map(|&pid| process_cpu_secs(pid)).sum()
+}
+
+/// The resident memory of all of `pids`, in bytes.
+pub fn rss_bytes_all(pids: &[u32]) -> Result<u64, BenchError> {
+    pids.iter().map(|&pid| rss_bytes(pid)).sum()
+}
+
 /// CPU of the server and of the load generator over one measurement window.
 pub struct Window {
-    pid: u32,
+    pids: Vec<u32>,
     started: Instant,
     server_cpu: f64,
     own_cpu: f64,
@@ -78,10 +88,15 @@ pub struct WindowResult {
 impl Window {
     /// Starts a window on server `pid`.
     pub fn start(pid: u32) -> Result<Self, BenchError> {
+        Self::start_all(&[pid])
+    }
+
+    /// Starts a window on a server of several processes, whose CPU is added up.
+    pub fn start_all(pids: &[u32]) -> Result<Self, BenchError> {
         Ok(Self {
-            pid,
+            pids: pids.to_vec(),
             started: Instant::now(),
-            server_cpu: process_cpu_secs(pid)?,
+            server_cpu: cpu_secs(pids)?,
             own_cpu: own_thread_cpu_secs(),
         })
     }
@@ -90,7 +105,7 @@ impl Window {
     pub fn finish(&self) -> Result<WindowResult, BenchError> {
         Ok(WindowResult {
             secs: self.started.elapsed().as_secs_f64(),
-            server_cpu: process_cpu_secs(self.pid)? - self.server_cpu,
+            server_cpu: cpu_secs(&self.pids)? - self.server_cpu,
             own_cpu: own_thread_cpu_secs() - self.own_cpu,
         })
     }

@@ -110,6 +110,15 @@ fn every_scenario_against_every_contender() {
                 figure(Scenario::Signal, k, Metric::FanoutPerSec) > 0.0,
                 "no fan-out"
             );
+            // Two instances over Redis: every session set up, and the rooms, whose members
+            // are on both instances, deliver.
+            let cluster = Scenario::SignalCluster;
+            assert_eq!(figure(cluster, k, Metric::Sessions), 64.0);
+            assert!(!figure(cluster, k, Metric::BytesPerSession).is_nan());
+            assert!(
+                figure(cluster, k, Metric::FanoutRemotePerSec) > 0.0,
+                "no fan-out across instances"
+            );
         }
         if k == Kind::Janus {
             continue;

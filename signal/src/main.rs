@@ -20,6 +20,7 @@ mod shell {
     pub mod asterisk_io;
     pub mod bus;
     pub mod config;
+    pub mod heap;
     pub mod inbox;
     pub mod metrics;
     pub mod relay_health;
@@ -214,6 +215,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
             },
         ));
     }
+    shell::heap::spawn(metrics.clone(), stopped.clone());
     tokio::spawn(shell::server::serve(
         listener,
         tls_config,

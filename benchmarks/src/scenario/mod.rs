@@ -35,11 +35,13 @@ pub enum Scenario {
     Signal,
     /// The same over plain WebSocket (ws).
     SignalPlain,
+    /// Plain WebSocket sessions over two icegate-signal instances sharing one Redis.
+    SignalCluster,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Calls,
         Scenario::Blast,
         Scenario::Allocations,
@@ -47,6 +49,7 @@ impl Scenario {
         Scenario::Attack,
         Scenario::Signal,
         Scenario::SignalPlain,
+        Scenario::SignalCluster,
     ];
 
     /// The name used in arguments and tables.
@@ -59,6 +62,7 @@ impl Scenario {
             Scenario::Attack => "attack",
             Scenario::Signal => "signal",
             Scenario::SignalPlain => "signal-ws",
+            Scenario::SignalCluster => "signal-cluster",
         }
     }
 
@@ -67,6 +71,8 @@ impl Scenario {
     pub fn runs_against(self, kind: Kind) -> bool {
         match self {
             Scenario::Signal | Scenario::SignalPlain => matches!(kind, Kind::Icegate | Kind::Janus),
+            // Janus has no equivalent: its instances share nothing.
+            Scenario::SignalCluster => kind == Kind::Icegate,
             Scenario::Attack => matches!(kind, Kind::Icegate | Kind::Coturn),
             _ => kind != Kind::Janus,
         }
@@ -74,7 +80,10 @@ impl Scenario {
 
     /// Whether this is a signaling scenario (icegate-signal rather than icegate-relay).
     pub fn is_signal(self) -> bool {
-        matches!(self, Scenario::Signal | Scenario::SignalPlain)
+        matches!(
+            self,
+            Scenario::Signal | Scenario::SignalPlain | Scenario::SignalCluster
+        )
     }
 
     /// How the servers are started for this scenario.
@@ -93,6 +102,11 @@ impl Scenario {
             },
             Scenario::SignalPlain => Setup {
                 signal: true,
+                ..Setup::default()
+            },
+            Scenario::SignalCluster => Setup {
+                signal: true,
+                cluster: true,
                 ..Setup::default()
             },
             _ => Setup::default(),
@@ -175,6 +189,8 @@ pub enum Metric {
     BytesPerUnauthenticated,
     /// Fan-out messages delivered per second.
     FanoutPerSec,
+    /// Of those, delivered to members on another instance than the caller's, per second.
+    FanoutRemotePerSec,
     /// Server CPU µs per delivered fan-out message.
     CpuPerFanout,
     /// The clients' CPU seconds during the fan-out window.
@@ -219,6 +235,7 @@ impl Metric {
                 "server RSS bytes per connection without hello (icegate) or create (Janus)"
             }
             Metric::FanoutPerSec => "fan-out: messages delivered/s",
+            Metric::FanoutRemotePerSec => "fan-out: of those, to another instance/s",
             Metric::CpuPerFanout => "fan-out: server CPU µs per delivered message",
             Metric::FanoutGeneratorCpu => "fan-out: generator CPU s",
         })
@@ -319,7 +336,7 @@ pub fn run(scenario: Scenario, c: &mut Contender, p: &Params) -> Result<Metrics,
         Scenario::Allocations => allocations::run(c, p)?,
         Scenario::Idle => idle::run(c, p)?,
         Scenario::Attack => attack::run(c, p)?,
-        Scenario::Signal | Scenario::SignalPlain => signal::run(c, p)?,
+        Scenario::Signal | Scenario::SignalPlain | Scenario::SignalCluster => signal::run(c, p)?,
     };
     let failures = m
         .iter()

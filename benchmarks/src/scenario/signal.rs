@@ -21,7 +21,7 @@ use super::{per, Metric, Metrics, Params};
 use crate::contender::{Contender, Kind};
 use crate::error::BenchError;
 use crate::janus::CERT_DER;
-use crate::measure::{rss_bytes, Window};
+use crate::measure::{rss_bytes_all, Window};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +41,7 @@ pub const ROOM_MEMBERS: usize = 32;
 /// How long one session's setup may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the last setup, before RSS is read: the server's last writes and frees are done.
-const SETTLE: Duration = Duration::from_secs(1);
+const SETTLE: Duration = Duration::from_secs(3);
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -195,15 +195,20 @@ async fn next_json(ws: &mut Ws) -> Result<serde_json::Value, String> {
 
 /// Opens `count` connections with `open`, `window` at a time; returns those that worked,
 /// the number that failed and the first error.
-async fn open_many<F, Fut>(count: usize, window: usize, open: F) -> (Vec<Ws>, usize, Option<String>)
+async fn open_many<T, F, Fut>(
+    count: usize,
+    window: usize,
+    open: F,
+) -> (Vec<T>, usize, Option<String>)
 where
+    T: Send + 'static,
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Ws, String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
     let mut set = JoinSet::new();
     let mut ok = Vec::with_capacity(count);
     let (mut failed, mut first_error) = (0, None);
-    let mut record = |r: Result<Result<Ws, String>, _>| match r {
+    let mut record = |r: Result<Result<T, String>, _>| match r {
         Ok(Ok(ws)) => ok.push(ws),
         Ok(Err(e)) => {
             failed += 1;
@@ -231,21 +236,36 @@ where
 /// Runs the scenario.
 pub fn run(c: &Contender, p: &Params) -> Result<Metrics, BenchError> {
     let client = Client::new(c)?;
+    // One client per instance (two in the cluster scenario): session n goes to instance
+    // n mod their number, so that half the sessions of a cluster are on each.
+    let clients: Vec<Client> = c
+        .instances()
+        .into_iter()
+        .map(|addr| Client {
+            addr: SocketAddr::V4(addr),
+            ..client.clone()
+        })
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| BenchError::io("tokio runtime", e))?;
-    runtime.block_on(run_async(c, client, p))
+    runtime.block_on(run_async(c, clients, p))
 }
 
-async fn run_async(c: &Contender, client: Client, p: &Params) -> Result<Metrics, BenchError> {
-    let before = rss_bytes(c.pid)?;
-    let w = Window::start(c.pid)?;
+async fn run_async(c: &Contender, clients: Vec<Client>, p: &Params) -> Result<Metrics, BenchError> {
+    let pids = c.pids();
+    let clients = Arc::new(clients);
+    let before = rss_bytes_all(&pids)?;
+    let w = Window::start_all(&pids)?;
     let t = Instant::now();
-    let opener = client.clone();
+    let opener = Arc::clone(&clients);
     let (sessions, failed, first_error) = open_many(p.signal_sessions, p.signal_window, |n| {
-        let client = opener.clone();
-        async move { client.session(n).await }
+        let clients = Arc::clone(&opener);
+        async move {
+            let instance = n % clients.len();
+            Ok((instance, clients[instance].session(n).await?))
+        }
     })
     .await;
     let setup_secs = t.elapsed().as_secs_f64();
@@ -261,14 +281,14 @@ async fn run_async(c: &Contender, client: Client, p: &Params) -> Result<Metrics,
         )));
     }
     tokio::time::sleep(SETTLE).await;
-    let with_sessions = rss_bytes(c.pid)?;
+    let with_sessions = rss_bytes_all(&pids)?;
     let held = sessions.len() as f64;
 
     // Unauthenticated connections, on top of the sessions.
-    let opener = client.clone();
-    let (bare, _, bare_error) = open_many(p.signal_prehello, p.signal_window, |_| {
-        let client = opener.clone();
-        async move { client.unauthenticated().await }
+    let opener = Arc::clone(&clients);
+    let (bare, _, bare_error) = open_many(p.signal_prehello, p.signal_window, |n| {
+        let clients = Arc::clone(&opener);
+        async move { clients[n % clients.len()].unauthenticated().await }
     })
     .await;
     if let Some(e) = &bare_error {
@@ -278,7 +298,7 @@ async fn run_async(c: &Contender, client: Client, p: &Params) -> Result<Metrics,
         );
     }
     tokio::time::sleep(SETTLE).await;
-    let with_bare = rss_bytes(c.pid)?;
+    let with_bare = rss_bytes_all(&pids)?;
     let bare_count = bare.len() as f64;
     drop(bare);
 
@@ -298,27 +318,48 @@ async fn run_async(c: &Contender, client: Client, p: &Params) -> Result<Metrics,
         (Metric::GeneratorCpu, setup.own_cpu),
     ];
     if c.kind == Kind::Icegate && p.fanout_rooms > 0 {
-        m.extend(fanout(c, sessions, p).await?);
+        m.extend(fanout(&pids, c.kind, sessions, clients.len(), p).await?);
     }
     Ok(m)
 }
 
-/// The fan-out through rooms (icegate-signal only), over sessions already open.
-async fn fanout(c: &Contender, mut sessions: Vec<Ws>, p: &Params) -> Result<Metrics, BenchError> {
-    let rooms = p.fanout_rooms.min(sessions.len() / ROOM_MEMBERS);
+/// The fan-out through rooms (icegate-signal only), over sessions already open. With several
+/// instances, a room's members are taken from each in turn, so that its caller (member 0,
+/// on the first instance) reaches most members through Redis.
+async fn fanout(
+    pids: &[u32],
+    kind: Kind,
+    sessions: Vec<(usize, Ws)>,
+    instances: usize,
+    p: &Params,
+) -> Result<Metrics, BenchError> {
+    let mut pools: Vec<Vec<Ws>> = (0..instances).map(|_| Vec::new()).collect();
+    for (instance, ws) in sessions {
+        pools[instance].push(ws);
+    }
+    let smallest = pools.iter().map(Vec::len).min().unwrap_or(0);
+    let rooms = p.fanout_rooms.min(smallest * instances / ROOM_MEMBERS);
     if rooms == 0 {
         return Ok(vec![]);
     }
     let delivered = Arc::new(AtomicU64::new(0));
+    // Counted apart: what members on another instance than the caller's received, which
+    // crossed Redis.
+    let delivered_remote = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let joined = Arc::new(tokio::sync::Barrier::new(rooms * ROOM_MEMBERS + 1));
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut tasks = JoinSet::new();
     for room in 0..rooms {
         for member in 0..ROOM_MEMBERS {
-            let mut ws = sessions.pop().expect("enough sessions");
+            let mut ws = pools[member % instances].pop().expect("enough sessions");
+            let counter = if member % instances == 0 {
+                &delivered
+            } else {
+                &delivered_remote
+            };
             let (delivered, counting, joined, stop) = (
-                Arc::clone(&delivered),
+                Arc::clone(counter),
                 Arc::clone(&counting),
                 Arc::clone(&joined),
                 Arc::clone(&stop),
@@ -344,11 +385,12 @@ async fn fanout(c: &Contender, mut sessions: Vec<Ws>, p: &Params) -> Result<Metr
     }
     joined.wait().await;
     counting.store(true, Ordering::Relaxed);
-    let w = Window::start(c.pid)?;
+    let w = Window::start_all(pids)?;
     tokio::time::sleep(Duration::from_secs_f64(p.fanout_secs)).await;
     counting.store(false, Ordering::Relaxed);
     let r = w.finish()?;
-    let count = delivered.load(Ordering::Relaxed) as f64;
+    let remote = delivered_remote.load(Ordering::Relaxed) as f64;
+    let count = delivered.load(Ordering::Relaxed) as f64 + remote;
     stop.notify_waiters();
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
@@ -357,13 +399,17 @@ async fn fanout(c: &Contender, mut sessions: Vec<Ws>, p: &Params) -> Result<Metr
         }
     }
     if let Some(e) = first_error {
-        eprintln!("{} signal fan-out: first failure: {e}", c.kind.name());
+        eprintln!("{} signal fan-out: first failure: {e}", kind.name());
     }
-    Ok(vec![
-        (Metric::FanoutPerSec, per(count, r.secs)),
+    let mut m = vec![(Metric::FanoutPerSec, per(count, r.secs))];
+    if instances > 1 {
+        m.push((Metric::FanoutRemotePerSec, per(remote, r.secs)));
+    }
+    m.extend([
         (Metric::CpuPerFanout, per(r.server_cpu * 1e6, count)),
         (Metric::FanoutGeneratorCpu, r.own_cpu),
-    ])
+    ]);
+    Ok(m)
 }
 
 /// A room's caller: `call` to the room, its `ack`, `hangup`, its `ack`, until stopped.
