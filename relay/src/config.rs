@@ -49,6 +49,8 @@ pub struct Settings {
     pub tcp: bool,
     /// Certificate and key, when TLS is on.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Certificate and key, when DTLS is on (the same files as TLS).
+    pub dtls: Option<(PathBuf, PathBuf)>,
     /// Metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Log format.
@@ -166,12 +168,16 @@ impl Settings {
             })
             .collect();
         let mut summary = format!(
-            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {}{} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
+            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}, dtls: {}\n  relay: {}{} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
             self.udp,
             self.tcp,
             match &self.tls {
+                Some(_) => format!("port {}", self.tls_port),
+                None => "off".into(),
+            },
+            match &self.dtls {
                 Some(_) => format!("port {}", self.tls_port),
                 None => "off".into(),
             },

@@ -44,7 +44,9 @@ use crate::stats::RuntimeCounters;
 use crate::stream_admission::{Refused, SharedAdmission, Ticket};
 use crate::stream_deadline::{StreamDeadline, StreamTimeouts};
 
+mod dtls;
 mod stream;
+use dtls::{dtls_listener, DtlsSession};
 use stream::{accept_loop, StreamOut};
 
 /// Datagrams one read loop handles before yielding to the worker's other tasks.
@@ -89,6 +91,10 @@ pub struct WorkerSetup {
     pub tls: Vec<std::net::TcpListener>,
     /// TLS server configuration, when TLS listeners exist.
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// DTLS listeners (UDP on the TLS port).
+    pub dtls: Vec<std::net::UdpSocket>,
+    /// DTLS server context, when DTLS listeners exist.
+    pub dtls_context: Option<Arc<crate::dtls::DtlsContext>>,
     /// Configuration updates and draining.
     pub control: watch::Receiver<Control>,
     /// The core's counters (the same shard the [`Server`] was made with).
@@ -126,6 +132,7 @@ struct Worker {
     /// The relay sockets of this worker's allocations.
     relays: RelaySet,
     streams: RefCell<FastMap<FiveTuple, Rc<StreamOut>>>,
+    dtls: RefCell<FastMap<FiveTuple, Rc<DtlsSession>>>,
     /// One receive batch for the whole worker: its tasks never run at once. Room for a
     /// ChannelData or Data indication header is left in front of each datagram, so that a
     /// relay socket's datagram is framed for its client in place.
@@ -163,6 +170,8 @@ async fn run(setup: WorkerSetup) {
         tcp,
         tls,
         tls_config,
+        dtls,
+        dtls_context,
         control,
         counters,
         stats,
@@ -196,6 +205,7 @@ async fn run(setup: WorkerSetup) {
         server: RefCell::new(server),
         relays,
         streams: RefCell::new(FastMap::default()),
+        dtls: RefCell::new(FastMap::default()),
         recv: RefCell::new(RecvBatch::new(PAYLOAD_OFFSET)),
         to_clients: (0..udp_sockets.len())
             .map(|_| RefCell::new(SendBatch::default()))
@@ -220,6 +230,20 @@ async fn run(setup: WorkerSetup) {
         let acceptor = TlsAcceptor::from(config);
         for listener in tls {
             spawn_acceptor(&worker, listener, Some(acceptor.clone()));
+        }
+    }
+    if let Some(context) = dtls_context {
+        for socket in dtls {
+            match UdpSocket::from_std(socket) {
+                Ok(s) => {
+                    let listener =
+                        dtls_listener(Rc::clone(&worker), Rc::new(s), Arc::clone(&context));
+                    tokio::task::spawn_local(listener);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "worker {index}: cannot register DTLS listener")
+                }
+            }
         }
     }
     tokio::task::spawn_local(control_loop(Rc::clone(&worker), control));
@@ -576,6 +600,13 @@ impl Worker {
                 .listener(to.server)
                 .map(|i| self.udp[i].1.try_send_to(bytes, to.client).is_ok());
             if sent != Some(true) {
+                self.stats.send_failed();
+            }
+            return;
+        }
+        if to.transport == Transport::Dtls {
+            let session = self.dtls.borrow().get(&to).cloned();
+            if !session.is_some_and(|s| s.send(bytes)) {
                 self.stats.send_failed();
             }
             return;

@@ -230,6 +230,21 @@ fn uclient_tls(kind: ServerKind) {
     );
 }
 
+/// `-S` without `-t`: DTLS over UDP on the TLS port.
+fn uclient_dtls(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-S", "-c", "-u", "alice", "-w", "secret"],
+            clients: 5,
+            messages: 100,
+            transport: "dtls",
+            tls: true,
+        },
+    );
+}
+
 /// Client-to-client: pairs of clients relay to each other's relayed addresses.
 fn uclient_client_to_client(kind: ServerKind) {
     run_case(
@@ -457,6 +472,7 @@ server_tests!(
     uclient_udp_send_indications,
     uclient_tcp,
     uclient_tls,
+    uclient_dtls,
     uclient_client_to_client,
     uclient_rest_secret,
     uclient_rest_wrong_secret_rejected,
