@@ -58,7 +58,7 @@ const RELAY_EVENTS: usize = 256;
 /// a client silent for longer than any allocation can live without a Refresh has nothing left
 /// on the relay.
 const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
-/// After this many TCP/TLS connections have closed, the worker's heartbeat asks the
+/// After this many TCP/TLS connections or DTLS sessions have closed, the worker's heartbeat asks the
 /// allocator to give free memory back to the system ([`trim_heap`]).
 const TRIM_AFTER_CLOSES: usize = 64;
 /// How often a worker's heartbeat task beats (see [`RuntimeCounters::heartbeats`]).
@@ -133,6 +133,8 @@ struct Worker {
     relays: RelaySet,
     streams: RefCell<FastMap<FiveTuple, Rc<StreamOut>>>,
     dtls: RefCell<FastMap<FiveTuple, Rc<DtlsSession>>>,
+    /// Where DTLS records are decrypted, for one session at a time; made at the first one.
+    dtls_record: RefCell<Option<Box<[u8]>>>,
     /// One receive batch for the whole worker: its tasks never run at once. Room for a
     /// ChannelData or Data indication header is left in front of each datagram, so that a
     /// relay socket's datagram is framed for its client in place.
@@ -149,7 +151,7 @@ struct Worker {
     /// setting a deadline takes no lock.
     stream_timeouts: Cell<StreamTimeouts>,
     admission: Arc<SharedAdmission>,
-    /// TCP/TLS connections closed since the heap was last trimmed.
+    /// TCP/TLS connections and DTLS sessions closed since the heap was last trimmed.
     closed_since_trim: Cell<usize>,
     counters: Arc<Counters>,
     stats: Arc<RuntimeCounters>,
@@ -206,6 +208,7 @@ async fn run(setup: WorkerSetup) {
         relays,
         streams: RefCell::new(FastMap::default()),
         dtls: RefCell::new(FastMap::default()),
+        dtls_record: RefCell::new(None),
         recv: RefCell::new(RecvBatch::new(PAYLOAD_OFFSET)),
         to_clients: (0..udp_sockets.len())
             .map(|_| RefCell::new(SendBatch::default()))

@@ -1,9 +1,54 @@
-//! A hand-made DTLS 1.2 ClientHello and the cookie exchange, for tests of the relay's DTLS
-//! limits: a client that gets past the cookie (so the relay keeps a session for it) and
-//! then says no more, which no real client can be made to do on cue.
+//! DTLS clients for tests of the relay's DTLS listener: OpenSSL's (a whole handshake, then
+//! records), and a hand-made DTLS 1.2 ClientHello with the cookie exchange, for a client that
+//! gets past the cookie (so the relay keeps a session for it) and then says no more, which no
+//! real client can be made to do on cue.
 
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
+
+use openssl::ssl::{Ssl, SslContextBuilder, SslMethod, SslOptions, SslStream, SslVerifyMode};
+
+/// A connected UDP socket as OpenSSL's transport: one datagram per read and per write.
+pub struct UdpIo(pub UdpSocket);
+
+impl Read for UdpIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+}
+
+impl Write for UdpIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A DTLS 1.2 session with `server` made by OpenSSL's client (the certificate is not
+/// checked: the tests' is self-signed), its handshake done. Reads wait at most 5 s.
+pub fn dtls_connect(server: SocketAddr) -> Result<SslStream<UdpIo>, String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    socket.connect(server).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut context =
+        SslContextBuilder::new(SslMethod::dtls_client()).map_err(|e| e.to_string())?;
+    context.set_verify(SslVerifyMode::NONE);
+    context.set_options(SslOptions::NO_QUERY_MTU);
+    let context = context.build();
+    let mut ssl = Ssl::new(&context).map_err(|e| e.to_string())?;
+    ssl.set_mtu(1200).map_err(|e| e.to_string())?;
+    let mut stream = SslStream::new(ssl, UdpIo(socket)).map_err(|e| e.to_string())?;
+    stream
+        .connect()
+        .map_err(|e| format!("DTLS handshake: {e}"))?;
+    Ok(stream)
+}
 
 const CONTENT_HANDSHAKE: u8 = 22;
 const CLIENT_HELLO: u8 = 1;

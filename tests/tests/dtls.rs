@@ -5,14 +5,17 @@
 //! (`turnutils_uclient -S` through the relay is in `coturn_tools.rs`.)
 #![deny(unsafe_code)]
 
-use icegate_tests::dtls::{client_hello, exchange_cookie, start_handshake_and_stop};
+use icegate_tests::dtls::{client_hello, dtls_connect, exchange_cookie, start_handshake_and_stop};
 use icegate_tests::server::write_self_signed_cert;
+use icegate_tests::stun::{decode, encode, request};
 use icegate_tests::{require_tool, wait_for, Relay, RelayConfig, ServerKind};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use stun_rs::methods::BINDING;
+use stun_rs::MessageClass;
 
 /// The relay's handshake timeout.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,6 +174,46 @@ fn new_handshakes_spend_the_source_rate_limit() {
         started <= allowed && refused >= 1.0,
         "{started} handshakes started, {refused} refused, in {took:?}"
     );
+}
+
+#[test]
+fn a_session_answers_in_records_and_is_closed_when_idle() {
+    let relay = dtls_relay(&["--stream-idle-timeout", "2"]);
+    let mut session = dtls_connect(relay.tls_addr()).unwrap();
+    assert_eq!(sessions(&relay), 1.0);
+    assert_eq!(handshakes(&relay, "completed"), 1.0);
+    // Two Bindings in a row: each answer in a record of its own.
+    let mut record = [0u8; 2048];
+    for _ in 0..2 {
+        session.ssl_write(&encode(&request(BINDING, &[]))).unwrap();
+        let n = session.ssl_read(&mut record).unwrap();
+        let answer = decode(&record[..n], None).unwrap();
+        assert_eq!(answer.class(), MessageClass::SuccessResponse);
+    }
+    let since = Instant::now();
+    // Then silence: close_notify after stream-idle-timeout.
+    let closed = session.ssl_read(&mut record);
+    let after = since.elapsed();
+    assert!(
+        matches!(closed, Ok(0))
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.code() == openssl::ssl::ErrorCode::ZERO_RETURN),
+        "{closed:?}"
+    );
+    assert!(
+        after > Duration::from_millis(1500) && after < Duration::from_secs(4),
+        "closed after {after:?}"
+    );
+    // close_notify goes out first, then the session is removed.
+    let gone = wait_for(Duration::from_secs(2), Duration::from_millis(20), || {
+        (sessions(&relay) == 0.0).then_some(())
+    });
+    assert!(gone.is_some(), "the session is still counted");
+    let idle = relay
+        .metrics()
+        .sum("icegate_relay_stream_timeouts_total", &[("reason", "idle")]);
+    assert_eq!(idle, 1.0);
 }
 
 /// The server certificate `openssl s_client -dtls1_2` is shown, as PEM.

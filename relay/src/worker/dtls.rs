@@ -230,6 +230,9 @@ async fn serve_dtls(worker: Rc<Worker>, session: Rc<DtlsSession>, from: FiveTupl
     worker.server.borrow_mut().handle_disconnect(from);
     worker.drain(Instant::now());
     worker.stats.dtls_sessions_add(-1);
+    worker
+        .closed_since_trim
+        .set(worker.closed_since_trim.get() + 1);
 }
 
 /// The handshake, within [`HANDSHAKE_TIMEOUT`] and unless evicted meanwhile.
@@ -267,6 +270,37 @@ async fn handshake(
     }
 }
 
+/// Hands the records OpenSSL has for the session to the core, each one STUN message or
+/// ChannelData frame; returns how many, or `None` once the session has ended (close_notify,
+/// a fatal alert).
+///
+/// They are decrypted into the worker's one record buffer, rather than one per session (an
+/// idle session would hold 16 KiB): nothing the core does reads another session meanwhile,
+/// and no `.await` comes between.
+fn read_records(
+    worker: &Rc<Worker>,
+    session: &DtlsSession,
+    from: FiveTuple,
+    now: Instant,
+) -> Option<usize> {
+    let mut record = worker.dtls_record.borrow_mut();
+    let record = record.get_or_insert_with(|| vec![0u8; MAX_RECORD].into_boxed_slice());
+    let mut records = 0;
+    loop {
+        // Not borrowed while the core runs: what it answers is written to this session.
+        let read = session.stream.borrow_mut().ssl_read(record);
+        match read {
+            Ok(0) => return None,
+            Ok(n) => {
+                worker.on_client_packet(from, &record[..n], now);
+                records += 1;
+            }
+            Err(e) if e.code() == ErrorCode::WANT_READ => return Some(records),
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Hands the client's records to the core until the session ends.
 async fn serve_records(
     worker: &Rc<Worker>,
@@ -274,26 +308,13 @@ async fn serve_records(
     from: FiveTuple,
     ticket: &Ticket,
 ) {
-    let mut record = vec![0u8; MAX_RECORD];
     let mut deadline = StreamDeadline::new(Instant::now());
     let mut proven = false;
     loop {
         let now = Instant::now();
-        let mut records = 0;
-        loop {
-            // Not borrowed while the core runs: what it answers is written to this session.
-            let read = session.stream.borrow_mut().ssl_read(&mut record);
-            match read {
-                Ok(0) => return,
-                Ok(n) => {
-                    worker.on_client_packet(from, &record[..n], now);
-                    records += 1;
-                }
-                Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                // close_notify, or a fatal alert.
-                Err(_) => return,
-            }
-        }
+        let Some(records) = read_records(worker, session, from, now) else {
+            return;
+        };
         worker.flush_to_peers();
         if records > 0 {
             deadline.on_read(now, records, false);
