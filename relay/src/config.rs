@@ -620,6 +620,61 @@ mod tests {
     }
 
     #[test]
+    fn dtls_takes_the_tls_certificate_unless_no_dtls() {
+        let base = ["--user", "a:b", "--cert", "/c.pem", "--pkey", "/k.pem"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            Settings::load(&cli(&args))
+        };
+        let pair = Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")));
+        let both = with(&[]).unwrap();
+        assert_eq!(
+            (both.tls.clone(), both.dtls.clone()),
+            (pair.clone(), pair.clone())
+        );
+        assert!(
+            both.summary().contains("tls: port 5349, dtls: port 5349"),
+            "{}",
+            both.summary()
+        );
+        let no_dtls = with(&["--no-dtls"]).unwrap();
+        assert_eq!(
+            (no_dtls.tls.clone(), no_dtls.dtls.clone()),
+            (pair.clone(), None)
+        );
+        assert!(no_dtls.summary().contains("tls: port 5349, dtls: off"));
+        let no_tls = with(&["--no-tls"]).unwrap();
+        assert_eq!((no_tls.tls, no_tls.dtls), (None, pair));
+        let neither = with(&["--no-tls", "--no-dtls"]).unwrap();
+        assert_eq!((neither.tls, neither.dtls), (None, None));
+        // Without a certificate, neither runs.
+        let plain = Settings::load(&cli(&["--user", "a:b"])).unwrap();
+        assert_eq!((plain.tls, plain.dtls), (None, None));
+        // A lone cert is an error while either would use it.
+        let lone = ["--user", "a:b", "--cert", "/c.pem", "--no-tls"];
+        assert_eq!(Settings::load(&cli(&lone)).unwrap_err().key(), Some("cert"));
+
+        // RFC 5780's alternate port cannot be the DTLS port.
+        let rfc5780 = [
+            "-L",
+            "127.0.0.1",
+            "-L",
+            "127.0.0.2",
+            "--alt-listening-port",
+            "5349",
+        ];
+        let e = with(&rfc5780).unwrap_err();
+        assert!(
+            e.key() == Some("alt-listening-port") && e.to_string().contains("no-dtls"),
+            "{e}"
+        );
+        let mut args = rfc5780.to_vec();
+        args.push("--no-dtls");
+        assert!(with(&args).is_ok());
+    }
+
+    #[test]
     fn file_then_flags() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(

@@ -78,7 +78,9 @@ pub(super) fn merge(
     server.max_bps = pick(cli.max_bps, f.max_bps).0.unwrap_or(0);
     server.alternates = alternates(cli, &f, &invalid)?;
     let udp = !(cli.no_udp || f.no_udp.unwrap_or(false));
-    server.nat_discovery = nat_discovery(cli, &f, &listening_ips, port, udp, &invalid)?;
+    let dtls_port = dtls.as_ref().map(|_| tls_port);
+    server.nat_discovery =
+        nat_discovery(cli, &f, &listening_ips, (port, dtls_port), udp, &invalid)?;
 
     let process = f.process.unwrap_or_default();
     Ok(Settings {
@@ -108,11 +110,13 @@ pub(super) fn merge(
 /// `alt-listening-port` and `no-rfc5780`: RFC 5780 NAT behaviour discovery is on, as in
 /// coturn, when UDP is and two listening IPs share a family (the first two exact ones of each
 /// family make a pair; a wildcard cannot be answered from as one address).
+/// `ports` are `listening-port` and, while DTLS is on, `tls-listening-port`: UDP ports the
+/// alternate one must not be.
 fn nat_discovery(
     cli: &Cli,
     f: &FileConfig,
     listening_ips: &[IpAddr],
-    port: u16,
+    (port, dtls_port): (u16, Option<u16>),
     udp: bool,
     invalid: Invalid<'_>,
 ) -> Result<Option<NatDiscovery>, ConfigError> {
@@ -150,6 +154,16 @@ fn nat_discovery(
         }
         p => p,
     };
+    if dtls_port == Some(alt) {
+        return Err(invalid(
+            alt_cli,
+            "alt-listening-port",
+            format!(
+                "must differ from tls-listening-port ({alt}), where DTLS listens on UDP \
+                 (or set no-dtls)"
+            ),
+        ));
+    }
     Ok(Some(NatDiscovery {
         ip_pairs,
         ports: (port, alt),
