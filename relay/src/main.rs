@@ -622,9 +622,9 @@ fn reload(
     }
     if let Some(dtls) = dtls {
         match dtls.reload() {
-            Ok(()) => tracing::info!("DTLS certificate reloaded"),
+            Ok(()) => tracing::info!("DTLS: certificate reloaded"),
             Err(error) => {
-                tracing::error!("DTLS certificate reload failed, keeping the old one: {error}")
+                tracing::error!("DTLS: certificate reload failed, keeping the old one: {error}")
             }
         }
     }

@@ -246,7 +246,7 @@ fn sighup_gives_new_handshakes_the_new_certificate() {
     let reloaded = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
         relay
             .log()
-            .contains("DTLS certificate reloaded")
+            .contains("DTLS: certificate reloaded")
             .then_some(())
     });
     assert!(reloaded.is_some(), "no reload in the log:\n{}", relay.log());
