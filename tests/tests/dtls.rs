@@ -216,6 +216,48 @@ fn a_session_answers_in_records_and_is_closed_when_idle() {
     assert_eq!(idle, 1.0);
 }
 
+#[test]
+fn garbage_is_dropped_and_counted_and_sessions_survive_it() {
+    let relay = dtls_relay(&[]);
+    let malformed = |relay: &Relay| {
+        relay
+            .metrics()
+            .sum("icegate_relay_malformed_packets_total", &[])
+    };
+    let mut session = dtls_connect(relay.tls_addr()).unwrap();
+    // From a stranger: not DTLS, a truncated ClientHello, and a ClientHello cut short
+    // inside its body (which OpenSSL refuses to answer).
+    let stranger = client();
+    let hello = client_hello(&[], 0);
+    for datagram in [&b"GET / HTTP/1.1\r\n\r\n"[..], &hello[..14], &hello[..40]] {
+        stranger.send_to(datagram, relay.tls_addr()).unwrap();
+    }
+    let counted = wait_for(Duration::from_secs(3), Duration::from_millis(50), || {
+        (malformed(&relay) >= 3.0).then_some(())
+    });
+    assert!(counted.is_some(), "malformed: {}", malformed(&relay));
+    assert_eq!(handshakes(&relay, "cookie_sent"), 1.0);
+    assert_eq!(sessions(&relay), 1.0);
+    // From the session's own address: records that are not DTLS, or fail their MAC, are
+    // dropped by OpenSSL, and the session goes on.
+    let socket = &session.get_ref().0;
+    for _ in 0..20 {
+        let noise: [u8; 64] = rand::random();
+        socket.send(&noise).unwrap();
+    }
+    let mut forged = hello.clone();
+    forged[0] = 23; // application data, epoch 0, not encrypted
+    socket.send(&forged).unwrap();
+    let mut record = [0u8; 2048];
+    session.ssl_write(&encode(&request(BINDING, &[]))).unwrap();
+    let n = session.ssl_read(&mut record).unwrap();
+    assert_eq!(
+        decode(&record[..n], None).unwrap().class(),
+        MessageClass::SuccessResponse
+    );
+    assert_eq!(sessions(&relay), 1.0);
+}
+
 /// The server certificate `openssl s_client -dtls1_2` is shown, as PEM.
 fn served_certificate(relay: &Relay) -> String {
     let out = Command::new("timeout")

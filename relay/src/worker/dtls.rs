@@ -46,6 +46,8 @@ struct Datagrams {
     client: SocketAddr,
     inbound: Rc<RefCell<VecDeque<Vec<u8>>>>,
     stats: Arc<RuntimeCounters>,
+    /// Datagrams OpenSSL has written: after the cookie exchange, whether it answered.
+    written: usize,
 }
 
 impl Read for Datagrams {
@@ -68,6 +70,7 @@ impl Write for Datagrams {
         if self.socket.try_send_to(buf, self.client).is_err() {
             self.stats.send_failed();
         }
+        self.written += 1;
         Ok(buf.len())
     }
 
@@ -163,6 +166,7 @@ fn first_datagram(
         client: from.client,
         inbound: Rc::clone(&inbound),
         stats: Arc::clone(&worker.stats),
+        written: 0,
     };
     let mut stream = match context.session(from.client, io) {
         Ok(s) => s,
@@ -172,7 +176,12 @@ fn first_datagram(
         }
     };
     if dtls::listen(&mut stream) == Listened::Stateless {
-        worker.stats.dtls_handshake(DtlsHandshake::CookieSent);
+        if stream.get_ref().written > 0 {
+            worker.stats.dtls_handshake(DtlsHandshake::CookieSent);
+        } else {
+            // Not a ClientHello OpenSSL could answer.
+            worker.counters.malformed();
+        }
         return;
     }
     // The source has proven it receives at its address: now it costs a handshake.
