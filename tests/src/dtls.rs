@@ -31,7 +31,15 @@ impl Write for UdpIo {
 /// A DTLS 1.2 session with `server` made by OpenSSL's client (the certificate is not
 /// checked: the tests' is self-signed), its handshake done. Reads wait at most 5 s.
 pub fn dtls_connect(server: SocketAddr) -> Result<SslStream<UdpIo>, String> {
-    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    dtls_connect_from("127.0.0.1:0".parse().unwrap(), server)
+}
+
+/// [`dtls_connect`] from the local address `local` (port 0: any).
+pub fn dtls_connect_from(
+    local: SocketAddr,
+    server: SocketAddr,
+) -> Result<SslStream<UdpIo>, String> {
+    let socket = UdpSocket::bind(local).map_err(|e| e.to_string())?;
     socket.connect(server).map_err(|e| e.to_string())?;
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -61,9 +69,14 @@ const HANDSHAKE_HEADER: usize = 12;
 /// `cookie` (empty for the first one), handshake message sequence and record sequence
 /// `seq`.
 pub fn client_hello(cookie: &[u8], seq: u16) -> Vec<u8> {
+    client_hello_with_random(cookie, seq, rand::random())
+}
+
+/// [`client_hello`] with the given client random (a late copy of another's).
+pub fn client_hello_with_random(cookie: &[u8], seq: u16, random: [u8; 32]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&[0xfe, 0xfd]);
-    body.extend_from_slice(&rand::random::<[u8; 32]>());
+    body.extend_from_slice(&random);
     body.push(0); // session id
     body.push(cookie.len() as u8);
     body.extend_from_slice(cookie);

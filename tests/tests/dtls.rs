@@ -5,7 +5,10 @@
 //! (`turnutils_uclient -S` through the relay is in `coturn_tools.rs`.)
 #![deny(unsafe_code)]
 
-use icegate_tests::dtls::{client_hello, dtls_connect, exchange_cookie, start_handshake_and_stop};
+use icegate_tests::dtls::{
+    client_hello, client_hello_with_random, cookie_of, dtls_connect, dtls_connect_from,
+    exchange_cookie, start_handshake_and_stop,
+};
 use icegate_tests::server::write_self_signed_cert;
 use icegate_tests::stun::{decode, encode, request};
 use icegate_tests::{require_tool, wait_for, Relay, RelayConfig, ServerKind};
@@ -255,6 +258,57 @@ fn garbage_is_dropped_and_counted_and_sessions_survive_it() {
         decode(&record[..n], None).unwrap().class(),
         MessageClass::SuccessResponse
     );
+    assert_eq!(sessions(&relay), 1.0);
+}
+
+#[test]
+fn a_client_that_restarts_on_the_same_port_gets_a_new_session() {
+    let relay = dtls_relay(&[]);
+    let binding = |session: &mut openssl::ssl::SslStream<icegate_tests::dtls::UdpIo>| {
+        let mut record = [0u8; 2048];
+        session.ssl_write(&encode(&request(BINDING, &[]))).unwrap();
+        let n = session.ssl_read(&mut record).unwrap();
+        decode(&record[..n], None).unwrap().class()
+    };
+    let mut first = dtls_connect(relay.tls_addr()).unwrap();
+    assert_eq!(binding(&mut first), MessageClass::SuccessResponse);
+    // The client loses its state (no close_notify) and starts over from the same port.
+    let local = first.get_ref().0.local_addr().unwrap();
+    drop(first);
+    let mut second = dtls_connect_from(local, relay.tls_addr())
+        .expect("a new handshake from the address of an established session");
+    assert_eq!(binding(&mut second), MessageClass::SuccessResponse);
+    assert_eq!(handshakes(&relay, "completed"), 2.0);
+    let one = wait_for(Duration::from_secs(2), Duration::from_millis(20), || {
+        (sessions(&relay) == 1.0).then_some(())
+    });
+    assert!(one.is_some(), "{} sessions", sessions(&relay));
+}
+
+#[test]
+fn a_late_copy_of_the_first_client_hello_leaves_the_session_alone() {
+    let relay = dtls_relay(&[]);
+    let mut session = dtls_connect(relay.tls_addr()).unwrap();
+    let mut random = [0u8; 32];
+    assert_eq!(session.ssl().client_random(&mut random), 32);
+    // A ClientHello with the session's random and a valid cookie for its address, as a
+    // retransmission of the one that began it would be, arriving after the handshake.
+    let socket = &session.get_ref().0;
+    socket.send(&client_hello(&[], 0)).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf).unwrap();
+    let cookie = cookie_of(&buf[..n]).expect("a HelloVerifyRequest");
+    socket
+        .send(&client_hello_with_random(&cookie, 1, random))
+        .unwrap();
+    let mut record = [0u8; 2048];
+    session.ssl_write(&encode(&request(BINDING, &[]))).unwrap();
+    let n = session.ssl_read(&mut record).unwrap();
+    assert_eq!(
+        decode(&record[..n], None).unwrap().class(),
+        MessageClass::SuccessResponse
+    );
+    assert_eq!(handshakes(&relay, "started"), 1.0);
     assert_eq!(sessions(&relay), 1.0);
 }
 

@@ -38,6 +38,9 @@ const MAX_RECORD: usize = 16 * 1024;
 const RECORD_HEADER: usize = 13;
 const CONTENT_HANDSHAKE: u8 = 22;
 const CLIENT_HELLO: u8 = 1;
+/// Where a ClientHello's random starts: after the record header, the handshake header (12
+/// bytes) and the client version (2).
+const CLIENT_RANDOM: usize = RECORD_HEADER + 12 + 2;
 
 /// The datagrams of one client, as OpenSSL reads and writes them: reads take what the
 /// listener queued, writes go out of the listener's socket at once.
@@ -85,9 +88,33 @@ pub(super) struct DtlsSession {
     inbound: Rc<RefCell<VecDeque<Vec<u8>>>>,
     wake: Notify,
     established: Cell<bool>,
+    /// A new handshake from the same address took its place ([`first_datagram`]): its task
+    /// ends without touching the table or the core, which already let it go.
+    replaced: Cell<bool>,
 }
 
 impl DtlsSession {
+    /// Whether `datagram` starts a new association (RFC 6347 §4.2.8): an unencrypted
+    /// ClientHello (epoch 0) to an established session, other than a late copy of the one
+    /// that started it (same client random). A client that restarted behind the same address
+    /// and port sends one.
+    fn is_new_client_hello(&self, datagram: &[u8]) -> bool {
+        if !self.established.get()
+            || datagram.len() < CLIENT_RANDOM + 32
+            || datagram[0] != CONTENT_HANDSHAKE
+            || datagram[3..5] != [0, 0]
+            || datagram[RECORD_HEADER] != CLIENT_HELLO
+        {
+            return false;
+        }
+        let mut random = [0u8; 32];
+        let Ok(stream) = self.stream.try_borrow() else {
+            return false;
+        };
+        stream.ssl().client_random(&mut random) != 32
+            || random[..] != datagram[CLIENT_RANDOM..CLIENT_RANDOM + 32]
+    }
+
     /// A datagram from the client, for its task.
     fn deliver(&self, datagram: &[u8]) {
         let mut inbound = self.inbound.borrow_mut();
@@ -136,22 +163,31 @@ pub(super) async fn dtls_listener(
             client,
             server: local,
         };
+        let datagram = &buf[..n];
         let session = worker.dtls.borrow().get(&from).cloned();
         match session {
-            Some(session) => session.deliver(&buf[..n]),
-            None => first_datagram(&worker, &socket, &context, from, &buf[..n]),
+            Some(old) if old.is_new_client_hello(datagram) => {
+                first_datagram(&worker, &socket, &context, from, datagram, Some(old))
+            }
+            Some(session) => session.deliver(datagram),
+            None => first_datagram(&worker, &socket, &context, from, datagram, None),
         }
     }
 }
 
 /// A datagram from a client without a session: a ClientHello goes through the cookie
 /// exchange, and one with a valid cookie starts a session; anything else is dropped.
+///
+/// With `replacing`, the client's established session: a new handshake that gets past the
+/// cookie, the rate limit and the admission ends it (its allocation with it), as RFC 6347
+/// §4.2.8 asks; until then it goes on.
 fn first_datagram(
     worker: &Rc<Worker>,
     socket: &Rc<UdpSocket>,
     context: &DtlsContext,
     from: FiveTuple,
     datagram: &[u8],
+    replacing: Option<Rc<DtlsSession>>,
 ) {
     if datagram.len() <= RECORD_HEADER
         || datagram[0] != CONTENT_HANDSHAKE
@@ -211,12 +247,22 @@ fn first_datagram(
             return;
         }
     };
+    if let Some(old) = replacing {
+        old.replaced.set(true);
+        old.established.set(false);
+        old.wake.notify_one();
+        worker.dtls.borrow_mut().remove(&from);
+        worker.server.borrow_mut().handle_disconnect(from);
+        worker.drain(now);
+        tracing::debug!(client = %from.client, "a new DTLS handshake replaces the session");
+    }
     worker.stats.dtls_handshake(DtlsHandshake::Started);
     let session = Rc::new(DtlsSession {
         stream: RefCell::new(stream),
         inbound,
         wake: Notify::new(),
         established: Cell::new(false),
+        replaced: Cell::new(false),
     });
     worker.dtls.borrow_mut().insert(from, Rc::clone(&session));
     worker.stats.dtls_sessions_add(1);
@@ -230,14 +276,18 @@ async fn serve_dtls(worker: Rc<Worker>, session: Rc<DtlsSession>, from: FiveTupl
         session.established.set(true);
         worker.stats.dtls_handshake(DtlsHandshake::Completed);
         serve_records(&worker, &session, from, &ticket).await;
-        // close_notify, so that the client knows at once.
-        let _ = session.stream.borrow_mut().shutdown();
+        if !session.replaced.get() {
+            // close_notify, so that the client knows at once.
+            let _ = session.stream.borrow_mut().shutdown();
+        }
     }
     session.established.set(false);
-    worker.flush_to_peers();
-    worker.dtls.borrow_mut().remove(&from);
-    worker.server.borrow_mut().handle_disconnect(from);
-    worker.drain(Instant::now());
+    if !session.replaced.get() {
+        worker.flush_to_peers();
+        worker.dtls.borrow_mut().remove(&from);
+        worker.server.borrow_mut().handle_disconnect(from);
+        worker.drain(Instant::now());
+    }
     worker.stats.dtls_sessions_add(-1);
     worker
         .closed_since_trim
@@ -320,6 +370,9 @@ async fn serve_records(
     let mut deadline = StreamDeadline::new(Instant::now());
     let mut proven = false;
     loop {
+        if session.replaced.get() {
+            return;
+        }
         let now = Instant::now();
         let Some(records) = read_records(worker, session, from, now) else {
             return;
