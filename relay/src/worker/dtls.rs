@@ -252,6 +252,8 @@ fn first_datagram(
         old.established.set(false);
         old.wake.notify_one();
         worker.dtls.borrow_mut().remove(&from);
+        // What it relayed goes before its allocation closes.
+        worker.flush_to_peers();
         worker.server.borrow_mut().handle_disconnect(from);
         worker.drain(now);
         tracing::debug!(client = %from.client, "a new DTLS handshake replaces the session");
