@@ -49,6 +49,8 @@ pub struct Settings {
     pub tcp: bool,
     /// Certificate and key, when TLS is on.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Certificate and key, when DTLS is on (the same files as TLS).
+    pub dtls: Option<(PathBuf, PathBuf)>,
     /// Metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Log format.
@@ -166,12 +168,16 @@ impl Settings {
             })
             .collect();
         let mut summary = format!(
-            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}\n  relay: {}{} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
+            "configuration OK\n  listening: {:?} port {} (udp: {}, tcp: {}), tls: {}, dtls: {}\n  relay: {}{} ports {}-{}\n  realm: {}\n  credentials: {}\n  quotas: user {}, total {}\n  stream connections: {} per IP, {} in total, frame timeout {} s, idle timeout {} s\n  metrics: {}\n  workers: {}",
             self.listening_ips,
             self.port,
             self.udp,
             self.tcp,
             match &self.tls {
+                Some(_) => format!("port {}", self.tls_port),
+                None => "off".into(),
+            },
+            match &self.dtls {
                 Some(_) => format!("port {}", self.tls_port),
                 None => "off".into(),
             },
@@ -611,6 +617,61 @@ mod tests {
         );
         let e = Settings::load(&cli(&["--config", &path, "--no-rfc5780"]));
         assert!(e.is_ok(), "off, the alternate port is not used: {e:?}");
+    }
+
+    #[test]
+    fn dtls_takes_the_tls_certificate_unless_no_dtls() {
+        let base = ["--user", "a:b", "--cert", "/c.pem", "--pkey", "/k.pem"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            Settings::load(&cli(&args))
+        };
+        let pair = Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")));
+        let both = with(&[]).unwrap();
+        assert_eq!(
+            (both.tls.clone(), both.dtls.clone()),
+            (pair.clone(), pair.clone())
+        );
+        assert!(
+            both.summary().contains("tls: port 5349, dtls: port 5349"),
+            "{}",
+            both.summary()
+        );
+        let no_dtls = with(&["--no-dtls"]).unwrap();
+        assert_eq!(
+            (no_dtls.tls.clone(), no_dtls.dtls.clone()),
+            (pair.clone(), None)
+        );
+        assert!(no_dtls.summary().contains("tls: port 5349, dtls: off"));
+        let no_tls = with(&["--no-tls"]).unwrap();
+        assert_eq!((no_tls.tls, no_tls.dtls), (None, pair));
+        let neither = with(&["--no-tls", "--no-dtls"]).unwrap();
+        assert_eq!((neither.tls, neither.dtls), (None, None));
+        // Without a certificate, neither runs.
+        let plain = Settings::load(&cli(&["--user", "a:b"])).unwrap();
+        assert_eq!((plain.tls, plain.dtls), (None, None));
+        // A lone cert is an error while either would use it.
+        let lone = ["--user", "a:b", "--cert", "/c.pem", "--no-tls"];
+        assert_eq!(Settings::load(&cli(&lone)).unwrap_err().key(), Some("cert"));
+
+        // RFC 5780's alternate port cannot be the DTLS port.
+        let rfc5780 = [
+            "-L",
+            "127.0.0.1",
+            "-L",
+            "127.0.0.2",
+            "--alt-listening-port",
+            "5349",
+        ];
+        let e = with(&rfc5780).unwrap_err();
+        assert!(
+            e.key() == Some("alt-listening-port") && e.to_string().contains("no-dtls"),
+            "{e}"
+        );
+        let mut args = rfc5780.to_vec();
+        args.push("--no-dtls");
+        assert!(with(&args).is_ok());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 #![deny(unsafe_code)]
 
 mod config;
+#[allow(unsafe_code)]
+mod dtls;
 mod framing;
 mod host_addresses;
 mod limits;
@@ -73,6 +75,8 @@ enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Dtls(#[from] dtls::DtlsError),
     #[error("cannot drop privileges: {0}")]
     Privileges(#[from] privileges::PrivilegeError),
     #[error("{what}: {source}")]
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         let tls = settings
             .tls
             .as_ref()
+            .or(settings.dtls.as_ref())
             .map(|(c, k)| (c.as_path(), k.as_path()));
         return check_config("icegate-relay", tls, &settings.summary());
     }
@@ -127,6 +132,7 @@ struct Listeners {
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
+    dtls: Vec<std::net::UdpSocket>,
 }
 
 /// Claims every listening address for this process ([`sockets::PortLock`], then
@@ -146,6 +152,10 @@ fn claim_listening_ports(settings: &Settings) -> Result<Vec<sockets::PortLock>, 
         if settings.tls.is_some() {
             let tls = SocketAddr::new(ip, settings.tls_port);
             wanted.push((Listening::Tcp, tls, "tls", "tls-listening-port"));
+        }
+        if settings.dtls.is_some() {
+            let dtls = SocketAddr::new(ip, settings.tls_port);
+            wanted.push((Listening::Udp, dtls, "dtls", "tls-listening-port"));
         }
     }
     for addr in alt_udp_listeners(settings) {
@@ -201,6 +211,14 @@ fn bind_listeners(settings: &Settings) -> Result<Vec<Listeners>, StartError> {
                 l.tls.push(sockets::tcp_listener(addr).map_err(listen_err(
                     addr,
                     "tls",
+                    "tls-listening-port",
+                ))?);
+            }
+            if settings.dtls.is_some() {
+                let addr = SocketAddr::new(ip, settings.tls_port);
+                l.dtls.push(sockets::udp_listener(addr).map_err(listen_err(
+                    addr,
+                    "dtls",
                     "tls-listening-port",
                 ))?);
             }
@@ -335,6 +353,10 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
     let tls_config = cert
         .as_ref()
         .map(|c| tls::server_config(Arc::clone(c), &[]));
+    let dtls_context = match &settings.dtls {
+        Some((cert, key)) => Some(Arc::new(dtls::DtlsContext::new(cert, key)?)),
+        None => None,
+    };
 
     if settings.proc_user.is_some() || settings.proc_group.is_some() {
         if privileges::is_root() {
@@ -378,6 +400,8 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
             tcp: l.tcp,
             tls: l.tls,
             tls_config: tls_config.clone(),
+            dtls: l.dtls,
+            dtls_context: dtls_context.clone(),
             control: control_rx.clone(),
             counters: Arc::clone(&counters),
             stats: Arc::clone(&runtime_stats),
@@ -442,6 +466,7 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
             listening = ?settings.listening_ips,
             port = settings.port,
             tls_port = settings.tls.as_ref().map(|_| settings.tls_port),
+            dtls_port = settings.dtls.as_ref().map(|_| settings.tls_port),
             relay = ?relay_ips,
             min_port = settings.min_port,
             max_port = settings.max_port,
@@ -456,6 +481,7 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
                 &control_tx,
                 &admission,
                 cert.as_deref(),
+                dtls_context.as_deref(),
             );
             systemd::ready(&status_line(&shards, false));
         }
@@ -545,6 +571,7 @@ fn reload(
     control: &watch::Sender<Control>,
     admission: &stream_admission::SharedAdmission,
     cert: Option<&ReloadableCert>,
+    dtls: Option<&dtls::DtlsContext>,
 ) {
     match Settings::load(cli) {
         Ok(mut fresh) => {
@@ -590,6 +617,14 @@ fn reload(
             }
             Err(error) => {
                 tracing::error!("TLS certificate reload failed, keeping the old one: {error}")
+            }
+        }
+    }
+    if let Some(dtls) = dtls {
+        match dtls.reload() {
+            Ok(()) => tracing::info!("DTLS: certificate reloaded"),
+            Err(error) => {
+                tracing::error!("DTLS: certificate reload failed, keeping the old one: {error}")
             }
         }
     }

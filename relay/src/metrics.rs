@@ -11,7 +11,7 @@ use icegate_relay_proto::peer_filter::DenyReason;
 use icegate_relay_proto::{Family, Ledger, Transport};
 use prometheus::core::{Collector, Desc};
 
-use crate::stats::RuntimeCounters;
+use crate::stats::{DtlsHandshake, RuntimeCounters};
 use crate::stream_admission::{Refusal, SharedAdmission};
 use crate::stream_deadline::Expiry;
 use prometheus::proto::MetricFamily;
@@ -86,6 +86,8 @@ struct Vecs {
     send_failures: IntCounter,
     streams_open: IntGauge,
     tls_handshake_failures: IntCounter,
+    dtls_handshakes: IntCounterVec,
+    dtls_sessions: IntGauge,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -179,9 +181,19 @@ impl RelayCollector {
                 "icegate_relay_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
             ),
+            dtls_handshakes: counter(
+                "icegate_relay_dtls_handshakes_total",
+                "DTLS ClientHellos and handshakes, by result: cookie_sent (answered statelessly), \
+                 started, completed, failed, timed_out.",
+                &["result"],
+            ),
+            dtls_sessions: gauge(
+                "icegate_relay_dtls_sessions",
+                "DTLS client sessions now open, handshaking or established.",
+            ),
         };
         let mut descs = Vec::new();
-        let collectors: [&dyn Collector; 16] = [
+        let collectors: [&dyn Collector; 18] = [
             &vecs.allocations_active,
             &vecs.allocations_total,
             &vecs.requests,
@@ -198,6 +210,8 @@ impl RelayCollector {
             &vecs.send_failures,
             &vecs.streams_open,
             &vecs.tls_handshake_failures,
+            &vecs.dtls_handshakes,
+            &vecs.dtls_sessions,
         ];
         let stream_vecs = StreamVecs::new();
         for c in collectors.into_iter().chain(stream_vecs.collectors()) {
@@ -326,7 +340,24 @@ impl Collector for RelayCollector {
                 .sum(),
         );
 
-        let collectors: [&dyn Collector; 16] = [
+        for r in DtlsHandshake::ALL {
+            set_counter(
+                &v.dtls_handshakes,
+                &[r.as_str()],
+                self.stats
+                    .iter()
+                    .map(|s| s.dtls_handshakes[r as usize].load(Ordering::Relaxed))
+                    .sum(),
+            );
+        }
+        v.dtls_sessions.set(
+            self.stats
+                .iter()
+                .map(|s| s.dtls_sessions.load(Ordering::Relaxed))
+                .sum(),
+        );
+
+        let collectors: [&dyn Collector; 18] = [
             &v.allocations_active,
             &v.allocations_total,
             &v.requests,
@@ -343,6 +374,8 @@ impl Collector for RelayCollector {
             &v.send_failures,
             &v.streams_open,
             &v.tls_handshake_failures,
+            &v.dtls_handshakes,
+            &v.dtls_sessions,
         ];
         let streams = &self.stream_vecs;
         if let Some((admission, budget)) = &self.streams {

@@ -16,6 +16,10 @@ pub struct RuntimeCounters {
     pub streams_open: AtomicI64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// DTLS handshakes by [`DtlsHandshake`] (in [`DtlsHandshake::ALL`] order).
+    pub dtls_handshakes: [AtomicU64; 5],
+    /// DTLS sessions now open (handshaking or established).
+    pub dtls_sessions: AtomicI64,
     /// TCP/TLS connections closed by a deadline, by [`Expiry`] (in [`Expiry::ALL`] order).
     pub stream_timeouts: [AtomicU64; 2],
     /// Ticks of the worker's heartbeat task: it stops advancing when the worker's event
@@ -61,9 +65,56 @@ impl RuntimeCounters {
         self.heartbeats.load(Ordering::Relaxed)
     }
 
+    /// Counts a DTLS ClientHello or handshake outcome.
+    pub fn dtls_handshake(&self, what: DtlsHandshake) {
+        self.dtls_handshakes[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a DTLS session opened (`1`) or closed (`-1`).
+    pub fn dtls_sessions_add(&self, n: i64) {
+        self.dtls_sessions.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts a failed TLS handshake.
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What became of a DTLS ClientHello or handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtlsHandshake {
+    /// A ClientHello without a valid cookie, answered with a HelloVerifyRequest (no state).
+    CookieSent,
+    /// A ClientHello with a valid cookie started a handshake.
+    Started,
+    /// A handshake finished.
+    Completed,
+    /// A handshake failed (an alert, a bad message).
+    Failed,
+    /// A handshake did not finish within its time.
+    TimedOut,
+}
+
+impl DtlsHandshake {
+    /// Every outcome, in label order.
+    pub const ALL: [DtlsHandshake; 5] = [
+        DtlsHandshake::CookieSent,
+        DtlsHandshake::Started,
+        DtlsHandshake::Completed,
+        DtlsHandshake::Failed,
+        DtlsHandshake::TimedOut,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DtlsHandshake::CookieSent => "cookie_sent",
+            DtlsHandshake::Started => "started",
+            DtlsHandshake::Completed => "completed",
+            DtlsHandshake::Failed => "failed",
+            DtlsHandshake::TimedOut => "timed_out",
+        }
     }
 }
 

@@ -44,7 +44,9 @@ use crate::stats::RuntimeCounters;
 use crate::stream_admission::{Refused, SharedAdmission, Ticket};
 use crate::stream_deadline::{StreamDeadline, StreamTimeouts};
 
+mod dtls;
 mod stream;
+use dtls::{dtls_listener, DtlsSession};
 use stream::{accept_loop, StreamOut};
 
 /// Datagrams one read loop handles before yielding to the worker's other tasks.
@@ -56,7 +58,7 @@ const RELAY_EVENTS: usize = 256;
 /// a client silent for longer than any allocation can live without a Refresh has nothing left
 /// on the relay.
 const STREAM_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
-/// After this many TCP/TLS connections have closed, the worker's heartbeat asks the
+/// After this many TCP/TLS connections or DTLS sessions have closed, the worker's heartbeat asks the
 /// allocator to give free memory back to the system ([`trim_heap`]).
 const TRIM_AFTER_CLOSES: usize = 64;
 /// How often a worker's heartbeat task beats (see [`RuntimeCounters::heartbeats`]).
@@ -89,6 +91,10 @@ pub struct WorkerSetup {
     pub tls: Vec<std::net::TcpListener>,
     /// TLS server configuration, when TLS listeners exist.
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// DTLS listeners (UDP on the TLS port).
+    pub dtls: Vec<std::net::UdpSocket>,
+    /// DTLS server context, when DTLS listeners exist.
+    pub dtls_context: Option<Arc<crate::dtls::DtlsContext>>,
     /// Configuration updates and draining.
     pub control: watch::Receiver<Control>,
     /// The core's counters (the same shard the [`Server`] was made with).
@@ -126,6 +132,9 @@ struct Worker {
     /// The relay sockets of this worker's allocations.
     relays: RelaySet,
     streams: RefCell<FastMap<FiveTuple, Rc<StreamOut>>>,
+    dtls: RefCell<FastMap<FiveTuple, Rc<DtlsSession>>>,
+    /// Where DTLS records are decrypted, for one session at a time; made at the first one.
+    dtls_record: RefCell<Option<Box<[u8]>>>,
     /// One receive batch for the whole worker: its tasks never run at once. Room for a
     /// ChannelData or Data indication header is left in front of each datagram, so that a
     /// relay socket's datagram is framed for its client in place.
@@ -142,7 +151,7 @@ struct Worker {
     /// setting a deadline takes no lock.
     stream_timeouts: Cell<StreamTimeouts>,
     admission: Arc<SharedAdmission>,
-    /// TCP/TLS connections closed since the heap was last trimmed.
+    /// TCP/TLS connections and DTLS sessions closed since the heap was last trimmed.
     closed_since_trim: Cell<usize>,
     counters: Arc<Counters>,
     stats: Arc<RuntimeCounters>,
@@ -163,6 +172,8 @@ async fn run(setup: WorkerSetup) {
         tcp,
         tls,
         tls_config,
+        dtls,
+        dtls_context,
         control,
         counters,
         stats,
@@ -196,6 +207,8 @@ async fn run(setup: WorkerSetup) {
         server: RefCell::new(server),
         relays,
         streams: RefCell::new(FastMap::default()),
+        dtls: RefCell::new(FastMap::default()),
+        dtls_record: RefCell::new(None),
         recv: RefCell::new(RecvBatch::new(PAYLOAD_OFFSET)),
         to_clients: (0..udp_sockets.len())
             .map(|_| RefCell::new(SendBatch::default()))
@@ -220,6 +233,20 @@ async fn run(setup: WorkerSetup) {
         let acceptor = TlsAcceptor::from(config);
         for listener in tls {
             spawn_acceptor(&worker, listener, Some(acceptor.clone()));
+        }
+    }
+    if let Some(context) = dtls_context {
+        for socket in dtls {
+            match UdpSocket::from_std(socket) {
+                Ok(s) => {
+                    let listener =
+                        dtls_listener(Rc::clone(&worker), Rc::new(s), Arc::clone(&context));
+                    tokio::task::spawn_local(listener);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "worker {index}: cannot register DTLS listener")
+                }
+            }
         }
     }
     tokio::task::spawn_local(control_loop(Rc::clone(&worker), control));
@@ -576,6 +603,13 @@ impl Worker {
                 .listener(to.server)
                 .map(|i| self.udp[i].1.try_send_to(bytes, to.client).is_ok());
             if sent != Some(true) {
+                self.stats.send_failed();
+            }
+            return;
+        }
+        if to.transport == Transport::Dtls {
+            let session = self.dtls.borrow().get(&to).cloned();
+            if !session.is_some_and(|s| s.send(bytes)) {
                 self.stats.send_failed();
             }
             return;

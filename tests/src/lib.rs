@@ -12,6 +12,7 @@
 pub mod asterisk;
 pub mod browser;
 pub mod debian;
+pub mod dtls;
 pub mod http;
 pub mod metrics;
 #[allow(unsafe_code)]

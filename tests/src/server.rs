@@ -268,10 +268,9 @@ impl Relay {
                 if !c.users.is_empty() && c.auth_secrets.is_empty() {
                     push(&["--lt-cred-mech"]);
                 }
+                // With TLS, coturn serves DTLS on the same port (UDP), as icegate-relay does.
                 if !c.tls {
                     push(&["--no-tls", "--no-dtls"]);
-                } else {
-                    push(&["--no-dtls"]);
                 }
                 if let Some(s) = c.stale_nonce {
                     push(&[&format!("--stale-nonce={s}")]);

@@ -230,6 +230,21 @@ fn uclient_tls(kind: ServerKind) {
     );
 }
 
+/// `-S` without `-t`: DTLS over UDP on the TLS port.
+fn uclient_dtls(kind: ServerKind) {
+    run_case(
+        kind,
+        UclientCase {
+            config: RelayConfig::default(),
+            flags: &["-S", "-c", "-u", "alice", "-w", "secret"],
+            clients: 5,
+            messages: 100,
+            transport: "dtls",
+            tls: true,
+        },
+    );
+}
+
 /// Client-to-client: pairs of clients relay to each other's relayed addresses.
 fn uclient_client_to_client(kind: ServerKind) {
     run_case(
@@ -329,7 +344,26 @@ fn run_dual_stack(
     flags: &[&str],
     family: &str,
 ) -> f64 {
-    let relay = Relay::start(kind, dual_stack_config());
+    run_dual_stack_over(kind, server, peer_ip, flags, family, false)
+}
+
+/// [`run_dual_stack`], to the TLS port when `tls` (with `-S`, and `-t` for TLS rather than
+/// DTLS).
+fn run_dual_stack_over(
+    kind: ServerKind,
+    server: IpAddr,
+    peer_ip: IpAddr,
+    flags: &[&str],
+    family: &str,
+    tls: bool,
+) -> f64 {
+    let relay = Relay::start(
+        kind,
+        RelayConfig {
+            tls,
+            ..dual_stack_config()
+        },
+    );
     let _peer = Peer::start_on(peer_ip, relay.ports.peer());
     let count = |r: &Relay| {
         r.try_metrics().map_or(0.0, |m| {
@@ -349,7 +383,12 @@ fn run_dual_stack(
         relay.ports.peer().to_string(),
     ]);
     args.extend(flags.iter().map(|f| f.to_string()));
-    let report = run_uclient_to(&args, server, relay.ports.listen(), UCLIENT_TIMEOUT);
+    let port = if tls {
+        relay.ports.tls()
+    } else {
+        relay.ports.listen()
+    };
+    let report = run_uclient_to(&args, server, port, UCLIENT_TIMEOUT);
     let tail: Vec<&str> = report.output.lines().rev().take(12).collect();
     assert!(
         report.status.is_some_and(|s| s.success()) && report.sent >= 100,
@@ -372,6 +411,15 @@ fn run_dual_stack(
 fn uclient_ipv6(kind: ServerKind) {
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let moved = run_dual_stack(kind, v6, v6, &["-c", "-x"], "ipv6");
+    if kind == ServerKind::Icegate {
+        assert!(moved >= 2.0, "ipv6 allocations grew by {moved}");
+    }
+}
+
+/// The same over DTLS on the IPv6 listener.
+fn uclient_ipv6_dtls(kind: ServerKind) {
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let moved = run_dual_stack_over(kind, v6, v6, &["-S", "-c", "-x"], "ipv6", true);
     if kind == ServerKind::Icegate {
         assert!(moved >= 2.0, "ipv6 allocations grew by {moved}");
     }
@@ -457,10 +505,12 @@ server_tests!(
     uclient_udp_send_indications,
     uclient_tcp,
     uclient_tls,
+    uclient_dtls,
     uclient_client_to_client,
     uclient_rest_secret,
     uclient_rest_wrong_secret_rejected,
     uclient_ipv6,
+    uclient_ipv6_dtls,
     uclient_dual_allocation,
 );
 

@@ -4,6 +4,7 @@
 //! icegate-signal, cost little memory.
 #![deny(unsafe_code)]
 
+use icegate_tests::dtls::dtls_connect;
 use icegate_tests::streams::{tls_client_config, tls_over};
 use icegate_tests::stun::{assert_success, stream_transact, xor_relayed, TurnClient};
 use icegate_tests::{wait_for, Relay, RelayConfig, ServerKind};
@@ -201,6 +202,60 @@ fn idle_tls_connections_cost_little_memory_and_give_it_back() {
     assert!(
         given_back.is_some(),
         "RSS {} KiB after the TLS connections closed (was {before} KiB before, {with} KiB with \
+         them)",
+        relay.rss_kib()
+    );
+}
+
+#[test]
+fn idle_dtls_sessions_cost_little_memory_and_give_it_back() {
+    const SESSIONS: usize = 500;
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            tls: true,
+            icegate_args: [
+                "--max-connections-per-ip",
+                "0",
+                "--rate-limit",
+                "10000",
+                "--stream-idle-timeout",
+                "300",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..RelayConfig::default()
+        },
+    );
+    let before = relay.rss_kib();
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|_| dtls_connect(relay.tls_addr()).expect("DTLS handshake"))
+        .collect();
+    let open = relay.metrics().sum("icegate_relay_dtls_sessions", &[]);
+    assert_eq!(open, SESSIONS as f64);
+    let with = relay.rss_kib();
+    let per_session = with.saturating_sub(before) as f64 / SESSIONS as f64;
+    eprintln!("RSS {before} KiB -> {with} KiB: {per_session:.1} KiB per idle DTLS session");
+    assert!(
+        per_session <= 64.0,
+        "{per_session:.1} KiB per idle DTLS session ({before} -> {with} KiB)"
+    );
+    // close_notify from each: the relay ends the sessions at once.
+    for mut session in sessions {
+        let _ = session.shutdown();
+    }
+    let closed = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+        let n = relay.metrics().sum("icegate_relay_dtls_sessions", &[]);
+        (n == 0.0).then_some(())
+    });
+    assert!(closed.is_some(), "DTLS sessions left after close_notify");
+    let given_back = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let now = relay.rss_kib();
+        (now <= before + (with - before) / 2).then_some(now)
+    });
+    assert!(
+        given_back.is_some(),
+        "RSS {} KiB after the DTLS sessions closed (was {before} KiB before, {with} KiB with \
          them)",
         relay.rss_kib()
     );

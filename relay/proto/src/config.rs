@@ -89,7 +89,7 @@ impl NatDiscovery {
 pub struct Alternates {
     /// For clients over UDP and TCP.
     pub plain: Vec<SocketAddr>,
-    /// For clients over TLS.
+    /// For clients over TLS and DTLS (coturn's `tls-alternate-server` serves both).
     pub tls: Vec<SocketAddr>,
     /// When an Allocate is redirected.
     pub when: RedirectWhen,
@@ -99,7 +99,7 @@ impl Alternates {
     /// The list for clients over `transport`.
     pub fn for_transport(&self, transport: Transport) -> &[SocketAddr] {
         match transport {
-            Transport::Tls => &self.tls,
+            Transport::Tls | Transport::Dtls => &self.tls,
             Transport::Udp | Transport::Tcp => &self.plain,
         }
     }

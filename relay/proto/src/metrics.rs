@@ -194,9 +194,9 @@ impl DropReason {
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Active allocations by transport × family (a gauge).
-    pub allocations_active: [[AtomicI64; 2]; 3],
+    pub allocations_active: [[AtomicI64; 2]; 4],
     /// Allocations ever made by transport × family.
-    pub allocations_total: [[AtomicU64; 2]; 3],
+    pub allocations_total: [[AtomicU64; 2]; 4],
     /// Requests by method × result.
     pub requests: [[AtomicU64; RESULTS.len()]; 6],
     /// Authentication failures by reason.

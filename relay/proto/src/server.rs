@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 
 use icegate_common::collections::FastMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -366,6 +366,16 @@ impl Server {
 
     /// Whether an unauthenticated answer may go to `from`: each one costs the source a token,
     /// so the relay cannot be used to reflect traffic at someone else.
+    /// Whether `ip` may start a new (D)TLS handshake now: it spends one token of the source's
+    /// `rate-limit` budget, as an unauthenticated request does (a refusal counts as one).
+    pub fn allow_handshake(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ok = self.limiter.check(&self.config.rate_limit, ip, now);
+        if !ok {
+            self.counters.rate_limited();
+        }
+        ok
+    }
+
     fn rate_ok(&mut self, from: FiveTuple, now: Instant) -> bool {
         let ok = self
             .limiter

@@ -11,11 +11,18 @@ pub enum Transport {
     Tcp,
     /// STUN/TURN over TLS over TCP.
     Tls,
+    /// STUN/TURN over DTLS over UDP: one STUN message or ChannelData frame per record.
+    Dtls,
 }
 
 impl Transport {
     /// All transports, in metric-label order.
-    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Dtls,
+    ];
 
     /// Stable lower-case name, used as a metric label.
     pub fn as_str(self) -> &'static str {
@@ -23,12 +30,13 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Dtls => "dtls",
         }
     }
 
     /// Whether the transport is a byte stream, where ChannelData must be padded to 4 bytes.
     pub fn is_stream(self) -> bool {
-        !matches!(self, Transport::Udp)
+        !matches!(self, Transport::Udp | Transport::Dtls)
     }
 
     pub(crate) fn index(self) -> usize {

@@ -144,6 +144,9 @@ pub struct Cli {
     /// Do not listen on TLS.
     #[arg(long)]
     pub no_tls: bool,
+    /// Do not listen on DTLS (UDP on tls-listening-port).
+    #[arg(long)]
+    pub no_dtls: bool,
     /// User to switch to after binding ports, when started as root.
     #[arg(long)]
     pub proc_user: Option<String>,

@@ -49,6 +49,7 @@ pub struct FileConfig {
     pub(super) no_udp: Option<bool>,
     pub(super) no_tcp: Option<bool>,
     pub(super) no_tls: Option<bool>,
+    pub(super) no_dtls: Option<bool>,
     pub(super) process: Option<ProcessConfig>,
 }
 

@@ -62,7 +62,7 @@ pub(super) fn merge(
         rate_limit.burst = per_second.saturating_mul(2);
     }
     let streams = streams(cli, &f, &invalid)?;
-    let tls = tls(cli, &f, &invalid)?;
+    let (tls, dtls) = tls(cli, &f, &invalid)?;
     let workers = match pick(cli.workers, f.workers).0.unwrap_or(0) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -78,7 +78,9 @@ pub(super) fn merge(
     server.max_bps = pick(cli.max_bps, f.max_bps).0.unwrap_or(0);
     server.alternates = alternates(cli, &f, &invalid)?;
     let udp = !(cli.no_udp || f.no_udp.unwrap_or(false));
-    server.nat_discovery = nat_discovery(cli, &f, &listening_ips, port, udp, &invalid)?;
+    let dtls_port = dtls.as_ref().map(|_| tls_port);
+    server.nat_discovery =
+        nat_discovery(cli, &f, &listening_ips, (port, dtls_port), udp, &invalid)?;
 
     let process = f.process.unwrap_or_default();
     Ok(Settings {
@@ -91,6 +93,7 @@ pub(super) fn merge(
         udp,
         tcp: !(cli.no_tcp || f.no_tcp.unwrap_or(false)),
         tls,
+        dtls,
         metrics_listen: pick(cli.metrics_listen, f.metrics_listen).0,
         log_format: pick(cli.log_format, f.log_format).0.unwrap_or_default(),
         workers,
@@ -107,11 +110,13 @@ pub(super) fn merge(
 /// `alt-listening-port` and `no-rfc5780`: RFC 5780 NAT behaviour discovery is on, as in
 /// coturn, when UDP is and two listening IPs share a family (the first two exact ones of each
 /// family make a pair; a wildcard cannot be answered from as one address).
+/// `ports` are `listening-port` and, while DTLS is on, `tls-listening-port`: UDP ports the
+/// alternate one must not be.
 fn nat_discovery(
     cli: &Cli,
     f: &FileConfig,
     listening_ips: &[IpAddr],
-    port: u16,
+    (port, dtls_port): (u16, Option<u16>),
     udp: bool,
     invalid: Invalid<'_>,
 ) -> Result<Option<NatDiscovery>, ConfigError> {
@@ -149,6 +154,16 @@ fn nat_discovery(
         }
         p => p,
     };
+    if dtls_port == Some(alt) {
+        return Err(invalid(
+            alt_cli,
+            "alt-listening-port",
+            format!(
+                "must differ from tls-listening-port ({alt}), where DTLS listens on UDP \
+                 (or set no-dtls)"
+            ),
+        ));
+    }
     Ok(Some(NatDiscovery {
         ip_pairs,
         ports: (port, alt),
@@ -476,22 +491,30 @@ fn streams(cli: &Cli, f: &FileConfig, invalid: Invalid<'_>) -> Result<StreamSett
     Ok(streams)
 }
 
-/// `cert` and `pkey`, unless `no-tls`.
+/// `cert` and `pkey` for TLS (unless `no-tls`) and for DTLS (unless `no-dtls`).
 fn tls(
     cli: &Cli,
     f: &FileConfig,
     invalid: Invalid<'_>,
-) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+) -> Result<(CertPair, CertPair), ConfigError> {
     let (cert, cert_cli) = pick(cli.cert.clone(), f.cert.clone());
     let (pkey, _) = pick(cli.pkey.clone(), f.pkey.clone());
     let no_tls = cli.no_tls || f.no_tls.unwrap_or(false);
-    match (cert, pkey) {
-        (Some(c), Some(k)) if !no_tls => Ok(Some((c, k))),
-        (Some(_), None) | (None, Some(_)) if !no_tls => Err(invalid(
-            cert_cli,
-            "cert",
-            "cert and pkey must be given together".into(),
-        )),
-        _ => Ok(None),
-    }
+    let no_dtls = cli.no_dtls || f.no_dtls.unwrap_or(false);
+    let pair = match (cert, pkey) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (Some(_), None) | (None, Some(_)) if !(no_tls && no_dtls) => {
+            return Err(invalid(
+                cert_cli,
+                "cert",
+                "cert and pkey must be given together".into(),
+            ))
+        }
+        _ => None,
+    };
+    let unless = |off: bool| pair.clone().filter(|_| !off);
+    Ok((unless(no_tls), unless(no_dtls)))
 }
+
+/// A certificate and its key, when a listener uses them.
+type CertPair = Option<(PathBuf, PathBuf)>;

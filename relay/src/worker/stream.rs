@@ -177,7 +177,7 @@ async fn tls_handshake(
 type Halves<S> = (ReadHalf<S>, WriteHalf<S>);
 
 /// Says why connections are refused, at most once per interval per reason.
-fn log_refusal(refused: Refused, client: SocketAddr, local: SocketAddr) {
+pub(super) fn log_refusal(refused: Refused, client: SocketAddr, local: SocketAddr) {
     let Some(count) = refused.log else { return };
     let reason = refused.reason.as_str();
     tracing::warn!(

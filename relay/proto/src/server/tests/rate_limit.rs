@@ -101,3 +101,28 @@ fn workers_sharing_a_rate_table_share_each_source_budget() {
     a.assert_no_commands();
     assert_eq!(Counters::get(&a.counters.rate_limited), 2);
 }
+
+#[test]
+fn a_new_handshake_spends_the_source_budget_of_unauthenticated_requests() {
+    let mut config = base_config();
+    config.rate_limit = RateLimitConfig {
+        per_second: 1,
+        burst: 3,
+    };
+    let mut h = Harness::with(config);
+    let alice = Client::alice(1);
+    let ip = alice.from.client.ip();
+    let now = h.now;
+    assert!(h.server.allow_handshake(ip, now));
+    assert!(h.server.allow_handshake(ip, now));
+    // One Binding, then the bucket is empty for handshakes and requests alike.
+    h.unsigned(alice.from, BINDING, vec![]);
+    assert!(!h.server.allow_handshake(ip, now));
+    assert_eq!(Counters::get(&h.counters.rate_limited), 1);
+    // Another source has its own budget; time refills this one.
+    assert!(h.server.allow_handshake(udp_client(2).client.ip(), now));
+    h.advance(Duration::from_secs(1));
+    let now = h.now;
+    assert!(h.server.allow_handshake(ip, now));
+    assert_eq!(Counters::get(&h.counters.rate_limited), 1);
+}
