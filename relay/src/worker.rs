@@ -610,11 +610,22 @@ impl Worker {
                     relay,
                     addr,
                     dont_fragment,
+                    tcp,
                 } => {
-                    let ok = self.open_relay(relay, addr, dont_fragment);
+                    // TCP allocations are not carried out by this runtime yet.
+                    let ok = !tcp && self.open_relay(relay, addr, dont_fragment);
                     self.server.borrow_mut().relay_bound(relay, ok, now);
                 }
                 Command::CloseRelay { relay } => self.close_relay(relay),
+                Command::ConnectPeer {
+                    connection, relay, ..
+                } => {
+                    let _ = self
+                        .server
+                        .borrow_mut()
+                        .peer_connected(relay, connection, false, now);
+                }
+                Command::JoinConnection { .. } | Command::CloseConnection { .. } => {}
             }
         }
         self.timer.notify_one();

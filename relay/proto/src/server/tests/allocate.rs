@@ -105,7 +105,7 @@ fn bind_failures_exhaust_retries_and_answer_508() {
 }
 
 #[test]
-fn allocate_without_requested_transport_is_400_and_tcp_is_442() {
+fn allocate_without_requested_transport_is_400_and_tcp_over_udp_is_442() {
     let mut h = Harness::new();
     let mut alice = Client::alice(1);
     h.challenge(&mut alice);
