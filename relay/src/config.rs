@@ -213,6 +213,11 @@ impl Settings {
                 summary.push_str("off (on with two listening-ip of one family, unless no-rfc5780)")
             }
         }
+        summary.push_str(if self.server.tcp_relay {
+            "\n  tcp allocations (RFC 6062): on, over TCP and TLS"
+        } else {
+            "\n  tcp allocations (RFC 6062): off (no-tcp-relay)"
+        });
         let alternates = &self.server.alternates;
         if !alternates.plain.is_empty() || !alternates.tls.is_empty() {
             let list = |l: &[SocketAddr]| {
@@ -611,6 +616,21 @@ mod tests {
         );
         let e = Settings::load(&cli(&["--config", &path, "--no-rfc5780"]));
         assert!(e.is_ok(), "off, the alternate port is not used: {e:?}");
+    }
+
+    #[test]
+    fn no_tcp_relay_from_the_flag_or_the_file() {
+        let s = Settings::load(&cli(&["--user", "a:b"])).unwrap();
+        assert!(s.server.tcp_relay, "on by default, as in coturn");
+        assert!(s.summary().contains("tcp allocations (RFC 6062): on"));
+        let s = Settings::load(&cli(&["--user", "a:b", "--no-tcp-relay"])).unwrap();
+        assert!(!s.server.tcp_relay);
+        assert!(s.summary().contains("tcp allocations (RFC 6062): off"));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "user = [\"a:b\"]\nno-tcp-relay = true").unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let s = Settings::load(&cli(&["--config", &path])).unwrap();
+        assert!(!s.server.tcp_relay);
     }
 
     #[test]

@@ -73,12 +73,12 @@ enum Ports {
 
 impl AllocateRequest {
     /// The request's attributes, or the error code to answer with (442 for a transport other
-    /// than UDP, or TCP asked over UDP; 400 for anything missing, malformed or contradictory).
-    fn parse(msg: &Message<'_>, over: Transport) -> Result<Self, u16> {
+    /// than UDP, or TCP asked over UDP or while `no-tcp-relay`; 400 for anything missing, malformed or contradictory).
+    fn parse(msg: &Message<'_>, over: Transport, tcp_relay: bool) -> Result<Self, u16> {
         let tcp = match msg.attribute::<RequestedTransport>() {
             Ok(t) if t.protocol() == UDP_PROTOCOL => false,
             // RFC 6062 §5.1: a TCP allocation is only made over a TCP or TLS connection.
-            Ok(t) if t.protocol() == TCP_PROTOCOL && over.is_stream() => true,
+            Ok(t) if t.protocol() == TCP_PROTOCOL && over.is_stream() && tcp_relay => true,
             Ok(_) => return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL),
             Err(_) => return Err(ErrorCode::BAD_REQUEST),
         };
@@ -195,7 +195,7 @@ impl Server {
                 label,
             );
         }
-        match AllocateRequest::parse(msg, from.transport) {
+        match AllocateRequest::parse(msg, from.transport, self.config.tcp_relay) {
             Ok(request) => self.open(from, msg, request, authed, now),
             Err(code) => self.error(from, msg, code, Some(&authed), label),
         }

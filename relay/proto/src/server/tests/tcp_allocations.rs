@@ -240,6 +240,24 @@ fn tcp_allocations_are_refused_over_udp_and_with_udp_only_attributes() {
 }
 
 #[test]
+fn no_tcp_relay_refuses_tcp_allocations_with_442() {
+    let mut config = base_config();
+    config.tcp_relay = false;
+    let mut h = Harness::with(config);
+    let mut alice = Client::new(tcp_client(1), "alice", "alice-pw");
+    h.challenge(&mut alice);
+    assert_eq!(h.allocate_error(&mut alice, vec![tcp_transport()]), 442);
+    // Back on with a reload.
+    h.reconfigure(|c| c.tcp_relay = true);
+    let (tid, bytes) = h.signed_bytes(&alice, ALLOCATE, vec![tcp_transport()]);
+    assert_eq!(h.packet(alice.from, &bytes), ClientOutcome::Handled);
+    let binds = h.expect_binds();
+    h.server.relay_bound(binds[0].0, true, h.now);
+    let ok = h.answer(&alice, tid, ALLOCATE);
+    assert_eq!(ok.class(), MessageClass::SuccessResponse);
+}
+
+#[test]
 fn an_incoming_peer_connection_needs_a_permission_and_is_announced() {
     let mut h = Harness::new();
     let (alice, relay, _) = tcp_allocation(&mut h);
