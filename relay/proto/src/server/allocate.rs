@@ -73,12 +73,18 @@ enum Ports {
 
 impl AllocateRequest {
     /// The request's attributes, or the error code to answer with (442 for a transport other
-    /// than UDP, or TCP asked over UDP or while `no-tcp-relay`; 400 for anything missing, malformed or contradictory).
+    /// than UDP and TCP, or TCP while `no-tcp-relay`; 400 for anything missing, malformed or
+    /// contradictory, and for TCP asked over UDP).
     fn parse(msg: &Message<'_>, over: Transport, tcp_relay: bool) -> Result<Self, u16> {
         let tcp = match msg.attribute::<RequestedTransport>() {
             Ok(t) if t.protocol() == UDP_PROTOCOL => false,
-            // RFC 6062 §5.1: a TCP allocation is only made over a TCP or TLS connection.
-            Ok(t) if t.protocol() == TCP_PROTOCOL && over.is_stream() && tcp_relay => true,
+            Ok(t) if t.protocol() == TCP_PROTOCOL && tcp_relay => {
+                // RFC 6062 §5.1: a TCP allocation is only made over a TCP or TLS connection.
+                if !over.is_stream() {
+                    return Err(ErrorCode::BAD_REQUEST);
+                }
+                true
+            }
             Ok(_) => return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL),
             Err(_) => return Err(ErrorCode::BAD_REQUEST),
         };

@@ -221,11 +221,12 @@ fn connect_is_refused_for_bad_requests_filtered_peers_and_udp_allocations() {
 }
 
 #[test]
-fn tcp_allocations_are_refused_over_udp_and_with_udp_only_attributes() {
+fn tcp_allocations_are_400_over_udp_and_with_udp_only_attributes() {
     let mut h = Harness::new();
     let mut over_udp = Client::alice(1);
     h.challenge(&mut over_udp);
-    assert_eq!(h.allocate_error(&mut over_udp, vec![tcp_transport()]), 442);
+    // RFC 6062 §5.1: 400, not 442; the transport is supported, only not over UDP.
+    assert_eq!(h.allocate_error(&mut over_udp, vec![tcp_transport()]), 400);
     let mut alice = Client::new(tcp_client(1), "alice", "alice-pw");
     h.challenge(&mut alice);
     for extra in [
