@@ -2,7 +2,8 @@
 //! for Connect, parking peer connections until a ConnectionBind takes them
 //! ([`crate::peer_streams`]), and carrying the bytes between a data connection and its peer.
 //!
-//! Bytes are carried with one buffer per direction, allocated once per connection; every
+//! Bytes are carried with one buffer per direction, allocated once per connection (and grown
+//! at most twice, for a bulk transfer); every
 //! peer connection takes a place in the descriptor budget
 //! ([`crate::stream_admission::SharedAdmission::admit_peer`]).
 
@@ -15,8 +16,11 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// How long the relay tries to connect to a peer for a Connect before answering 447.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// The buffer of each direction of a carried connection.
-const CARRY_BUFFER: usize = 16 * 1024;
+/// The buffer each direction of a carried connection starts with: one page, enough for the
+/// media and signalling most TCP relays carry.
+const CARRY_FIRST: usize = 4 * 1024;
+/// What it grows to, doubling each time a read fills it (a bulk transfer).
+const CARRY_MAX: usize = 16 * 1024;
 
 impl Worker {
     /// Opens the TCP listener of a TCP allocation's relay and accepts peers on it until the
@@ -215,7 +219,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; CARRY_BUFFER];
+    let mut buf = vec![0u8; CARRY_FIRST];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
@@ -223,5 +227,8 @@ where
         }
         to.write_all(&buf[..n]).await?;
         counters.relayed(direction, n);
+        if n == buf.len() && buf.len() < CARRY_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }
