@@ -390,3 +390,59 @@ fn send_indications_on_a_tcp_allocation_are_dropped() {
     assert_eq!(outcome, ClientOutcome::Dropped);
     assert_eq!(h.dropped(DropReason::NoPermission), 1);
 }
+
+#[test]
+fn a_connection_bind_reaching_another_worker_claims_the_connection() {
+    let mut h = Harness::new();
+    let (alice, relay, _) = tcp_allocation(&mut h);
+    let id = h.server.peer_connection(relay, peer(), h.now).unwrap();
+    h.expect_send(alice.from);
+    // The kernel handed the data connection to another worker: its own server, the same
+    // ledger.
+    let mut other = Server::new(
+        Arc::new(h.config.clone()),
+        Arc::clone(&h.ledger),
+        Arc::new(Counters::default()),
+        Arc::new(PeerDenials::default()),
+        7,
+        h.t0,
+    );
+    let mut data = Client::new(tcp_client(2), "alice", "alice-pw");
+    h.challenge(&mut data);
+    let tid = *h.tid().as_bytes();
+    let (tid, bytes) = kit_signed(&mut h, &data, kit::connection_bind(tid, id));
+    assert_eq!(
+        other.handle_client_packet(data.from, &bytes, h.now),
+        ClientOutcome::Handled
+    );
+    let commands: Vec<_> = std::iter::from_fn(|| other.poll_command()).collect();
+    let [Command::SendToClient { to, data: answer }, join] = &commands[..] else {
+        panic!("expected an answer and a join, got {commands:?}");
+    };
+    assert_eq!(*to, data.from);
+    let answer = decode(answer, Some(&data.key())).msg;
+    assert_eq!(*answer.transaction_id(), tid);
+    assert_eq!(answer.class(), MessageClass::SuccessResponse);
+    assert_eq!(
+        *join,
+        Command::JoinConnection {
+            client: data.from,
+            connection: id
+        }
+    );
+    // The owner's timer leaves a connection bound elsewhere alone...
+    h.at(31);
+    h.assert_no_commands();
+    // ...and its allocation's end still closes it, from the owner.
+    h.server.handle_disconnect(alice.from);
+    assert_eq!(
+        h.commands(),
+        vec![
+            Command::CloseRelay { relay },
+            Command::CloseConnection { connection: id }
+        ]
+    );
+    // The other worker learns of the close by the runtime (PeerStreams) and forgets the id.
+    other.connection_closed(id);
+    assert!(h.ledger.connections().is_empty());
+}
