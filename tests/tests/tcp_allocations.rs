@@ -15,6 +15,7 @@ use icegate_tests::{server_tests, Relay, RelayConfig, ServerKind};
 server_tests!(
     connect_to_a_closed_port_is_447,
     an_incoming_peer_needs_a_permission_and_then_reaches_the_client,
+    a_peer_waiting_for_its_connection_bind_closes_with_the_allocation,
 );
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -224,5 +225,33 @@ fn an_incoming_peer_needs_a_permission_and_then_reaches_the_client(kind: ServerK
     assert!(
         closed_by_peer(&mut peer),
         "the peer connection outlived its allocation"
+    );
+}
+
+fn a_peer_waiting_for_its_connection_bind_closes_with_the_allocation(kind: ServerKind) {
+    let relay = Relay::start(kind, RelayConfig::default());
+    let mut control = StreamClient::connect(&relay);
+    let relayed = control.allocate_tcp();
+    let me = "127.0.0.1:1".parse().unwrap();
+    let answer = control.request(|tid| kit::create_permission(tid, &[me]));
+    assert_eq!(
+        kit::Reply::parse(&answer).unwrap().class,
+        kit::Class::Success
+    );
+    let mut peer = TcpStream::connect(relayed).expect("the relayed address listens");
+    let attempt = control.recv();
+    assert_eq!(
+        kit::Reply::parse(&attempt).unwrap().method,
+        kit::method::CONNECTION_ATTEMPT
+    );
+    // Nobody binds it; the allocation goes.
+    let answer = control.request(|tid| kit::refresh(tid, 0));
+    assert_eq!(
+        kit::Reply::parse(&answer).unwrap().class,
+        kit::Class::Success
+    );
+    assert!(
+        closed_by_peer(&mut peer),
+        "a peer connection waiting for its ConnectionBind outlived its allocation"
     );
 }
