@@ -219,6 +219,11 @@ impl Settings {
                 summary.push_str("off (on with two listening-ip of one family, unless no-rfc5780)")
             }
         }
+        summary.push_str(if self.server.tcp_relay {
+            "\n  tcp allocations (RFC 6062): on, over TCP and TLS"
+        } else {
+            "\n  tcp allocations (RFC 6062): off (no-tcp-relay)"
+        });
         let alternates = &self.server.alternates;
         if !alternates.plain.is_empty() || !alternates.tls.is_empty() {
             let list = |l: &[SocketAddr]| {
@@ -672,6 +677,21 @@ mod tests {
         let mut args = rfc5780.to_vec();
         args.push("--no-dtls");
         assert!(with(&args).is_ok());
+    }
+
+    #[test]
+    fn no_tcp_relay_from_the_flag_or_the_file() {
+        let s = Settings::load(&cli(&["--user", "a:b"])).unwrap();
+        assert!(s.server.tcp_relay, "on by default, as in coturn");
+        assert!(s.summary().contains("tcp allocations (RFC 6062): on"));
+        let s = Settings::load(&cli(&["--user", "a:b", "--no-tcp-relay"])).unwrap();
+        assert!(!s.server.tcp_relay);
+        assert!(s.summary().contains("tcp allocations (RFC 6062): off"));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "user = [\"a:b\"]\nno-tcp-relay = true").unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let s = Settings::load(&cli(&["--config", &path])).unwrap();
+        assert!(!s.server.tcp_relay);
     }
 
     #[test]

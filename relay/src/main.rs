@@ -12,8 +12,10 @@
 //!   SIGTERM → drain     ── watch ───────▶  set_draining
 //! ```
 //!
-//! Workers share only the [`Ledger`] (ports, quotas, nonce key), touched when allocations are
-//! made or freed, and their own counter shards, summed when `/metrics` is scraped.
+//! Workers share only the [`Ledger`] (ports, quotas, nonce key, CONNECTION-IDs), touched when
+//! allocations are made or freed, the admission of TCP/TLS connections, the TCP peer
+//! connections of TCP allocations on their way from one worker to another
+//! ([`peer_streams`]), and their own counter shards, summed when `/metrics` is scraped.
 #![deny(unsafe_code)]
 
 mod config;
@@ -26,6 +28,7 @@ mod metrics;
 #[allow(unsafe_code)]
 mod mmsg;
 mod own_addresses;
+mod peer_streams;
 mod privileges;
 #[allow(unsafe_code)]
 mod relay_set;
@@ -310,6 +313,8 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
         descriptors: budget.streams,
     });
 
+    let peer_streams = Arc::new(peer_streams::PeerStreams::default());
+
     let now = Instant::now();
     let ledger = Arc::new(Ledger::new(
         &relay_ips,
@@ -406,6 +411,7 @@ fn run(cli: Cli, mut settings: Settings) -> Result<(), StartError> {
             counters: Arc::clone(&counters),
             stats: Arc::clone(&runtime_stats),
             admission: Arc::clone(&admission),
+            peer_streams: Arc::clone(&peer_streams),
         })
         .map_err(|source| StartError::Io {
             what: "cannot start worker thread",

@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use icegate_relay_proto::metrics::{
-    result_label, AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerDenials,
-    QuotaKind, RESULTS,
+    result_label, AuthFailure, Counters, Direction, DropReason, MethodLabel, PeerConnection,
+    PeerDenials, QuotaKind, RESULTS,
 };
 use icegate_relay_proto::peer_filter::DenyReason;
 use icegate_relay_proto::{Family, Ledger, Transport};
@@ -79,6 +79,7 @@ struct Vecs {
     packets: IntCounterVec,
     bytes: IntCounterVec,
     dropped: IntCounterVec,
+    peer_connections: IntCounterVec,
     malformed: IntCounter,
     rate_limited: IntCounter,
     ports_in_use: IntGauge,
@@ -156,6 +157,12 @@ impl RelayCollector {
                 "Relayed packets dropped, by reason.",
                 &["reason"],
             ),
+            peer_connections: counter(
+                "icegate_relay_peer_connections_total",
+                "TCP peer connections of TCP allocations (RFC 6062), by direction and whether \
+                 they were made or refused/failed.",
+                &["direction", "result"],
+            ),
             malformed: plain_counter(
                 "icegate_relay_malformed_packets_total",
                 "Packets from clients that could not be parsed.",
@@ -193,7 +200,8 @@ impl RelayCollector {
             ),
         };
         let mut descs = Vec::new();
-        let collectors: [&dyn Collector; 18] = [
+        let collectors: [&dyn Collector; 19] = [
+            &vecs.peer_connections,
             &vecs.allocations_active,
             &vecs.allocations_total,
             &vecs.requests,
@@ -319,6 +327,18 @@ impl Collector for RelayCollector {
                 self.sum(|s| load(&s.dropped[r as usize])),
             );
         }
+        for k in PeerConnection::ALL {
+            set_counter(
+                &v.peer_connections,
+                &[k.as_str(), "made"],
+                self.sum(|s| load(&s.peer_connections[k as usize])),
+            );
+            set_counter(
+                &v.peer_connections,
+                &[k.as_str(), "failed"],
+                self.sum(|s| load(&s.peer_connections_failed[k as usize])),
+            );
+        }
         advance(&v.malformed, self.sum(|s| load(&s.malformed)));
         advance(&v.rate_limited, self.sum(|s| load(&s.rate_limited)));
         let (used, cap) = self.ledger.port_usage();
@@ -357,7 +377,8 @@ impl Collector for RelayCollector {
                 .sum(),
         );
 
-        let collectors: [&dyn Collector; 18] = [
+        let collectors: [&dyn Collector; 19] = [
+            &v.peer_connections,
             &v.allocations_active,
             &v.allocations_total,
             &v.requests,

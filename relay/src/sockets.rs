@@ -125,6 +125,40 @@ pub fn relay_socket(addr: SocketAddr, dont_fragment: bool) -> io::Result<std::ne
     Ok(socket.into())
 }
 
+/// The TCP listener of a TCP allocation's relayed address (RFC 6062).
+///
+/// SO_REUSEPORT (with SO_REUSEADDR) so that the allocation's outgoing peer connections
+/// ([`tcp_relay_socket`]) can bind the same address and port while it listens: RFC 6062 has
+/// a peer see one relayed address whichever side connected.
+pub fn tcp_relay_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(domain(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// An unconnected TCP socket bound to a TCP allocation's relayed address, to connect to a
+/// peer from (RFC 6062 Connect); see [`tcp_relay_listener`].
+pub fn tcp_relay_socket(from: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(domain(from), Type::STREAM, Some(Protocol::TCP))?;
+    if from.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&from.into())?;
+    Ok(socket.into())
+}
+
 /// Sets the DF bit on everything the socket sends (RFC 8656 DONT-FRAGMENT).
 fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
     if ipv6 {

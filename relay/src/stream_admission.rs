@@ -198,6 +198,26 @@ impl<T> Admission<T> {
         self.evicted.len() >= EVICTION_SLACK
     }
 
+    /// Admits a TCP peer connection of a TCP allocation (RFC 6062) against the descriptor
+    /// budget alone: a peer is not a client, so the per-source and total caps, which bound
+    /// what clients may hold, do not apply, and it is never evicted (its allocation holds it).
+    /// Released with [`Admission::release_peer`].
+    pub fn admit_peer(&mut self, now: Instant) -> Result<u64, Refused> {
+        let settled = self.total - self.evicted.len() as u64;
+        if settled >= self.limits.descriptors {
+            return Err(self.refuse(Refusal::Descriptors, now));
+        }
+        self.total += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// A peer connection [`Admission::admit_peer`] took has closed.
+    pub fn release_peer(&mut self) {
+        self.total -= 1;
+    }
+
     /// Connection `id` holds an allocation now: it is not evicted while it does.
     pub fn prove(&mut self, id: u64) {
         self.unproven.remove(&id);
@@ -269,7 +289,8 @@ pub struct SharedAdmission {
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<SharedAdmission>,
-    ip: IpAddr,
+    /// The client's address; `None` for a peer connection ([`SharedAdmission::admit_peer`]).
+    ip: Option<IpAddr>,
     id: u64,
     evicted: Arc<Notify>,
 }
@@ -295,7 +316,11 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let was_evicted = self.admission.lock().release(self.ip, self.id);
+        let Some(ip) = self.ip else {
+            self.admission.lock().release_peer();
+            return;
+        };
+        let was_evicted = self.admission.lock().release(ip, self.id);
         if was_evicted {
             self.admission.eviction_done.notify_waiters();
         }
@@ -337,13 +362,30 @@ impl SharedAdmission {
                 Ok(Entry {
                     ticket: Ticket {
                         admission: Arc::clone(self),
-                        ip,
+                        ip: Some(ip),
                         id,
                         evicted,
                     },
                     evictions_to_log: log,
                 })
             }
+            Err(refused) => {
+                self.refused[refused.reason as usize].fetch_add(1, Ordering::Relaxed);
+                Err(refused)
+            }
+        }
+    }
+
+    /// [`Admission::admit_peer`], with a [`Ticket`] that releases the place when dropped.
+    pub fn admit_peer(self: &Arc<Self>, now: Instant) -> Result<Ticket, Refused> {
+        let admitted = self.lock().admit_peer(now);
+        match admitted {
+            Ok(id) => Ok(Ticket {
+                admission: Arc::clone(self),
+                ip: None,
+                id,
+                evicted: Arc::new(Notify::new()),
+            }),
             Err(refused) => {
                 self.refused[refused.reason as usize].fetch_add(1, Ordering::Relaxed);
                 Err(refused)
@@ -415,6 +457,23 @@ mod tests {
                 (admitted.id, admitted.evict)
             })
             .map_err(|refused| refused.reason)
+    }
+
+    #[test]
+    fn peer_connections_count_against_the_descriptor_budget_only() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(limits(1, 1, 3));
+        admit(&mut a, "192.0.2.1", t0).unwrap();
+        // Past the client caps (one per source, one in all), peers still get descriptors.
+        a.admit_peer(t0).unwrap();
+        a.admit_peer(t0).unwrap();
+        assert_eq!(a.open(), 3);
+        let refused = a.admit_peer(t0).unwrap_err();
+        assert_eq!(refused.reason, Refusal::Descriptors);
+        // A full relay evicts the client without an allocation, never a peer connection.
+        assert_eq!(admit(&mut a, "192.0.2.2", t0).map(|(_, e)| e), Ok(Some(0)));
+        a.release_peer();
+        assert_eq!(a.open(), 3, "the evicted client is still closing");
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! Priorities inside a worker are those of tokio's scheduler; every read loop handles at most
 //! [`BUDGET`] datagrams before yielding, so one busy socket cannot starve the others.
 //!
+//! A TCP allocation (RFC 6062, [`tcp_relay`]) listens on its relayed address in a task of its
+//! own; its peer connections are carried by the worker that took the client's ConnectionBind,
+//! which the kernel may have handed any worker.
+//!
 //! UDP data moves in batches ([`crate::mmsg`]): listeners and relay sockets are read with
 //! `recvmmsg`. The relay sockets sit in one epoll set of the worker's ([`RelaySet`]), read by
 //! one task per round rather than one task per socket, and the datagrams a round relays to
@@ -38,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{self, Frame};
 use crate::mmsg::{RecvBatch, SendBatch, BATCH};
+use crate::peer_streams::PeerStreams;
 use crate::relay_set::{self, RelaySet};
 use crate::sockets;
 use crate::stats::RuntimeCounters;
@@ -47,6 +52,7 @@ use crate::stream_deadline::{StreamDeadline, StreamTimeouts};
 mod dtls;
 mod stream;
 use dtls::{dtls_listener, DtlsSession};
+mod tcp_relay;
 use stream::{accept_loop, StreamOut};
 
 /// Datagrams one read loop handles before yielding to the worker's other tasks.
@@ -103,6 +109,9 @@ pub struct WorkerSetup {
     pub stats: Arc<RuntimeCounters>,
     /// Admission of TCP/TLS connections, shared by all workers.
     pub admission: Arc<SharedAdmission>,
+    /// TCP allocations' peer connections on their way to a data connection, shared by all
+    /// workers.
+    pub peer_streams: Arc<PeerStreams>,
 }
 
 /// Starts a worker thread.
@@ -151,6 +160,9 @@ struct Worker {
     /// setting a deadline takes no lock.
     stream_timeouts: Cell<StreamTimeouts>,
     admission: Arc<SharedAdmission>,
+    peer_streams: Arc<PeerStreams>,
+    /// The listeners of this worker's TCP allocations, by the tasks that accept on them.
+    tcp_relays: RefCell<FastMap<RelayId, tokio::task::JoinHandle<()>>>,
     /// TCP/TLS connections and DTLS sessions closed since the heap was last trimmed.
     closed_since_trim: Cell<usize>,
     counters: Arc<Counters>,
@@ -178,6 +190,7 @@ async fn run(setup: WorkerSetup) {
         counters,
         stats,
         admission,
+        peer_streams,
     } = setup;
     let mut udp_sockets = Vec::new();
     for socket in udp {
@@ -218,6 +231,8 @@ async fn run(setup: WorkerSetup) {
         timer: Notify::new(),
         stream_timeouts: Cell::new(control.borrow().stream_timeouts),
         admission,
+        peer_streams,
+        tcp_relays: RefCell::new(FastMap::default()),
         closed_since_trim: Cell::new(0),
         stats,
     });
@@ -348,7 +363,7 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
                     client,
                     server: local,
                 };
-                worker.on_client_packet(from, &slot[..len], now);
+                let _ = worker.on_client_packet(from, &slot[..len], now);
             }
             worker.flush_to_peers();
             if drained {
@@ -430,9 +445,13 @@ impl Worker {
                     break None;
                 }
                 frame @ Frame::Complete { len, .. } => {
-                    self.on_client_packet(from, &bytes[start..start + len], now);
+                    let handled = self.on_client_packet(from, &bytes[start..start + len], now);
                     start += frame.stream_len().unwrap_or(len);
                     frames += 1;
+                    // After a ConnectionBind's answer, what follows is the peer's, unframed.
+                    if handled && self.joined(from) {
+                        break Some((start, frames));
+                    }
                 }
             }
         };
@@ -441,7 +460,8 @@ impl Worker {
     }
 
     /// A datagram or frame from a client; `now` may be shared by a batch read at once.
-    fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8], now: Instant) {
+    /// Whether it was a request (or anything else the core handled rather than relayed).
+    fn on_client_packet(self: &Rc<Self>, from: FiveTuple, packet: &[u8], now: Instant) -> bool {
         let outcome = self
             .server
             .borrow_mut()
@@ -456,9 +476,21 @@ impl Worker {
                 // What the core does next may close a relay: what went before goes first.
                 self.flush_to_peers();
                 self.drain(now);
+                return true;
             }
             ClientOutcome::Dropped => {}
         }
+        false
+    }
+
+    /// Whether stream `from` has become a TCP allocation's data connection.
+    fn joined(&self, from: FiveTuple) -> bool {
+        from.transport.is_stream()
+            && self
+                .streams
+                .borrow()
+                .get(&from)
+                .is_some_and(|out| out.joined().is_some())
     }
 
     /// A datagram from a peer, at `PAYLOAD_OFFSET` in `buf`; `now` may be shared by a batch.
@@ -644,11 +676,24 @@ impl Worker {
                     relay,
                     addr,
                     dont_fragment,
+                    tcp,
                 } => {
-                    let ok = self.open_relay(relay, addr, dont_fragment);
+                    let ok = if tcp {
+                        self.open_tcp_relay(relay, addr)
+                    } else {
+                        self.open_relay(relay, addr, dont_fragment)
+                    };
                     self.server.borrow_mut().relay_bound(relay, ok, now);
                 }
                 Command::CloseRelay { relay } => self.close_relay(relay),
+                Command::ConnectPeer {
+                    connection,
+                    relay,
+                    from,
+                    peer,
+                } => self.connect_peer(connection, relay, from, peer),
+                Command::JoinConnection { client, connection } => self.join(client, connection),
+                Command::CloseConnection { connection } => self.close_peer(connection),
             }
         }
         self.timer.notify_one();
@@ -666,6 +711,8 @@ impl Worker {
     }
 
     fn close_relay(&self, relay: RelayId) {
-        self.relays.remove(relay);
+        if !self.close_tcp_relay(relay) {
+            self.relays.remove(relay);
+        }
     }
 }

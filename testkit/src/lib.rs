@@ -29,6 +29,9 @@ pub mod method {
     pub const DATA: u16 = 0x007;
     pub const CREATE_PERMISSION: u16 = 0x008;
     pub const CHANNEL_BIND: u16 = 0x009;
+    pub const CONNECT: u16 = 0x00A;
+    pub const CONNECTION_BIND: u16 = 0x00B;
+    pub const CONNECTION_ATTEMPT: u16 = 0x00C;
 }
 
 /// The attribute types the kit writes or reads.
@@ -48,6 +51,7 @@ pub mod attr {
     pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
     pub const PASSWORD_ALGORITHM: u16 = 0x001D;
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    pub const CONNECTION_ID: u16 = 0x002A;
     pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
     pub const SOFTWARE: u16 = 0x8022;
     pub const FINGERPRINT: u16 = 0x8028;
@@ -255,6 +259,16 @@ pub fn channel_bind(tid: [u8; 12], number: u16, peer: SocketAddr) -> Message {
     Message::request(method::CHANNEL_BIND, tid)
         .channel_number(number)
         .peer(peer)
+}
+
+/// RFC 6062 Connect to `peer`, unsigned.
+pub fn connect(tid: [u8; 12], peer: SocketAddr) -> Message {
+    Message::request(method::CONNECT, tid).peer(peer)
+}
+
+/// RFC 6062 ConnectionBind of connection `id`, unsigned.
+pub fn connection_bind(tid: [u8; 12], id: u32) -> Message {
+    Message::request(method::CONNECTION_BIND, tid).attr(attr::CONNECTION_ID, &id.to_be_bytes())
 }
 
 /// A Send indication of `payload` to `peer` (never signed).

@@ -423,21 +423,22 @@ fn requests_without_allocation_are_437(kind: ServerKind) {
 
 fn unsupported_transport_is_refused(kind: ServerKind) {
     let relay = Relay::start(kind, RelayConfig::default());
-    let before = counter(
-        &relay,
-        "icegate_relay_requests_total",
-        &[("method", "allocate"), ("result", "442")],
-    );
+    let before = [
+        counter(
+            &relay,
+            "icegate_relay_requests_total",
+            &[("method", "allocate"), ("result", "442")],
+        ),
+        counter(
+            &relay,
+            "icegate_relay_requests_total",
+            &[("method", "allocate"), ("result", "400")],
+        ),
+    ];
     let mut c = alice(&relay);
     st_challenge(&mut c);
-    // TCP relaying (RFC 6062) must be asked for over TCP: coturn implements RFC 6062,
-    // whose section 5.1 answers a TCP Allocate over UDP with 400; icegate has no TCP
-    // relaying and answers 442 as RFC 8656 section 7.2 prescribes for a protocol it does
-    // not support.
-    let expected = match kind {
-        ServerKind::Icegate => 442,
-        ServerKind::Coturn => 400,
-    };
+    // TCP relaying (RFC 6062) must be asked for over TCP: both implement RFC 6062, whose
+    // section 5.1 answers a TCP Allocate over UDP with 400.
     // stun-rs only knows UDP's protocol number, so REQUESTED-TRANSPORT is written by hand.
     let allocate = |c: &TurnClient, protocol: u8| {
         c.build_authed_with_raw(
@@ -449,11 +450,15 @@ fn unsupported_transport_is_refused(kind: ServerKind) {
     let tcp = allocate(&c, 6);
     assert_error(
         &c.exchange(&tcp),
-        expected,
+        400,
         "Allocate with REQUESTED-TRANSPORT TCP over UDP",
     );
-    // A protocol number nobody relays (SCTP): 442 by RFC 8656; coturn answers 400 for
-    // anything but UDP and TCP, too.
+    // A protocol number nobody relays (SCTP): 442 by RFC 8656 section 7.2; coturn answers
+    // 400 for anything but UDP and TCP.
+    let expected = match kind {
+        ServerKind::Icegate => 442,
+        ServerKind::Coturn => 400,
+    };
     let sctp = allocate(&c, 132);
     assert_error(
         &c.exchange(&sctp),
@@ -466,10 +471,17 @@ fn unsupported_transport_is_refused(kind: ServerKind) {
     );
     assert_grew(
         &relay,
-        before,
+        before[0],
         "icegate_relay_requests_total",
         &[("method", "allocate"), ("result", "442")],
-        2.0,
+        1.0,
+    );
+    assert_grew(
+        &relay,
+        before[1],
+        "icegate_relay_requests_total",
+        &[("method", "allocate"), ("result", "400")],
+        1.0,
     );
 }
 

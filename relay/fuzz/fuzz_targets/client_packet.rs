@@ -104,7 +104,15 @@ impl World {
                     self.relay = relay;
                     self.server.relay_bound(relay, true, self.now);
                 }
-                Command::CloseRelay { .. } => {}
+                Command::ConnectPeer {
+                    relay, connection, ..
+                } => {
+                    self.server
+                        .peer_connected(relay, connection, true, self.now);
+                }
+                Command::CloseRelay { .. }
+                | Command::JoinConnection { .. }
+                | Command::CloseConnection { .. } => {}
             }
         }
         answers

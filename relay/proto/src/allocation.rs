@@ -1,5 +1,6 @@
 //! One allocation (RFC 8656 §2.2): its relayed transport addresses, owner, lifetime,
-//! permissions, channels and bandwidth budget.
+//! permissions, channels and bandwidth budget, and for a TCP allocation (RFC 6062) its peer
+//! connections.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -44,6 +45,31 @@ pub struct PendingAllocate {
     pub lifetime: std::time::Duration,
 }
 
+/// A Connect still owed its answer, while the relay connects out to the peer.
+#[derive(Debug, Clone)]
+pub struct PendingConnect {
+    /// The request's transaction.
+    pub transaction: TransactionId,
+    /// The key the response is signed with.
+    pub key: LongTermKey,
+    /// The HMAC the request used.
+    pub hmac: HmacAlgorithm,
+}
+
+/// A TCP peer connection of a TCP allocation, as its owner's worker keeps it; where it is in
+/// its life is in [`crate::peer_connections::PeerConnections`], shared by all workers.
+#[derive(Debug, Clone)]
+pub struct PeerConnection {
+    /// Its CONNECTION-ID.
+    pub id: u32,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// The Connect to answer once connected (`None` for a connection the peer made).
+    pub connect: Option<PendingConnect>,
+    /// When it is closed unless a ConnectionBind has claimed it (RFC 6062: 30 s).
+    pub bind_by: Option<Instant>,
+}
+
 /// Takes `len` bytes from one direction's `bandwidth` budget if it allows them: `max_bps`
 /// bytes per second with a burst of one second; 0 is unlimited.
 pub fn take_bandwidth(
@@ -85,6 +111,10 @@ pub struct Allocation {
     pub pending: Option<PendingAllocate>,
     /// Bandwidth budgets in bytes ([`take_bandwidth`]): client→peer, peer→client.
     pub bandwidth: [TokenBucket<Instant>; 2],
+    /// A TCP allocation (RFC 6062): its relayed address listens for TCP connections.
+    pub tcp: bool,
+    /// A TCP allocation's peer connections.
+    pub connections: Vec<PeerConnection>,
 }
 
 impl Allocation {

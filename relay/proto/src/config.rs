@@ -38,6 +38,8 @@ pub struct ServerConfig {
     /// RFC 5780 NAT behaviour discovery over UDP, when on: the addresses Bindings may be
     /// answered from.
     pub nat_discovery: Option<NatDiscovery>,
+    /// Whether TCP allocations (RFC 6062) are made; off, they are refused with 442.
+    pub tcp_relay: bool,
 }
 
 /// RFC 5780 NAT behaviour discovery (coturn's, on with two listening IPs of one family): the
@@ -179,6 +181,7 @@ impl ServerConfig {
                 .collect(),
             alternates: Alternates::default(),
             nat_discovery: None,
+            tcp_relay: true,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! What all workers must agree on: relay ports, quotas, EVEN-PORT reservations, the nonce key
-//! and the clock epoch.
+//! What all workers must agree on: relay ports, quotas, EVEN-PORT reservations, the nonce key,
+//! the clock epoch and the CONNECTION-IDs of TCP allocations.
 //!
 //! Touched only when allocations are made or freed (the control plane), never per relayed
 //! packet, so one mutex is cheap and keeps the bookkeeping exact.
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::QuotaKind;
 use crate::nonce::NonceKey;
+use crate::peer_connections::PeerConnections;
 
 /// The shared bookkeeping of one relay process.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ pub struct Ledger {
     nonce_key: NonceKey,
     epoch: Instant,
     epoch_unix: u64,
+    connections: PeerConnections,
 }
 
 #[derive(Debug)]
@@ -149,7 +151,13 @@ impl Ledger {
             nonce_key,
             epoch,
             epoch_unix,
+            connections: PeerConnections::default(),
         }
+    }
+
+    /// The TCP peer connections of TCP allocations (RFC 6062), by CONNECTION-ID.
+    pub fn connections(&self) -> &PeerConnections {
+        &self.connections
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -38,6 +38,7 @@ pub mod integrity;
 pub mod ledger;
 pub mod metrics;
 pub mod nonce;
+pub mod peer_connections;
 pub mod peer_filter;
 pub mod permissions;
 pub mod rate_limit;

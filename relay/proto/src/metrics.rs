@@ -22,17 +22,23 @@ pub enum MethodLabel {
     ChannelBind,
     /// Any other method (answered 400).
     Other,
+    /// Connect (RFC 6062).
+    Connect,
+    /// ConnectionBind (RFC 6062).
+    ConnectionBind,
 }
 
 impl MethodLabel {
     /// All labels, in index order.
-    pub const ALL: [MethodLabel; 6] = [
+    pub const ALL: [MethodLabel; 8] = [
         MethodLabel::Binding,
         MethodLabel::Allocate,
         MethodLabel::Refresh,
         MethodLabel::CreatePermission,
         MethodLabel::ChannelBind,
         MethodLabel::Other,
+        MethodLabel::Connect,
+        MethodLabel::ConnectionBind,
     ];
 
     /// The label value.
@@ -44,13 +50,15 @@ impl MethodLabel {
             MethodLabel::CreatePermission => "create_permission",
             MethodLabel::ChannelBind => "channel_bind",
             MethodLabel::Other => "other",
+            MethodLabel::Connect => "connect",
+            MethodLabel::ConnectionBind => "connection_bind",
         }
     }
 }
 
 /// Request results, as metric labels: success or the error code.
-pub const RESULTS: [u16; 15] = [
-    0, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508,
+pub const RESULTS: [u16; 17] = [
+    0, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508,
 ];
 
 /// The label value for an entry of [`RESULTS`].
@@ -64,7 +72,7 @@ pub fn result_label(code: u16) -> String {
 
 pub(crate) fn result_index(code: u16) -> usize {
     // A code not listed counts as 500: it is a bug here, not the client's doing.
-    const INTERNAL: usize = 13;
+    const INTERNAL: usize = 15;
     debug_assert_eq!(RESULTS[INTERNAL], 500);
     RESULTS.iter().position(|&c| c == code).unwrap_or(INTERNAL)
 }
@@ -198,7 +206,7 @@ pub struct Counters {
     /// Allocations ever made by transport × family.
     pub allocations_total: [[AtomicU64; 2]; 4],
     /// Requests by method × result.
-    pub requests: [[AtomicU64; RESULTS.len()]; 6],
+    pub requests: [[AtomicU64; RESULTS.len()]; MethodLabel::ALL.len()],
     /// Authentication failures by reason.
     pub auth_failures: [AtomicU64; 7],
     /// Allocations refused by quota.
@@ -213,6 +221,32 @@ pub struct Counters {
     pub malformed: AtomicU64,
     /// Unauthenticated requests dropped by the rate limiter.
     pub rate_limited: AtomicU64,
+    /// TCP peer connections of TCP allocations (RFC 6062) made, by [`PeerConnection`].
+    pub peer_connections: [AtomicU64; 2],
+    /// Peer connections refused or failed, by [`PeerConnection`].
+    pub peer_connections_failed: [AtomicU64; 2],
+}
+
+/// How a TCP peer connection of a TCP allocation came about, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerConnection {
+    /// The client asked with Connect; the relay connected out.
+    Outgoing,
+    /// A peer connected to the relayed address.
+    Incoming,
+}
+
+impl PeerConnection {
+    /// Both, in index order.
+    pub const ALL: [PeerConnection; 2] = [PeerConnection::Outgoing, PeerConnection::Incoming];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerConnection::Outgoing => "outgoing",
+            PeerConnection::Incoming => "incoming",
+        }
+    }
 }
 
 /// Peer-filter rejections are labelled by [`crate::peer_filter::DenyReason::as_str`]; the
@@ -282,6 +316,15 @@ impl Counters {
     /// Counts one packet that could not be parsed.
     pub fn malformed(&self) {
         bump(&self.malformed, 1);
+    }
+
+    pub(crate) fn peer_connection(&self, kind: PeerConnection, made: bool) {
+        let counters = if made {
+            &self.peer_connections
+        } else {
+            &self.peer_connections_failed
+        };
+        bump(&counters[kind as usize], 1);
     }
 
     pub(crate) fn rate_limited(&self) {

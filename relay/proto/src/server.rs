@@ -2,7 +2,9 @@
 //!
 //! [`Server`] methods, grouped as quinn groups them:
 //! - inputs: [`Server::handle_client_packet`], [`Server::handle_peer_packet`],
-//!   [`Server::relay_bound`], [`Server::handle_timeout`], [`Server::handle_disconnect`];
+//!   [`Server::relay_bound`], [`Server::handle_timeout`], [`Server::handle_disconnect`], and
+//!   for TCP allocations [`Server::peer_connected`], [`Server::peer_connection`],
+//!   [`Server::connection_closed`];
 //! - outputs: [`Server::poll_command`] (drain after every input), [`Server::poll_timeout`];
 //! - control: [`Server::with_rate_table`], [`Server::set_config`], [`Server::set_draining`].
 //!
@@ -18,6 +20,7 @@
 //! | `authenticate` | a request's long-term credentials (nonce, integrity, ...); 401/438 |
 //! | `allocate` | Allocate, parsed into a checked request, then carried out |
 //! | `requests` | the other requests: Binding, Refresh, CreatePermission, ChannelBind |
+//! | `tcp_allocations` | RFC 6062: Connect, ConnectionBind, ConnectionAttempt, peer connections |
 //! | `nat_discovery` | RFC 5780 on Binding: CHANGE-REQUEST, RESPONSE-PORT, PADDING, OTHER-ADDRESS |
 //! | `replies` | building, signing, counting and queueing responses |
 
@@ -36,7 +39,9 @@ use stun_types::attribute::{
     MessageIntegritySha256,
 };
 use stun_types::message::{Message, MessageClass, Method, BINDING};
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use turn_types::message::{
+    ALLOCATE, CHANNEL_BIND, CONNECT, CONNECTION_BIND, CREATE_PERMISSION, REFRESH, SEND,
+};
 
 use crate::allocation::Allocation;
 use crate::config::ServerConfig;
@@ -52,6 +57,9 @@ mod nat_discovery;
 mod redirect;
 mod replies;
 mod requests;
+mod tcp_allocations;
+
+pub use tcp_allocations::CONNECTION_BIND_TIMEOUT;
 
 /// How often expiry is checked. TURN timers are minutes long; a second is precise enough.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,11 +105,40 @@ pub enum Command {
         addr: SocketAddr,
         /// Whether to set the DF bit on what it sends (DONT-FRAGMENT).
         dont_fragment: bool,
+        /// A TCP allocation (RFC 6062): a TCP listener rather than a UDP socket; what
+        /// connects to it is reported with [`Server::peer_connection`].
+        tcp: bool,
     },
     /// Close a relay socket.
     CloseRelay {
         /// The relay it served.
         relay: RelayId,
+    },
+    /// Connect to `peer` over TCP from the relayed address `from` of the TCP allocation
+    /// `relay`, and report with [`Server::peer_connected`] (RFC 6062 Connect).
+    ConnectPeer {
+        /// The connection's CONNECTION-ID.
+        connection: u32,
+        /// The allocation's relay.
+        relay: RelayId,
+        /// The relayed address to connect from.
+        from: SocketAddr,
+        /// The peer to connect to.
+        peer: SocketAddr,
+    },
+    /// The stream connection `client` now carries the bytes of peer connection
+    /// `connection`, both ways, unframed; the answer queued before this goes out first
+    /// (RFC 6062 ConnectionBind).
+    JoinConnection {
+        /// The client's data connection.
+        client: FiveTuple,
+        /// The peer connection's CONNECTION-ID.
+        connection: u32,
+    },
+    /// Close peer connection `connection`, and its client data connection if it has one.
+    CloseConnection {
+        /// The connection's CONNECTION-ID.
+        connection: u32,
     },
 }
 
@@ -271,6 +308,34 @@ impl Server {
         self.bind_result(relay, ok, now);
     }
 
+    /// The runtime's answer to [`Command::ConnectPeer`]: whether the peer connection is to be
+    /// kept (false: close it; the allocation or the connection went meanwhile, or it failed).
+    pub fn peer_connected(
+        &mut self,
+        relay: RelayId,
+        connection: u32,
+        ok: bool,
+        now: Instant,
+    ) -> bool {
+        self.connect_result(relay, connection, ok, now)
+    }
+
+    /// A peer connected to the TCP relayed address of `relay`: its CONNECTION-ID, or `None`
+    /// to close it (no permission, or no room).
+    pub fn peer_connection(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Option<u32> {
+        self.incoming_connection(relay, peer, now)
+    }
+
+    /// A peer connection closed, on whichever worker carried it: its id is free again.
+    pub fn connection_closed(&mut self, connection: u32) {
+        self.ledger.connections().remove(connection);
+    }
+
     /// A stream client's connection closed: its allocation goes with it (RFC 8656 §3.2).
     pub fn handle_disconnect(&mut self, from: FiveTuple) {
         if let Some(&slot) = self.by_client.get(&from) {
@@ -300,6 +365,8 @@ impl Server {
             };
             if expired {
                 self.destroy(slot as u32);
+            } else {
+                self.expire_connections(slot as u32, now);
             }
         }
         self.ledger.expire_reservations(now);
@@ -345,7 +412,7 @@ impl Server {
         }
         match method {
             BINDING => self.binding(from, msg, now),
-            ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND => {
+            ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND | CONNECT | CONNECTION_BIND => {
                 let Some(authed) = self.authenticate(from, msg, label, now) else {
                     return;
                 };
@@ -353,6 +420,8 @@ impl Server {
                     ALLOCATE => self.allocate(from, msg, authed, now),
                     REFRESH => self.refresh(from, msg, authed, now),
                     CREATE_PERMISSION => self.create_permission(from, msg, authed, now),
+                    CONNECT => self.connect(from, msg, authed, now),
+                    CONNECTION_BIND => self.connection_bind(from, msg, authed, now),
                     _ => self.channel_bind(from, msg, authed, now),
                 }
             }
@@ -425,6 +494,11 @@ impl Server {
                 });
             }
         }
+        for c in &a.connections {
+            self.ledger.connections().remove(c.id);
+            self.commands
+                .push_back(Command::CloseConnection { connection: c.id });
+        }
         self.ledger.release(&a.quota_key);
         // One that never finished binding was never counted as opened.
         if a.pending.is_none() {
@@ -441,13 +515,15 @@ fn method_label(method: Method) -> MethodLabel {
         REFRESH => MethodLabel::Refresh,
         CREATE_PERMISSION => MethodLabel::CreatePermission,
         CHANNEL_BIND => MethodLabel::ChannelBind,
+        CONNECT => MethodLabel::Connect,
+        CONNECTION_BIND => MethodLabel::ConnectionBind,
         _ => MethodLabel::Other,
     }
 }
 
 /// Comprehension-required attributes we do not understand (answered 420).
 fn unknown_required_attributes(msg: &Message<'_>) -> Option<Vec<AttributeType>> {
-    const KNOWN: [u16; 25] = [
+    const KNOWN: [u16; 26] = [
         0x0001, // MAPPED-ADDRESS
         0x0006, // USERNAME
         0x0008, // MESSAGE-INTEGRITY
@@ -473,6 +549,7 @@ fn unknown_required_attributes(msg: &Message<'_>) -> Option<Vec<AttributeType>> 
         0x0003, // CHANGE-REQUEST (RFC 5780, server/nat_discovery.rs)
         0x0026, // PADDING (RFC 5780)
         0x0027, // RESPONSE-PORT (RFC 5780)
+        0x002A, // CONNECTION-ID (RFC 6062, server/tcp_allocations.rs)
     ];
     let unknown: Vec<AttributeType> = msg
         .iter_attributes()

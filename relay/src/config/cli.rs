@@ -35,6 +35,9 @@ pub struct Cli {
     /// No RFC 5780 NAT behaviour discovery, even with two listening-ip of one family.
     #[arg(long)]
     pub no_rfc5780: bool,
+    /// No TCP allocations (RFC 6062): REQUESTED-TRANSPORT TCP is refused with 442.
+    #[arg(long)]
+    pub no_tcp_relay: bool,
     /// TLS port (TLS is on when a certificate is configured). Default: 5349.
     #[arg(long)]
     pub tls_listening_port: Option<u16>,

@@ -15,6 +15,7 @@ pub struct FileConfig {
     pub(super) tls_listening_port: Option<u16>,
     pub(super) alt_listening_port: Option<u16>,
     pub(super) no_rfc5780: Option<bool>,
+    pub(super) no_tcp_relay: Option<bool>,
     pub(super) relay_ip: Option<Vec<IpAddr>>,
     pub(super) external_ip: Option<Vec<String>>,
     pub(super) min_port: Option<u16>,

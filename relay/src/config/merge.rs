@@ -77,6 +77,7 @@ pub(super) fn merge(
     server.total_quota = pick(cli.total_quota, f.total_quota).0.unwrap_or(0);
     server.max_bps = pick(cli.max_bps, f.max_bps).0.unwrap_or(0);
     server.alternates = alternates(cli, &f, &invalid)?;
+    server.tcp_relay = !(cli.no_tcp_relay || f.no_tcp_relay.unwrap_or(false));
     let udp = !(cli.no_udp || f.no_udp.unwrap_or(false));
     let dtls_port = dtls.as_ref().map(|_| tls_port);
     server.nat_discovery =

@@ -30,6 +30,9 @@ pub(super) struct StreamOut {
     record_per_frame: bool,
     wake: Notify,
     closed: Cell<bool>,
+    /// The peer connection this stream carries once what is pending is written (RFC 6062
+    /// ConnectionBind): the writer is then handed back rather than shut down.
+    joined: Cell<Option<u32>>,
 }
 
 impl StreamOut {
@@ -53,7 +56,22 @@ impl StreamOut {
             record_per_frame,
             wake: Notify::new(),
             closed: Cell::new(false),
+            joined: Cell::new(None),
         }
+    }
+
+    /// From now on the stream carries peer connection `connection`; false if it is closing.
+    pub(super) fn join(&self, connection: u32) -> bool {
+        if self.closed.get() || self.joined.get().is_some() {
+            return false;
+        }
+        self.joined.set(Some(connection));
+        true
+    }
+
+    /// The peer connection the stream carries, once joined.
+    pub(super) fn joined(&self) -> Option<u32> {
+        self.joined.get()
     }
 
     fn close(&self) {
@@ -212,6 +230,7 @@ async fn serve_stream<S>(
     // A partial frame, in a buffer allocated for it and freed once it is handed on.
     let mut partial: Vec<u8> = Vec::new();
     let mut first = [0u8; FIRST_READ];
+    let mut joined = None;
     let mut deadline = StreamDeadline::new(Instant::now());
     let mut proven = false;
     // Whether the last read filled all the room it had, so that more is likely waiting.
@@ -294,6 +313,10 @@ async fn serve_stream<S>(
             taken
         };
         let Some((_, frames)) = taken else { break };
+        if let Some(connection) = out.joined() {
+            joined = Some((connection, std::mem::take(&mut partial)));
+            break;
+        }
         if partial.is_empty() {
             // Given back: an idle connection holds no buffer.
             partial = Vec::new();
@@ -306,7 +329,17 @@ async fn serve_stream<S>(
     worker.server.borrow_mut().handle_disconnect(from);
     worker.drain(Instant::now());
     out.close();
-    let _ = writer.await;
+    let writer = writer.await.ok().flatten();
+    if let Some((connection, leftover)) = joined {
+        match writer {
+            Some(writer) => {
+                // A data connection holds its allocation's traffic: not to be evicted.
+                ticket.prove();
+                tcp_relay::carry(&worker, connection, reader, writer, leftover).await;
+            }
+            None => worker.close_peer(connection),
+        }
+    }
     worker.stats.stream_closed();
     worker
         .closed_since_trim
@@ -318,7 +351,10 @@ async fn serve_stream<S>(
 /// Over TLS every frame goes out in a TLS record of its own, as coturn sends them: some
 /// clients (coturn's own `turnutils_uclient` among them) read one record per message and
 /// leave a second message in the same record unread until more data arrives.
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
+///
+/// Once the stream is joined to a peer connection and closed for STUN, what was pending is
+/// written and the writer is handed back for [`tcp_relay::carry`].
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) -> Option<W> {
     // Buffers swapped back and forth: steady-state writing allocates nothing. They start
     // empty, as most connections never carry more than a few responses.
     let mut sending = Vec::new();
@@ -340,7 +376,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
         };
         if written.is_err() || writer.flush().await.is_err() {
             out.closed.set(true);
-            break;
+            let _ = writer.shutdown().await;
+            return None;
         }
         sending.clear();
         ends.clear();
@@ -349,7 +386,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Rc<StreamOut>) {
             sending = Vec::new();
         }
     }
+    if out.joined.get().is_some() {
+        return Some(writer);
+    }
     let _ = writer.shutdown().await;
+    None
 }
 
 async fn write_frames<W: AsyncWrite + Unpin>(

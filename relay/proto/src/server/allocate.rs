@@ -27,10 +27,12 @@ use super::{Command, RelayId, Server};
 use crate::allocation::{Allocation, PendingAllocate, Relay};
 use crate::integrity;
 use crate::metrics::{MethodLabel, QuotaKind};
-use crate::transport::{Family, FiveTuple};
+use crate::transport::{Family, FiveTuple, Transport};
 
-/// IANA protocol number of UDP, the only REQUESTED-TRANSPORT RFC 8656 relays.
+/// IANA protocol number of UDP, the REQUESTED-TRANSPORT of RFC 8656.
 const UDP_PROTOCOL: u8 = 17;
+/// IANA protocol number of TCP, the REQUESTED-TRANSPORT of RFC 6062.
+const TCP_PROTOCOL: u8 = 6;
 /// Ports tried for one relay socket before giving up with 508.
 pub(super) const MAX_BIND_ATTEMPTS: u8 = 8;
 /// coturn (and its `turnutils_uclient -Z`) sends ADDITIONAL-ADDRESS-FAMILY under the type the
@@ -46,6 +48,8 @@ struct AllocateRequest {
     dont_fragment: bool,
     /// LIFETIME as asked; clamped to the configured bounds when carried out.
     lifetime: Option<Duration>,
+    /// REQUESTED-TRANSPORT TCP (RFC 6062): the relayed address is a TCP listener.
+    tcp: bool,
 }
 
 /// Where an allocation's relayed addresses come from. A RESERVATION-TOKEN excludes every
@@ -69,14 +73,35 @@ enum Ports {
 
 impl AllocateRequest {
     /// The request's attributes, or the error code to answer with (442 for a transport other
-    /// than UDP, 400 for anything missing, malformed or contradictory).
-    fn parse(msg: &Message<'_>) -> Result<Self, u16> {
-        match msg.attribute::<RequestedTransport>() {
-            Ok(t) if t.protocol() == UDP_PROTOCOL => {}
+    /// than UDP and TCP, or TCP while `no-tcp-relay`; 400 for anything missing, malformed or
+    /// contradictory, and for TCP asked over UDP).
+    fn parse(msg: &Message<'_>, over: Transport, tcp_relay: bool) -> Result<Self, u16> {
+        let tcp = match msg.attribute::<RequestedTransport>() {
+            Ok(t) if t.protocol() == UDP_PROTOCOL => false,
+            Ok(t) if t.protocol() == TCP_PROTOCOL && tcp_relay => {
+                // RFC 6062 §5.1: a TCP allocation is only made over a TCP or TLS connection.
+                if !over.is_stream() {
+                    return Err(ErrorCode::BAD_REQUEST);
+                }
+                true
+            }
             Ok(_) => return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL),
             Err(_) => return Err(ErrorCode::BAD_REQUEST),
-        }
+        };
         let dont_fragment = msg.has_attribute(DontFragment::TYPE);
+        // RFC 6062 §5.1: none of these means anything for a TCP relayed address. A dual-stack
+        // TCP allocation is not defined either.
+        if tcp
+            && (dont_fragment
+                || msg.has_attribute(EvenPort::TYPE)
+                || msg.has_attribute(ReservationToken::TYPE)
+                || msg.has_attribute(AdditionalAddressFamily::TYPE)
+                || msg
+                    .raw_attribute(LEGACY_ADDITIONAL_ADDRESS_FAMILY)
+                    .is_some())
+        {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
         let even_port = msg.attribute::<EvenPort>().ok();
         let token = msg.attribute::<ReservationToken>().ok().map(|t| t.token());
         let requested = msg
@@ -122,6 +147,7 @@ impl AllocateRequest {
             ports,
             dont_fragment,
             lifetime,
+            tcp,
         })
     }
 }
@@ -175,7 +201,7 @@ impl Server {
                 label,
             );
         }
-        match AllocateRequest::parse(msg) {
+        match AllocateRequest::parse(msg, from.transport, self.config.tcp_relay) {
             Ok(request) => self.open(from, msg, request, authed, now),
             Err(code) => self.error(from, msg, code, Some(&authed), label),
         }
@@ -304,6 +330,8 @@ impl Server {
                 lifetime,
             }),
             bandwidth: [TokenBucket::full(now), TokenBucket::full(now)],
+            tcp: request.tcp,
+            connections: Vec::new(),
         };
         let slot = self.insert(allocation);
         self.by_client.insert(from, slot);
@@ -322,6 +350,7 @@ impl Server {
                     },
                     addr: r.local,
                     dont_fragment: request.dont_fragment,
+                    tcp: request.tcp,
                 });
             }
         }
@@ -413,6 +442,7 @@ impl Server {
         r.attempts += 1;
         let attempts = r.attempts;
         let dont_fragment = a.pending.as_ref().is_some_and(|p| p.dont_fragment);
+        let tcp = a.tcp;
         if attempts < MAX_BIND_ATTEMPTS {
             if let Some((mut fresh, _)) = self.take_port(relay.family, false, false, now) {
                 fresh.attempts = attempts;
@@ -424,6 +454,7 @@ impl Server {
                     relay,
                     addr,
                     dont_fragment,
+                    tcp,
                 });
                 return;
             }

@@ -126,7 +126,11 @@ impl Server {
             return ClientOutcome::Dropped;
         };
         let family = Family::of(peer.ip());
-        if !a.permissions.allows(peer.ip(), now) || !a.relay(family).is_some_and(|r| r.bound) {
+        // A TCP allocation's relayed address is a listener: nothing to send datagrams from.
+        if a.tcp
+            || !a.permissions.allows(peer.ip(), now)
+            || !a.relay(family).is_some_and(|r| r.bound)
+        {
             self.counters.dropped(DropReason::NoPermission);
             return ClientOutcome::Dropped;
         }

@@ -26,7 +26,7 @@ impl Server {
     }
 
     /// The allocation of `from`, checked against the requester (437, 441).
-    fn owned_allocation(
+    pub(super) fn owned_allocation(
         &mut self,
         from: FiveTuple,
         msg: &Message<'_>,
@@ -111,7 +111,7 @@ impl Server {
     }
 
     /// Checks peers against the allocation's families (443) and the peer filter (403).
-    fn check_peers(
+    pub(super) fn check_peers(
         &mut self,
         from: FiveTuple,
         msg: &Message<'_>,
@@ -231,6 +231,14 @@ impl Server {
             return self.error(from, msg, ErrorCode::BAD_REQUEST, Some(&authed), label);
         };
         let peer = peer.addr(msg.transaction_id());
+        // RFC 6062 §6: a TCP allocation has no channels; its data goes on connections.
+        let tcp = self.slots[slot as usize]
+            .allocation
+            .as_ref()
+            .is_some_and(|a| a.tcp);
+        if tcp {
+            return self.error(from, msg, ErrorCode::BAD_REQUEST, Some(&authed), label);
+        }
         if !self.check_peers(from, msg, slot, &[peer], &authed, label) {
             return;
         }

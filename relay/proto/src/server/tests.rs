@@ -22,3 +22,4 @@ mod quotas;
 mod rate_limit;
 mod redirect;
 mod refresh;
+mod tcp_allocations;

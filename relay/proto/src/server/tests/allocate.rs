@@ -105,13 +105,13 @@ fn bind_failures_exhaust_retries_and_answer_508() {
 }
 
 #[test]
-fn allocate_without_requested_transport_is_400_and_tcp_is_442() {
+fn allocate_without_requested_transport_is_400_and_sctp_is_442() {
     let mut h = Harness::new();
     let mut alice = Client::alice(1);
     h.challenge(&mut alice);
     assert_eq!(h.allocate_error(&mut alice, vec![]), 400);
-    let tcp = parsed_attr(0x0019, &[6, 0, 0, 0]);
-    assert_eq!(h.allocate_error(&mut alice, vec![tcp]), 442);
+    let sctp = parsed_attr(0x0019, &[132, 0, 0, 0]);
+    assert_eq!(h.allocate_error(&mut alice, vec![sctp]), 442);
 }
 
 #[test]
