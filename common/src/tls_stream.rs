@@ -344,44 +344,56 @@ fn process(
 }
 
 /// Appends what `write` produces to `out`, giving it `guess` bytes of room first and, if that
-/// was too little, as much as it asked for.
-fn encode(
+/// was too little, as much as it asked for (`too_small` reads that from its error).
+fn append<E: std::fmt::Display>(
     out: &mut Vec<u8>,
     guess: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    too_small: impl Fn(&E) -> Option<usize>,
 ) -> Result<(), rustls::Error> {
+    let failed = |error: E| rustls::Error::General(error.to_string());
     let start = out.len();
     out.resize(start + guess, 0);
     let written = match write(&mut out[start..]) {
         Ok(written) => written,
-        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-            out.resize(start + required_size, 0);
-            write(&mut out[start..]).map_err(|error| rustls::Error::General(error.to_string()))?
-        }
-        Err(error) => return Err(rustls::Error::General(error.to_string())),
+        Err(error) => match too_small(&error) {
+            Some(required_size) => {
+                out.resize(start + required_size, 0);
+                write(&mut out[start..]).map_err(failed)?
+            }
+            None => return Err(failed(error)),
+        },
     };
     out.truncate(start + written);
     Ok(())
 }
 
-/// [`encode`] for application data and alerts.
+/// [`append`] for handshake records.
+fn encode(
+    out: &mut Vec<u8>,
+    guess: usize,
+    write: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    append(out, guess, write, |error| match error {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    })
+}
+
+/// [`append`] for application data and alerts.
 fn encrypt(
     out: &mut Vec<u8>,
     guess: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> Result<(), rustls::Error> {
-    let start = out.len();
-    out.resize(start + guess, 0);
-    let written = match write(&mut out[start..]) {
-        Ok(written) => written,
-        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-            out.resize(start + required_size, 0);
-            write(&mut out[start..]).map_err(|error| rustls::Error::General(error.to_string()))?
+    append(out, guess, write, |error| match error {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
         }
-        Err(error) => return Err(rustls::Error::General(error.to_string())),
-    };
-    out.truncate(start + written);
-    Ok(())
+        _ => None,
+    })
 }
 
 /// Gives an emptied buffer's memory back, so that an idle connection holds none.

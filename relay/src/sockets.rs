@@ -98,6 +98,16 @@ pub fn udp_listener(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// A TCP listener that several workers can bind at once.
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = shared_tcp_socket(addr)?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A non-blocking TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT, so that
+/// other sockets (other workers' listeners, a TCP allocation's outgoing connections) can bind
+/// the same address and port; Nagle off, since what goes over it is frames or relayed bytes
+/// that someone waits for.
+fn shared_tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(domain(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -107,8 +117,7 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// The UDP socket of one relayed transport address.
@@ -131,15 +140,7 @@ pub fn relay_socket(addr: SocketAddr, dont_fragment: bool) -> io::Result<std::ne
 /// ([`tcp_relay_socket`]) can bind the same address and port while it listens: RFC 6062 has
 /// a peer see one relayed address whichever side connected.
 pub fn tcp_relay_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(domain(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into())?;
+    let socket = shared_tcp_socket(addr)?;
     socket.listen(128)?;
     Ok(socket.into())
 }
@@ -147,16 +148,7 @@ pub fn tcp_relay_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener>
 /// An unconnected TCP socket bound to a TCP allocation's relayed address, to connect to a
 /// peer from (RFC 6062 Connect); see [`tcp_relay_listener`].
 pub fn tcp_relay_socket(from: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let socket = Socket::new(domain(from), Type::STREAM, Some(Protocol::TCP))?;
-    if from.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&from.into())?;
-    Ok(socket.into())
+    Ok(shared_tcp_socket(from)?.into())
 }
 
 /// Sets the DF bit on everything the socket sends (RFC 8656 DONT-FRAGMENT).

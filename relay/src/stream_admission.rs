@@ -293,9 +293,23 @@ pub struct Ticket {
     ip: Option<IpAddr>,
     id: u64,
     evicted: Arc<Notify>,
+    /// Whether [`Ticket::set_allocated`] last said the connection holds an allocation.
+    allocated: std::sync::atomic::AtomicBool,
 }
 
 impl Ticket {
+    /// Tells the admission whether the connection holds an allocation (and so is not
+    /// evicted); its lock is taken only when that changed since the last call.
+    pub fn set_allocated(&self, allocated: bool) {
+        if self.allocated.swap(allocated, Ordering::Relaxed) != allocated {
+            if allocated {
+                self.prove();
+            } else {
+                self.unprove();
+            }
+        }
+    }
+
     /// Completes when the connection has been evicted to make room for another.
     pub async fn evicted(&self) {
         self.evicted.notified().await
@@ -365,6 +379,7 @@ impl SharedAdmission {
                         ip: Some(ip),
                         id,
                         evicted,
+                        allocated: Default::default(),
                     },
                     evictions_to_log: log,
                 })
@@ -385,6 +400,7 @@ impl SharedAdmission {
                 ip: None,
                 id,
                 evicted: Arc::new(Notify::new()),
+                allocated: Default::default(),
             }),
             Err(refused) => {
                 self.refused[refused.reason as usize].fetch_add(1, Ordering::Relaxed);

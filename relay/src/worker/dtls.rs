@@ -370,7 +370,6 @@ async fn serve_records(
     ticket: &Ticket,
 ) {
     let mut deadline = StreamDeadline::new(Instant::now());
-    let mut proven = false;
     loop {
         if session.replaced.get() {
             return;
@@ -384,14 +383,7 @@ async fn serve_records(
             deadline.on_read(now, records, false);
         }
         let allocated = worker.server.borrow().has_allocation(&from);
-        if allocated != proven {
-            if allocated {
-                ticket.prove();
-            } else {
-                ticket.unprove();
-            }
-            proven = allocated;
-        }
+        ticket.set_allocated(allocated);
         let (at, _) = deadline.deadline(&worker.stream_timeouts.get(), allocated);
         tokio::select! {
             () = session.wake.notified() => {}
@@ -405,7 +397,7 @@ async fn serve_records(
                     return;
                 }
             }
-            () = ticket.evicted(), if !proven => {
+            () = ticket.evicted(), if !allocated => {
                 tracing::debug!(client = %from.client, "evicting DTLS session");
                 return;
             }

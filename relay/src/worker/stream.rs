@@ -232,21 +232,12 @@ async fn serve_stream<S>(
     let mut first = [0u8; FIRST_READ];
     let mut joined = None;
     let mut deadline = StreamDeadline::new(Instant::now());
-    let mut proven = false;
     // Whether the last read filled all the room it had, so that more is likely waiting.
     let mut streaming = false;
     loop {
         let allocated = worker.server.borrow().has_allocation(&from);
-        if allocated != proven {
-            // Only when it changes: while the connection holds an allocation, the admission
-            // does not evict it.
-            if allocated {
-                ticket.prove();
-            } else {
-                ticket.unprove();
-            }
-            proven = allocated;
-        }
+        // While the connection holds an allocation, the admission does not evict it.
+        ticket.set_allocated(allocated);
         let (at, _) = deadline.deadline(&worker.stream_timeouts.get(), allocated);
         let room = if partial.is_empty() {
             FIRST_READ
@@ -273,7 +264,7 @@ async fn serve_stream<S>(
         };
         let read = tokio::select! {
             read = read => read,
-            () = ticket.evicted(), if !proven => {
+            () = ticket.evicted(), if !allocated => {
                 tracing::debug!(client = %from.client, "evicting stream connection");
                 break;
             }
