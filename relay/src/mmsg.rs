@@ -238,13 +238,7 @@ impl RecvBatch {
         }
     }
 
-    fn recvmmsg(
-        &mut self,
-        fd: RawFd,
-        offset: usize,
-        max: usize,
-        local: bool,
-    ) -> io::Result<usize> {
+    fn recvmmsg(&mut self, fd: RawFd, offset: usize, max: usize, local: bool) -> io::Result<usize> {
         let offset = offset.min(self.slot_len);
         {
             for i in 0..max {
@@ -306,7 +300,7 @@ impl RecvBatch {
         if header.msg_control.is_null() {
             return None;
         }
-        let local = self.controls[i].local(header.msg_controllen as usize)?;
+        let local = self.controls[i].local(header.msg_controllen)?;
         Some(local_socket_addr(local, port))
     }
 }
@@ -724,10 +718,15 @@ mod tests {
         assert_eq!(len, 24 + 32);
         assert_eq!(control.local(len), Some(("127.0.0.2".parse().unwrap(), 0)));
         // The UDP_SEGMENT message comes first and says the segment size.
-        let header: libc::cmsghdr =
-            unsafe { std::ptr::read_unaligned(control.0.as_ptr().cast()) };
-        assert_eq!((header.cmsg_level, header.cmsg_type), (libc::SOL_UDP, libc::UDP_SEGMENT));
-        assert_eq!(control.0[CMSG_HEADER..CMSG_HEADER + 2], 1200u16.to_ne_bytes());
+        let header: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control.0.as_ptr().cast()) };
+        assert_eq!(
+            (header.cmsg_level, header.cmsg_type),
+            (libc::SOL_UDP, libc::UDP_SEGMENT)
+        );
+        assert_eq!(
+            control.0[CMSG_HEADER..CMSG_HEADER + 2],
+            1200u16.to_ne_bytes()
+        );
 
         // IPv6, link-local: the scope is the interface, both ways.
         let mut control = Control::EMPTY;
@@ -761,7 +760,10 @@ mod tests {
         };
         let ip = |s: &str| Some((s.parse().unwrap(), 2));
         assert_eq!(pktinfo([192, 0, 2, 1], [192, 0, 2, 7]), ip("192.0.2.7"));
-        assert_eq!(pktinfo([192, 0, 2, 1], [255, 255, 255, 255]), ip("192.0.2.1"));
+        assert_eq!(
+            pktinfo([192, 0, 2, 1], [255, 255, 255, 255]),
+            ip("192.0.2.1")
+        );
         assert_eq!(pktinfo([192, 0, 2, 1], [224, 0, 0, 1]), ip("192.0.2.1"));
         assert_eq!(pktinfo([0, 0, 0, 0], [255, 255, 255, 255]), None);
     }
