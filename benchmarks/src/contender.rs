@@ -82,6 +82,17 @@ pub struct ServerSpec {
     pub realm: String,
 }
 
+impl ServerSpec {
+    /// Where clients send to: the listening address, or 127.0.0.1 for a wildcard listener.
+    pub fn reached_at(&self) -> Ipv4Addr {
+        if self.listen_ip.is_unspecified() {
+            Ipv4Addr::LOCALHOST
+        } else {
+            self.listen_ip
+        }
+    }
+}
+
 /// What a scenario needs of a server beyond the shared settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Setup {
@@ -166,7 +177,7 @@ impl Contender {
             None
         };
         let port = free_port(spec.listen_ip)?;
-        let addr = SocketAddrV4::new(spec.listen_ip, port);
+        let addr = SocketAddrV4::new(spec.reached_at(), port);
         let (program, args, dir) = if setup.signal {
             janus::signal_command(kind, spec, addr, setup.tls, redis_url.as_deref())?
         } else {

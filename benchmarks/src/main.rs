@@ -155,6 +155,10 @@ struct RunArgs {
     /// turnutils_uclient messages per client (20 ms apart).
     #[arg(long, default_value_t = 500)]
     uclient_messages: usize,
+    /// Address the servers listen on; with 0.0.0.0 (a wildcard listener) clients still reach
+    /// them at 127.0.0.1.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    listen_ip: Ipv4Addr,
     /// icegate-relay binary; default target/release/icegate-relay, built if missing.
     #[arg(long)]
     relay_bin: Option<PathBuf>,
@@ -212,7 +216,7 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
         bench_bin,
         signal_bin,
         janus_bin: a.janus_bin.clone(),
-        listen_ip: Ipv4Addr::LOCALHOST,
+        listen_ip: a.listen_ip,
         relay_ips: (0..a.relay_ips.max(1))
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i))
             .collect(),
@@ -283,6 +287,11 @@ fn run(a: &RunArgs) -> Result<(), BenchError> {
                 generator_cpu.map_or("none".into(), |c| c.to_string())
             ),
             format!("icegate-relay: {}", spec.relay_bin.display()),
+            format!(
+                "servers listen on {} (clients send to {})",
+                spec.listen_ip,
+                spec.reached_at()
+            ),
             format!(
                 "calls: {} allocations × {} packets/s each way, {}-byte payload over ChannelData (UDP), {} s measured after 1 s warm-up",
                 params.calls, params.call_pps, icegate_bench::generator::PAYLOAD, params.call_secs

@@ -89,11 +89,28 @@ pub fn udp_listener(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     }
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if addr.ip().is_unspecified() {
+        // A wildcard listener answers from the address each request came to, which the
+        // kernel then tells with each datagram (see `crate::mmsg`).
+        set_packet_info(&socket, addr.is_ipv6())?;
+    }
     // Bursts of small packets from many clients: a deep receive queue absorbs scheduling hiccups.
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Has the kernel tell, with each datagram received, the local address it was sent to
+/// (IP_PKTINFO, IPV6_RECVPKTINFO).
+fn set_packet_info(socket: &Socket, ipv6: bool) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let set = if ipv6 {
+        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true)
+    } else {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &true)
+    };
+    set.map_err(io::Error::from)
 }
 
 /// A TCP listener that several workers can bind at once.

@@ -18,6 +18,11 @@
 //! one task per round rather than one task per socket, and the datagrams a round relays to
 //! UDP clients leave with one `sendmmsg` per listener at the end of the round. Towards peers,
 //! consecutive datagrams for one relay socket (a client's burst) leave in one `sendmmsg`.
+//!
+//! A wildcard listener (`0.0.0.0`, `::`) serves every address of the host: each datagram it
+//! reads says which one it was sent to, which becomes the server side of the client's
+//! [`FiveTuple`], and everything for that client (answers, relayed data) leaves the listener
+//! from that address (see [`crate::mmsg`]). Listeners bound to one address need none of it.
 
 use std::cell::{Cell, RefCell};
 
@@ -41,7 +46,7 @@ use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{self, Frame};
-use crate::mmsg::{RecvBatch, SendBatch, BATCH};
+use crate::mmsg::{self, RecvBatch, SendBatch, BATCH};
 use crate::peer_streams::PeerStreams;
 use crate::relay_set::{self, RelaySet};
 use crate::sockets;
@@ -336,6 +341,8 @@ async fn timer_loop(worker: Rc<Worker>) {
 
 async fn udp_listener(worker: Rc<Worker>, index: usize) {
     let (local, socket) = worker.udp[index].clone();
+    // Its datagrams say which of the host's addresses they were sent to (IP_PKTINFO).
+    let wildcard = local.ip().is_unspecified();
     loop {
         if let Err(error) = socket.readable().await {
             tracing::error!(%error, %local, "UDP listener failed");
@@ -344,7 +351,7 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
         let mut drained = false;
         for _ in 0..BUDGET.div_ceil(BATCH) {
             let mut batch = worker.recv.borrow_mut();
-            let n = match batch.recv(&socket, 0, BATCH) {
+            let n = match batch.recv(&socket, 0, BATCH, wildcard) {
                 Ok((n, empty)) => {
                     drained = empty;
                     n
@@ -355,13 +362,19 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
             // One clock reading per batch: its datagrams arrived together.
             let now = Instant::now();
             for i in 0..n {
+                // On a wildcard listener the address the client sent to is the server side
+                // of its 5-tuple, and what answers it or is relayed to it leaves from there.
+                let server = match wildcard {
+                    true => batch.local_addr(i, local.port()).unwrap_or(local),
+                    false => local,
+                };
                 let Some((client, len, slot)) = batch.get_mut(i) else {
                     continue;
                 };
                 let from = FiveTuple {
                     transport: Transport::Udp,
                     client,
-                    server: local,
+                    server,
                 };
                 let _ = worker.on_client_packet(from, &slot[..len], now);
             }
@@ -531,7 +544,7 @@ impl Worker {
         if to.transport != Transport::Udp {
             return self.send_to_client(to, bytes);
         }
-        let Some(listener) = self.listener(to.server) else {
+        let Some((listener, source)) = self.listener(to.server) else {
             self.stats.send_failed();
             return;
         };
@@ -540,7 +553,7 @@ impl Worker {
             let flushed = batch.flush(&self.udp[listener].1);
             self.stats.sends_failed(flushed.failed);
         }
-        if !batch.push(to.client, bytes) {
+        if !batch.push_from(source, to.client, bytes) {
             drop(batch);
             self.send_to_client(to, bytes);
         }
@@ -624,16 +637,27 @@ impl Worker {
         (handled, empty)
     }
 
-    /// The index of the UDP listener bound to `server` (a client's 5-tuple names it).
-    fn listener(&self, server: SocketAddr) -> Option<usize> {
-        self.udp.iter().position(|(addr, _)| *addr == server)
+    /// The UDP listener that sends from `server` (the relay's side of a client's 5-tuple), and
+    /// the source address to name in what it sends: the listener bound to `server` itself
+    /// (none to name), else the wildcard listener of its family and port, which is told
+    /// `server` so that the answer comes from the address the client sent to.
+    fn listener(&self, server: SocketAddr) -> Option<(usize, Option<SocketAddr>)> {
+        if let Some(i) = self.udp.iter().position(|(addr, _)| *addr == server) {
+            return Some((i, None));
+        }
+        let i = self.udp.iter().position(|(addr, _)| {
+            addr.ip().is_unspecified()
+                && addr.is_ipv4() == server.is_ipv4()
+                && addr.port() == server.port()
+        })?;
+        Some((i, Some(server)))
     }
 
     fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
         if to.transport == Transport::Udp {
-            let sent = self
-                .listener(to.server)
-                .map(|i| self.udp[i].1.try_send_to(bytes, to.client).is_ok());
+            let sent = self.listener(to.server).map(|(i, source)| {
+                mmsg::send_one(&self.udp[i].1, source, to.client, bytes).is_ok()
+            });
             if sent != Some(true) {
                 self.stats.send_failed();
             }
@@ -658,7 +682,7 @@ impl Worker {
     fn send_from(&self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         let sent = self
             .listener(from)
-            .map(|i| self.udp[i].1.try_send_to(bytes, to).is_ok());
+            .map(|(i, source)| mmsg::send_one(&self.udp[i].1, source, to, bytes).is_ok());
         if sent != Some(true) {
             self.stats.send_failed();
         }

@@ -59,6 +59,9 @@ pub struct RelayConfig {
     /// NAT behaviour discovery on in both servers, with the block's TLS port (so no TLS) as
     /// `alt-listening-port`: see [`Relay::alt_port`].
     pub second_listening_ip: Option<Ipv4Addr>,
+    /// The (first) listening address: 127.0.0.1, or 0.0.0.0 for a wildcard listener, which
+    /// clients still reach at 127.0.0.1 ([`Relay::udp_addr`]) or any other loopback address.
+    pub listening_ip: Ipv4Addr,
 }
 
 impl Default for RelayConfig {
@@ -77,6 +80,7 @@ impl Default for RelayConfig {
             icegate_args: vec![],
             coturn_args: vec![],
             second_listening_ip: None,
+            listening_ip: Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -186,7 +190,8 @@ impl Relay {
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         let listen = self.ports.listen().to_string();
         let (min, max) = (min.to_string(), max.to_string());
-        push(&["--listening-ip", "127.0.0.1", "--listening-port", &listen]);
+        let listening_ip = c.listening_ip.to_string();
+        push(&["--listening-ip", &listening_ip, "--listening-port", &listen]);
         let rfc5780 = c.second_listening_ip.is_some();
         if let Some(ip) = c.second_listening_ip {
             assert!(

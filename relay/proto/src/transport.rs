@@ -79,13 +79,23 @@ impl Family {
 }
 
 /// The 5-tuple that identifies a client's allocation (RFC 8656 §2): transport, client address
-/// and the relay's own listening address.
+/// and the relay's own address the client sent to.
+///
+/// `server` is the address the client's packets reach, not the unspecified address a
+/// wildcard listener is bound to: the runtime reads it from each datagram (IP_PKTINFO,
+/// IPV6_RECVPKTINFO) or connection (getsockname), and keeps the listener's own address only
+/// when the kernel does not say. Keeping it here rather than in the runtime
+/// alone means the core sees the true 5-tuple: a client reaching the relay on two of its
+/// addresses has two allocations, as RFC 8656 has it; RESPONSE-ORIGIN, OTHER-ADDRESS and
+/// the alternate-server choice use the address the request really came to; and every answer
+/// or relayed datagram for the client names the address the runtime must send from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
     /// The transport the client speaks.
     pub transport: Transport,
     /// The client's address, as the relay sees it.
     pub client: SocketAddr,
-    /// The relay's listening address the client sent to.
+    /// The relay's address the client sent to (on a wildcard listener, the local address the
+    /// packet reached; its port is the listener's).
     pub server: SocketAddr,
 }

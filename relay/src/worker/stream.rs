@@ -127,13 +127,19 @@ pub(super) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // On a wildcard listener the connection's own address is the server side of its
+        // 5-tuple, as for UDP (see `FiveTuple::server`).
+        let server = match local.ip().is_unspecified() {
+            true => stream.local_addr().unwrap_or(local),
+            false => local,
+        };
         let worker = Rc::clone(&worker);
         match &tls {
             None => {
                 let from = FiveTuple {
                     transport: Transport::Tcp,
                     client,
-                    server: local,
+                    server,
                 };
                 let halves = tokio::io::split(stream);
                 tokio::task::spawn_local(serve_stream(worker, halves, from, ticket));
@@ -144,7 +150,7 @@ pub(super) async fn accept_loop(
                     let from = FiveTuple {
                         transport: Transport::Tls,
                         client,
-                        server: local,
+                        server,
                     };
                     let handshake = tls_handshake(&worker, &acceptor, stream, &ticket, client);
                     if let Some(halves) = handshake.await {

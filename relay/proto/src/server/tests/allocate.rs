@@ -406,3 +406,28 @@ fn coturn_draft_additional_address_family_type_makes_a_dual_allocation() {
         .collect();
     assert_eq!(ips, vec![relay_v4(), relay_v6()]);
 }
+
+/// The relay's address a client sent to is part of its 5-tuple (RFC 8656 §2): one client
+/// address reaching two of the relay's addresses (through a wildcard listener) holds two
+/// allocations, and each answer and each peer datagram names the address of its own, which
+/// the runtime sends from.
+#[test]
+fn the_address_a_client_sent_to_is_part_of_its_five_tuple() {
+    let mut h = Harness::new();
+    let mut via_first = Client::alice(1);
+    let second = FiveTuple {
+        server: sa("192.0.2.9:3478"),
+        ..udp_client(1)
+    };
+    let mut via_second = Client::new(second, "alice", "alice-pw");
+    // `allocate` takes each answer from the commands sent to that client's own 5-tuple.
+    let first = h.allocate(&mut via_first, vec![]);
+    let other = h.allocate(&mut via_second, vec![]);
+    assert_ne!(first.relays, other.relays, "two allocations");
+    for (client, allocated) in [(&via_first, &first), (&via_second, &other)] {
+        let answer = h.create_permission(client, &[peer()]);
+        assert_eq!(answer.class(), MessageClass::SuccessResponse);
+        let route = h.peer_packet(allocated.relays[0], peer(), 100).unwrap();
+        assert_eq!(route.client, client.from);
+    }
+}
