@@ -293,7 +293,7 @@ fn uclient_tcp_allocations(kind: ServerKind) {
         kind,
         UclientCase {
             config: RelayConfig::default(),
-            flags: &["-T", "-u", "alice", "-w", "secret"],
+            flags: &["-T", "-t", "-y", "-u", "alice", "-w", "secret"],
             clients: 4,
             messages: 100,
             transport: "tcp",
@@ -308,7 +308,7 @@ fn uclient_tcp_allocations_tls(kind: ServerKind) {
         kind,
         UclientCase {
             config: RelayConfig::default(),
-            flags: &["-T", "-S", "-u", "alice", "-w", "secret"],
+            flags: &["-T", "-t", "-S", "-y", "-u", "alice", "-w", "secret"],
             clients: 4,
             messages: 100,
             transport: "tls",
