@@ -214,3 +214,26 @@ fn uclient_through_the_second_address_of_a_wildcard_listener() {
         tail.join("\n")
     );
 }
+
+/// DTLS on the wildcard listener's TLS port: a client reaching it at 127.0.0.2, over a
+/// connected socket that drops datagrams from any other address, completes its handshake and
+/// gets its Binding answered, so every flight and record came from 127.0.0.2.
+#[test]
+fn dtls_through_the_second_address_is_answered_from_it() {
+    let relay = Relay::start(
+        ServerKind::Icegate,
+        RelayConfig {
+            listening_ip: Ipv4Addr::UNSPECIFIED,
+            tls: true,
+            ..RelayConfig::default()
+        },
+    );
+    let server = SocketAddr::new(SECOND.into(), relay.ports.tls());
+    let mut session = icegate_tests::dtls::dtls_connect(server)
+        .unwrap_or_else(|e| panic!("no DTLS session through {server}: {e}"));
+    session.ssl_write(&encode(&request(BINDING, &[]))).unwrap();
+    let mut record = [0u8; 2048];
+    let n = session.ssl_read(&mut record).expect("the Binding's answer");
+    let answer = decode(&record[..n], None).unwrap();
+    assert_eq!(answer.class(), MessageClass::SuccessResponse);
+}

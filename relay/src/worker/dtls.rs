@@ -47,6 +47,9 @@ const CLIENT_RANDOM: usize = RECORD_HEADER + 12 + 2;
 struct Datagrams {
     socket: Rc<UdpSocket>,
     client: SocketAddr,
+    /// The local address the client sent to, when the listener is a wildcard one: what goes
+    /// back leaves from there (see `crate::mmsg`), not from the kernel's choice.
+    source: Option<SocketAddr>,
     inbound: Rc<RefCell<VecDeque<Vec<u8>>>>,
     stats: Arc<RuntimeCounters>,
     /// Datagrams OpenSSL has written: after the cookie exchange, whether it answered.
@@ -70,7 +73,7 @@ impl Write for Datagrams {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // A datagram the kernel will not take is lost, as on any UDP path: DTLS retransmits
         // handshake flights, and what the core sends is as unreliable over UDP.
-        if self.socket.try_send_to(buf, self.client).is_err() {
+        if mmsg::send_one(&self.socket, self.source, self.client, buf).is_err() {
             self.stats.send_failed();
         }
         self.written += 1;
@@ -151,26 +154,61 @@ pub(super) async fn dtls_listener(
             return;
         }
     };
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // On a wildcard listener each datagram says which local address it was sent to: the
+    // server side of the client's 5-tuple, and where the session answers from.
+    let wildcard = local.ip().is_unspecified();
+    let mut batch = RecvBatch::new(0);
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            // Errors queued by ICMP for an earlier send say nothing about this socket.
-            Err(_) => continue,
-        };
-        let from = FiveTuple {
-            transport: Transport::Dtls,
-            client,
-            server: local,
-        };
-        let datagram = &buf[..n];
-        let session = worker.dtls.borrow().get(&from).cloned();
-        match session {
-            Some(old) if old.is_new_client_hello(datagram) => {
-                first_datagram(&worker, &socket, &context, from, datagram, Some(old))
+        if socket.readable().await.is_err() {
+            tracing::error!(%local, "DTLS listener failed");
+            return;
+        }
+        let mut handled = 0;
+        loop {
+            // Errors queued by ICMP for an earlier send say nothing about this socket: read on.
+            let (n, drained) = batch
+                .recv(&socket, 0, BATCH, wildcard)
+                .unwrap_or_default();
+            for i in 0..n {
+                let server = match wildcard {
+                    true => batch.local_addr(i, local.port()).unwrap_or(local),
+                    false => local,
+                };
+                let Some((client, len, slot)) = batch.get_mut(i) else {
+                    continue;
+                };
+                let from = FiveTuple {
+                    transport: Transport::Dtls,
+                    client,
+                    server,
+                };
+                let source = wildcard.then_some(server);
+                let datagram = &slot[..len.min(MAX_DATAGRAM)];
+                let session = worker.dtls.borrow().get(&from).cloned();
+                match session {
+                    Some(old) if old.is_new_client_hello(datagram) => first_datagram(
+                        &worker,
+                        &socket,
+                        &context,
+                        from,
+                        source,
+                        datagram,
+                        Some(old),
+                    ),
+                    Some(session) => session.deliver(datagram),
+                    None => {
+                        first_datagram(&worker, &socket, &context, from, source, datagram, None)
+                    }
+                }
             }
-            Some(session) => session.deliver(datagram),
-            None => first_datagram(&worker, &socket, &context, from, datagram, None),
+            handled += n.max(1);
+            if drained {
+                break;
+            }
+            if handled >= BUDGET {
+                tokio::task::yield_now().await;
+                handled = 0;
+            }
         }
     }
 }
@@ -186,6 +224,7 @@ fn first_datagram(
     socket: &Rc<UdpSocket>,
     context: &DtlsContext,
     from: FiveTuple,
+    source: Option<SocketAddr>,
     datagram: &[u8],
     replacing: Option<Rc<DtlsSession>>,
 ) {
@@ -200,6 +239,7 @@ fn first_datagram(
     let io = Datagrams {
         socket: Rc::clone(socket),
         client: from.client,
+        source,
         inbound: Rc::clone(&inbound),
         stats: Arc::clone(&worker.stats),
         written: 0,
