@@ -34,6 +34,20 @@ const MAX_QUEUED: usize = 64 * 1024;
 const RECORD_OVERHEAD: usize = 64;
 /// rustls's largest plaintext fragment per record.
 const MAX_FRAGMENT: usize = 16 * 1024;
+/// A thread's scratch buffer larger than this (after a large write) is given back.
+const MAX_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// Where writes are encrypted before they go to the socket: one per thread rather than
+    /// one per connection, since a write is encrypted and sent within one poll.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Why a write failed.
+enum Failure {
+    Tls(rustls::Error),
+    Io(io::Error),
+}
 
 /// A TLS server connection over `IO`, with the handshake done by [`TlsServerStream::accept`].
 pub struct TlsServerStream<IO> {
@@ -99,12 +113,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsServerStream<IO> {
                     "peer closed the connection during the TLS handshake",
                 )));
             }
-            ready!(self.poll_fill(cx))?;
+            ready!(self.poll_fill(cx, None))?;
         }
     }
 
-    /// Reads once from the socket and processes what arrived.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Reads once from the socket and processes what arrived, decrypting into `reader` as
+    /// far as it has room.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Option<&mut ReadBuf<'_>>,
+    ) -> Poll<io::Result<()>> {
         let mut chunk = [0u8; READ_CHUNK];
         let mut read = ReadBuf::new(&mut chunk);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
@@ -125,6 +144,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsServerStream<IO> {
                 &mut self.conn,
                 &mut chunk[..n],
                 Action::None,
+                reader,
                 &mut self.plaintext,
                 &mut self.outgoing,
                 &mut self.eof,
@@ -135,7 +155,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsServerStream<IO> {
             result.map(drop)
         } else {
             self.incoming.extend_from_slice(&chunk[..n]);
-            self.run(Action::None)
+            self.run(Action::None, reader, None)
         };
         if let Err(error) = result {
             return Poll::Ready(Err(self.fail(cx, error)));
@@ -147,14 +167,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsServerStream<IO> {
     }
 
     /// Processes the bytes kept in `incoming`, handling `action` once the connection is
-    /// ready for application data.
-    fn run(&mut self, action: Action<'_>) -> Result<(), rustls::Error> {
+    /// ready for application data; what must be sent goes to `out`, or by default to
+    /// `outgoing`.
+    fn run(
+        &mut self,
+        action: Action<'_>,
+        reader: Option<&mut ReadBuf<'_>>,
+        out: Option<&mut Vec<u8>>,
+    ) -> Result<(), rustls::Error> {
+        let out = match out {
+            Some(out) => out,
+            None => &mut self.outgoing,
+        };
         let consumed = process(
             &mut self.conn,
             &mut self.incoming,
             action,
+            reader,
             &mut self.plaintext,
-            &mut self.outgoing,
+            out,
             &mut self.eof,
         )?;
         self.incoming.drain(..consumed);
@@ -170,6 +201,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsServerStream<IO> {
             &mut self.conn,
             &mut no_bytes,
             Action::None,
+            None,
             &mut self.plaintext,
             &mut self.outgoing,
             &mut self.eof,
@@ -223,7 +255,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsServerStream<IO> {
             if let Poll::Ready(Err(error)) = this.poll_write_out(cx) {
                 return Poll::Ready(Err(error));
             }
-            ready!(this.poll_fill(cx))?;
+            let before = buf.filled().len();
+            ready!(this.poll_fill(cx, Some(buf)))?;
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -238,14 +274,44 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsServerStream<IO> {
         if this.queued() >= MAX_QUEUED {
             ready!(this.poll_write_out(cx))?;
         }
-        if let Err(error) = this.run(Action::Encrypt(data)) {
-            return Poll::Ready(Err(this.fail(cx, error)));
+        if this.queued() > 0 {
+            // Behind what waits already, in order.
+            if let Err(error) = this.run(Action::Encrypt(data), None, None) {
+                return Poll::Ready(Err(this.fail(cx, error)));
+            }
+            if let Poll::Ready(Err(error)) = this.poll_write_out(cx) {
+                return Poll::Ready(Err(error));
+            }
+            return Poll::Ready(Ok(data.len()));
         }
-        // The bytes are ours now; the socket takes them here or at the next flush.
-        if let Poll::Ready(Err(error)) = this.poll_write_out(cx) {
-            return Poll::Ready(Err(error));
+        // The common case, nothing waiting: encrypted into the thread's scratch buffer and
+        // written from there, so that only what the socket does not take now is copied to a
+        // buffer of the connection's.
+        let written = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            this.run(Action::Encrypt(data), None, Some(&mut scratch))
+                .map_err(Failure::Tls)?;
+            let mut sent = 0;
+            while sent < scratch.len() {
+                match Pin::new(&mut this.io).poll_write(cx, &scratch[sent..]) {
+                    Poll::Ready(Ok(0)) => return Err(Failure::Io(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => sent += n,
+                    Poll::Ready(Err(error)) => return Err(Failure::Io(error)),
+                    Poll::Pending => break,
+                }
+            }
+            this.outgoing.extend_from_slice(&scratch[sent..]);
+            if scratch.capacity() > MAX_SCRATCH {
+                *scratch = Vec::new();
+            }
+            Ok(())
+        });
+        match written {
+            Ok(()) => Poll::Ready(Ok(data.len())),
+            Err(Failure::Tls(error)) => Poll::Ready(Err(this.fail(cx, error))),
+            Err(Failure::Io(error)) => Poll::Ready(Err(error)),
         }
-        Poll::Ready(Ok(data.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -258,7 +324,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsServerStream<IO> {
         let this = self.get_mut();
         if !this.close_queued {
             this.close_queued = true;
-            if let Err(error) = this.run(Action::CloseNotify) {
+            if let Err(error) = this.run(Action::CloseNotify, None, None) {
                 return Poll::Ready(Err(invalid_data(error)));
             }
         }
@@ -268,13 +334,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsServerStream<IO> {
 }
 
 /// Runs `conn` over `incoming` until it waits for more bytes from the peer: decrypted
-/// application data goes to `plaintext`, what must be sent to `outgoing`, and `action` is
+/// application data goes to `reader` as far as it has room, the rest to `plaintext`, what
+/// must be sent to `outgoing`, and `action` is
 /// done once the connection may send application data. Returns how many bytes of `incoming`
 /// were used; the rest is the start of a record still to come.
 fn process(
     conn: &mut UnbufferedServerConnection,
     incoming: &mut [u8],
     mut action: Action<'_>,
+    mut reader: Option<&mut ReadBuf<'_>>,
     plaintext: &mut Vec<u8>,
     outgoing: &mut Vec<u8>,
     eof: &mut bool,
@@ -286,7 +354,17 @@ fn process(
         let waiting = match state? {
             ConnectionState::ReadTraffic(mut traffic) => {
                 while let Some(record) = traffic.next_record() {
-                    plaintext.extend_from_slice(record?.payload);
+                    let payload = record?.payload;
+                    // Straight to the reader while nothing is waiting before it.
+                    let direct = match reader.as_deref_mut() {
+                        Some(buf) if plaintext.is_empty() => {
+                            let n = buf.remaining().min(payload.len());
+                            buf.put_slice(&payload[..n]);
+                            n
+                        }
+                        _ => 0,
+                    };
+                    plaintext.extend_from_slice(&payload[direct..]);
                 }
                 false
             }
