@@ -293,6 +293,17 @@ impl RecvBatch {
 }
 
 impl RecvBatch {
+    /// The address datagram `i` of the last receive reached on the listener bound to
+    /// `listener`: on a wildcard listener the one its control message names (the
+    /// listener's own if the kernel gave none), else the listener's.
+    pub fn destination(&self, i: usize, listener: SocketAddr) -> SocketAddr {
+        if listener.ip().is_unspecified() {
+            self.local_addr(i, listener.port()).unwrap_or(listener)
+        } else {
+            listener
+        }
+    }
+
     /// The local address datagram `i` of the last receive was sent to, on `port` (the
     /// listener's): `None` unless the receive asked for it and the kernel gave one.
     pub fn local_addr(&self, i: usize, port: u16) -> Option<SocketAddr> {

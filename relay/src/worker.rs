@@ -364,10 +364,7 @@ async fn udp_listener(worker: Rc<Worker>, index: usize) {
             for i in 0..n {
                 // On a wildcard listener the address the client sent to is the server side
                 // of its 5-tuple, and what answers it or is relayed to it leaves from there.
-                let server = match wildcard {
-                    true => batch.local_addr(i, local.port()).unwrap_or(local),
-                    false => local,
-                };
+                let server = batch.destination(i, local);
                 let Some((client, len, slot)) = batch.get_mut(i) else {
                     continue;
                 };

@@ -168,10 +168,7 @@ pub(super) async fn dtls_listener(
             // Errors queued by ICMP for an earlier send say nothing about this socket: read on.
             let (n, drained) = batch.recv(&socket, 0, BATCH, wildcard).unwrap_or_default();
             for i in 0..n {
-                let server = match wildcard {
-                    true => batch.local_addr(i, local.port()).unwrap_or(local),
-                    false => local,
-                };
+                let server = batch.destination(i, local);
                 let Some((client, len, slot)) = batch.get_mut(i) else {
                     continue;
                 };
